@@ -1,0 +1,113 @@
+# tokenbench pipeline: pretrain -> fine-tune -> evaluate+measure -> collect -> report.
+#   snakemake                                  # the default suite (suites/smoke.yaml), profile profiles/default
+#   snakemake --config suite=suites/dynamicvit.yaml
+# Every rule turns files into files; what to run lives in the suite, how to run it in a profile.
+import json
+import sys
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+unknown = sorted(set(config) - {"suite", "results"})
+if unknown:
+    raise WorkflowError(f"unknown config key {unknown[0]!r} (this workflow takes: suite, results)")
+
+from bench.config import load_suite
+from bench.errors import UsageError
+
+try:
+    SUITE = load_suite(config.get("suite", "smoke"))
+except UsageError as e:
+    raise WorkflowError(f"bench: error: {e}") from None
+
+ROOT = str(config.get("results", "results"))
+OUT = f"{ROOT}/{SUITE.name}"
+SUITE_FILE = str(SUITE.path)
+RUNS = {r.run_id: r for r in SUITE.runs}
+BENCH = f"{sys.executable} -m bench"
+
+
+def run_spec(run_id):
+    """Everything that defines a run's result: a change re-runs it (params are a rerun trigger)."""
+    r = RUNS[run_id]
+    return json.dumps({"method": r.method_name, "params": r.method_params, "keep": r.keep_ratio, "seed": r.seed,
+                       "recipe": r.finetune, "data": SUITE.data}, sort_keys=True)
+
+
+wildcard_constraints:
+    run="[^/]+",
+    backbone="[^/]+",
+
+
+localrules: all, collect, report
+
+
+rule all:
+    input:
+        f"{OUT}/report/report.md",
+
+
+rule pretrain:
+    output:
+        f"{OUT}/pretrain/{{backbone}}/model.pth",
+    params:
+        spec=lambda wc: json.dumps({"backbone": SUITE.backbone(wc.backbone).__dict__, "recipe": SUITE.pretrain_recipe,
+                                    "seed": SUITE.pretrain_seed, "data": SUITE.data}, sort_keys=True),
+    log:
+        f"{OUT}/logs/pretrain/{{backbone}}.log",
+    shell:
+        "{BENCH} train {SUITE_FILE} --pretrain {wildcards.backbone} --results {ROOT} --threads {threads} > {log} 2>&1"
+
+
+rule finetune:
+    input:
+        lambda wc: f"{OUT}/pretrain/{RUNS[wc.run].backbone}/model.pth",
+    output:
+        f"{OUT}/runs/{{run}}/model.pth",
+    params:
+        spec=lambda wc: run_spec(wc.run),
+    log:
+        f"{OUT}/logs/finetune/{{run}}.log",
+    shell:
+        "{BENCH} train {SUITE_FILE} --run {wildcards.run} --results {ROOT} --threads {threads} > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        f"{OUT}/runs/{{run}}/model.pth",
+    output:
+        f"{OUT}/runs/{{run}}/run.json",
+    params:
+        spec=lambda wc: json.dumps(SUITE.evaluate, sort_keys=True),
+    log:
+        f"{OUT}/logs/evaluate/{{run}}.log",
+    shell:
+        "{BENCH} evaluate {SUITE_FILE} {wildcards.run} --results {ROOT} --threads {threads} > {log} 2>&1"
+
+
+rule collect:
+    input:
+        expand(f"{OUT}/runs/{{run}}/run.json", run=sorted(RUNS)),
+    output:
+        f"{OUT}/table.parquet",
+        f"{OUT}/table.csv",
+    shell:
+        "{BENCH} collect {SUITE_FILE} --results {ROOT}"
+
+
+rule report:
+    input:
+        f"{OUT}/table.parquet",
+    output:
+        f"{OUT}/report/report.md",
+        f"{OUT}/report/tradeoff_top1_vs_gmacs.png",
+        f"{OUT}/report/tradeoff_top1_vs_gmacs.pdf",
+    shell:
+        "{BENCH} report {SUITE_FILE} --results {ROOT}"
+
+
+onerror:
+    # failed runs never hide: the table and report still show every finished run and list the holes
+    shell(f"{BENCH} collect {SUITE_FILE} --results {ROOT} && {BENCH} report {SUITE_FILE} --results {ROOT} || true")

@@ -1,0 +1,262 @@
+"""`bench`: the command line. Every user error is one line on stderr and exit code 2."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from bench.errors import RunFailed, UsageError
+
+RESULTS = click.option("--results", "root", default="results", show_default=True, type=click.Path(file_okay=False),
+                       help="Results root folder.")
+DEVICE = click.option("--device", default=None, help="torch device (default: cuda when present, else cpu).")
+THREADS = click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")
+
+
+def _threads(n: int | None) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="tokenbench")
+def cli() -> None:
+    """Benchmark token-sparsification methods for vision transformers on one protocol."""
+
+
+@cli.command("ls")
+@click.argument("what", type=click.Choice(["methods", "backbones", "suites"]))
+def ls(what: str) -> None:
+    """List registered methods, tested backbones or available suites."""
+    if what == "methods":
+        from bench.methods import METHODS
+
+        for name in METHODS.names():
+            cls = METHODS.get(name)
+            params = ", ".join(f"{k}={p.default!r}" for k, p in cls.params.items())
+            click.echo(f"{name:14s} {cls.description}" + (f"  [{params}]" if params else ""))
+    elif what == "backbones":
+        from bench.models import list_backbones
+
+        click.echo("\n".join(list_backbones()))
+        click.echo("(any other timm ViT name works too: timm.list_models('*vit*'))")
+    else:
+        from bench.config import list_suites
+
+        click.echo("\n".join(list_suites()))
+
+
+@cli.command()
+@click.argument("suite")
+@click.option("--runs", "show_runs", is_flag=True, help="Also list every run id.")
+def validate(suite: str, show_runs: bool) -> None:
+    """Validate SUITE (a name under suites/ or a YAML path) and show its grid."""
+    from bench.config import load_suite
+
+    s = load_suite(suite)
+    methods = sorted({r.method for r in s.runs})
+    click.echo(f"{s.path}: ok: {len(s.runs)} runs ({len(methods)} methods x {len(s.backbones)} backbones "
+               f"x keep ratios x {len(s.raw['seeds'])} seeds) on {s.data.get('name') or s.data.get('path')}")
+    if show_runs:
+        for r in s.runs:
+            click.echo(r.run_id)
+
+
+@cli.command()
+@click.argument("suite")
+@click.option("--run", "run_id", help="Fine-tune this run (see `bench validate SUITE --runs`).")
+@click.option("--pretrain", "backbone", help="Pretrain this backbone instead.")
+@RESULTS
+@DEVICE
+@THREADS
+def train(suite: str, run_id: str | None, backbone: str | None, root: str, device: str | None, threads: int | None) -> None:
+    """Pretrain a backbone or fine-tune one run of SUITE (resumes from its last checkpoint)."""
+    from bench import runner
+    from bench.config import load_suite
+
+    if (run_id is None) == (backbone is None):
+        raise UsageError("give exactly one of --run RUN_ID or --pretrain BACKBONE")
+    _threads(threads)
+    s = load_suite(suite)
+    if backbone:
+        click.echo(runner.pretrain(s, backbone, root=root, device=device))
+        return
+    run = s.run(run_id)
+    _recorded(s, run, "finetune", root, lambda: runner.finetune(s, run, root=root, device=device))
+
+
+@cli.command()
+@click.argument("suite")
+@click.argument("run_id")
+@RESULTS
+@DEVICE
+@THREADS
+def evaluate(suite: str, run_id: str, root: str, device: str | None, threads: int | None) -> None:
+    """Evaluate and measure one fine-tuned run; writes its run.json."""
+    from bench import runner
+    from bench.config import load_suite
+
+    _threads(threads)
+    s = load_suite(suite)
+    run = s.run(run_id)
+    rec = _recorded(s, run, "evaluate", root, lambda: runner.evaluate_run(s, run, root=root, device=device))
+    click.echo(f"{run_id}: top-1 {rec['top1']:.2f}%  GMACs {rec['gmacs_fvcore_1mac_eq_1flop']:.4f}  "
+               f"{rec['throughput_img_s']:.1f} img/s (batch {rec['throughput_batch_size']}, {rec['device']})")
+
+
+def _recorded(suite, run, step: str, root: str, fn):
+    """Run a step; on failure write failure.json, say so in one line and exit 1."""
+    from bench import runner
+
+    try:
+        return fn()
+    except UsageError:
+        raise
+    except Exception as e:  # any crash of a run is recorded, never cached as success
+        path = runner.record_failure(suite, run, step, e, root=root)
+        hint = "" if isinstance(e, RunFailed) else f" (traceback in {path})"
+        raise RunFailed(f"{run.run_id}: {step} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}{hint}") from e
+
+
+def _standalone_model(backbone: str, method: str, keep_ratio: float, image_size: int | None, num_classes: int,
+                      in_chans: int | None, param: tuple[str, ...]):
+    import yaml
+
+    from bench.methods import create_method
+    from bench.models import build_backbone
+
+    params = {}
+    for p in param:
+        if "=" not in p:
+            raise UsageError(f"--param {p!r} is not KEY=VALUE")
+        k, v = p.split("=", 1)
+        params[k] = yaml.safe_load(v)
+    model = build_backbone(backbone, num_classes=num_classes, in_chans=in_chans, img_size=image_size)
+    m = create_method(method, keep_ratio, 0, **params)
+    m.apply(model)
+    return model.eval(), m
+
+
+def _model_options(f):
+    for opt in reversed([
+        click.argument("backbone"),
+        click.option("--method", default="dense", show_default=True),
+        click.option("--keep-ratio", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True),
+        click.option("--param", multiple=True, help="Method parameter KEY=VALUE (repeatable)."),
+        click.option("--image-size", type=click.IntRange(min=8), default=None),
+        click.option("--in-chans", type=click.IntRange(min=1), default=None),
+        click.option("--num-classes", type=click.IntRange(min=1), default=1000, show_default=True),
+    ]):
+        f = opt(f)
+    return f
+
+
+@cli.command()
+@_model_options
+def flops(backbone, method, keep_ratio, param, image_size, in_chans, num_classes) -> None:
+    """GMACs (fvcore: 1 multiply-add = 1 flop) and parameters of BACKBONE patched by a method."""
+    import torch
+
+    from bench.measure import mean_flops
+
+    model, m = _standalone_model(backbone, method, keep_ratio, image_size, num_classes, in_chans, param)
+    size, chans = int(model.patch_embed.img_size[0]), int(model.patch_embed.proj.in_channels)
+    x = torch.randn(8 if m.input_dependent else 1, chans, size, size, generator=torch.Generator().manual_seed(0))
+    rep = mean_flops(model, x.split(4), max_images=x.shape[0])
+    click.echo(f"{backbone} {method} keep={keep_ratio:g}: {rep.gmacs:.4f} GMACs (fvcore, 1 MAC = 1 flop) per "
+               f"{size}x{size} image, {rep.params / 1e6:.3f} M params; tokens per block {m.token_schedule(model)}")
+
+
+@cli.command()
+@_model_options
+@click.option("--batch-sizes", default="1,32", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1), default=10, show_default=True)
+@DEVICE
+@THREADS
+def throughput(backbone, method, keep_ratio, param, image_size, in_chans, num_classes, batch_sizes, precision,
+               repeats, device, threads) -> None:
+    """Model-only throughput (img/s) of BACKBONE patched by a method on random inputs."""
+    from bench.measure import measure_throughput
+    from bench.provenance import pick_device
+
+    _threads(threads)
+    try:
+        sizes = [int(b) for b in batch_sizes.split(",")]
+    except ValueError:
+        raise UsageError(f"--batch-sizes {batch_sizes!r} is not a comma-separated list of integers") from None
+    model, _ = _standalone_model(backbone, method, keep_ratio, image_size, num_classes, in_chans, param)
+    dev = pick_device(device)
+    rep = measure_throughput(model.to(dev), image_size=int(model.patch_embed.img_size[0]),
+                             in_chans=int(model.patch_embed.proj.in_channels), device=dev, batch_sizes=sizes,
+                             precision=precision, repeats=repeats)
+    click.echo(f"{backbone} {method} keep={keep_ratio:g} on {rep.device_name} ({precision}, {rep.threads} threads):")
+    for row in rep.rows:
+        click.echo(f"  batch {row['batch_size']:4d}: {row['img_per_s_median']:10.1f} img/s (IQR {row['img_per_s_iqr']:.1f}), "
+                   f"{row['latency_ms_median']:.2f} ms/batch, peak mem {row['peak_mem_mb']:.0f} MB")
+
+
+@cli.command()
+@click.argument("suite")
+@RESULTS
+def collect(suite: str, root: str) -> None:
+    """Gather SUITE's run records into results/SUITE/table.parquet and table.csv."""
+    from bench.results import collect as collect_runs
+
+    df = collect_runs(_suite_dir(suite, root))
+    ok = int((df["status"] == "ok").sum()) if len(df) else 0
+    click.echo(f"{_suite_dir(suite, root)}/table.parquet: {len(df)} runs ({ok} ok, {len(df) - ok} failed)")
+
+
+@cli.command()
+@click.argument("suite")
+@RESULTS
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder (default results/SUITE/report).")
+def report(suite: str, root: str, out: str | None) -> None:
+    """Markdown table and trade-off plot (PNG + PDF) of SUITE's results."""
+    from bench.report import build_report
+
+    paths = build_report(_suite_dir(suite, root), Path(out) if out else None)
+    for p in paths.values():
+        click.echo(p)
+
+
+def _suite_dir(suite: str, root: str) -> Path:
+    d = Path(root) / Path(suite).stem
+    if not (d / "runs").is_dir() and not (d / "table.parquet").exists():
+        raise UsageError(f"no results for suite {suite!r} in {d} (run the suite first: snakemake --config suite={suite})")
+    return d
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cli.main(args=argv, prog_name="bench", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.exceptions.Abort:
+        click.echo("bench: aborted", err=True)
+        return 130
+    except click.UsageError as e:
+        click.echo(f"bench: error: {e.format_message()}", err=True)
+        return 2
+    except UsageError as e:
+        click.echo(f"bench: error: {e}", err=True)
+        return 2
+    except RunFailed as e:
+        click.echo(f"bench: run failed: {e}", err=True)
+        return 1
+    except Exception as e:  # a bug, not bad input: still one line unless asked for the traceback
+        import os
+
+        if os.environ.get("TOKENBENCH_DEBUG"):
+            raise
+        click.echo(f"bench: internal error: {type(e).__name__}: {e} (TOKENBENCH_DEBUG=1 shows the traceback)", err=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""Suite files: YAML validated against a JSON schema, then expanded into one run per grid point.
+
+A suite says *what* to run (data, backbones, methods, keep ratios, seeds, recipes). How it runs
+(cores, cluster, GPUs) lives in Snakemake profiles, never here.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.errors import UsageError
+
+DEFAULT_RECIPE: dict[str, Any] = {
+    "epochs": 0, "batch_size": 128, "opt": "adamw", "lr": 5e-4, "min_lr": 1e-6, "warmup_lr": 1e-6,
+    "warmup_epochs": 0, "weight_decay": 0.05, "clip_grad": 1.0, "label_smoothing": 0.1, "drop_path": 0.0,
+    "amp": True, "num_workers": 0, "max_steps_per_epoch": None,
+}
+DEFAULT_EVALUATE: dict[str, Any] = {
+    "batch_size": 256, "flops_images": 64, "max_val_images": None,
+    "throughput": {"batch_sizes": [1, 64], "repeats": 10, "warmup": 3, "precision": "fp32"},
+}
+SUITES_DIR = Path("suites")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One grid point: a method on a backbone at a keep ratio and seed, fine-tuned from a pretrained backbone."""
+
+    suite: str
+    method: str          # label shown in results (the registry name unless the suite gives a label)
+    method_name: str     # registry name
+    method_params: dict[str, Any]
+    backbone: str
+    keep_ratio: float
+    seed: int
+    finetune: dict[str, Any]
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.method}__{self.backbone}__k{self.keep_ratio:.2f}__s{self.seed}"
+
+
+@dataclass(frozen=True)
+class Backbone:
+    name: str
+    image_size: int | None
+    init: str            # scratch | hub | checkpoint path
+    kwargs: dict[str, Any]
+
+
+@dataclass
+class Suite:
+    name: str
+    path: Path
+    raw: dict[str, Any]
+    data: dict[str, Any]
+    backbones: list[Backbone]
+    pretrain_recipe: dict[str, Any]
+    pretrain_seed: int
+    evaluate: dict[str, Any]
+    runs: list[Run] = field(default_factory=list)
+
+    def run(self, run_id: str) -> Run:
+        for r in self.runs:
+            if r.run_id == run_id:
+                return r
+        from bench.registry import did_you_mean
+
+        raise UsageError(f"suite {self.name!r} has no run {run_id!r}{did_you_mean(run_id, [r.run_id for r in self.runs])}")
+
+    def backbone(self, name: str) -> Backbone:
+        for b in self.backbones:
+            if b.name == name:
+                return b
+        raise UsageError(f"suite {self.name!r} has no backbone {name!r}")
+
+    def results_dir(self, root: str | Path = "results") -> Path:
+        return Path(root) / self.name
+
+
+def _schema() -> dict[str, Any]:
+    return json.loads(resources.files("bench").joinpath("schemas/suite.schema.json").read_text())
+
+
+def resolve_suite_path(name_or_path: str | Path) -> Path:
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    for cand in (SUITES_DIR / f"{name_or_path}.yaml", SUITES_DIR / f"{name_or_path}.yml"):
+        if cand.is_file():
+            return cand
+    known = list_suites()
+    from bench.registry import did_you_mean
+
+    raise UsageError(f"suite {str(name_or_path)!r} not found{did_you_mean(str(name_or_path), known)} (suites: {', '.join(known) or 'none'})")
+
+
+def list_suites() -> list[str]:
+    return sorted(p.stem for p in SUITES_DIR.glob("*.y*ml")) if SUITES_DIR.is_dir() else []
+
+
+def _field_path(error: Any) -> str:
+    parts = [f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path]
+    return "".join(parts).lstrip(".") or "(top level)"
+
+
+def validate_raw(raw: Any, where: str) -> None:
+    import jsonschema
+
+    if not isinstance(raw, dict):
+        raise UsageError(f"{where}: a suite must be a YAML mapping, got {type(raw).__name__}")
+    validator = jsonschema.Draft202012Validator(_schema())
+    errors = sorted(validator.iter_errors(raw), key=lambda e: (len(list(e.absolute_path)), str(e.absolute_path)))
+    if errors:
+        e = errors[0]
+        if e.validator == "additionalProperties":
+            msg = e.message.replace("Additional properties are not allowed", "unknown field(s)")
+        elif e.validator == "oneOf" and isinstance(e.instance, dict):
+            best = min(e.context, key=lambda c: len(c.message)) if e.context else e
+            msg = best.message
+        else:
+            msg = e.message
+        raise UsageError(f"{where}: field {_field_path(e)}: {msg}")
+
+
+def load_suite(name_or_path: str | Path, *, check_names: bool = True) -> Suite:
+    """Read, validate and expand a suite. Every error is a one-line UsageError naming the field."""
+    path = resolve_suite_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UsageError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+    validate_raw(raw, str(path))
+    return expand(raw, path, check_names=check_names)
+
+
+def _recipe(base: dict[str, Any] | None, override: dict[str, Any] | None) -> dict[str, Any]:
+    out = copy.deepcopy(DEFAULT_RECIPE)
+    out.update(base or {})
+    out.update(override or {})
+    return out
+
+
+def expand(raw: dict[str, Any], path: Path, *, check_names: bool = True) -> Suite:
+    where = str(path)
+    evaluate = copy.deepcopy(DEFAULT_EVALUATE)
+    for k, v in (raw.get("evaluate") or {}).items():
+        if k == "throughput":
+            evaluate["throughput"].update(v)
+        else:
+            evaluate[k] = v
+    pre = raw.get("pretrain") or {}
+    default_init = pre.get("init", "scratch")
+    backbones = []
+    for i, b in enumerate(raw["backbones"]):
+        b = {"name": b} if isinstance(b, str) else b
+        backbones.append(Backbone(b["name"], b.get("image_size"), b.get("init", default_init), b.get("kwargs", {})))
+    if len({b.name for b in backbones}) != len(backbones):
+        raise UsageError(f"{where}: field backbones: a backbone is listed twice")
+    suite = Suite(name=raw["name"], path=path, raw=raw, data=raw["data"], backbones=backbones,
+                  pretrain_recipe=_recipe(None, pre.get("recipe")), pretrain_seed=int(pre.get("seed", 0)),
+                  evaluate=evaluate)
+    if check_names:
+        _check_names(suite, raw, where)
+    finetune_base = raw.get("finetune") or {}
+    seen: set[str] = set()
+    for i, m in enumerate(raw["methods"]):
+        m = {"name": m} if isinstance(m, str) else m
+        label = m.get("label", m["name"])
+        if label in seen:
+            raise UsageError(f"{where}: field methods[{i}]: {label!r} appears twice (give one a distinct label)")
+        seen.add(label)
+        ratios = [1.0] if m["name"] == "dense" else sorted(set(m.get("keep_ratios", raw["keep_ratios"])), reverse=True)
+        recipe = _recipe(finetune_base, m.get("finetune"))
+        for b in backbones:
+            for k in ratios:
+                for s in raw["seeds"]:
+                    suite.runs.append(Run(suite.name, label, m["name"], dict(m.get("params", {})), b.name,
+                                          float(k), int(s), recipe))
+    return suite
+
+
+def _check_names(suite: Suite, raw: dict[str, Any], where: str) -> None:
+    """Names and parameters must resolve before anything runs."""
+    from bench.data import validate_data_config
+    from bench.methods import create_method
+    from bench.models.backbones import check_backbone_name
+
+    def at(field_name: str, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UsageError as e:
+            raise UsageError(f"{where}: field {field_name}: {e}") from None
+
+    at("data", validate_data_config, raw["data"])
+    for i, b in enumerate(suite.backbones):
+        at(f"backbones[{i}]", check_backbone_name, b.name)
+        if b.init not in ("scratch", "hub") and not Path(b.init).is_file():
+            raise UsageError(f"{where}: field backbones[{i}].init: {b.init!r} is not 'scratch', 'hub' or an existing checkpoint file")
+    for i, m in enumerate(raw["methods"]):
+        m = {"name": m} if isinstance(m, str) else m
+        at(f"methods[{i}]", create_method, m["name"], 1.0, 0, **m.get("params", {}))

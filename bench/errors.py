@@ -1,0 +1,9 @@
+"""Errors the user can fix. The CLI prints them as one line and exits with code 2."""
+
+
+class UsageError(Exception):
+    """Bad input from the user (suite file, CLI argument, unknown name)."""
+
+
+class RunFailed(Exception):
+    """A run could not produce a result (non-finite loss, data error, ...); recorded as failed."""

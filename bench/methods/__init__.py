@@ -1,0 +1,5 @@
+"""Method plugins. Importing this package registers every built-in method."""
+from bench.methods.base import METHODS, Method, Param, TrainContext, create_method, list_methods, register_method
+from bench.methods import baselines  # noqa: F401  (registers dense, static, random)
+
+__all__ = ["METHODS", "Method", "Param", "TrainContext", "create_method", "list_methods", "register_method"]

@@ -1,0 +1,160 @@
+"""The method contract: how a token-sparsification method plugs into any timm VisionTransformer.
+
+A method is a small class with declared parameters. ``apply`` patches a built model in place (hooks,
+not forks of timm's code), ``token_schedule`` says how many tokens enter each block, and
+``extra_losses`` adds training terms. A method adds state_dict keys only if it learns parameters.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from bench.errors import UsageError
+from bench.registry import Registry, did_you_mean
+
+
+@dataclass(frozen=True)
+class Param:
+    """A declared method parameter: default value, accepted types and a one-line doc."""
+
+    default: Any
+    doc: str
+    types: tuple[type, ...] = (float, int)
+    choices: tuple[Any, ...] | None = None
+    nullable: bool = False
+
+    def check(self, method: str, name: str, value: Any) -> Any:
+        if value is None and self.nullable:
+            return None
+        if isinstance(value, bool) and bool not in self.types:
+            raise UsageError(f"method {method!r}: parameter {name!r} must be {self._type_names()}, got {value!r}")
+        if not isinstance(value, self.types):
+            raise UsageError(f"method {method!r}: parameter {name!r} must be {self._type_names()}, got {value!r}")
+        if self.choices is not None and value not in self.choices:
+            raise UsageError(f"method {method!r}: parameter {name!r} must be one of {list(self.choices)}, got {value!r}")
+        return value
+
+    def _type_names(self) -> str:
+        return " or ".join(t.__name__ for t in self.types)
+
+
+@dataclass
+class TrainContext:
+    """What a method's extra losses may look at during a training step."""
+
+    images: torch.Tensor
+    targets: torch.Tensor
+    logits: torch.Tensor
+    teacher_logits: torch.Tensor | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Method:
+    """Base class of every method plugin. Subclasses set ``name``, ``description`` and ``params``."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    params: ClassVar[dict[str, Param]] = {}
+    #: True when the method adds trainable parameters (and therefore state_dict keys).
+    learns_parameters: ClassVar[bool] = False
+    #: True when the method's token choice depends on the input image.
+    input_dependent: ClassVar[bool] = False
+
+    def __init__(self, keep_ratio: float = 1.0, seed: int = 0, **params: Any):
+        if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, (int, float)) or not 0.0 < keep_ratio <= 1.0:
+            raise UsageError(f"method {self.name!r}: keep_ratio must be in (0, 1], got {keep_ratio!r}")
+        self.keep_ratio = float(keep_ratio)
+        self.seed = int(seed)
+        unknown = sorted(set(params) - set(self.params))
+        if unknown:
+            raise UsageError(
+                f"method {self.name!r} has no parameter {unknown[0]!r}{did_you_mean(unknown[0], sorted(self.params))}"
+                f" (parameters: {', '.join(sorted(self.params)) or 'none'})"
+            )
+        self.config = {k: p.default for k, p in self.params.items()}
+        for k, v in params.items():
+            self.config[k] = self.params[k].check(self.name, k, v)
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    # -- the contract -------------------------------------------------------------------------
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Patch ``model`` in place and return it."""
+        return model
+
+    def token_schedule(self, model: nn.Module) -> list[int]:
+        """Tokens (prefix tokens included) entering each block at evaluation."""
+        return [num_tokens(model)] * len(model.blocks)
+
+    def extra_losses(self, model: nn.Module, ctx: TrainContext) -> dict[str, torch.Tensor]:
+        """Weighted extra training terms, added to the task loss. Keys name the terms in logs."""
+        return {}
+
+    def needs_teacher(self) -> bool:
+        return False
+
+    # -- training hooks (all optional) --------------------------------------------------------
+    def optimizer_groups(self, model: nn.Module, recipe: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """Parameter groups (e.g. another learning rate for learned modules); None means one group."""
+        return None
+
+    def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> None:
+        """Schedules that move with training progress (temperatures, sparsity updates)."""
+
+    def before_optimizer_step(self, model: nn.Module, step: int) -> None:
+        """Gradients are ready here (e.g. grow-by-gradient rules)."""
+
+    def after_optimizer_step(self, model: nn.Module, step: int) -> None:
+        """Weights were just updated (e.g. re-apply masks)."""
+
+    def train_state(self) -> dict[str, Any]:
+        """Method state that a resumed run must restore for exact resumption (RNG states, masks)."""
+        return {}
+
+    def load_train_state(self, state: dict[str, Any]) -> None:
+        """Restore what ``train_state`` returned."""
+
+    def remove(self) -> None:
+        """Undo ``apply``'s hooks (learned modules stay attached)."""
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def describe(self) -> dict[str, Any]:
+        return {"method": self.name, "keep_ratio": self.keep_ratio, "seed": self.seed, **self.config}
+
+
+def num_tokens(model: nn.Module) -> int:
+    """Tokens entering the first block: patch tokens plus prefix (class/register) tokens."""
+    return num_patches(model) + int(getattr(model, "num_prefix_tokens", 1))
+
+
+def num_patches(model: nn.Module) -> int:
+    return int(model.patch_embed.num_patches)
+
+
+def check_vit(model: nn.Module, method: str) -> None:
+    if not (hasattr(model, "blocks") and hasattr(model, "patch_embed") and hasattr(model, "num_prefix_tokens")):
+        raise UsageError(f"method {method!r} needs a timm VisionTransformer-like model, got {type(model).__name__}")
+    if getattr(model, "global_pool", "token") not in ("token", "avg", "") and method != "dense":
+        raise UsageError(f"method {method!r}: global_pool={model.global_pool!r} is not supported")
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    METHODS.add(cls.name, cls)
+    return cls
+
+
+def create_method(name: str, keep_ratio: float = 1.0, seed: int = 0, **params: Any) -> Method:
+    return METHODS.get(name)(keep_ratio=keep_ratio, seed=seed, **params)
+
+
+def list_methods() -> list[str]:
+    return METHODS.names()

@@ -1,0 +1,118 @@
+"""Staged token pruning shared by every method that keeps a subset of patch tokens.
+
+Pruning happens where DynamicViT prunes: before a few blocks (3, 6, 9 of 12 by default), stage k keeping
+``int(num_patches * rho**k)`` of the *original* patch tokens. Prefix tokens (class, registers) are
+always kept. Kept tokens stay in their original order so position-dependent heads see a stable layout.
+The pruning is a forward pre-hook on the block, so the model's code and state_dict are untouched.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.errors import UsageError
+from bench.methods.base import Method, Param, check_vit, num_patches
+
+
+def default_stage_blocks(depth: int, num_stages: int = 3) -> list[int]:
+    """Blocks before which stages prune: 3, 6, 9 for depth 12, proportional otherwise."""
+    blocks = [max(1, math.floor(depth * k / (num_stages + 1) + 0.5)) for k in range(1, num_stages + 1)]
+    if len(set(blocks)) != len(blocks) or blocks[-1] >= depth:
+        raise UsageError(f"cannot place {num_stages} pruning stages in a {depth}-block model")
+    return blocks
+
+
+def stage_keep_counts(n_patches: int, rho: float, num_stages: int) -> list[int]:
+    # the small epsilon keeps int() from flooring 0.7*100=69.99999 to 69
+    return [max(1, int(n_patches * rho ** (k + 1) + 1e-6)) for k in range(num_stages)]
+
+
+class StagedPruning(Method):
+    """Base for methods that score patch tokens and keep the top ones at each stage."""
+
+    params = {
+        "stage_blocks": Param(None, "blocks before which tokens are pruned (default: 3/6/9 of 12, proportional)",
+                              types=(list,), nullable=True),
+        "num_stages": Param(3, "number of pruning stages when stage_blocks is not given", types=(int,)),
+    }
+
+    def __init__(self, keep_ratio: float = 1.0, seed: int = 0, **params: Any):
+        super().__init__(keep_ratio, seed, **params)
+        #: kept original patch positions per stage from the last forward (for visualisation)
+        self.record_kept = False
+        self.last_kept: list[torch.Tensor] = []
+        self._positions: torch.Tensor | None = None
+
+    # -- schedule -----------------------------------------------------------------------------
+    def stages(self, model: nn.Module) -> list[tuple[int, int]]:
+        """(block index, patch tokens kept from that block on) per stage."""
+        depth = len(model.blocks)
+        blocks = self.config["stage_blocks"]
+        if blocks is None:
+            blocks = default_stage_blocks(depth, self.config["num_stages"])
+        if sorted(blocks) != list(blocks) or any(not isinstance(b, int) or not 0 < b < depth for b in blocks):
+            raise UsageError(f"method {self.name!r}: stage_blocks must be increasing block indices in 1..{depth - 1}, got {blocks}")
+        keeps = stage_keep_counts(num_patches(model), self.keep_ratio, len(blocks))
+        return list(zip(blocks, keeps))
+
+    def token_schedule(self, model: nn.Module) -> list[int]:
+        prefix = int(model.num_prefix_tokens)
+        schedule, current = [], num_patches(model)
+        stages = dict(self.stages(model))
+        for i in range(len(model.blocks)):
+            current = stages.get(i, current)
+            schedule.append(prefix + current)
+        return schedule
+
+    # -- patching -----------------------------------------------------------------------------
+    def apply(self, model: nn.Module) -> nn.Module:
+        check_vit(model, self.name)
+        self.attach_learned(model)
+        if self.keep_ratio >= 1.0 and not self.prunes_at_full_ratio():
+            return model  # nothing to drop: the model must compute exactly what the dense one does
+        self._handles.append(model.blocks[0].register_forward_pre_hook(self._reset_hook))
+        prefix = int(model.num_prefix_tokens)
+        for stage, (block, keep) in enumerate(self.stages(model)):
+            hook = self._make_stage_hook(model, stage, keep, prefix)
+            self._handles.append(model.blocks[block].register_forward_pre_hook(hook))
+        return model
+
+    def attach_learned(self, model: nn.Module) -> None:
+        """Learned methods attach their modules to the model here."""
+
+    def prunes_at_full_ratio(self) -> bool:
+        return False
+
+    def _reset_hook(self, module: nn.Module, args: tuple) -> None:
+        self._positions = None
+        self.last_kept = []
+        self.on_forward_start(args[0])
+
+    def on_forward_start(self, x: torch.Tensor) -> None:
+        """Called before the first block of every forward."""
+
+    def _make_stage_hook(self, model: nn.Module, stage: int, keep: int, prefix: int):
+        def hook(module: nn.Module, args: tuple) -> tuple:
+            x = args[0]
+            B, N, C = x.shape
+            patches = x[:, prefix:]
+            if self._positions is None:
+                self._positions = torch.arange(N - prefix, device=x.device).unsqueeze(0).expand(B, -1)
+            scores = self.score(model, stage, patches, self._positions)
+            k = min(keep, patches.shape[1])
+            # keep the top-k, then restore their original order
+            idx = torch.topk(scores, k, dim=1, sorted=False).indices.sort(dim=1).values
+            kept = torch.gather(patches, 1, idx.unsqueeze(-1).expand(-1, -1, C))
+            self._positions = torch.gather(self._positions, 1, idx)
+            if self.record_kept:
+                self.last_kept.append(self._positions.detach().cpu())
+            return (torch.cat([x[:, :prefix], kept], dim=1),) + tuple(args[1:])
+
+        return hook
+
+    def score(self, model: nn.Module, stage: int, patches: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """(B, N) scores of the current patch tokens; higher is kept."""
+        raise UsageError(f"method {self.name!r} does not define how to score tokens")

@@ -1,0 +1,111 @@
+"""Build a backbone by timm name, with weights from the hub or from a local checkpoint file."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from bench.errors import UsageError
+from bench.models import tiny_vits  # noqa: F401  (registers the small ViTs with timm)
+from bench.registry import did_you_mean
+
+log = logging.getLogger(__name__)
+
+#: Backbones the harness is tested with; any other timm ViT name works too.
+KNOWN_BACKBONES = (
+    *tiny_vits.TINY_VITS,
+    "deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224",
+    "vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224",
+)
+
+
+def list_backbones() -> list[str]:
+    return list(KNOWN_BACKBONES)
+
+
+def check_backbone_name(name: str) -> None:
+    if not timm.is_model(name):
+        candidates = sorted(set(timm.list_models("*vit*")) | set(timm.list_models("deit*")) | set(KNOWN_BACKBONES))
+        raise UsageError(f"unknown backbone {name!r}{did_you_mean(name, candidates)}")
+
+
+def build_backbone(name: str, *, num_classes: int, in_chans: int | None = None, img_size: int | None = None,
+                   pretrained: bool | str | None = None, **kwargs: Any) -> nn.Module:
+    """Create ``name`` from timm. ``pretrained`` is False/None, True (hub) or a local .pth/.safetensors path."""
+    check_backbone_name(name)
+    args: dict[str, Any] = dict(num_classes=num_classes, **kwargs)
+    if in_chans is not None:
+        args["in_chans"] = in_chans
+    if img_size is not None:
+        args["img_size"] = img_size
+    from_hub = pretrained is True
+    try:
+        model = timm.create_model(name, pretrained=from_hub, **args)
+    except (OSError, RuntimeError, ValueError) as e:
+        if from_hub:
+            raise UsageError(
+                f"could not fetch pretrained weights for {name!r} from the hub ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:160]}); pass a local checkpoint path instead"
+            ) from None
+        raise UsageError(f"could not build backbone {name!r}: {str(e).splitlines()[0][:200]}") from None
+    if not (hasattr(model, "blocks") and hasattr(model, "patch_embed")):
+        raise UsageError(f"backbone {name!r} is not a ViT (no blocks/patch_embed); token methods need a timm VisionTransformer")
+    if isinstance(pretrained, (str, Path)) and str(pretrained):
+        load_checkpoint_into(model, pretrained)
+    return model
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"checkpoint {str(path)!r} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        sd = load_file(str(path))
+    else:
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a pickle that is not plain tensors, or not a torch file at all
+            raise UsageError(f"cannot read checkpoint {str(path)!r}: {str(e).splitlines()[0][:200]}") from None
+    for key in ("model_ema", "model", "state_dict"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+            break
+    if not isinstance(sd, dict):
+        raise UsageError(f"checkpoint {str(path)!r} holds no state_dict")
+    return {k.removeprefix("module."): v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+
+
+def load_checkpoint_into(model: nn.Module, path: str | Path) -> list[str]:
+    """Load weights; a classifier head of another size and another image size are adapted.
+
+    Returns the keys left at their fresh initialisation (the head when the class count differs).
+    """
+    sd = read_state_dict(path)
+    own = model.state_dict()
+    if "pos_embed" in sd and "pos_embed" in own and sd["pos_embed"].shape != own["pos_embed"].shape:
+        from timm.layers import resample_abs_pos_embed
+
+        prefix = 0 if getattr(model, "no_embed_class", False) else int(model.num_prefix_tokens)
+        sd["pos_embed"] = resample_abs_pos_embed(sd["pos_embed"], new_size=list(model.patch_embed.grid_size),
+                                                 num_prefix_tokens=prefix)
+    dropped = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
+    if any(not k.startswith(("head.", "head_dist.")) for k in dropped):
+        bad = next(k for k in dropped if not k.startswith(("head.", "head_dist.")))
+        raise UsageError(f"checkpoint {str(path)!r} does not fit the model: {bad} is {tuple(sd[bad].shape)}, model wants {tuple(own[bad].shape)}")
+    for k in dropped:
+        del sd[k]
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    unexpected = [k for k in unexpected if not k.startswith("head_dist.")]
+    not_head = [k for k in missing if not k.startswith("head.")]
+    if not_head or unexpected:
+        what = f"missing {not_head[:3]}" if not_head else f"unexpected {unexpected[:3]}"
+        raise UsageError(f"checkpoint {str(path)!r} does not fit the model: {what}")
+    if missing:
+        log.info("checkpoint %s: fresh %s (class count differs)", path, ", ".join(missing))
+    return list(missing)

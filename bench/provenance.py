@@ -1,0 +1,62 @@
+"""Where a number came from: code version, library versions, hardware."""
+from __future__ import annotations
+
+import functools
+import platform
+import socket
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+@functools.lru_cache(maxsize=1)
+def git_state(cwd: str | None = None) -> tuple[str | None, bool | None]:
+    """(commit sha, dirty flag) of the checkout the harness runs from; (None, None) outside git."""
+    cwd = cwd or str(Path(__file__).resolve().parent.parent)
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        if sha.returncode != 0:
+            return None, None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10)
+        return sha.stdout.strip(), bool(dirty.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_name()
+
+
+def provenance(device: torch.device) -> dict[str, Any]:
+    import timm
+
+    sha, dirty = git_state()
+    return {
+        "git_sha": sha, "git_dirty": dirty, "torch_version": torch.__version__, "timm_version": timm.__version__,
+        "python_version": platform.python_version(), "hostname": socket.gethostname(), "device": device.type,
+        "device_name": device_name(device), "cpu_threads": torch.get_num_threads(),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def pick_device(requested: str | None = None) -> torch.device:
+    import os
+
+    name = requested or os.environ.get("TOKENBENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

@@ -1,0 +1,195 @@
+"""The three compute steps of a suite, each turning files into files:
+
+pretrain (backbone -> pretrain/<backbone>/model.pth), finetune (run -> runs/<id>/model.pth) and
+evaluate (runs/<id>/model.pth -> runs/<id>/run.json). A step that fails writes runs/<id>/failure.json
+(never its declared output), so the failure is recorded and the step is retried next time.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from bench.config import Backbone, Run, Suite
+from bench.errors import RunFailed, UsageError
+from bench.io import atomic_torch_save, atomic_write_json
+from bench.methods import Method, create_method
+from bench.models import build_backbone
+from bench.provenance import pick_device, provenance
+from bench.train import train_model
+
+MODEL_FILE = "model.pth"
+RECORD_FILE = "run.json"
+FAILURE_FILE = "failure.json"
+
+
+def pretrain_dir(suite: Suite, backbone: str, root: str | Path = "results") -> Path:
+    return suite.results_dir(root) / "pretrain" / backbone
+
+
+def run_dir(suite: Suite, run: Run, root: str | Path = "results") -> Path:
+    return suite.results_dir(root) / "runs" / run.run_id
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _data(suite: Suite):
+    from bench.data import load_data
+
+    return load_data(suite.data)
+
+
+def _model(suite: Suite, backbone: Backbone, bundle, pretrained: bool | str | None) -> nn.Module:
+    return build_backbone(backbone.name, num_classes=bundle.num_classes, in_chans=bundle.in_chans,
+                          img_size=backbone.image_size, pretrained=pretrained, **backbone.kwargs)
+
+
+def _torch_data(model: nn.Module, bundle):
+    from timm.data import resolve_data_config
+
+    from bench.data.transforms import make_torch_datasets
+
+    cfg = resolve_data_config(model=model)
+    in_chans = int(model.patch_embed.proj.in_channels)
+    mean, std = tuple(cfg["mean"]), tuple(cfg["std"])
+    if len(mean) != in_chans:  # e.g. an RGB-pretrained backbone on grayscale data
+        mean, std = (sum(mean) / len(mean),) * in_chans, (sum(std) / len(std),) * in_chans
+    return make_torch_datasets(bundle, image_size=int(model.patch_embed.img_size[0]), in_chans=in_chans,
+                               mean=mean, std=std)
+
+
+def _save_model(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
+    atomic_torch_save(path, {"model": model.state_dict(), "meta": meta})
+
+
+def pretrain(suite: Suite, backbone_name: str, *, root: str | Path = "results", device: str | None = None) -> Path:
+    """Produce the dense starting point of every fine-tune: trained from scratch, from the hub, or a file."""
+    dev = pick_device(device)
+    backbone = suite.backbone(backbone_name)
+    out = pretrain_dir(suite, backbone_name, root)
+    bundle = _data(suite)
+    init = {"scratch": False, "hub": True}.get(backbone.init, backbone.init)
+    model = _model(suite, backbone, bundle, init)
+    recipe = suite.pretrain_recipe
+    t0 = time.time()
+    result = None
+    if recipe["epochs"] > 0:
+        train_ds, _ = _torch_data(model, bundle)
+        result = train_model(model, create_method("dense"), train_ds, recipe, seed=suite.pretrain_seed,
+                             out_dir=out, device=dev)
+    meta = {"backbone": backbone_name, "init": backbone.init, "recipe": recipe, "seed": suite.pretrain_seed,
+            "wall_s": time.time() - t0, "train_peak_mem_mb": result.peak_mem_mb if result else None,
+            "dataset": bundle.name, **provenance(dev)}
+    _save_model(out / MODEL_FILE, model.cpu(), meta)
+    (out / "train_state.pth").unlink(missing_ok=True)
+    return out / MODEL_FILE
+
+
+def build_run_model(suite: Suite, run: Run, bundle, weights: str | Path | None) -> tuple[nn.Module, Method]:
+    """Backbone + method, patched; ``weights`` is a pretrain checkpoint (for fine-tuning) or None."""
+    model = _model(suite, suite.backbone(run.backbone), bundle, str(weights) if weights else None)
+    method = create_method(run.method_name, run.keep_ratio, run.seed, **run.method_params)
+    method.apply(model)
+    return model, method
+
+
+def finetune(suite: Suite, run: Run, *, root: str | Path = "results", device: str | None = None) -> Path:
+    dev = pick_device(device)
+    out = run_dir(suite, run, root)
+    ckpt = pretrain_dir(suite, run.backbone, root) / MODEL_FILE
+    if not ckpt.exists():
+        raise UsageError(f"no pretrained backbone at {ckpt}; run the pretrain step first")
+    bundle = _data(suite)
+    model, method = build_run_model(suite, run, bundle, ckpt)
+    teacher = None
+    if method.needs_teacher():
+        teacher = _model(suite, suite.backbone(run.backbone), bundle, str(ckpt))
+    train_ds, _ = _torch_data(model, bundle)
+    result = train_model(model, method, train_ds, run.finetune, seed=run.seed, out_dir=out, device=dev, teacher=teacher)
+    meta = {"run_id": run.run_id, "recipe": run.finetune, "train_epochs": result.epochs, "train_steps": result.steps,
+            "train_wall_s": result.wall_s, "train_final_loss": result.final_loss,
+            "train_peak_mem_mb": result.peak_mem_mb, "resumed_from_epoch": result.resumed_from_epoch,
+            "batch_size": run.finetune["batch_size"], "device": dev.type}
+    _save_model(out / MODEL_FILE, model.cpu(), meta)
+    (out / "train_state.pth").unlink(missing_ok=True)
+    return out / MODEL_FILE
+
+
+def evaluate_run(suite: Suite, run: Run, *, root: str | Path = "results", device: str | None = None) -> dict[str, Any]:
+    """Accuracy, tokens, FLOPs and throughput of a fine-tuned run, written as its run.json record."""
+    from bench.evaluate import evaluate
+    from bench.measure import mean_flops, measure_throughput
+
+    dev = pick_device(device)
+    out = run_dir(suite, run, root)
+    saved = torch.load(out / MODEL_FILE, map_location="cpu", weights_only=False)
+    bundle = _data(suite)
+    model, method = build_run_model(suite, run, bundle, None)
+    model.load_state_dict(saved["model"])
+    _, val_ds = _torch_data(model, bundle)
+    ev_cfg = suite.evaluate
+    t0 = time.time()
+    acc = evaluate(model, val_ds, device=dev, batch_size=ev_cfg["batch_size"], max_images=ev_cfg["max_val_images"])
+    eval_wall = time.time() - t0
+
+    model.to("cpu")
+    n_flops = ev_cfg["flops_images"] if method.input_dependent else 1
+    sample = torch.stack([val_ds[i][0] for i in range(min(n_flops, len(val_ds)))])
+    flops = mean_flops(model, sample.split(16), max_images=n_flops)
+
+    tp_cfg = ev_cfg["throughput"]
+    img = int(model.patch_embed.img_size[0])
+    tp = measure_throughput(model.to(dev), image_size=img, in_chans=int(model.patch_embed.proj.in_channels), device=dev,
+                            batch_sizes=tp_cfg["batch_sizes"], precision=tp_cfg["precision"], warmup=tp_cfg["warmup"],
+                            repeats=tp_cfg["repeats"])
+    head = tp.headline()
+    meta = saved.get("meta", {})
+    record = {
+        **run_identity(suite, run, bundle.name),
+        "status": "ok", "error": None,
+        "top1": acc.top1, "top5": acc.top5, "val_images": acc.images,
+        "gmacs_fvcore_1mac_eq_1flop": flops.gmacs, "params_m": flops.params / 1e6,
+        "mean_tokens": acc.mean_tokens, "tokens_per_block": acc.tokens_per_block,
+        "token_schedule": method.token_schedule(model),
+        "throughput_img_s": head["img_per_s_median"], "throughput_img_s_iqr": head["img_per_s_iqr"],
+        "throughput_batch_size": head["batch_size"], "throughput_latency_ms": head["latency_ms_median"],
+        "throughput_device": tp.device_name, "precision": tp.precision, "peak_mem_mb": head["peak_mem_mb"],
+        "throughput_sweep": tp.rows,
+        "train_epochs": meta.get("train_epochs"), "train_wall_s": meta.get("train_wall_s"),
+        "train_peak_mem_mb": meta.get("train_peak_mem_mb"), "batch_size": meta.get("batch_size"),
+        "eval_wall_s": eval_wall,
+        **provenance(dev),
+    }
+    atomic_write_json(out / RECORD_FILE, record)
+    (out / FAILURE_FILE).unlink(missing_ok=True)
+    return record
+
+
+def run_identity(suite: Suite, run: Run, dataset: str) -> dict[str, Any]:
+    return {"suite": suite.name, "run_id": run.run_id, "method": run.method, "method_name": run.method_name,
+            "method_params": run.method_params, "backbone": run.backbone, "keep_ratio": run.keep_ratio,
+            "seed": run.seed, "dataset": dataset}
+
+
+def record_failure(suite: Suite, run: Run, step: str, exc: BaseException, *, root: str | Path = "results") -> Path:
+    """Write failure.json for a run whose step raised; the run's declared outputs are left absent."""
+    from bench.data import describe_data
+
+    try:
+        dataset = describe_data(suite.data)
+    except Exception:  # the data config itself may be what failed
+        dataset = str(suite.data.get("name") or suite.data.get("path"))
+    record = {**run_identity(suite, run, dataset), "status": "failed", "failed_step": step,
+              "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:500],
+              "traceback": "".join(traceback.format_exception(exc))[-4000:], **provenance(pick_device())}
+    path = run_dir(suite, run, root) / FAILURE_FILE
+    atomic_write_json(path, record)
+    return path
