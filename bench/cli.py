@@ -113,10 +113,10 @@ def _recorded(suite, run, step: str, root: str, fn):
 
     try:
         return fn()
-    except UsageError:
-        raise
     except Exception as e:  # any crash of a run is recorded, never cached as success
         path = runner.record_failure(suite, run, step, e, root=root)
+        if isinstance(e, UsageError):
+            raise
         hint = "" if isinstance(e, RunFailed) else f" (traceback in {path})"
         raise RunFailed(f"{run.run_id}: {step} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}{hint}") from e
 
@@ -193,7 +193,7 @@ def throughput(backbone, method, keep_ratio, param, image_size, in_chans, num_cl
     rep = measure_throughput(model.to(dev), image_size=int(model.patch_embed.img_size[0]),
                              in_chans=int(model.patch_embed.proj.in_channels), device=dev, batch_sizes=sizes,
                              precision=precision, repeats=repeats)
-    click.echo(f"{backbone} {method} keep={keep_ratio:g} on {rep.device_name} ({precision}, {rep.threads} threads):")
+    click.echo(f"{backbone} {method} keep={keep_ratio:g} on {rep.device_name} ({precision}, {rep.num_threads} threads):")
     for row in rep.rows:
         click.echo(f"  batch {row['batch_size']:4d}: {row['img_per_s_median']:10.1f} img/s (IQR {row['img_per_s_iqr']:.1f}), "
                    f"{row['latency_ms_median']:.2f} ms/batch, peak mem {row['peak_mem_mb']:.0f} MB")

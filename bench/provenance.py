@@ -48,7 +48,7 @@ def provenance(device: torch.device) -> dict[str, Any]:
 
     sha, dirty = git_state()
     return {
-        "git_sha": sha, "git_dirty": dirty, "torch_version": torch.__version__, "timm_version": timm.__version__,
+        "git_sha": sha, "git_dirty": dirty, "torch_version": str(torch.__version__), "timm_version": str(timm.__version__),
         "python_version": platform.python_version(), "hostname": socket.gethostname(), "device": device.type,
         "device_name": device_name(device), "cpu_threads": torch.get_num_threads(),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

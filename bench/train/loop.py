@@ -124,7 +124,7 @@ def train_model(model: nn.Module, method: Method, train_ds: Dataset, recipe: dic
             loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
                 raise RunFailed(f"non-finite loss ({loss_value}) at epoch {epoch + 1}, step {step + 1}; "
-                                f"terms: {', '.join(f'{k}={float(v):.4g}' for k, v in terms.items())}")
+                                f"terms: {', '.join(f'{k}={float(v.detach()):.4g}' for k, v in terms.items())}")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if recipe.get("clip_grad"):

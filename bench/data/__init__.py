@@ -1,0 +1,59 @@
+"""Data for tokenbench: one ``data:`` mapping in, one DataBundle out, whatever the source.
+
+Sources: ``embedded`` (canvas-digits, built locally, the default), ``hub`` (Hugging Face),
+``imagefolder`` (DIR/train/<class>/*, DIR/validation/<class>/*) and ``disk``
+(a ``DatasetDict.save_to_disk`` folder). The torch side (transforms, TorchImageDataset)
+is imported lazily so validating a suite does not pay for torchvision.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Mapping
+
+from bench.data import sources
+from bench.data.bundle import DEFAULT_IMAGE_SIZE, DataBundle, cache_root
+from bench.data.embedded import CanvasDigitsConfig, load_canvas_digits
+
+if TYPE_CHECKING:
+    from bench.data.transforms import TorchImageDataset, build_transform, make_torch_datasets
+
+SOURCES = sources.SOURCES
+
+__all__ = [
+    "DEFAULT_IMAGE_SIZE",
+    "SOURCES",
+    "CanvasDigitsConfig",
+    "DataBundle",
+    "TorchImageDataset",
+    "build_transform",
+    "cache_root",
+    "describe_data",
+    "load_canvas_digits",
+    "load_data",
+    "make_torch_datasets",
+    "validate_data_config",
+]
+
+_LAZY = {"TorchImageDataset", "build_transform", "make_torch_datasets"}
+
+
+def load_data(cfg: Mapping[str, Any] | None) -> DataBundle:
+    """Load the train/val splits a suite's ``data:`` mapping names (None/{} = canvas-digits)."""
+    return sources.load(cfg)
+
+
+def describe_data(cfg: Mapping[str, Any] | None) -> str:
+    """Dataset label for result rows, e.g. ``canvas-digits(canvas=32,scale=1,...)``."""
+    return sources.describe(cfg)
+
+
+def validate_data_config(cfg: Mapping[str, Any] | None) -> None:
+    """Raise UsageError for a bad ``data:`` mapping without loading data or using the network."""
+    sources.validate(cfg)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from bench.data import transforms
+
+        return getattr(transforms, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

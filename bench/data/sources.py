@@ -1,0 +1,350 @@
+"""The four data sources behind a suite's ``data:`` mapping: embedded, hub, imagefolder, disk.
+
+Each turns its config into a DataBundle. Everything the user can get wrong (unknown source or
+key, missing path, absent split, unreachable hub) becomes a one-line UsageError, raised as
+early and as cheaply as possible.
+"""
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
+
+from bench.data import embedded
+from bench.data.bundle import DEFAULT_IMAGE_SIZE, DataBundle, cache_root
+from bench.errors import UsageError
+from bench.registry import did_you_mean
+
+if TYPE_CHECKING:
+    import datasets
+
+SOURCES = ("embedded", "hub", "imagefolder", "disk")
+EMBEDDED_NAMES = (embedded.NAME,)
+DEFAULT_HUB_ENDPOINT = "https://huggingface.co"
+PROBE_TIMEOUT_S = 3.0
+_TRUE = {"1", "true", "yes", "on"}
+_LOCAL_HINT = (
+    "use a local copy instead: data: {source: imagefolder, path: DIR} (DIR/train/<class>/*.png, "
+    "DIR/validation/<class>/*.png) or {source: disk, path: DIR} (a DatasetDict.save_to_disk folder)"
+)
+
+# Keys every non-embedded source accepts: column names and how to treat the images.
+_COMMON = {"source", "name", "image_key", "label_key", "train_split", "val_split",
+           "in_chans", "image_size", "fixed_size"}
+_KEYS: dict[str, set[str]] = {
+    "embedded": {"source", "name", "options"},
+    "hub": _COMMON | {"subset", "revision"},
+    "imagefolder": _COMMON | {"path"},
+    "disk": _COMMON | {"path"},
+}
+_STR_KEYS = ("name", "image_key", "label_key", "train_split", "val_split", "subset", "revision", "path")
+
+
+def normalize(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Check a ``data:`` mapping and fill defaults; an empty one means embedded canvas-digits."""
+    if cfg is None:
+        cfg = {}
+    if not isinstance(cfg, Mapping):
+        raise UsageError(f"data: must be a mapping with a 'source' key, got {type(cfg).__name__}")
+    out = dict(cfg)
+    source = out.setdefault("source", "embedded")
+    if source not in SOURCES:
+        raise UsageError(
+            f"unknown data source {source!r}{did_you_mean(str(source), list(SOURCES))} "
+            f"(valid: {', '.join(SOURCES)})"
+        )
+    allowed = sorted(_KEYS[source])
+    for key in out:
+        if key not in allowed:
+            raise UsageError(
+                f"data: unknown key {key!r} for source {source!r}{did_you_mean(str(key), allowed)} "
+                f"(allowed: {', '.join(allowed)})"
+            )
+    for key in _STR_KEYS:
+        if key in out and (not isinstance(out[key], str) or not out[key]):
+            raise UsageError(f"data: {key} must be a non-empty string, got {out[key]!r}")
+    if source == "embedded":
+        name = out.setdefault("name", embedded.NAME)
+        if name not in EMBEDDED_NAMES:
+            raise UsageError(
+                f"unknown embedded dataset {name!r}{did_you_mean(name, list(EMBEDDED_NAMES))} "
+                f"(known: {', '.join(EMBEDDED_NAMES)})"
+            )
+        if not isinstance(out.get("options") or {}, Mapping):
+            raise UsageError(f"data: options must be a mapping, got {out['options']!r}")
+        return out
+    if source == "hub" and "name" not in out:
+        raise UsageError("data: source 'hub' needs a dataset name, e.g. name: imagenet-1k")
+    if source in ("imagefolder", "disk") and "path" not in out:
+        raise UsageError(f"data: source {source!r} needs a path: to a local directory")
+    out.setdefault("train_split", "train")
+    out.setdefault("val_split", "validation")
+    out.setdefault("image_key", "image")
+    out.setdefault("label_key", "label")
+    out.setdefault("in_chans", 3)
+    out.setdefault("image_size", DEFAULT_IMAGE_SIZE)
+    out.setdefault("fixed_size", False)
+    if out["in_chans"] not in (1, 3) or isinstance(out["in_chans"], bool):
+        raise UsageError(f"data: in_chans must be 1 or 3, got {out['in_chans']!r}")
+    size = out["image_size"]
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise UsageError(f"data: image_size must be a positive integer, got {size!r}")
+    if not isinstance(out["fixed_size"], bool):
+        raise UsageError(f"data: fixed_size must be true or false, got {out['fixed_size']!r}")
+    return out
+
+
+def embedded_config(cfg: Mapping[str, Any]) -> embedded.CanvasDigitsConfig:
+    return embedded.CanvasDigitsConfig.from_options(cfg.get("options"))
+
+
+def _local_path(cfg: Mapping[str, Any]) -> Path:
+    path = Path(cfg["path"]).expanduser()
+    if not path.is_dir():
+        what = "is not a directory" if path.exists() else "does not exist"
+        raise UsageError(f"data: {cfg['source']} path {str(path)!r} {what}")
+    return path
+
+
+def validate(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Everything checkable without loading or touching the network; returns the normalized cfg."""
+    out = normalize(cfg)
+    if out["source"] == "embedded":
+        embedded_config(out)
+    elif out["source"] in ("imagefolder", "disk"):
+        _local_path(out)
+    return out
+
+
+def short_name(cfg: Mapping[str, Any]) -> str:
+    """Dataset name for result rows: the configured name, else the local directory's name."""
+    if "name" in cfg:
+        return str(cfg["name"])
+    return Path(cfg["path"]).expanduser().resolve().name
+
+
+def describe(cfg: Mapping[str, Any] | None) -> str:
+    out = normalize(cfg)
+    if out["source"] == "embedded":
+        return embedded_config(out).describe()
+    if out["source"] == "hub" and "subset" in out:
+        return f"{out['name']}/{out['subset']}"
+    return short_name(out)
+
+
+# ---------------------------------------------------------------- shared bundle construction
+
+
+def _pick_split(splits: Mapping[str, "datasets.Dataset"], split: str, where: str) -> "datasets.Dataset":
+    if split not in splits:
+        have = sorted(splits)
+        raise UsageError(
+            f"{where} has no split {split!r}{did_you_mean(split, have)} (splits: {', '.join(have)})"
+        )
+    return splits[split]
+
+
+def _num_classes(train: "datasets.Dataset", val: "datasets.Dataset", label_key: str, where: str) -> int:
+    import datasets
+
+    feature = train.features[label_key]
+    if isinstance(feature, datasets.ClassLabel):
+        return int(feature.num_classes)
+    if not (isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint"))):
+        raise UsageError(
+            f"{where}: label column {label_key!r} must hold class ids (ClassLabel or integers), "
+            f"got {feature}"
+        )
+    return int(max(max(train.unique(label_key)), max(val.unique(label_key)))) + 1
+
+
+def bundle_from_splits(
+    splits: Mapping[str, "datasets.Dataset"], cfg: Mapping[str, Any], where: str
+) -> DataBundle:
+    """Pick the configured splits, check the columns exist, and wrap them in a DataBundle."""
+    train = _pick_split(splits, cfg["train_split"], where)
+    val = _pick_split(splits, cfg["val_split"], where)
+    for key in (cfg["image_key"], cfg["label_key"]):
+        for split, ds in ((cfg["train_split"], train), (cfg["val_split"], val)):
+            if key not in ds.column_names:
+                cols = list(ds.column_names)
+                raise UsageError(
+                    f"{where}: split {split!r} has no column {key!r}{did_you_mean(key, cols)} "
+                    f"(columns: {', '.join(cols)}); set image_key/label_key"
+                )
+    return DataBundle(
+        name=short_name(cfg),
+        train=train,
+        val=val,
+        num_classes=_num_classes(train, val, cfg["label_key"], where),
+        image_key=cfg["image_key"],
+        label_key=cfg["label_key"],
+        image_size=cfg["image_size"],
+        in_chans=cfg["in_chans"],
+        fixed_size=cfg["fixed_size"],
+    )
+
+
+# ---------------------------------------------------------------- the four sources
+
+
+def load_embedded(cfg: Mapping[str, Any]) -> DataBundle:
+    ecfg = embedded_config(cfg)
+    dd = embedded.load_canvas_digits(ecfg)
+    return DataBundle(
+        name=embedded.NAME,
+        train=dd["train"],
+        val=dd["validation"],
+        num_classes=embedded.NUM_CLASSES,
+        image_key="image",
+        label_key="label",
+        image_size=ecfg.canvas,
+        in_chans=1,
+        fixed_size=True,
+    )
+
+
+def load_imagefolder(cfg: Mapping[str, Any]) -> DataBundle:
+    import datasets
+
+    path = _local_path(cfg)
+    try:
+        # Arrow cache under tokenbench's root: keeps the user's HF cache (and tests) clean.
+        dd = datasets.load_dataset(
+            "imagefolder", data_dir=str(path), cache_dir=str(cache_root() / "hf-datasets")
+        )
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(f"data: cannot read imagefolder {str(path)!r}: {_one_line(e)}") from None
+    return bundle_from_splits(dd, cfg, f"imagefolder {str(path)!r}")
+
+
+def load_disk(cfg: Mapping[str, Any]) -> DataBundle:
+    import datasets
+
+    path = _local_path(cfg)
+    try:
+        dd = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(
+            f"data: {str(path)!r} is not a saved dataset (DatasetDict.save_to_disk): {_one_line(e)}"
+        ) from None
+    if not isinstance(dd, datasets.DatasetDict):
+        raise UsageError(
+            f"data: {str(path)!r} holds a single Dataset; save a DatasetDict with "
+            f"{cfg['train_split']!r} and {cfg['val_split']!r} splits"
+        )
+    return bundle_from_splits(dd, cfg, f"disk dataset {str(path)!r}")
+
+
+def hub_offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in _TRUE for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT") or DEFAULT_HUB_ENDPOINT
+
+
+def _hf_datasets_cache() -> Path:
+    """HF datasets cache as the environment says now (datasets.config froze it at import)."""
+    if os.environ.get("HF_DATASETS_CACHE"):
+        return Path(os.environ["HF_DATASETS_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
+    return Path(os.environ.get("HF_HOME") or os.path.join(xdg, "huggingface")).expanduser() / "datasets"
+
+
+def hub_cached(name: str) -> bool:
+    """Whether ``datasets`` has a prepared copy of ``name`` it could load in offline mode."""
+    from datasets.naming import camelcase_to_snakecase
+
+    parts = name.split("/")
+    parts[-1] = camelcase_to_snakecase(parts[-1])
+    root = _hf_datasets_cache() / "___".join(parts)
+    return any(os.path.isdir(p) for p in glob.glob(os.path.join(glob.escape(str(root)), "*", "*", "*")))
+
+
+def probe_hub(endpoint: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """HEAD the hub endpoint; None when it answers, else why not. Never blocks past ``timeout``.
+
+    Runs in a daemon thread because name resolution ignores socket timeouts and can hang.
+    """
+    result: dict[str, str | None] = {}
+
+    def run() -> None:
+        try:
+            request = urllib.request.Request(endpoint.rstrip("/") + "/", method="HEAD")
+            urllib.request.urlopen(request, timeout=timeout).close()
+            result["error"] = None
+        except urllib.error.HTTPError:
+            result["error"] = None  # the server answered; that is all we need to know
+        except Exception as e:  # any failure to get an answer means unreachable
+            result["error"] = _one_line(getattr(e, "reason", None) or e)
+
+    thread = threading.Thread(target=run, name="tokenbench-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    if "error" not in result:
+        return f"no answer within {timeout:g} s"
+    return result["error"]
+
+
+@contextlib.contextmanager
+def _offline_mode() -> Iterator[None]:
+    """Make datasets/huggingface_hub honour an offline flag set after they were imported."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    saved = (datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE)
+    datasets.config.HF_HUB_OFFLINE = huggingface_hub.constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, huggingface_hub.constants.HF_HUB_OFFLINE = saved
+
+
+def load_hub(cfg: Mapping[str, Any]) -> DataBundle:
+    import datasets
+
+    name = cfg["name"]
+    offline = hub_offline()
+    if offline and not hub_cached(name):
+        raise UsageError(
+            f"data: offline mode (HF_HUB_OFFLINE=1) and hub dataset {name!r} is not in the local "
+            f"Hugging Face cache {str(_hf_datasets_cache())!r}; {_LOCAL_HINT}"
+        )
+    if not offline:
+        endpoint = hub_endpoint()
+        reason = probe_hub(endpoint)
+        if reason is not None:
+            raise UsageError(
+                f"data: the Hugging Face hub at {endpoint} is unreachable ({reason}), so {name!r} "
+                f"cannot be loaded; {_LOCAL_HINT}, or set HF_HUB_OFFLINE=1 to use a cached copy"
+            )
+    guard = _offline_mode() if offline else contextlib.nullcontext()
+    splits = {}
+    try:
+        with guard:
+            for split in dict.fromkeys((cfg["train_split"], cfg["val_split"])):
+                splits[split] = datasets.load_dataset(
+                    name, cfg.get("subset"), split=split, revision=cfg.get("revision")
+                )
+    except (FileNotFoundError, ValueError, ConnectionError) as e:
+        # DatasetNotFoundError is a FileNotFoundError; unknown splits raise ValueError.
+        raise UsageError(f"data: cannot load hub dataset {name!r}: {_one_line(e)}") from None
+    return bundle_from_splits(splits, cfg, f"hub dataset {name!r}")
+
+
+LOADERS = {"embedded": load_embedded, "hub": load_hub, "imagefolder": load_imagefolder, "disk": load_disk}
+
+
+def load(cfg: Mapping[str, Any] | None) -> DataBundle:
+    out = validate(cfg)
+    return LOADERS[out["source"]](out)
+
+
+def _one_line(e: object) -> str:
+    return " ".join(str(e).split())

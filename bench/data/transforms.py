@@ -1,0 +1,184 @@
+"""HF datasets -> torch datasets of normalized CxHxW float tensors.
+
+Two protocols: fixed-size data (canvas-digits) is only converted, because the random digit
+position already is the augmentation and cropping could cut the digit off; real photos get
+the DeiT recipe (RandomResizedCrop + flip for training, resize to size/0.875 + center crop
+for evaluation).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from bench.errors import UsageError
+
+if TYPE_CHECKING:
+    import datasets
+
+    from bench.data.bundle import DataBundle
+
+EVAL_CROP_PCT = 0.875  # DeiT/timm evaluation: resize to size/0.875, then center crop
+# Preload decoded fixed-size images when they fit in this many bytes (6.5k 32x32 gray = 6.6 MB).
+PRELOAD_MAX_BYTES = 512 * 2**20
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # the weights PIL's "L" conversion uses
+
+
+def channel_stats(values: Sequence[float], in_chans: int, what: str) -> tuple[float, ...]:
+    """Fit a mean/std tuple to ``in_chans``: one value is broadcast, RGB is averaged for gray."""
+    values = tuple(float(v) for v in values)
+    if len(values) == in_chans:
+        return values
+    if len(values) == 1:
+        return values * in_chans
+    if len(values) == 3 and in_chans == 1:
+        return (sum(values) / 3.0,)
+    raise UsageError(f"normalization {what} has {len(values)} values but the model takes {in_chans} channels")
+
+
+def to_array(image: Any, in_chans: int) -> np.ndarray:
+    """A PIL image or uint8 array as a uint8 array, HxW for 1 channel or HxWx3 for 3."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("L" if in_chans == 1 else "RGB"))
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        arr = arr[:, :, :3]  # drop alpha, as PIL's RGBA -> RGB does
+    if arr.ndim == 2:
+        return arr if in_chans == 1 else np.repeat(arr[:, :, None], 3, axis=2)
+    if arr.ndim == 3 and arr.shape[2] == 3:
+        if in_chans == 3:
+            return arr
+        return np.clip(np.rint(arr.astype(np.float32) @ _LUMA), 0, 255).astype(np.uint8)
+    raise ValueError(f"expected an HxW or HxWxC image, got shape {arr.shape}")
+
+
+class FixedSizeTransform:
+    """ToTensor + Normalize on numpy (no PIL round trip), resizing only if sizes differ.
+
+    A class rather than a closure so DataLoader workers can pickle it.
+    """
+
+    def __init__(self, image_size: int, in_chans: int, mean: Sequence[float], std: Sequence[float]):
+        self.image_size = image_size
+        self.in_chans = in_chans
+        self.mean = torch.tensor(channel_stats(mean, in_chans, "mean")).view(-1, 1, 1)
+        self.std = torch.tensor(channel_stats(std, in_chans, "std")).view(-1, 1, 1)
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        arr = to_array(image, self.in_chans)
+        t = torch.from_numpy(np.ascontiguousarray(arr)).to(torch.float32).div_(255.0)
+        t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
+        if t.shape[-2:] != (self.image_size, self.image_size):
+            size = (self.image_size, self.image_size)
+            if min(t.shape[-2:]) <= self.image_size:  # upscaling: keep pixels crisp like `scale`
+                t = F.interpolate(t[None], size=size, mode="nearest-exact")[0]
+            else:
+                t = F.interpolate(t[None], size=size, mode="bilinear", antialias=True, align_corners=False)[0]
+        return (t - self.mean) / self.std
+
+
+class ConvertMode:
+    """PIL (or array) -> PIL in the mode the model expects ("L" or "RGB")."""
+
+    def __init__(self, in_chans: int):
+        self.mode = "L" if in_chans == 1 else "RGB"
+
+    def __call__(self, image: Any) -> Image.Image:
+        if not isinstance(image, Image.Image):
+            image = Image.fromarray(to_array(image, 1 if self.mode == "L" else 3))
+        return image if image.mode == self.mode else image.convert(self.mode)
+
+
+def build_transform(
+    *,
+    train: bool,
+    image_size: int,
+    in_chans: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    native_size: int | None,
+) -> Callable[[Any], torch.Tensor]:
+    """Transform for one split. ``native_size`` set means fixed-size data: convert only."""
+    if in_chans not in (1, 3):
+        raise UsageError(f"in_chans must be 1 or 3, got {in_chans}")
+    if native_size is not None:
+        return FixedSizeTransform(image_size, in_chans, mean, std)
+    from torchvision import transforms as T
+
+    bicubic = T.InterpolationMode.BICUBIC
+    tail = [T.ToTensor(), T.Normalize(channel_stats(mean, in_chans, "mean"), channel_stats(std, in_chans, "std"))]
+    if train:
+        head = [T.RandomResizedCrop(image_size, interpolation=bicubic), T.RandomHorizontalFlip()]
+    else:
+        head = [T.Resize(int(image_size / EVAL_CROP_PCT), interpolation=bicubic), T.CenterCrop(image_size)]
+    return T.Compose([ConvertMode(in_chans), *head, *tail])
+
+
+def _column(ds: "datasets.Dataset", key: str) -> Any:
+    """One column, decoded, as numpy (a stacked array when all images share a shape)."""
+    return ds.with_format("numpy", columns=[key])[:][key]
+
+
+class TorchImageDataset(torch.utils.data.Dataset):
+    """An HF image dataset as ``(float tensor CxHxW, int label)`` pairs.
+
+    With ``preload`` every image is decoded once up front (one vectorised arrow pass), so an
+    epoch costs only the cheap tensor conversion; otherwise images are decoded per item.
+    """
+
+    def __init__(
+        self,
+        hf_dataset: "datasets.Dataset",
+        *,
+        image_key: str = "image",
+        label_key: str = "label",
+        transform: Callable[[Any], torch.Tensor],
+        preload: bool = False,
+    ):
+        self.transform = transform
+        self.image_key = image_key
+        self.labels = np.asarray(_column(hf_dataset, label_key), dtype=np.int64)
+        self.images: Any = _column(hf_dataset, image_key) if preload else None
+        # Only the image column is needed per item; skip decoding the others.
+        self.hf = None if preload else hf_dataset.select_columns([image_key])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        index = int(index)
+        image = self.images[index] if self.hf is None else self.hf[index][self.image_key]
+        return self.transform(image), int(self.labels[index])
+
+
+def make_torch_datasets(
+    bundle: "DataBundle",
+    *,
+    image_size: int,
+    in_chans: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> tuple[TorchImageDataset, TorchImageDataset]:
+    """Train and val torch datasets for a bundle at the model's input size and channels."""
+    native = bundle.image_size if bundle.fixed_size else None
+    out = []
+    for train, ds in ((True, bundle.train), (False, bundle.val)):
+        size_bytes = len(ds) * bundle.image_size**2 * bundle.in_chans
+        transform = build_transform(
+            train=train, image_size=image_size, in_chans=in_chans, mean=mean, std=std, native_size=native
+        )
+        out.append(
+            TorchImageDataset(
+                ds,
+                image_key=bundle.image_key,
+                label_key=bundle.label_key,
+                transform=transform,
+                preload=bundle.fixed_size and size_bytes <= PRELOAD_MAX_BYTES,
+            )
+        )
+    return out[0], out[1]

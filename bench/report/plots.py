@@ -1,0 +1,140 @@
+"""Accuracy/compute trade-off plot (top-1 vs GMACs), byte-stable for a given table.
+
+Figures are built with the object API on an explicit Agg canvas: headless, and without
+``matplotlib.use`` or pyplot state, so importing this in a notebook leaves its backend
+alone. They are saved with timestamps/versions stripped from the metadata so the same
+table always gives identical PNG and PDF bytes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib as mpl
+import pandas as pd
+import seaborn as sns
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from bench.io import atomic_write
+
+DENSE_METHOD = "dense"
+DENSE_STYLE = {"color": "black", "marker": "*", "markersize": 15}
+_MARKERS = ["o", "s", "D", "^", "v", "P", "X", "<", ">", "h", "p", "d"]
+PNG_DPI = 150
+PNG_METADATA: dict[str, Any] = {"Software": None}
+PDF_METADATA: dict[str, Any] = {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None}
+GMACS_LABEL = "GMACs per image (fvcore, 1 MAC = 1 flop)"
+
+
+def method_styles(methods: list[str]) -> dict[str, dict[str, Any]]:
+    """Colour + marker per method, fixed by sorted name so every figure agrees.
+
+    Dense is the black star reference; other methods take the colour-blind palette in order.
+    """
+    others = sorted(m for m in set(methods) if m != DENSE_METHOD)
+    colors = sns.color_palette("colorblind", 10)
+    if len(others) > len(colors):
+        colors = sns.color_palette("husl", len(others))
+    styles = {m: {"color": colors[i], "marker": _MARKERS[i % len(_MARKERS)], "markersize": 7}
+              for i, m in enumerate(others)}
+    if DENSE_METHOD in methods:
+        styles[DENSE_METHOD] = dict(DENSE_STYLE)
+    return styles
+
+
+def _draw_panel(ax: Any, data: pd.DataFrame, styles: dict[str, dict[str, Any]]) -> None:
+    """One backbone: a line per method across keep ratios, std-over-seeds error bars."""
+    for method in sorted(data["method"].unique(), key=lambda m: (m != DENSE_METHOD, m)):
+        rows = data[data["method"] == method].sort_values("gmacs")
+        style = styles[method]
+        yerr = rows["top1_std"].where(rows["n_ok"] > 1).fillna(0.0)
+        has_err = bool((yerr > 0).any())
+        ax.errorbar(
+            rows["gmacs"], rows["top1_mean"], yerr=yerr if has_err else None,
+            color=style["color"], marker=style["marker"], markersize=style["markersize"],
+            linestyle="-" if len(rows) > 1 else "none", linewidth=1.6, capsize=3,
+            markeredgecolor="white" if method != DENSE_METHOD else "black", markeredgewidth=0.6,
+            zorder=4 if method == DENSE_METHOD else 3,
+        )
+        if method == DENSE_METHOD:
+            for y in rows["top1_mean"]:
+                ax.axhline(y, color="black", linestyle=":", linewidth=0.9, alpha=0.5, zorder=1)
+    # Keep ratio under the lowest point of each (GMACs, ratio) spot: methods at one ratio
+    # usually share GMACs, so one label per spot instead of overlapping per-method labels.
+    sparse = data[data["method"] != DENSE_METHOD].assign(
+        _x=lambda d: d["gmacs"].round(6),
+        _bottom=lambda d: d["top1_mean"] - d["top1_std"].where(d["n_ok"] > 1).fillna(0.0))
+    for (_, ratio), spot in sparse.groupby(["_x", "keep_ratio"], sort=True):
+        low = spot.loc[spot["_bottom"].idxmin()]
+        ax.annotate(f"keep {ratio:g}", (low["gmacs"], low["_bottom"]), textcoords="offset points",
+                    xytext=(0, -8), ha="center", va="top", fontsize=8, color="0.3")
+    ax.set_xlabel(GMACS_LABEL)
+    ax.set_ylabel("Top-1 accuracy (%)")
+    ax.margins(x=0.08, y=0.15)
+
+
+def _legend_handles(methods: list[str], styles: dict[str, dict[str, Any]]) -> list[Line2D]:
+    handles = []
+    for method in sorted(methods, key=lambda m: (m != DENSE_METHOD, m)):
+        style = styles[method]
+        label = f"{method} (reference)" if method == DENSE_METHOD else method
+        handles.append(Line2D([], [], color=style["color"], marker=style["marker"],
+                              markersize=style["markersize"], linestyle="-" if method != DENSE_METHOD else "none",
+                              label=label))
+    return handles
+
+
+def tradeoff_figure(summary: pd.DataFrame, title: str) -> Figure:
+    """Figure with one panel per backbone; rows of ``summary`` need n_ok > 0 to be drawn.
+
+    ``summary`` columns used: backbone, method, keep_ratio, n_ok, gmacs, top1_mean, top1_std.
+    """
+    data = summary[(summary["n_ok"] > 0) & summary["gmacs"].notna() & summary["top1_mean"].notna()]
+    backbones = sorted(data["backbone"].unique())
+    n_panels = max(len(backbones), 1)
+    with sns.axes_style("whitegrid"), mpl.rc_context({"font.size": 10, "axes.titlesize": 11}):
+        fig = Figure(figsize=(5.2 * n_panels + 1.6, 4.4))
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(1, n_panels, squeeze=False)[0]
+        if data.empty:
+            ax = axes[0]
+            ax.text(0.5, 0.5, "no successful runs to plot", ha="center", va="center",
+                    transform=ax.transAxes, fontsize=12)
+            ax.set_xlabel(GMACS_LABEL)
+            ax.set_ylabel("Top-1 accuracy (%)")
+        else:
+            methods = sorted(data["method"].unique())
+            styles = method_styles(methods)
+            for ax, backbone in zip(axes, backbones):
+                _draw_panel(ax, data[data["backbone"] == backbone], styles)
+                if n_panels > 1:
+                    ax.set_title(backbone)
+            # Legend right of the panels, so it can never sit on a data point.
+            fig.legend(handles=_legend_handles(methods, styles), title="method",
+                       loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+            if n_panels == 1:
+                title = f"{title}\nbackbone: {backbones[0]}"
+        fig.suptitle(title)
+        fig.tight_layout()
+    return fig
+
+
+def save_figure(fig: Figure, png_path: Path, pdf_path: Path) -> dict[str, Path]:
+    """Write PNG and PDF atomically with metadata that would vary between builds removed."""
+    save_kw: dict[str, Any] = {"bbox_inches": "tight", "pad_inches": 0.15, "facecolor": "white"}
+    atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=PNG_DPI,
+                                                   metadata=PNG_METADATA, **save_kw))
+    atomic_write(pdf_path, lambda tmp: fig.savefig(tmp, format="pdf", metadata=PDF_METADATA, **save_kw))
+    return {png_path.name: png_path, pdf_path.name: pdf_path}
+
+
+def plot_tradeoff(summary: pd.DataFrame, title: str, out_dir: Path,
+                  stem: str = "tradeoff_top1_vs_gmacs") -> dict[str, Path]:
+    """Draw and save the top-1 vs GMACs trade-off; returns {file name: path}."""
+    fig = tradeoff_figure(summary, title)
+    paths = save_figure(fig, Path(out_dir) / f"{stem}.png", Path(out_dir) / f"{stem}.pdf")
+    fig.clear()
+    return paths
+

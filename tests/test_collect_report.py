@@ -1,0 +1,180 @@
+"""collect -> table -> report on a small fake suite (no torch, no training)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from bench.errors import UsageError
+from bench.report import build_report, summarize
+from bench.results import RESULT_COLUMNS, collect, load_results
+
+SUITE = "smoke"
+FAIL_MSG = "RunFailed: non-finite loss at epoch 3"
+# (method, keep_ratio) -> (top1, top5, gmacs, throughput, mean_tokens)
+GRID = {
+    ("dense", 1.0): (79.85, 94.97, 4.608, 1510.0, 197.0),
+    ("static", 0.7): (78.91, 94.52, 3.215, 2105.0, 137.9),
+    ("static", 0.5): (77.12, 93.60, 2.304, 2880.0, 98.5),
+    ("random", 0.7): (77.48, 93.81, 3.215, 2098.0, 137.9),
+    ("random", 0.5): (74.03, 91.95, 2.304, 2871.0, 98.5),
+}
+
+
+def _record(method: str, ratio: float, seed: int, **over: Any) -> dict[str, Any]:
+    top1, top5, gmacs, thr, tokens = GRID.get((method, ratio), (None,) * 5)
+    rec = {
+        "suite": SUITE, "run_id": f"{method}-deit_small-k{ratio}-s{seed}", "method": method,
+        "backbone": "deit_small_patch16_224", "keep_ratio": ratio, "seed": seed, "dataset": "imagenette",
+        "method_params": {"schedule": "uniform", "layers": [3, 6, 9]} if method != "dense" else {},
+        "top1": None if top1 is None else top1 + 0.1 * seed, "top5": top5,
+        "gmacs_fvcore_1mac_eq_1flop": gmacs, "params_m": 22.05, "mean_tokens": tokens,
+        "tokens_per_block": None if tokens is None else [197.0] * 3 + [tokens] * 9,
+        "throughput_img_s": None if thr is None else thr + seed, "throughput_img_s_iqr": None if thr is None else 12.5,
+        "throughput_batch_size": 256, "throughput_device": "NVIDIA H100", "precision": "fp32",
+        "cpu_threads": 8, "peak_mem_mb": 2048.0, "train_epochs": 10, "train_wall_s": 600.0,
+        "eval_wall_s": 30.0, "batch_size": 128, "device": "cuda", "git_sha": "0123456789abcdef",
+        "git_dirty": False, "torch_version": "2.4.0", "timm_version": "1.0.9", "python_version": "3.11.9",
+        "hostname": "node1", "status": "ok", "error": None, "created_at": f"2024-05-0{seed + 1}T10:00:00+00:00",
+    }
+    rec.update(over)
+    return rec
+
+
+def _write(suite_dir: Path, rec: dict[str, Any], name: str = "run.json") -> None:
+    run_dir = suite_dir / "runs" / rec["run_id"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / name).write_text(json.dumps(rec))
+
+
+def _failed(method: str, ratio: float, seed: int, error: str, **over: Any) -> dict[str, Any]:
+    metrics = {k: None for k in ("top1", "top5", "gmacs_fvcore_1mac_eq_1flop", "params_m", "mean_tokens",
+                                 "tokens_per_block", "throughput_img_s", "throughput_img_s_iqr")}
+    return _record(method, ratio, seed, status="failed", error=error, **{**metrics, **over})
+
+
+@pytest.fixture()
+def suite_dir(tmp_path: Path) -> Path:
+    suite = tmp_path / "results" / SUITE
+    for (method, ratio) in GRID:
+        for seed in (0, 1):
+            extra = {"router_temperature": 0.5} if method == "static" and ratio == 0.5 else {}
+            _write(suite, _record(method, ratio, seed, **extra))
+    # A rerun that succeeded after an earlier failure: the newer run.json must win.
+    _write(suite, _failed("random", 0.5, 1, "CUDA OOM", created_at="2024-04-01T00:00:00Z"), "failure.json")
+    _write(suite, _failed("static", 0.3, 0, f"Traceback (most recent call last):\n  ...\n{FAIL_MSG}"), "failure.json")
+    corrupt = suite / "runs" / "corrupt-run"
+    corrupt.mkdir(parents=True)
+    (corrupt / "run.json").write_text('{"suite": "smoke", "top1": ')
+    (suite / "runs" / "in-progress").mkdir()  # no record yet: skipped, not a row
+    return suite
+
+
+def test_collect_table(suite_dir: Path) -> None:
+    table = collect(suite_dir)
+    assert len(table) == 12  # 10 ok + 1 failed + 1 corrupt
+    assert list(table.columns[: len(RESULT_COLUMNS)]) == RESULT_COLUMNS
+    assert "router_temperature" in table.columns  # extra keys are kept
+    assert (table["status"] == "ok").sum() == 10
+    for col in ("top1", "keep_ratio", "gmacs_fvcore_1mac_eq_1flop", "throughput_img_s"):
+        assert table[col].dtype == "float64"
+    assert table["seed"].dtype == "Int64"
+    assert table["git_dirty"].dtype == "boolean"
+    assert pd.api.types.is_string_dtype(table["method"])
+    assert json.loads(table.loc[table["method"] == "static", "method_params"].iloc[0])["layers"] == [3, 6, 9]
+    assert isinstance(table["tokens_per_block"].dropna().iloc[0], str)
+
+    keyed = table.dropna(subset=["method"])
+    assert keyed.equals(keyed.sort_values(["method", "backbone", "keep_ratio", "seed"], kind="mergesort"))
+    assert pd.isna(table["method"].iloc[-1])  # the corrupt row sorts last
+
+    corrupt = table[table["run_id"] == "corrupt-run"].iloc[0]
+    assert corrupt["status"] == "failed" and "JSONDecodeError" in corrupt["error"]
+    rerun = table[(table["method"] == "random") & (table["keep_ratio"] == 0.5) & (table["seed"] == 1)].iloc[0]
+    assert rerun["status"] == "ok"
+
+    assert (suite_dir / "table.csv").is_file()
+    pd.testing.assert_frame_equal(pd.read_parquet(suite_dir / "table.parquet"), table)
+    assert not list(suite_dir.glob(".*.tmp"))  # atomic writes left no temp files
+
+
+def test_newer_failure_wins(tmp_path: Path) -> None:
+    suite = tmp_path / SUITE
+    _write(suite, _record("dense", 1.0, 0))
+    _write(suite, _failed("dense", 1.0, 0, "eval crashed", created_at="2024-06-01T00:00:00Z"), "failure.json")
+    row = collect(suite).iloc[0]
+    assert row["status"] == "failed" and row["error"] == "eval crashed"
+
+
+def test_empty_suite(tmp_path: Path) -> None:
+    suite = tmp_path / "empty"
+    suite.mkdir()
+    table = collect(suite)
+    assert table.empty and list(table.columns) == RESULT_COLUMNS
+    assert len(load_results(suite)) == 0
+
+
+def test_load_results(suite_dir: Path) -> None:
+    table = collect(suite_dir)
+    results_root = suite_dir.parent
+    for arg in (SUITE, suite_dir, suite_dir / "table.parquet", str(suite_dir)):
+        pd.testing.assert_frame_equal(load_results(arg, results_root=results_root), table)
+    with pytest.raises(UsageError, match="bench collect"):
+        load_results("nope", results_root=results_root)
+    with pytest.raises(UsageError, match="missing.parquet"):
+        load_results(results_root / "missing.parquet")
+
+
+def test_summary_numbers(suite_dir: Path) -> None:
+    summary = summarize(collect(suite_dir))
+    assert summary["method"].iloc[0] == "dense"  # dense first: the reference row
+    static = summary[(summary["method"] == "static") & (summary["keep_ratio"] == 0.5)].iloc[0]
+    assert static["n_ok"] == 2
+    assert static["top1_mean"] == pytest.approx(77.17)
+    assert static["top1_std"] == pytest.approx(0.0707107, rel=1e-4)
+    assert static["speedup"] == pytest.approx(2880.5 / 1510.5)
+    assert static["flops_reduction_pct"] == pytest.approx(50.0)
+    failed_cfg = summary[(summary["method"] == "static") & (summary["keep_ratio"] == 0.3)].iloc[0]
+    assert failed_cfg["n_ok"] == 0 and failed_cfg["n_runs"] == 1
+
+
+def test_report(suite_dir: Path, tmp_path: Path) -> None:
+    paths = build_report(suite_dir)  # no table yet: collects first
+    assert (suite_dir / "table.parquet").is_file()
+    assert set(paths) == {"report.md", "tradeoff_top1_vs_gmacs.png", "tradeoff_top1_vs_gmacs.pdf"}
+    assert all(p.parent == suite_dir / "report" and p.stat().st_size > 0 for p in paths.values())
+
+    md = paths["report.md"].read_text()
+    assert "GMACs (fvcore, 1 MAC = 1 flop)" in md
+    assert FAIL_MSG in md and "JSONDecodeError" in md
+    assert "Failed or missing runs" in md
+    static_row = next(ln for ln in md.splitlines() if "| static | 0.5 |" in ln)
+    assert "1.91×" in static_row and "50.0 %" in static_row and "77.17 ± 0.07" in static_row
+    assert "`0123456789abcdef` (clean)" in md and "`2.4.0`" in md
+    # Missing seed 1 of static 0.3 is inferred from the grid of seeds present.
+    assert "1 run(s) with no record" in md
+
+    again = build_report(suite_dir, out_dir=tmp_path / "again")
+    for name, path in paths.items():
+        assert path.read_bytes() == again[name].read_bytes(), f"{name} is not byte-stable"
+
+
+def test_report_only_failed_runs(tmp_path: Path) -> None:
+    suite = tmp_path / "broken"
+    _write(suite, _failed("dense", 1.0, 0, "dataset download failed"), "failure.json")
+    _write(suite, _failed("static", 0.5, 0, "RuntimeError: shape | mismatch"), "failure.json")
+    paths = build_report(suite)
+    md = paths["report.md"].read_text()
+    assert "dataset download failed" in md and "shape \\| mismatch" in md
+    assert "2 failed run(s)" in md
+    assert paths["tradeoff_top1_vs_gmacs.png"].stat().st_size > 0
+
+
+def test_missing_suite(tmp_path: Path) -> None:
+    with pytest.raises(UsageError):
+        build_report(tmp_path / "nope")
+    with pytest.raises(UsageError):
+        collect(tmp_path / "nope")

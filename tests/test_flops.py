@@ -1,0 +1,228 @@
+"""FLOP counting: paper numbers for DeiT, SDPA handle, pruned (input-dependent) models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import timm
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from bench.errors import UsageError
+from bench.measure.flops import FlopReport, count_flops, mean_flops
+
+# DeiT paper / fvcore references (GMACs at 224x224) and parameter counts.
+DEIT = {
+    "deit_tiny_patch16_224": (1.258, 5_717_416),
+    "deit_small_patch16_224": (4.608, 22_050_664),
+    "deit_base_patch16_224": (17.583, 86_567_656),
+}
+
+# Tiny ViT used for the analytic checks: 32x32 images, 4x4 patches -> 64 patches + cls.
+DIM, DEPTH, CLASSES, PATCH, IMG = 64, 4, 10, 4, 32
+N_TOKENS = (IMG // PATCH) ** 2 + 1
+
+
+def set_fused(model: nn.Module, fused: bool) -> None:
+    for block in model.blocks:
+        block.attn.fused_attn = fused
+
+
+def tiny_vit() -> VisionTransformer:
+    torch.manual_seed(0)
+    return VisionTransformer(img_size=IMG, patch_size=PATCH, embed_dim=DIM, depth=DEPTH,
+                             num_heads=2, num_classes=CLASSES)
+
+
+def prune_half(module: nn.Module, args: tuple[Any, ...]) -> tuple[torch.Tensor, ...]:
+    """Forward pre-hook: keep the class token and the top half of patch tokens by norm."""
+    x = args[0]
+    cls_tok, patches = x[:, :1], x[:, 1:]
+    k = patches.shape[1] // 2
+    idx = torch.topk(patches.norm(dim=-1), k, dim=1).indices
+    kept = torch.gather(patches, 1, idx.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
+    return (torch.cat([cls_tok, kept], dim=1), *args[1:])
+
+
+def block_macs(n: int, c: int = DIM, mlp_ratio: int = 4) -> int:
+    """MACs of one ViT block on n tokens, fvcore conventions (layernorm = 5 per element)."""
+    norms = 2 * 5 * n * c
+    linears = n * c * 3 * c + n * c * c + 2 * n * c * mlp_ratio * c  # qkv, proj, fc1 + fc2
+    attention = 2 * n * n * c  # q @ k^T and attn @ v over all heads
+    return norms + linears + attention
+
+
+def vit_macs(schedule: list[int]) -> int:
+    """Analytic MACs of tiny_vit() given the token count entering each block."""
+    patch_embed = (IMG // PATCH) ** 2 * 3 * PATCH * PATCH * DIM
+    final_norm = 5 * schedule[-1] * DIM
+    head = DIM * CLASSES  # class token only
+    return patch_embed + sum(block_macs(n) for n in schedule) + final_norm + head
+
+
+@pytest.fixture(scope="module")
+def deit_models() -> dict[str, nn.Module]:
+    torch.manual_seed(0)
+    return {name: timm.create_model(name, pretrained=False) for name in DEIT}
+
+
+@pytest.mark.parametrize("name", list(DEIT))
+def test_deit_matches_paper_and_unfused(deit_models: dict[str, nn.Module], name: str) -> None:
+    model = deit_models[name]
+    x = torch.randn(1, 3, 224, 224)
+    ref_gmacs, ref_params = DEIT[name]
+    assert model.blocks[0].attn.fused_attn, "timm default should use fused attention here"
+
+    fused = count_flops(model, x)
+    assert fused.gmacs == pytest.approx(ref_gmacs, rel=0.005)
+    assert fused.params == ref_params
+    assert "scaled_dot_product_attention" in fused.by_operator
+    assert "aten::scaled_dot_product_attention" not in fused.skipped_ops
+
+    set_fused(model, False)
+    try:
+        unfused = count_flops(model, x)
+    finally:
+        set_fused(model, True)
+    # Same total: the SDPA handle counts exactly the two matmuls, nothing twice.
+    assert unfused.gmacs == pytest.approx(fused.gmacs, rel=1e-9)
+    assert fused.by_operator["scaled_dot_product_attention"] == pytest.approx(
+        unfused.by_operator["matmul"], rel=1e-9)
+    assert "matmul" not in fused.by_operator
+    assert sum(fused.by_module.values()) == pytest.approx(fused.gmacs, rel=1e-9)
+
+
+def test_tiny_vit_analytic_and_per_image() -> None:
+    model = tiny_vit()
+    one = count_flops(model, torch.randn(1, 3, IMG, IMG))
+    three = count_flops(model, torch.randn(3, 3, IMG, IMG))
+    assert one.gmacs * 1e9 == pytest.approx(vit_macs([N_TOKENS] * DEPTH), rel=1e-9)
+    assert three.gmacs == pytest.approx(one.gmacs, rel=1e-9)  # reported per image
+    assert three.images == 3
+    # Skipped ops are reported, not printed: fvcore has no handle for these.
+    assert {"aten::gelu", "aten::add"} <= set(one.skipped_ops)
+    assert set(one.by_module) == {name for name, _ in model.named_children()}
+
+
+def test_pruned_model_follows_token_schedule(capfd: pytest.CaptureFixture[str]) -> None:
+    model = tiny_vit()
+    full = count_flops(model, torch.randn(2, 3, IMG, IMG))
+    handle = model.blocks[2].register_forward_pre_hook(prune_half)
+    try:
+        pruned = count_flops(model, torch.randn(2, 3, IMG, IMG))
+    finally:
+        handle.remove()
+    kept = 1 + (N_TOKENS - 1) // 2
+    schedule = [N_TOKENS, N_TOKENS, kept, kept]
+    assert pruned.gmacs * 1e9 == pytest.approx(vit_macs(schedule), rel=1e-9)
+    assert pruned.gmacs < full.gmacs
+    blocks_expected = sum(block_macs(n) for n in schedule) / 1e9
+    assert pruned.by_module["blocks"] == pytest.approx(blocks_expected, rel=1e-9)
+    for op in ("aten::topk", "aten::gather"):
+        assert op not in pruned.skipped_ops
+    out = capfd.readouterr()
+    assert "TracerWarning" not in out.err and "Unsupported operator" not in out.err
+
+
+def test_model_unchanged_and_modes_restored() -> None:
+    model = tiny_vit()
+    model.train()
+    model.blocks[1].eval()  # mixed modes must survive, not be flattened by train()/eval()
+    handle = model.blocks[2].register_forward_pre_hook(prune_half)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    modes = [m.training for m in model.modules()]
+    hooks = [(len(m._forward_pre_hooks), len(m._forward_hooks)) for m in model.modules()]
+
+    count_flops(model, torch.randn(1, 3, IMG, IMG))
+
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert [m.training for m in model.modules()] == modes
+    assert [(len(m._forward_pre_hooks), len(m._forward_hooks)) for m in model.modules()] == hooks
+    handle.remove()
+
+
+class _FailingBlock(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("boom")
+
+
+def test_failed_trace_leaves_no_hooks() -> None:
+    model = nn.Sequential(nn.Linear(4, 4), _FailingBlock())
+    with pytest.raises(RuntimeError, match="boom"):
+        count_flops(model, torch.randn(1, 4))
+    assert all(not m._forward_pre_hooks and not m._forward_hooks for m in model.modules())
+
+
+class _InputDependentPruning(nn.Module):
+    """tiny_vit() whose block 2 keeps 16 patch tokens for bright batches, all for dark ones."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.vit = tiny_vit()
+        self.keep = N_TOKENS - 1
+        self.vit.blocks[2].register_forward_pre_hook(self._prune)
+
+    def _prune(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[torch.Tensor, ...]:
+        x = args[0]
+        idx = torch.topk(x[:, 1:].norm(dim=-1), self.keep, dim=1).indices + 1
+        kept = torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        return (torch.cat([x[:, :1], kept], dim=1),)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.keep = 16 if bool(images.mean() > 0) else N_TOKENS - 1
+        return self.vit(images)
+
+
+def test_mean_flops_weights_by_batch_size() -> None:
+    model = _InputDependentPruning()
+    bright = torch.rand(1, 3, IMG, IMG) + 1.0
+    dark = -torch.rand(3, 3, IMG, IMG) - 1.0
+    g_bright = count_flops(model, bright).gmacs
+    g_dark = count_flops(model, dark).gmacs
+    assert g_bright * 1e9 == pytest.approx(vit_macs([N_TOKENS, N_TOKENS, 17, 17]), rel=1e-9)
+    assert g_dark * 1e9 == pytest.approx(vit_macs([N_TOKENS] * DEPTH), rel=1e-9)
+
+    extra = torch.rand(5, 3, IMG, IMG) + 1.0  # beyond max_images: must be trimmed away
+    labels = torch.zeros(3, dtype=torch.long)
+    report = mean_flops(model, [bright, (dark, labels), extra], max_images=5)
+    assert isinstance(report, FlopReport)
+    assert report.images == 5
+    assert report.gmacs == pytest.approx((2 * g_bright + 3 * g_dark) / 5, rel=1e-9)
+    assert report.by_module["vit"] == pytest.approx(report.gmacs, rel=1e-9)
+
+
+class _Cluster(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.centers = nn.Parameter(torch.randn(8, 16))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cdist(x, self.centers.unsqueeze(0).expand(x.shape[0], -1, -1)).argmin(-1)
+
+
+def test_extra_handles_for_custom_ops() -> None:
+    model = _Cluster()
+    x = torch.randn(2, 10, 16)
+    plain = count_flops(model, x)
+    assert "aten::cdist" in plain.skipped_ops
+
+    def cdist_macs(inputs: list[Any], outputs: list[Any]) -> int:
+        a, b = inputs[0].type().sizes(), inputs[1].type().sizes()
+        return a[0] * a[1] * b[1] * a[2]
+
+    counted = count_flops(model, x, extra_handles={"aten::cdist": cdist_macs})
+    assert "aten::cdist" not in counted.skipped_ops
+    assert counted.gmacs * 1e9 == pytest.approx(10 * 8 * 16)  # per image
+    assert "aten::argmin" not in counted.skipped_ops
+
+
+def test_bad_inputs_are_usage_errors() -> None:
+    model = tiny_vit()
+    with pytest.raises(UsageError):
+        count_flops(model, [torch.randn(1, 3, IMG, IMG)])  # type: ignore[arg-type]
+    with pytest.raises(UsageError):
+        mean_flops(model, [], max_images=4)

@@ -1,0 +1,143 @@
+"""The method contract, checked for every registered method automatically."""
+import pytest
+import torch
+
+from bench.errors import UsageError
+from bench.evaluate import TokenCounter
+from bench.measure import count_flops
+from bench.methods import METHODS, create_method
+from bench.methods.pruning import default_stage_blocks, stage_keep_counts
+
+ALL = METHODS.names()
+RATIOS = [1.0, 0.7, 0.5]
+
+
+def patched(tiny_vit, name, keep, depth=8, seed=0):
+    model = tiny_vit(depth)
+    method = create_method(name, keep_ratio=keep, seed=seed)
+    method.apply(model)
+    return model.eval(), method
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("keep", RATIOS)
+def test_output_shape_and_schedule(tiny_vit, name, keep):
+    model, method = patched(tiny_vit, name, keep)
+    counter = TokenCounter(model)
+    with torch.no_grad():
+        out = model(torch.randn(3, 1, 32, 32))
+    counter.remove()
+    assert out.shape == (3, 10)
+    assert torch.isfinite(out).all()
+    assert counter.per_block() == [float(n) for n in method.token_schedule(model)]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_class_token_is_kept(tiny_vit, name):
+    """The token entering each block at position 0 is the class token the previous block produced."""
+    model, _ = patched(tiny_vit, name, 0.5)
+    outs, ins = {}, {}
+    for i, b in enumerate(model.blocks):
+        b.register_forward_pre_hook(lambda m, a, i=i: ins.__setitem__(i, a[0][:, 0].clone()))
+        b.register_forward_hook(lambda m, a, o, i=i: outs.__setitem__(i, o[:, 0].clone()))
+    with torch.no_grad():
+        model(torch.randn(2, 1, 32, 32))
+    for i in range(1, len(model.blocks)):
+        torch.testing.assert_close(ins[i], outs[i - 1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_keep_ratio_one_equals_dense(tiny_vit, name):
+    dense = tiny_vit()
+    model, _ = patched(tiny_vit, name, 1.0)
+    x = torch.randn(4, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), dense(x))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_no_new_state_dict_keys_unless_learned(tiny_vit, name):
+    model, method = patched(tiny_vit, name, 0.5)
+    extra = set(model.state_dict()) - set(tiny_vit().state_dict())
+    assert bool(extra) == method.learns_parameters
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_fvcore_traces_and_counts_follow_schedule(tiny_vit, name):
+    model, method = patched(tiny_vit, name, 0.5)
+    dense_model, _ = patched(tiny_vit, "dense", 1.0)
+    pruned = count_flops(model, torch.randn(1, 1, 32, 32)).gmacs
+    dense = count_flops(dense_model, torch.randn(1, 1, 32, 32)).gmacs
+    if name == "dense":
+        assert pruned == pytest.approx(dense)
+    else:
+        assert pruned < dense
+        # per-block cost is near linear in tokens at this size: the ratio tracks the schedule
+        sched = method.token_schedule(model)
+        full = [sched[0]] * len(sched)
+        assert pruned / dense == pytest.approx(sum(sched) / sum(full), rel=0.15)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_method_params_validated(name):
+    with pytest.raises(UsageError, match="no parameter"):
+        create_method(name, 0.5, 0, not_a_param=1)
+    with pytest.raises(UsageError, match="keep_ratio"):
+        create_method(name, 0.0)
+
+
+def test_unknown_method_suggests_close_name():
+    with pytest.raises(UsageError, match="did you mean 'random'"):
+        create_method("randon")
+
+
+def test_registry_refuses_duplicates():
+    with pytest.raises(ValueError, match="already registered"):
+        METHODS.add("dense", METHODS.get("dense"))
+
+
+def test_stage_placement_follows_dynamicvit():
+    assert default_stage_blocks(12) == [3, 6, 9]
+    assert default_stage_blocks(8) == [2, 4, 6]
+    assert default_stage_blocks(24) == [6, 12, 18]
+    assert stage_keep_counts(196, 0.7, 3) == [137, 96, 67]
+    assert stage_keep_counts(64, 0.5, 3) == [32, 16, 8]
+
+
+def test_deit_schedule_matches_paper(tiny_vit):
+    model = tiny_vit(12)
+    method = create_method("static", 0.7)
+    assert method.token_schedule(model)[:4] == [65, 65, 65, 45]
+
+
+def test_static_keeps_centre_patches(tiny_vit):
+    model, method = patched(tiny_vit, "static", 0.5)
+    method.record_kept = True
+    with torch.no_grad():
+        model(torch.randn(2, 1, 32, 32))
+    last = method.last_kept[-1][0]  # 8 patches of an 8x8 grid
+    rows, cols = last // 8, last % 8
+    assert rows.min() >= 2 and rows.max() <= 5 and cols.min() >= 2 and cols.max() <= 5
+    assert torch.equal(method.last_kept[-1][0], method.last_kept[-1][1])  # input independent
+
+
+def test_random_is_seeded_and_differs_per_image(tiny_vit):
+    x = torch.randn(2, 1, 32, 32)
+    kept = []
+    for seed in (0, 0, 1):
+        model, method = patched(tiny_vit, "random", 0.5, seed=seed)
+        method.record_kept = True
+        with torch.no_grad():
+            model(x)
+        kept.append(method.last_kept[0])
+    assert torch.equal(kept[0], kept[1])
+    assert not torch.equal(kept[0], kept[2])
+    assert not torch.equal(kept[0][0], kept[0][1])
+
+
+def test_random_prunes_in_training_too(tiny_vit):
+    model, method = patched(tiny_vit, "random", 0.5)
+    model.train()
+    counter = TokenCounter(model)
+    model(torch.randn(2, 1, 32, 32)).sum().backward()
+    assert counter.per_block() == [float(n) for n in method.token_schedule(model)]
