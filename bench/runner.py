@@ -79,15 +79,20 @@ def pretrain(suite: Suite, backbone_name: str, *, root: str | Path = "results", 
     init = {"scratch": False, "hub": True}.get(backbone.init, backbone.init)
     model = _model(suite, backbone, bundle, init)
     recipe = suite.pretrain_recipe
+    from bench.evaluate import evaluate
+
     t0 = time.time()
     result = None
+    train_ds, val_ds = _torch_data(model, bundle)
     if recipe["epochs"] > 0:
-        train_ds, _ = _torch_data(model, bundle)
         result = train_model(model, create_method("dense"), train_ds, recipe, seed=suite.pretrain_seed,
                              out_dir=out, device=dev)
+    acc = evaluate(model, val_ds, device=dev, batch_size=suite.evaluate["batch_size"],
+                   max_images=suite.evaluate["max_val_images"])
+    _log(f"pretrained {backbone_name}: val top-1 {acc.top1:.2f}% on {acc.images} images")
     meta = {"backbone": backbone_name, "init": backbone.init, "recipe": recipe, "seed": suite.pretrain_seed,
             "wall_s": time.time() - t0, "train_peak_mem_mb": result.peak_mem_mb if result else None,
-            "dataset": bundle.name, **provenance(dev)}
+            "val_top1": acc.top1, "val_top5": acc.top5, "dataset": bundle.name, **provenance(dev)}
     _save_model(out / MODEL_FILE, model.cpu(), meta)
     (out / "train_state.pth").unlink(missing_ok=True)
     return out / MODEL_FILE

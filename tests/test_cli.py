@@ -1,0 +1,76 @@
+"""The `bench` command line: help everywhere, one-line errors with exit code 2, real measurements."""
+import subprocess
+import sys
+
+import pytest
+
+from bench.cli import cli, main
+
+COMMANDS = sorted(cli.commands)
+
+
+def run_main(capsys, *args):
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize("cmd", [[]] + [[c] for c in COMMANDS])
+def test_help_everywhere(capsys, cmd):
+    code, out, _ = run_main(capsys, *cmd, "--help")
+    assert code == 0
+    assert "Usage:" in out
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["ls", "metods"], "metods"),
+    (["validate", "no_such_suite"], "no_such_suite"),
+    (["frobnicate"], "frobnicate"),
+    (["flops", "deit_smal_patch16_224"], "did you mean 'deit_small_patch16_224'"),
+    (["flops", "tb_vit_pico_patch4_32", "--method", "statc"], "did you mean 'static'"),
+    (["flops", "tb_vit_pico_patch4_32", "--keep-ratio", "1.5"], "keep-ratio"),
+    (["flops", "tb_vit_pico_patch4_32", "--param", "nostage"], "KEY=VALUE"),
+    (["throughput", "tb_vit_pico_patch4_32", "--batch-sizes", "1,x"], "batch-sizes"),
+    (["throughput", "tb_vit_pico_patch4_32", "--precision", "fp16"], "fp16"),
+    (["train", "smoke"], "exactly one of"),
+    (["train", "smoke", "--run", "nope"], "no run 'nope'"),
+    (["report", "no_such_suite", "--results", "/nonexistent"], "no results"),
+])
+def test_bad_arguments_one_line_exit_2(capsys, args, needle):
+    code, out, err = run_main(capsys, *args)
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("bench: error:")
+    assert needle in lines[0]
+
+
+def test_console_script_exit_code_and_no_traceback():
+    p = subprocess.run([sys.executable, "-m", "bench", "validate", "suites/nope.yaml"], capture_output=True, text=True)
+    assert p.returncode == 2
+    assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_ls_and_validate(capsys):
+    code, out, _ = run_main(capsys, "ls", "methods")
+    assert code == 0 and {"dense", "static", "random"} <= {line.split()[0] for line in out.splitlines()}
+    code, out, _ = run_main(capsys, "validate", "smoke", "--runs")
+    assert code == 0 and "dense__tb_vit_pico_patch4_32__k1.00__s0" in out
+
+
+def test_flops_command_counts_deit_small(capsys):
+    code, out, _ = run_main(capsys, "flops", "deit_small_patch16_224")
+    assert code == 0
+    assert "4.608" in out
+
+
+def test_flops_command_follows_keep_ratio(capsys):
+    code, out, _ = run_main(capsys, "flops", "tb_vit_pico_patch4_32", "--method", "static", "--keep-ratio", "0.5",
+                            "--num-classes", "10")
+    assert code == 0 and "[65, 65, 33, 33, 17, 17, 9, 9]" in out
+
+
+def test_throughput_command(capsys):
+    code, out, _ = run_main(capsys, "throughput", "tb_vit_pico_patch4_32", "--batch-sizes", "1,4", "--repeats", "2",
+                            "--num-classes", "10")
+    assert code == 0 and "img/s" in out and "batch    4" in out
