@@ -3,6 +3,7 @@
 #   snakemake --config suite=suites/dynamicvit.yaml
 # Every rule turns files into files; what to run lives in the suite, how to run it in a profile.
 import json
+import os
 import sys
 
 from snakemake.exceptions import WorkflowError
@@ -20,7 +21,9 @@ from bench.errors import UsageError
 try:
     SUITE = load_suite(config.get("suite", "smoke"))
 except UsageError as e:
-    raise WorkflowError(f"bench: error: {e}") from None
+    # one line naming the field, like the CLI, instead of Snakemake's traceback-style report
+    print(f"bench: error: {e}", file=sys.stderr)
+    sys.exit(2)
 
 ROOT = str(config.get("results", "results"))
 OUT = f"{ROOT}/{SUITE.name}"
@@ -45,8 +48,12 @@ localrules: all, collect, report
 
 
 rule all:
+    # every run record is a target itself: Snakemake does not rebuild a missing intermediate file
+    # whose consumers are up to date, and a deleted run must re-run
     input:
+        expand(f"{OUT}/runs/{{run}}/run.json", run=sorted(RUNS)),
         f"{OUT}/report/report.md",
+        f"{OUT}/.collected",
 
 
 rule pretrain:
@@ -93,6 +100,8 @@ rule collect:
     output:
         f"{OUT}/table.parquet",
         f"{OUT}/table.csv",
+        # written only here, never on error: its absence makes the next run rebuild table and report
+        touch(f"{OUT}/.collected"),
     shell:
         "{BENCH} collect {SUITE_FILE} --results {ROOT}"
 
@@ -100,6 +109,7 @@ rule collect:
 rule report:
     input:
         f"{OUT}/table.parquet",
+        f"{OUT}/.collected",
     output:
         f"{OUT}/report/report.md",
         f"{OUT}/report/tradeoff_top1_vs_gmacs.png",
@@ -109,5 +119,8 @@ rule report:
 
 
 onerror:
-    # failed runs never hide: the table and report still show every finished run and list the holes
+    # failed runs never hide: the table and report still show every finished run and list the holes;
+    # removing the collect marker makes the next run rebuild them once the holes are filled
     shell(f"{BENCH} collect {SUITE_FILE} --results {ROOT} && {BENCH} report {SUITE_FILE} --results {ROOT} || true")
+    if os.path.exists(f"{OUT}/.collected"):
+        os.remove(f"{OUT}/.collected")

@@ -206,9 +206,11 @@ def collect(suite: str, root: str) -> None:
     """Gather SUITE's run records into results/SUITE/table.parquet and table.csv."""
     from bench.results import collect as collect_runs
 
-    df = collect_runs(_suite_dir(suite, root))
-    ok = int((df["status"] == "ok").sum()) if len(df) else 0
-    click.echo(f"{_suite_dir(suite, root)}/table.parquet: {len(df)} runs ({ok} ok, {len(df) - ok} failed)")
+    suite_dir, expected = _suite_results(suite, root)
+    df = collect_runs(suite_dir, expected)
+    counts = df["status"].value_counts().to_dict() if len(df) else {}
+    click.echo(f"{suite_dir}/table.parquet: {len(df)} runs ("
+               + ", ".join(f"{counts.get(k, 0)} {k}" for k in ("ok", "failed", "missing")) + ")")
 
 
 @cli.command()
@@ -219,16 +221,25 @@ def report(suite: str, root: str, out: str | None) -> None:
     """Markdown table and trade-off plot (PNG + PDF) of SUITE's results."""
     from bench.report import build_report
 
-    paths = build_report(_suite_dir(suite, root), Path(out) if out else None)
+    suite_dir, _ = _suite_results(suite, root)
+    paths = build_report(suite_dir, Path(out) if out else None)
     for p in paths.values():
         click.echo(p)
 
 
-def _suite_dir(suite: str, root: str) -> Path:
-    d = Path(root) / Path(suite).stem
+def _suite_results(suite: str, root: str) -> tuple[Path, list[dict] | None]:
+    """The suite's results folder and its expected runs (None when only results, no suite file, exist)."""
+    from bench.config import load_suite
+    from bench.runner import run_identity
+
+    try:
+        s = load_suite(suite, check_names=False)
+        d, expected = s.results_dir(root), [run_identity(s, r, "") | {"dataset": None} for r in s.runs]
+    except UsageError:
+        d, expected = Path(root) / Path(suite).stem, None
     if not (d / "runs").is_dir() and not (d / "table.parquet").exists():
         raise UsageError(f"no results for suite {suite!r} in {d} (run the suite first: snakemake --config suite={suite})")
-    return d
+    return d, expected
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -169,7 +169,7 @@ def test_report_only_failed_runs(tmp_path: Path) -> None:
     paths = build_report(suite)
     md = paths["report.md"].read_text()
     assert "dataset download failed" in md and "shape \\| mismatch" in md
-    assert "2 failed run(s)" in md
+    assert "2 failed or missing run(s)" in md
     assert paths["tradeoff_top1_vs_gmacs.png"].stat().st_size > 0
 
 
@@ -178,3 +178,16 @@ def test_missing_suite(tmp_path: Path) -> None:
         build_report(tmp_path / "nope")
     with pytest.raises(UsageError):
         collect(tmp_path / "nope")
+
+
+def test_expected_grid_adds_missing_rows_and_drops_stale_runs(tmp_path):
+    suite = tmp_path / "smoke"
+    dense, static = _record("dense", 1.0, 0), _record("static", 0.5, 0)
+    _write(suite, dense)
+    _write(suite, static)
+    expected = [{"run_id": dense["run_id"], "method": "dense", "backbone": dense["backbone"], "keep_ratio": 1.0,
+                 "seed": 0},
+                {"run_id": "random-x", "method": "random", "backbone": dense["backbone"], "keep_ratio": 0.5, "seed": 0}]
+    table = collect(suite, expected)
+    assert sorted(table["status"]) == ["missing", "ok"]
+    assert "static" not in set(table["method"])  # a run no longer in the suite is not reported

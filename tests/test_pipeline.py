@@ -85,6 +85,7 @@ def test_bad_suite_fails_before_anything_runs(tmp_path):
     suite = tmp_path / "bad.yaml"
     suite.write_text(SUITE.replace("seeds: [0]", "seeds: [zero]"))
     p = snakemake(tmp_path, suite)
-    assert p.returncode != 0
-    assert "field seeds[0]" in p.stderr
+    assert p.returncode == 2
+    assert [line for line in p.stderr.splitlines() if line.startswith("bench: error:")] == [
+        f"bench: error: {suite}: field seeds[0]: 'zero' is not of type 'integer'"]
     assert not (tmp_path / "results").exists()

@@ -157,11 +157,13 @@ def _holes_section(table: pd.DataFrame) -> str:
     if failed.empty:
         parts.append("No failed runs.")
     else:
-        rows = [[r.run_id, r.method, r.backbone, str(round(r.keep_ratio, 6)) if _finite(r.keep_ratio) else _DASH,
+        rows = [[r.run_id, r.status, r.method, r.backbone,
+                 str(round(r.keep_ratio, 6)) if _finite(r.keep_ratio) else _DASH,
                  r.seed if pd.notna(r.seed) else _DASH, _short_error(r.error)]
                 for r in failed.fillna({"method": _DASH, "backbone": _DASH}).itertuples(index=False)]
-        parts.append(f"{len(rows)} failed run(s):\n\n"
-                     + _md_table(["Run id", "Method", "Backbone", "Keep ratio", "Seed", "Error"], rows, "lllrrl"))
+        parts.append(f"{len(rows)} failed or missing run(s):\n\n"
+                     + _md_table(["Run id", "Status", "Method", "Backbone", "Keep ratio", "Seed", "Error"], rows,
+                                 "llllrrl"))
     missing = missing_runs(table)
     if missing:
         rows = [[b, m, str(k), s] for b, m, k, s in missing]

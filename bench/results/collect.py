@@ -11,7 +11,7 @@ import json
 import math
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Mapping, Sequence, Any
 
 import pandas as pd
 
@@ -157,14 +157,29 @@ def build_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
-def collect(suite_dir: Path) -> pd.DataFrame:
-    """Read every run record under ``suite_dir/runs/*/`` and write table.parquet + table.csv."""
+MISSING_ERROR = "no record: not run yet, still running, or killed before it could record a failure"
+
+
+def collect(suite_dir: Path, expected: Sequence[Mapping[str, Any]] | None = None) -> pd.DataFrame:
+    """Read every run record under ``suite_dir/runs/*/`` and write table.parquet + table.csv.
+
+    ``expected`` (identity rows of the suite's grid, each with a ``run_id``) restricts the table to the
+    suite's current runs and adds a ``status="missing"`` row for each expected run without a record,
+    so holes show in the table itself.
+    """
     suite_dir = Path(suite_dir)
     if not suite_dir.is_dir():
         raise UsageError(f"suite directory {suite_dir} does not exist")
     runs_dir = suite_dir / "runs"
     run_dirs = sorted(p for p in runs_dir.iterdir() if p.is_dir()) if runs_dir.is_dir() else []
+    if expected is not None:
+        wanted = {e["run_id"] for e in expected}
+        run_dirs = [d for d in run_dirs if d.name in wanted]
     rows = [row for row in (_run_row(d, suite_dir.name) for d in run_dirs) if row is not None]
+    if expected is not None:
+        have = {row["run_id"] for row in rows}
+        rows += [{**{k: _encode(v) for k, v in e.items()}, "status": "missing", "error": MISSING_ERROR}
+                 for e in expected if e["run_id"] not in have]
     table = build_table(rows)
     atomic_write(suite_dir / TABLE_PARQUET, lambda tmp: table.to_parquet(tmp, index=False))
     atomic_write(suite_dir / TABLE_CSV, lambda tmp: table.to_csv(tmp, index=False))
