@@ -4,6 +4,7 @@
 # Every rule turns files into files; what to run lives in the suite, how to run it in a profile.
 import json
 import os
+import shlex
 import sys
 
 from snakemake.exceptions import WorkflowError
@@ -11,9 +12,14 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
-unknown = sorted(set(config) - {"suite", "results"})
+unknown = sorted(set(config) - {"suite", "results", "launcher"})
 if unknown:
-    raise WorkflowError(f"unknown config key {unknown[0]!r} (this workflow takes: suite, results)")
+    raise WorkflowError(f"unknown config key {unknown[0]!r} (this workflow takes: suite, results, launcher)")
+# none: steps run as plain local processes; local / slurm: each step is a submitit job (bench.launch),
+# set by a profile (slurm/config.yaml), never by a suite
+LAUNCHER = str(config.get("launcher", "none"))
+if LAUNCHER not in ("none", "local", "slurm"):
+    raise WorkflowError(f"config launcher={LAUNCHER!r}: choose none, local or slurm")
 
 from bench.config import load_suite
 from bench.errors import UsageError
@@ -30,6 +36,33 @@ OUT = f"{ROOT}/{SUITE.name}"
 SUITE_FILE = str(SUITE.path)
 RUNS = {r.run_id: r for r in SUITE.runs}
 BENCH = f"{sys.executable} -m bench"
+print(f"tokenbench: suite {SUITE.name} ({SUITE_FILE}), {len(RUNS)} runs, launcher {LAUNCHER}", file=sys.stderr)
+
+# Compute rules declare these; profiles override them per rule (set-resources). Under a launcher they
+# become submitit/SLURM parameters; without one only threads matter.
+COMPUTE_RESOURCES = dict(gpus=0, cpus_per_task=1, mem_mb=0, runtime=60, slurm_partition="", slurm_account="",
+                         slurm_qos="", constraint="", slurm_extra="")
+
+
+def run_step(step, key, bench_args, resources, threads, log, folder, failure=None):
+    """Run `bench <bench_args>` directly or, under a launcher, as a submitit job (bench.launch).
+
+    Built in a `run:` block rather than `params:` so that how a step runs is never a rerun trigger.
+    """
+    if LAUNCHER == "none":
+        prefix, torch_threads = [sys.executable, "-m", "bench"], threads
+    else:
+        torch_threads = resources.cpus_per_task
+        prefix = [sys.executable, "-m", "bench.launch", "--launcher", LAUNCHER, "--folder", folder,
+                  "--name", f"tb.{SUITE.name}.{step}.{key}", "--gpus", resources.gpus,
+                  "--cpus", resources.cpus_per_task, "--mem-mb", resources.mem_mb, "--time-min", resources.runtime,
+                  "--partition", resources.slurm_partition, "--account", resources.slurm_account,
+                  "--qos", resources.slurm_qos, "--constraint", resources.constraint, "--extra", resources.slurm_extra]
+        if failure is not None:
+            prefix += ["--failure-record", failure]
+        prefix.append("--")
+    cmd = shlex.join(str(a) for a in [*prefix, *bench_args, "--results", ROOT, "--threads", torch_threads])
+    shell((cmd + f" > {shlex.quote(str(log))} 2>&1").replace("{", "{{").replace("}", "}}"))
 
 
 def run_spec(run_id):
@@ -62,10 +95,13 @@ rule pretrain:
     params:
         spec=lambda wc: json.dumps({"backbone": SUITE.backbone(wc.backbone).__dict__, "recipe": SUITE.pretrain_recipe,
                                     "seed": SUITE.pretrain_seed, "data": SUITE.data}, sort_keys=True),
+    resources:
+        **COMPUTE_RESOURCES,
     log:
         f"{OUT}/logs/pretrain/{{backbone}}.log",
-    shell:
-        "{BENCH} train {SUITE_FILE} --pretrain {wildcards.backbone} --results {ROOT} --threads {threads} > {log} 2>&1"
+    run:
+        run_step("pretrain", wildcards.backbone, ["train", SUITE_FILE, "--pretrain", wildcards.backbone], resources,
+                 threads, log, f"{OUT}/pretrain/{wildcards.backbone}/slurm")
 
 
 rule finetune:
@@ -75,10 +111,13 @@ rule finetune:
         f"{OUT}/runs/{{run}}/model.pth",
     params:
         spec=lambda wc: run_spec(wc.run),
+    resources:
+        **COMPUTE_RESOURCES,
     log:
         f"{OUT}/logs/finetune/{{run}}.log",
-    shell:
-        "{BENCH} train {SUITE_FILE} --run {wildcards.run} --results {ROOT} --threads {threads} > {log} 2>&1"
+    run:
+        run_step("finetune", wildcards.run, ["train", SUITE_FILE, "--run", wildcards.run], resources, threads, log,
+                 f"{OUT}/runs/{wildcards.run}/slurm/finetune", f"{OUT}/runs/{wildcards.run}/failure.json")
 
 
 rule evaluate:
@@ -88,10 +127,13 @@ rule evaluate:
         f"{OUT}/runs/{{run}}/run.json",
     params:
         spec=lambda wc: json.dumps(SUITE.evaluate, sort_keys=True),
+    resources:
+        **COMPUTE_RESOURCES,
     log:
         f"{OUT}/logs/evaluate/{{run}}.log",
-    shell:
-        "{BENCH} evaluate {SUITE_FILE} {wildcards.run} --results {ROOT} --threads {threads} > {log} 2>&1"
+    run:
+        run_step("evaluate", wildcards.run, ["evaluate", SUITE_FILE, wildcards.run], resources, threads, log,
+                 f"{OUT}/runs/{wildcards.run}/slurm/evaluate", f"{OUT}/runs/{wildcards.run}/failure.json")
 
 
 rule collect:

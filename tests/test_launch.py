@@ -1,0 +1,56 @@
+"""bench.launch with submitit's local executor: the same code path SLURM jobs take, minus the scheduler."""
+import json
+import subprocess
+import sys
+
+import submitit
+
+from bench.launch import LAUNCH_RECORD, BenchStep, _extra_params, _last_error_line
+
+
+def launch(tmp_path, *cmd, failure=True):
+    folder = tmp_path / "job"
+    args = [sys.executable, "-m", "bench.launch", "--launcher", "local", "--folder", str(folder), "--name", "t"]
+    if failure:
+        args += ["--failure-record", str(tmp_path / "failure.json")]
+    return folder, subprocess.run([*args, "--", *cmd], capture_output=True, text=True, timeout=120)
+
+
+def test_local_job_runs_and_records_its_id(tmp_path):
+    folder, p = launch(tmp_path, "ls", "methods")
+    assert p.returncode == 0, p.stderr
+    rec = json.loads((folder / LAUNCH_RECORD).read_text())
+    assert rec["cmd"] == ["ls", "methods"] and rec["launcher"] == "local"
+    out = (folder / f"{rec['job_id']}_0_log.out").read_text()
+    assert "random" in out and "static" in out
+    assert not (tmp_path / "failure.json").exists()
+
+
+def test_failed_job_is_recorded_with_job_id_state_and_log(tmp_path):
+    folder, p = launch(tmp_path, "ls", "nothing")
+    assert p.returncode == 1
+    rec = json.loads((tmp_path / "failure.json").read_text())
+    job_id = json.loads((folder / LAUNCH_RECORD).read_text())["job_id"]
+    assert rec["status"] == "failed" and rec["job_id"] == job_id
+    assert rec["job_stderr"].endswith(f"{job_id}_0_log.err")
+    assert "exited with code 2" in rec["error"]
+
+
+def test_bad_launcher_arguments_are_one_line(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "bench.launch", "--launcher", "local", "--folder", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert p.returncode != 0 and "after `--`" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_step_is_checkpointable():
+    step = BenchStep(["train", "smoke", "--run", "x"], threads=4)
+    again = step.checkpoint()
+    assert isinstance(again, submitit.helpers.DelayedSubmission)
+    assert again.function is step
+
+
+def test_extra_sbatch_options_and_error_lines():
+    assert _extra_params("--exclusive --reservation=mine --gres-flags=enforce-binding") == {
+        "exclusive": True, "reservation": "mine", "gres_flags": "enforce-binding"}
+    e = RuntimeError("Job failed:\n----\nTraceback\n  File x\nValueError: boom\n----\nYou can check full logs at:\n - a")
+    assert _last_error_line(e) == "ValueError: boom"
