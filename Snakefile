@@ -44,7 +44,7 @@ COMPUTE_RESOURCES = dict(gpus=0, cpus_per_task=1, mem_mb=0, runtime=60, slurm_pa
                          slurm_qos="", constraint="", slurm_extra="")
 
 
-def run_step(step, key, bench_args, resources, threads, log, folder, failure=None):
+def run_step(step, key, bench_args, resources, threads, log, folder, output, failure=None):
     """Run `bench <bench_args>` directly or, under a launcher, as a submitit job (bench.launch).
 
     Built in a `run:` block rather than `params:` so that how a step runs is never a rerun trigger.
@@ -60,6 +60,8 @@ def run_step(step, key, bench_args, resources, threads, log, folder, failure=Non
                   "--qos", resources.slurm_qos, "--constraint", resources.constraint, "--extra", resources.slurm_extra]
         if failure is not None:
             prefix += ["--failure-record", failure]
+        for path in output:
+            prefix += ["--output", path]
         prefix.append("--")
     cmd = shlex.join(str(a) for a in [*prefix, *bench_args, "--results", ROOT, "--threads", torch_threads])
     shell((cmd + f" > {shlex.quote(str(log))} 2>&1").replace("{", "{{").replace("}", "}}"))
@@ -101,7 +103,7 @@ rule pretrain:
         f"{OUT}/logs/pretrain/{{backbone}}.log",
     run:
         run_step("pretrain", wildcards.backbone, ["train", SUITE_FILE, "--pretrain", wildcards.backbone], resources,
-                 threads, log, f"{OUT}/pretrain/{wildcards.backbone}/slurm")
+                 threads, log, f"{OUT}/pretrain/{wildcards.backbone}/slurm", output)
 
 
 rule finetune:
@@ -117,7 +119,7 @@ rule finetune:
         f"{OUT}/logs/finetune/{{run}}.log",
     run:
         run_step("finetune", wildcards.run, ["train", SUITE_FILE, "--run", wildcards.run], resources, threads, log,
-                 f"{OUT}/runs/{wildcards.run}/slurm/finetune", f"{OUT}/runs/{wildcards.run}/failure.json")
+                 f"{OUT}/runs/{wildcards.run}/slurm/finetune", output, f"{OUT}/runs/{wildcards.run}/failure.json")
 
 
 rule evaluate:
@@ -133,7 +135,7 @@ rule evaluate:
         f"{OUT}/logs/evaluate/{{run}}.log",
     run:
         run_step("evaluate", wildcards.run, ["evaluate", SUITE_FILE, wildcards.run], resources, threads, log,
-                 f"{OUT}/runs/{wildcards.run}/slurm/evaluate", f"{OUT}/runs/{wildcards.run}/failure.json")
+                 f"{OUT}/runs/{wildcards.run}/slurm/evaluate", output, f"{OUT}/runs/{wildcards.run}/failure.json")
 
 
 rule collect:

@@ -33,9 +33,12 @@ class BenchStep(submitit.helpers.Checkpointable):
     requeues the same step; training then resumes from its last per-epoch checkpoint by itself.
     """
 
-    def __init__(self, argv: Sequence[str], threads: int | None = None):
+    def __init__(self, argv: Sequence[str], threads: int | None = None, outputs: Sequence[str] = (),
+                 folder: str | None = None):
         self.argv = list(argv)
         self.threads = threads
+        self.outputs = list(outputs)
+        self.folder = folder
 
     def __call__(self) -> int:
         env = submitit.JobEnvironment()
@@ -51,7 +54,42 @@ class BenchStep(submitit.helpers.Checkpointable):
         code = main(argv)
         if code != 0:
             raise RuntimeError(f"`bench {shlex.join(argv)}` exited with code {code} (see the job's stderr log)")
+        if env.global_rank == 0 and self.folder:
+            keep_outputs(Path(self.folder), self.outputs)
         return code
+
+
+def _kept(folder: Path, i: int, output: str) -> Path:
+    return folder / "outputs" / f"{i}_{Path(output).name}"
+
+
+def keep_outputs(folder: Path, outputs: Sequence[str]) -> None:
+    """Hard-link the step's outputs into its job folder.
+
+    If Snakemake is killed while the job runs, it deletes the job's outputs as incomplete when it
+    starts again; the re-attached launcher then restores them from here instead of re-running.
+    """
+    for i, out in enumerate(outputs):
+        kept = _kept(folder, i, out)
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        kept.unlink(missing_ok=True)
+        try:
+            os.link(out, kept)
+        except OSError:  # no hard links on this filesystem: restoring is then not possible
+            return
+
+
+def restore_outputs(folder: Path, outputs: Sequence[str]) -> bool:
+    """Put back outputs of a finished job; False when one of them cannot be restored."""
+    for i, out in enumerate(outputs):
+        if os.path.exists(out):
+            continue
+        kept = _kept(folder, i, out)
+        if not kept.exists():
+            return False
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        os.link(kept, out)
+    return True
 
 
 def _now() -> str:
@@ -79,6 +117,7 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--signal-delay-s", type=int, default=90, help="warning before the time limit (requeue)")
     p.add_argument("--failure-record", type=Path, default=None,
                    help="failure.json to write when the job dies without recording its own failure")
+    p.add_argument("--output", action="append", default=[], help="a file the step writes (repeatable)")
     p.add_argument("--poll-s", type=float, default=0.5)
     args = p.parse_args(argv[:split])
     cmd = argv[split + 1:]
@@ -141,12 +180,13 @@ def attach_or_submit(args: argparse.Namespace, cmd: list[str], log=print) -> sub
     if old and args.launcher == "slurm" and old.get("cmd") == cmd and old.get("launcher") == "slurm":
         job = submitit.SlurmJob(folder=args.folder, job_id=str(old["job_id"]), tasks=tuple(range(old.get("tasks", 1))))
         state = job.watcher.get_state(job.job_id, mode="force").upper()
-        if state in ACTIVE_STATES or (state == "COMPLETED" and job.paths.result_pickle.exists()):
+        finished = state == "COMPLETED" and job.paths.result_pickle.exists()
+        if state in ACTIVE_STATES or (finished and restore_outputs(args.folder, args.output)):
             log(f"bench.launch: re-attaching to SLURM job {job.job_id} ({state}) instead of submitting again")
             return job
         log(f"bench.launch: earlier SLURM job {job.job_id} ended {state}; submitting again")
     ex = make_executor(args)
-    job = ex.submit(BenchStep(cmd, threads=args.cpus))
+    job = ex.submit(BenchStep(cmd, threads=args.cpus, outputs=args.output, folder=str(args.folder)))
     _write_record(args.folder, {"job_id": job.job_id, "launcher": args.launcher, "cmd": cmd, "name": args.name,
                                 "tasks": max(1, args.gpus), "submitted_at": _now(),
                                 "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)})
@@ -213,6 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         wait(job, args.poll_s)
         job.results()
+        if not restore_outputs(args.folder, args.output):
+            raise RuntimeError(f"the job finished but did not leave {', '.join(args.output)}")
     except KeyboardInterrupt:
         # Snakemake stopping: the job keeps running and the next launch re-attaches to it
         print(f"bench.launch: interrupted; job {job.job_id} left running", file=sys.stderr)

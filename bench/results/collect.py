@@ -177,6 +177,11 @@ def collect(suite_dir: Path, expected: Sequence[Mapping[str, Any]] | None = None
         run_dirs = [d for d in run_dirs if d.name in wanted]
     rows = [row for row in (_run_row(d, suite_dir.name) for d in run_dirs) if row is not None]
     if expected is not None:
+        by_id = {e["run_id"]: e for e in expected}
+        for row in rows:  # a record written by the launcher (job cancelled, OOM) names only the run
+            for key, value in by_id.get(row["run_id"], {}).items():
+                if row.get(key) is None:
+                    row[key] = _encode(value)
         have = {row["run_id"] for row in rows}
         rows += [{**{k: _encode(v) for k, v in e.items()}, "status": "missing", "error": MISSING_ERROR}
                  for e in expected if e["run_id"] not in have]
