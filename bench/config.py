@@ -19,7 +19,7 @@ from bench.errors import UsageError
 DEFAULT_RECIPE: dict[str, Any] = {
     "epochs": 0, "batch_size": 128, "opt": "adamw", "lr": 5e-4, "min_lr": 1e-6, "warmup_lr": 1e-6,
     "warmup_epochs": 0, "weight_decay": 0.05, "clip_grad": 1.0, "label_smoothing": 0.1, "drop_path": 0.0,
-    "amp": True, "num_workers": 0, "max_steps_per_epoch": None,
+    "amp": True, "num_workers": 0, "max_steps_per_epoch": None, "lr_base_batch": None,
 }
 DEFAULT_EVALUATE: dict[str, Any] = {
     "batch_size": 256, "flops_images": 64, "max_val_images": None,

@@ -51,7 +51,12 @@ class BenchStep(submitit.helpers.Checkpointable):
             argv += ["--threads", str(self.threads)]
         from bench.cli import main
 
-        code = main(argv)
+        try:
+            code = main(argv)
+        finally:
+            from bench.train.distributed import cleanup
+
+            cleanup()
         if code != 0:
             raise RuntimeError(f"`bench {shlex.join(argv)}` exited with code {code} (see the job's stderr log)")
         if env.global_rank == 0 and self.folder:

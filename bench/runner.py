@@ -22,11 +22,14 @@ from bench.io import atomic_torch_save, atomic_write_json
 from bench.methods import Method, create_method
 from bench.models import build_backbone
 from bench.provenance import pick_device, provenance
-from bench.train import train_model
+from bench.train import TrainResult, train_model
+from bench.train import distributed as D
 
 MODEL_FILE = "model.pth"
 RECORD_FILE = "run.json"
 FAILURE_FILE = "failure.json"
+#: how a model was trained across processes: batch size and learning-rate scaling made explicit
+TRAIN_META_KEYS = ("world_size", "per_device_batch_size", "global_batch_size", "lr", "lr_effective")
 
 
 def pretrain_dir(suite: Suite, backbone: str, root: str | Path = "results") -> Path:
@@ -70,13 +73,29 @@ def _save_model(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
     atomic_torch_save(path, {"model": model.state_dict(), "meta": meta})
 
 
-def pretrain(suite: Suite, backbone_name: str, *, root: str | Path = "results", device: str | None = None) -> Path:
-    """Produce the dense starting point of every fine-tune: trained from scratch, from the hub, or a file."""
+def _train_meta(result: TrainResult | None) -> dict[str, Any]:
+    """Batch size and learning-rate scaling of a training run, explicit in model.pth and the records."""
+    return {k: getattr(result, k) if result else None for k in TRAIN_META_KEYS}
+
+
+def _device(device: str | None) -> tuple[torch.device, D.DistEnv]:
+    """The device picked as for one process; under a multi-process launcher, this rank's device of that type."""
     dev = pick_device(device)
+    env = D.init_distributed(dev.type)
+    return (env.device if env.world_size > 1 else dev), env
+
+
+def pretrain(suite: Suite, backbone_name: str, *, root: str | Path = "results", device: str | None = None) -> Path:
+    """Produce the dense starting point of every fine-tune: trained from scratch, from the hub, or a file.
+
+    Under a multi-process launcher every rank trains its shard; rank 0 alone evaluates and saves.
+    """
+    dev, env = _device(device)
     backbone = suite.backbone(backbone_name)
     out = pretrain_dir(suite, backbone_name, root)
     bundle = _data(suite)
     init = {"scratch": False, "hub": True}.get(backbone.init, backbone.init)
+    torch.manual_seed(suite.pretrain_seed)  # a from-scratch init is reproducible, and one process matches N
     model = _model(suite, backbone, bundle, init)
     recipe = suite.pretrain_recipe
     from bench.evaluate import evaluate
@@ -87,14 +106,19 @@ def pretrain(suite: Suite, backbone_name: str, *, root: str | Path = "results", 
     if recipe["epochs"] > 0:
         result = train_model(model, create_method("dense"), train_ds, recipe, seed=suite.pretrain_seed,
                              out_dir=out, device=dev)
+    if not env.is_main:
+        D.barrier()  # returns once rank 0 has saved model.pth
+        return out / MODEL_FILE
     acc = evaluate(model, val_ds, device=dev, batch_size=suite.evaluate["batch_size"],
                    max_images=suite.evaluate["max_val_images"])
     _log(f"pretrained {backbone_name}: val top-1 {acc.top1:.2f}% on {acc.images} images")
     meta = {"backbone": backbone_name, "init": backbone.init, "recipe": recipe, "seed": suite.pretrain_seed,
             "wall_s": time.time() - t0, "train_peak_mem_mb": result.peak_mem_mb if result else None,
-            "val_top1": acc.top1, "val_top5": acc.top5, "dataset": bundle.name, **provenance(dev)}
+            "val_top1": acc.top1, "val_top5": acc.top5, "dataset": bundle.name, **_train_meta(result),
+            **provenance(dev)}
     _save_model(out / MODEL_FILE, model.cpu(), meta)
     (out / "train_state.pth").unlink(missing_ok=True)
+    D.barrier()
     return out / MODEL_FILE
 
 
@@ -107,12 +131,14 @@ def build_run_model(suite: Suite, run: Run, bundle, weights: str | Path | None) 
 
 
 def finetune(suite: Suite, run: Run, *, root: str | Path = "results", device: str | None = None) -> Path:
-    dev = pick_device(device)
+    """Fine-tune one run from its pretrained backbone; under a multi-process launcher rank 0 saves."""
+    dev, env = _device(device)
     out = run_dir(suite, run, root)
     ckpt = pretrain_dir(suite, run.backbone, root) / MODEL_FILE
     if not ckpt.exists():
         raise UsageError(f"no pretrained backbone at {ckpt}; run the pretrain step first")
     bundle = _data(suite)
+    torch.manual_seed(run.seed)  # modules a method adds start from the same init in every process and rerun
     model, method = build_run_model(suite, run, bundle, ckpt)
     teacher = None
     if method.needs_teacher():
@@ -122,9 +148,11 @@ def finetune(suite: Suite, run: Run, *, root: str | Path = "results", device: st
     meta = {"run_id": run.run_id, "recipe": run.finetune, "train_epochs": result.epochs, "train_steps": result.steps,
             "train_wall_s": result.wall_s, "train_final_loss": result.final_loss,
             "train_peak_mem_mb": result.peak_mem_mb, "resumed_from_epoch": result.resumed_from_epoch,
-            "batch_size": run.finetune["batch_size"], "device": dev.type}
-    _save_model(out / MODEL_FILE, model.cpu(), meta)
-    (out / "train_state.pth").unlink(missing_ok=True)
+            "batch_size": run.finetune["batch_size"], "device": dev.type, **_train_meta(result)}
+    if env.is_main:
+        _save_model(out / MODEL_FILE, model.cpu(), meta)
+        (out / "train_state.pth").unlink(missing_ok=True)
+    D.barrier()
     return out / MODEL_FILE
 
 
@@ -170,6 +198,7 @@ def evaluate_run(suite: Suite, run: Run, *, root: str | Path = "results", device
         "throughput_sweep": tp.rows,
         "train_epochs": meta.get("train_epochs"), "train_wall_s": meta.get("train_wall_s"),
         "train_peak_mem_mb": meta.get("train_peak_mem_mb"), "batch_size": meta.get("batch_size"),
+        **{k: meta.get(k) for k in TRAIN_META_KEYS},
         "eval_wall_s": eval_wall,
         **provenance(dev),
     }
@@ -186,6 +215,11 @@ def run_identity(suite: Suite, run: Run, dataset: str) -> dict[str, Any]:
 
 def record_failure(suite: Suite, run: Run, step: str, exc: BaseException, *, root: str | Path = "results") -> Path:
     """Write failure.json for a run whose step raised; the run's declared outputs are left absent."""
+    from bench.train.distributed import is_main
+
+    path = run_dir(suite, run, root) / FAILURE_FILE
+    if not is_main():  # in a multi-process run rank 0 speaks for all
+        return path
     from bench.data import describe_data
 
     try:
@@ -195,6 +229,5 @@ def record_failure(suite: Suite, run: Run, step: str, exc: BaseException, *, roo
     record = {**run_identity(suite, run, dataset), "status": "failed", "failed_step": step,
               "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:500],
               "traceback": "".join(traceback.format_exception(exc))[-4000:], **provenance(pick_device())}
-    path = run_dir(suite, run, root) / FAILURE_FILE
     atomic_write_json(path, record)
     return path

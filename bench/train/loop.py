@@ -3,29 +3,38 @@ gradient clipping, per-epoch atomic checkpoints with automatic resume, and a har
 
 Resume is exact on CPU: the data order of epoch e depends only on (seed, e), and the RNG states of torch
 and of the method are checkpointed with the weights.
+
+Under a process group of N ranks (see ``bench.train.distributed``) the recipe's ``batch_size`` stays the
+global batch: every rank draws the same permutation and takes its slice of each global batch, the model
+is wrapped in DistributedDataParallel (gradients are averaged, so a step equals the single-process step),
+logged losses are averaged over ranks, and only rank 0 writes files.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
+import random
 import resource
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from bench.errors import RunFailed
+from bench.errors import RunFailed, UsageError
 from bench.io import atomic_torch_save, atomic_write_text
 from bench.methods.base import Method, TrainContext
+from bench.train import distributed as D
 
 STATE_FILE = "train_state.pth"
 LOG_FILE = "train_log.jsonl"
@@ -37,14 +46,55 @@ class TrainResult:
     steps: int
     wall_s: float
     final_loss: float
-    peak_mem_mb: float
+    peak_mem_mb: float             # the largest over ranks
     resumed_from_epoch: int | None
+    world_size: int
+    per_device_batch_size: int
+    global_batch_size: int
+    lr: float                      # the recipe's base learning rate
+    lr_effective: float            # after the linear scaling rule, when the recipe sets lr_base_batch
 
 
-def _loader(ds: Dataset, batch_size: int, seed: int, epoch: int, workers: int, shuffle: bool) -> DataLoader:
+class EpochBatches(Sampler[list[int]]):
+    """One epoch's batches: a permutation seeded by (seed, epoch) cut into global batches, of which this
+    rank takes the contiguous slice ``[rank * b, (rank + 1) * b)``; the ranks' slices of a step make up the
+    single-process batch of that step.
+
+    The permutation is drawn from the generator the DataLoader also holds, after the DataLoader has drawn
+    its worker base seed from it, so a world of one yields exactly the batches of
+    ``DataLoader(shuffle=True, generator=g)``.
+    """
+
+    def __init__(self, n: int, global_batch: int, generator: torch.Generator, rank: int = 0, world: int = 1):
+        self.n, self.global_batch, self.generator, self.rank, self.world = n, global_batch, generator, rank, world
+        self.local_batch = global_batch // world
+
+    def __len__(self) -> int:
+        # drop_last when there is at least one full batch, else one short batch (world of one only)
+        return self.n // self.global_batch if self.n >= self.global_batch else 1
+
+    def __iter__(self) -> Iterator[list[int]]:
+        perm = torch.randperm(self.n, generator=self.generator).tolist()
+        lo = self.rank * self.local_batch
+        for i in range(len(self)):
+            batch = perm[i * self.global_batch:(i + 1) * self.global_batch]
+            yield batch if self.world == 1 else batch[lo:lo + self.local_batch]
+
+
+def _seed_worker(rank: int, worker_id: int) -> None:
+    # worker w is seeded with base + w, the base drawn from the epoch generator that every rank shares:
+    # offset by rank, or the ranks' shards would get the same random augmentations
+    s = (torch.initial_seed() + rank * 1_000_003) % 2**32
+    torch.manual_seed(s)
+    random.seed(s)
+
+
+def _loader(ds: Dataset, batch_size: int, seed: int, epoch: int, workers: int, rank: int = 0,
+            world: int = 1) -> DataLoader:
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, drop_last=shuffle and len(ds) >= batch_size,
-                      generator=g, num_workers=workers, pin_memory=torch.cuda.is_available())
+    return DataLoader(ds, batch_sampler=EpochBatches(len(ds), batch_size, g, rank, world), generator=g,
+                      num_workers=workers, pin_memory=torch.cuda.is_available(),
+                      worker_init_fn=functools.partial(_seed_worker, rank) if world > 1 and workers else None)
 
 
 def _peak_mem_mb(device: torch.device) -> float:
@@ -60,22 +110,53 @@ def _amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def batch_plan(recipe: dict[str, Any], world: int, n_train: int) -> tuple[int, int, float]:
+    """(global batch, per-device batch, effective lr) of a recipe in a world of ``world`` ranks."""
+    global_batch = int(recipe["batch_size"])
+    if global_batch % world:
+        raise UsageError(f"batch_size {global_batch} is the global batch and must be divisible by the "
+                         f"{world} processes")
+    if world > 1 and n_train < global_batch:
+        raise UsageError(f"{n_train} training images are fewer than one global batch ({global_batch}); "
+                         f"a multi-process run needs at least one full batch")
+    lr = float(recipe["lr"])
+    base = recipe.get("lr_base_batch")
+    return global_batch, global_batch // world, lr * global_batch / float(base) if base else lr
+
+
+def _rng_state(method: Method, device: torch.device) -> dict[str, Any]:
+    return {"method": method.train_state(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+
+
+def _load_rng_state(state: dict[str, Any], method: Method, device: torch.device) -> None:
+    method.load_train_state(state["method"])
+    torch.set_rng_state(state["torch_rng"])
+    if device.type == "cuda" and state.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(state["cuda_rng"], device)
+
+
 def train_model(model: nn.Module, method: Method, train_ds: Dataset, recipe: dict[str, Any], *, seed: int,
                 out_dir: Path, device: torch.device, teacher: nn.Module | None = None,
                 log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> TrainResult:
-    out_dir.mkdir(parents=True, exist_ok=True)
+    rank, world = D.rank(), D.world_size()
+    main = rank == 0
+    global_batch, local_batch, lr = batch_plan(recipe, world, len(train_ds))
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     epochs = int(recipe["epochs"])
-    torch.manual_seed(seed)
+    torch.manual_seed(seed + rank)  # independent drop-path etc. noise per shard; unchanged for one process
     model.to(device)
     if teacher is not None:
         teacher.to(device).eval().requires_grad_(False)
 
-    steps_per_epoch = len(_loader(train_ds, recipe["batch_size"], seed, 0, 0, True))
+    steps_per_epoch = len(EpochBatches(len(train_ds), global_batch, torch.Generator()))
     if recipe.get("max_steps_per_epoch"):
         steps_per_epoch = min(steps_per_epoch, int(recipe["max_steps_per_epoch"]))
     total = max(1, epochs * steps_per_epoch)
-    groups = method.optimizer_groups(model, recipe)
-    optimizer = create_optimizer_v2(groups if groups is not None else model, opt=recipe["opt"], lr=recipe["lr"],
+    # the method sees the effective lr, so group learning rates it derives from it scale with it
+    groups = method.optimizer_groups(model, {**recipe, "lr": lr})
+    optimizer = create_optimizer_v2(groups if groups is not None else model, opt=recipe["opt"], lr=lr,
                                     weight_decay=recipe["weight_decay"])
     scheduler = CosineLRScheduler(optimizer, t_initial=total, lr_min=recipe["min_lr"],
                                   warmup_t=int(recipe["warmup_epochs"] * steps_per_epoch),
@@ -85,35 +166,49 @@ def train_model(model: nn.Module, method: Method, train_ds: Dataset, recipe: dic
 
     start_epoch, resumed = 0, None
     state_path = out_dir / STATE_FILE
-    if state_path.exists():
+    if state_path.exists():  # every rank loads it: optimizer state and RNG streams live in each process
         state = torch.load(state_path, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
-        method.load_train_state(state["method"])
-        torch.set_rng_state(state["torch_rng"])
-        if device.type == "cuda" and state.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        saved_world = int(state.get("world_size", 1))
+        if saved_world == world:
+            _load_rng_state(state["ranks"][rank] if world > 1 else state, method, device)
+        else:
+            # same global batches and schedule; only the per-process random streams restart
+            method.load_train_state(state["method"])
+            if main:
+                log(f"checkpoint written by {saved_world} process(es), resuming with {world}: "
+                    f"random streams are reseeded, so the resume is not bit-exact")
         start_epoch = resumed = int(state["epoch"]) + 1
-        log(f"resuming from the checkpoint of epoch {start_epoch - 1} ({state_path})")
+        if main:
+            log(f"resuming from the checkpoint of epoch {start_epoch - 1} ({state_path})")
+    if len(set(D.all_gather_object(start_epoch))) > 1:
+        raise RunFailed(f"ranks disagree on the epoch to resume from ({state_path} not visible to all?)")
+    net: nn.Module = model
+    if world > 1:
+        # hooks were registered on ``model`` by method.apply; DDP calls its forward, so they still fire
+        ids = [device.index if device.index is not None else torch.cuda.current_device()] \
+            if device.type == "cuda" else None
+        net = DistributedDataParallel(model, device_ids=ids)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
     t0, step, loss_value = time.time(), start_epoch * steps_per_epoch, float("nan")
     for epoch in range(start_epoch, epochs):
-        model.train()
+        net.train()
         method.on_epoch_start(model, epoch, epochs)
-        loader = _loader(train_ds, recipe["batch_size"], seed, epoch, recipe.get("num_workers", 0), True)
+        loader = _loader(train_ds, global_batch, seed, epoch, recipe.get("num_workers", 0), rank, world)
         sums: dict[str, float] = {}
         bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
-                   disable=None, mininterval=2.0, file=sys.stderr)
+                   disable=None if main else True, mininterval=2.0, file=sys.stderr)
         for i, (images, targets) in enumerate(bar):
             if i >= steps_per_epoch:
                 break
             images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
             scheduler.step_update(step)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                logits = model(images)
+                logits = net(images)
                 teacher_logits = None
                 if teacher is not None:
                     with torch.no_grad():
@@ -121,35 +216,44 @@ def train_model(model: nn.Module, method: Method, train_ds: Dataset, recipe: dic
                 terms = {"ce": F.cross_entropy(logits.float(), targets, label_smoothing=recipe["label_smoothing"])}
                 terms.update(method.extra_losses(model, TrainContext(images, targets, logits, teacher_logits)))
                 loss = sum(terms.values())
-            loss_value = float(loss.detach())
+            # loss and terms averaged over ranks (equal shards: the global-batch values); reduced before
+            # backward, so a non-finite value on any rank stops every rank at the same step
+            stats = torch.stack([loss.detach().float(), *(v.detach().float() for v in terms.values())])
+            loss_value, *term_values = D.all_reduce_mean(stats).tolist()
             if not math.isfinite(loss_value):
-                raise RunFailed(f"non-finite loss ({loss_value}) at epoch {epoch + 1}, step {step + 1}; "
-                                f"terms: {', '.join(f'{k}={float(v.detach()):.4g}' for k, v in terms.items())}")
+                where = f" (mean over {world} processes)" if world > 1 else ""
+                raise RunFailed(f"non-finite loss ({loss_value}) at epoch {epoch + 1}, step {step + 1}{where}; "
+                                f"terms: {', '.join(f'{k}={v:.4g}' for k, v in zip(terms, term_values))}")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             if recipe.get("clip_grad"):
                 scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), recipe["clip_grad"])
+                nn.utils.clip_grad_norm_(net.parameters(), recipe["clip_grad"])
             method.before_optimizer_step(model, step)
             scaler.step(optimizer)
             scaler.update()
             method.after_optimizer_step(model, step)
             step += 1
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            for k, v in zip(terms, term_values):
+                sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
         n = max(1, min(steps_per_epoch, len(loader)))
-        record = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"], "loss": sum(sums.values()) / n,
-                  **{f"loss_{k}": v / n for k, v in sums.items()}, "elapsed_s": round(time.time() - t0, 2)}
-        log(json.dumps(record))
-        _append_log(out_dir / LOG_FILE, record)
-        atomic_torch_save(state_path, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-            "method": method.train_state(), "epoch": epoch, "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-        })
+        ranks = D.all_gather_object(_rng_state(method, device)) if world > 1 else None
+        if main:
+            record = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
+                      "loss": sum(sums.values()) / n, **{f"loss_{k}": v / n for k, v in sums.items()},
+                      "elapsed_s": round(time.time() - t0, 2)}
+            log(json.dumps(record))
+            _append_log(out_dir / LOG_FILE, record)
+            atomic_torch_save(state_path, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "epoch": epoch, "world_size": world, "ranks": ranks, **_rng_state(method, device),
+            })
+        D.barrier()  # the checkpoint is complete before any rank moves on
     return TrainResult(epochs=epochs, steps=step, wall_s=time.time() - t0, final_loss=loss_value,
-                       peak_mem_mb=_peak_mem_mb(device), resumed_from_epoch=resumed)
+                       peak_mem_mb=D.all_reduce_max(_peak_mem_mb(device), device), resumed_from_epoch=resumed,
+                       world_size=world, per_device_batch_size=local_batch, global_batch_size=global_batch,
+                       lr=float(recipe["lr"]), lr_effective=lr)
 
 
 def _append_log(path: Path, record: dict[str, Any]) -> None:
