@@ -39,8 +39,8 @@ BENCH = f"{sys.executable} -m bench"
 print(f"tokenbench: suite {SUITE.name} ({SUITE_FILE}), {len(RUNS)} runs, launcher {LAUNCHER}", file=sys.stderr)
 
 # Compute rules declare these; profiles override them per rule (set-resources). Under a launcher they
-# become submitit/SLURM parameters; without one only threads matter.
-COMPUTE_RESOURCES = dict(gpus=0, cpus_per_task=1, mem_mb=0, runtime=60, slurm_partition="", slurm_account="",
+# become submitit/SLURM parameters; without one only threads matter. tasks=0: one task per GPU.
+COMPUTE_RESOURCES = dict(gpus=0, tasks=0, cpus_per_task=1, mem_mb=0, runtime=60, slurm_partition="", slurm_account="",
                          slurm_qos="", constraint="", slurm_extra="")
 
 
@@ -54,7 +54,7 @@ def run_step(step, key, bench_args, resources, threads, log, folder, output, fai
     else:
         torch_threads = resources.cpus_per_task
         prefix = [sys.executable, "-m", "bench.launch", "--launcher", LAUNCHER, "--folder", folder,
-                  "--name", f"tb.{SUITE.name}.{step}.{key}", "--gpus", resources.gpus,
+                  "--name", f"tb.{SUITE.name}.{step}.{key}", "--gpus", resources.gpus, "--tasks", resources.tasks,
                   "--cpus", resources.cpus_per_task, "--mem-mb", resources.mem_mb, "--time-min", resources.runtime,
                   "--partition", resources.slurm_partition, "--account", resources.slurm_account,
                   "--qos", resources.slurm_qos, "--constraint", resources.constraint, "--extra", resources.slurm_extra]

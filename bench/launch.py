@@ -41,11 +41,9 @@ class BenchStep(submitit.helpers.Checkpointable):
         self.folder = folder
 
     def __call__(self) -> int:
+        # every task of a multi-task job runs the step: the training code sets up torch.distributed
+        # from this job environment, and only rank 0 writes outputs
         env = submitit.JobEnvironment()
-        if env.num_tasks > 1:
-            # every task of a multi-GPU job runs the step; torch.distributed is set up from this
-            # environment by the training code, and only rank 0 writes outputs
-            os.environ.setdefault("TOKENBENCH_DISTRIBUTED", "submitit")
         argv = list(self.argv)
         if self.threads and "--threads" not in argv and argv and argv[0] in ("train", "evaluate"):
             argv += ["--threads", str(self.threads)]
@@ -111,6 +109,7 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--folder", required=True, type=Path, help="submitit folder (job logs, pickles, launch.json)")
     p.add_argument("--name", default="tokenbench")
     p.add_argument("--gpus", type=int, default=0, help="GPUs; N > 1 starts N tasks (DDP)")
+    p.add_argument("--tasks", type=int, default=0, help="tasks (DDP processes); default one per GPU, at least 1")
     p.add_argument("--cpus", type=int, default=1, help="CPUs per task (also torch threads)")
     p.add_argument("--mem-mb", type=int, default=0)
     p.add_argument("--time-min", type=int, default=60)
@@ -142,8 +141,12 @@ def _extra_params(extra: str) -> dict[str, Any]:
     return out
 
 
+def n_tasks(args: argparse.Namespace) -> int:
+    return args.tasks if args.tasks > 0 else max(1, args.gpus)
+
+
 def make_executor(args: argparse.Namespace) -> submitit.Executor:
-    tasks = max(1, args.gpus)
+    tasks = n_tasks(args)
     ex = submitit.AutoExecutor(folder=args.folder, cluster="slurm" if args.launcher == "slurm" else "local")
     params: dict[str, Any] = dict(name=args.name, timeout_min=args.time_min, cpus_per_task=args.cpus,
                                   tasks_per_node=tasks, nodes=1)
@@ -193,7 +196,7 @@ def attach_or_submit(args: argparse.Namespace, cmd: list[str], log=print) -> sub
     ex = make_executor(args)
     job = ex.submit(BenchStep(cmd, threads=args.cpus, outputs=args.output, folder=str(args.folder)))
     _write_record(args.folder, {"job_id": job.job_id, "launcher": args.launcher, "cmd": cmd, "name": args.name,
-                                "tasks": max(1, args.gpus), "submitted_at": _now(),
+                                "tasks": n_tasks(args), "submitted_at": _now(),
                                 "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)})
     log(f"bench.launch: submitted {args.launcher} job {job.job_id} ({args.name}); logs in {job.paths.folder}")
     return job

@@ -54,3 +54,36 @@ def test_extra_sbatch_options_and_error_lines():
         "exclusive": True, "reservation": "mine", "gres_flags": "enforce-binding"}
     e = RuntimeError("Job failed:\n----\nTraceback\n  File x\nValueError: boom\n----\nYou can check full logs at:\n - a")
     assert _last_error_line(e) == "ValueError: boom"
+
+
+TINY = """
+name: t
+data: {source: embedded, name: canvas-digits}
+backbones: [tb_vit_pico_patch4_32]
+methods: [dense]
+keep_ratios: [0.5]
+seeds: [0]
+pretrain: {init: scratch, recipe: {epochs: 1, batch_size: 64, max_steps_per_epoch: 2}}
+finetune: {epochs: 1, batch_size: 64, max_steps_per_epoch: 2}
+"""
+
+
+def test_two_task_job_trains_with_ddp_over_gloo(tmp_path):
+    import torch
+
+    suite = tmp_path / "t.yaml"
+    suite.write_text(TINY)
+    results = tmp_path / "results"
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([sys.executable, "-m", "bench", "train", str(suite), "--pretrain", "tb_vit_pico_patch4_32",
+                        "--results", str(results), "--threads", "1"], capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr
+    run_id = "dense__tb_vit_pico_patch4_32__k1.00__s0"
+    model = results / "t" / "runs" / run_id / "model.pth"
+    p = subprocess.run([sys.executable, "-m", "bench.launch", "--launcher", "local", "--tasks", "2", "--folder",
+                        str(tmp_path / "job"), "--output", str(model), "--", "train", str(suite), "--run", run_id,
+                        "--results", str(results)], capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    meta = torch.load(model, weights_only=False)["meta"]
+    assert (meta["world_size"], meta["per_device_batch_size"], meta["global_batch_size"]) == (2, 32, 64)
+    assert (tmp_path / "job" / "outputs" / "0_model.pth").exists()  # kept for a re-attach after a crash
