@@ -187,7 +187,7 @@ def attach_or_submit(args: argparse.Namespace, cmd: list[str], log=print) -> sub
     old = _read_record(args.folder)
     if old and args.launcher == "slurm" and old.get("cmd") == cmd and old.get("launcher") == "slurm":
         job = submitit.SlurmJob(folder=args.folder, job_id=str(old["job_id"]), tasks=tuple(range(old.get("tasks", 1))))
-        state = job.watcher.get_state(job.job_id, mode="force").upper()
+        state = squeue_state(job.job_id) or job.watcher.get_state(job.job_id, mode="force").upper()
         finished = state == "COMPLETED" and job.paths.result_pickle.exists()
         if state in ACTIVE_STATES or (finished and restore_outputs(args.folder, args.output)):
             log(f"bench.launch: re-attaching to SLURM job {job.job_id} ({state}) instead of submitting again")
@@ -202,15 +202,35 @@ def attach_or_submit(args: argparse.Namespace, cmd: list[str], log=print) -> sub
     return job
 
 
+def squeue_state(job_id: str) -> str | None:
+    """The job's state while SLURM still holds it (pending, running, requeued), else None."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True,
+                             timeout=30).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out[0].upper() if out else None
+
+
 def wait(job: submitit.Job, poll_s: float = 0.5) -> None:
-    """Block until the job ends. The result file is checked often (cheap); the scheduler, rarely."""
+    """Block until the job ends. The result file is checked often (cheap); the scheduler, rarely.
+
+    A requeued job (preemption, time limit, `scontrol requeue`) briefly looks finished in sacct
+    before it runs again, so an end without a result is confirmed with squeue.
+    """
     start, last_force = time.time(), time.time()
     while True:
         force = isinstance(job, submitit.SlurmJob) and time.time() - last_force > min(60.0, 5.0 + (time.time() - start) / 10)
         if force:
             last_force = time.time()
         if job.done(force_check=force):
-            return
+            if job.paths.result_pickle.exists() or not isinstance(job, submitit.SlurmJob):
+                return
+            time.sleep(2.0)  # let a requeue reach the queue
+            if squeue_state(job.job_id) not in ACTIVE_STATES and not job.paths.result_pickle.exists():
+                return
         time.sleep(poll_s)
 
 

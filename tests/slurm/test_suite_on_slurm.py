@@ -124,7 +124,7 @@ def _wait_for(predicate, timeout, what):
 
 @pytest.mark.slurm
 def test_requeued_training_resumes_to_the_same_weights(slurm_cluster, tmp_path):
-    suite = write_suite(tmp_path, epochs=6, steps=12)
+    suite = write_suite(tmp_path, epochs=10, steps=40)
     proc, run_dir, folder, run_id = _finetune_with_launcher(tmp_path, slurm_cluster.env, suite)
     _wait_for(lambda: (run_dir / "train_state.pth").exists() or proc.poll() is not None, 240, "the first epoch")
     assert proc.poll() is None, "the fine-tune ended before it could be requeued"
