@@ -25,7 +25,7 @@ from bench.config import load_suite
 from bench.errors import UsageError
 
 try:
-    SUITE = load_suite(config.get("suite", "smoke"))
+    SUITE = load_suite(config.get("suite", "smoke"), reuse_checks=True)
 except UsageError as e:
     # one line naming the field, like the CLI, instead of Snakemake's traceback-style report
     print(f"bench: error: {e}", file=sys.stderr)

@@ -129,8 +129,13 @@ def validate_raw(raw: Any, where: str) -> None:
         raise UsageError(f"{where}: field {_field_path(e)}: {msg}")
 
 
-def load_suite(name_or_path: str | Path, *, check_names: bool = True) -> Suite:
-    """Read, validate and expand a suite. Every error is a one-line UsageError naming the field."""
+def load_suite(name_or_path: str | Path, *, check_names: bool = True, reuse_checks: bool = False) -> Suite:
+    """Read, validate and expand a suite. Every error is a one-line UsageError naming the field.
+
+    ``reuse_checks``: skip the name checks (which import torch and timm, ~4 s) when this exact suite
+    already passed them with this exact code and these library versions (Snakemake parses the
+    Snakefile on every call, `-n` included).
+    """
     path = resolve_suite_path(name_or_path)
     try:
         raw = yaml.safe_load(path.read_text())
@@ -139,7 +144,35 @@ def load_suite(name_or_path: str | Path, *, check_names: bool = True) -> Suite:
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise UsageError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
     validate_raw(raw, str(path))
-    return expand(raw, path, check_names=check_names)
+    if not (check_names and reuse_checks):
+        return expand(raw, path, check_names=check_names)
+    marker = _checks_marker(raw)
+    if marker.exists():
+        suite = expand(raw, path, check_names=False)
+        _check_paths(suite, str(path))
+        return suite
+    suite = expand(raw, path, check_names=True)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.touch()
+    return suite
+
+
+def _checks_marker(raw: dict[str, Any]) -> Path:
+    """Cache file naming (suite content, bench source, timm/torch versions) that passed the name checks."""
+    import hashlib
+    from importlib.metadata import PackageNotFoundError, version
+
+    from bench.data.bundle import cache_root
+
+    h = hashlib.sha256(json.dumps(raw, sort_keys=True, default=str).encode())
+    for src in sorted(Path(__file__).parent.rglob("*.py")):
+        h.update(src.read_bytes())
+    for dist in ("timm", "torch"):
+        try:
+            h.update(version(dist).encode())
+        except PackageNotFoundError:
+            h.update(b"-")
+    return cache_root() / "validated-suites" / h.hexdigest()[:24]
 
 
 def _recipe(base: dict[str, Any] | None, override: dict[str, Any] | None) -> dict[str, Any]:
@@ -188,9 +221,21 @@ def expand(raw: dict[str, Any], path: Path, *, check_names: bool = True) -> Suit
     return suite
 
 
+def _check_paths(suite: Suite, where: str) -> None:
+    """Local files the suite names must exist now (cheap, so never cached)."""
+    from bench.data import validate_data_config
+
+    try:
+        validate_data_config(suite.data)
+    except UsageError as e:
+        raise UsageError(f"{where}: field data: {e}") from None
+    for i, b in enumerate(suite.backbones):
+        if b.init not in ("scratch", "hub") and not Path(b.init).is_file():
+            raise UsageError(f"{where}: field backbones[{i}].init: {b.init!r} is not 'scratch', 'hub' or an existing checkpoint file")
+
+
 def _check_names(suite: Suite, raw: dict[str, Any], where: str) -> None:
     """Names and parameters must resolve before anything runs."""
-    from bench.data import validate_data_config
     from bench.methods import create_method
     from bench.models.backbones import check_backbone_name
 
@@ -200,11 +245,9 @@ def _check_names(suite: Suite, raw: dict[str, Any], where: str) -> None:
         except UsageError as e:
             raise UsageError(f"{where}: field {field_name}: {e}") from None
 
-    at("data", validate_data_config, raw["data"])
+    _check_paths(suite, where)
     for i, b in enumerate(suite.backbones):
         at(f"backbones[{i}]", check_backbone_name, b.name)
-        if b.init not in ("scratch", "hub") and not Path(b.init).is_file():
-            raise UsageError(f"{where}: field backbones[{i}].init: {b.init!r} is not 'scratch', 'hub' or an existing checkpoint file")
     for i, m in enumerate(raw["methods"]):
         m = {"name": m} if isinstance(m, str) else m
         at(f"methods[{i}]", create_method, m["name"], 1.0, 0, **m.get("params", {}))

@@ -66,3 +66,30 @@ def test_shipped_suites_validate():
     assert "smoke" in names
     for name in names:
         assert load_suite(name).runs
+
+
+def test_reused_checks_only_for_a_suite_that_passed(tmp_path):
+    from bench.config import _checks_marker
+
+    import yaml
+
+    good = write(tmp_path, GOOD)
+    marker = _checks_marker(yaml.safe_load(good.read_text()))
+    marker.unlink(missing_ok=True)
+    load_suite(good, reuse_checks=True)
+    assert marker.exists()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(textwrap.dedent(GOOD.replace("methods: [dense,", "methods: [dnese,")))
+    for _ in range(2):  # a failed check is never remembered
+        with pytest.raises(UsageError, match="did you mean 'dense'"):
+            load_suite(bad, reuse_checks=True)
+    # cheap checks still run on a remembered suite: a data source that disappeared is caught
+    gone = tmp_path / "imgs"
+    gone.mkdir()
+    folder_suite = tmp_path / "f.yaml"
+    folder_suite.write_text(textwrap.dedent(GOOD.replace("{source: embedded, name: canvas-digits}",
+                                                         f"{{source: imagefolder, path: {gone}}}")))
+    load_suite(folder_suite, reuse_checks=True)
+    gone.rmdir()
+    with pytest.raises(UsageError, match="field data"):
+        load_suite(folder_suite, reuse_checks=True)
