@@ -115,6 +115,15 @@ def _assert_same_weights(run_dir, reference):
         assert torch.equal(got[k], reference[k]), k
 
 
+def _assert_resumed_to_reference(tmp_path, env, suite, proc, run_dir, folder, run_id):
+    """The launcher succeeded, the job resumed from a checkpoint, and the weights equal an uninterrupted run."""
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    log = Path(json.loads((folder / "launch.json").read_text())["stderr"]).read_text()
+    assert "resuming from the checkpoint of epoch" in log
+    _assert_same_weights(run_dir, _reference_weights(tmp_path, env, suite, run_id))
+
+
 def _wait_for(predicate, timeout, what):
     t0 = time.time()
     while not predicate():
@@ -130,25 +139,18 @@ def test_requeued_training_resumes_to_the_same_weights(slurm_cluster, tmp_path):
     assert proc.poll() is None, "the fine-tune ended before it could be requeued"
     job_id = json.loads((folder / "launch.json").read_text())["job_id"]
     subprocess.run(["scontrol", "requeue", job_id], env=slurm_cluster.env, check=True)
-    out, err = proc.communicate(timeout=400)
-    assert proc.returncode == 0, err[-3000:]
-    log = Path(json.loads((folder / "launch.json").read_text())["stderr"]).read_text()
-    assert "resuming from the checkpoint of epoch" in log
-    _assert_same_weights(run_dir, _reference_weights(tmp_path, slurm_cluster.env, suite, run_id))
+    _assert_resumed_to_reference(tmp_path, slurm_cluster.env, suite, proc, run_dir, folder, run_id)
 
 
 @pytest.mark.slurm
 def test_time_limit_checkpoints_requeues_and_resumes(slurm_cluster, tmp_path):
-    # 2-minute limit, warned 105 s ahead: the job is signalled 15-45 s after it starts (slurmctld checks
-    # limits every 30 s), checkpoints, requeues itself and resumes until the fine-tune is done
-    suite = write_suite(tmp_path, epochs=8, steps=40)
+    # 2-minute limit, warned 110 s ahead: the job is signalled 10-40 s after it starts (slurmctld checks
+    # limits every 30 s), checkpoints, requeues itself and resumes until the fine-tune (~60 s of work,
+    # epochs of ~8 s) is done
+    suite = write_suite(tmp_path, epochs=8, steps=150)
     proc, run_dir, folder, run_id = _finetune_with_launcher(
-        tmp_path, slurm_cluster.env, suite, extra=["--time-min", "2", "--signal-delay-s", "105"])
-    out, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, err[-3000:]
-    log = Path(json.loads((folder / "launch.json").read_text())["stderr"]).read_text()
-    assert "resuming from the checkpoint of epoch" in log
-    _assert_same_weights(run_dir, _reference_weights(tmp_path, slurm_cluster.env, suite, run_id))
+        tmp_path, slurm_cluster.env, suite, extra=["--time-min", "2", "--signal-delay-s", "110"])
+    _assert_resumed_to_reference(tmp_path, slurm_cluster.env, suite, proc, run_dir, folder, run_id)
 
 
 @pytest.mark.slurm
