@@ -119,6 +119,8 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--constraint", default="")
     p.add_argument("--extra", default="", help="extra sbatch options, e.g. '--exclusive --reservation=x'")
     p.add_argument("--signal-delay-s", type=int, default=90, help="warning before the time limit (requeue)")
+    p.add_argument("--max-requeues", type=int, default=20,
+                   help="time-limit requeues before the step counts as failed (preemptions are not counted)")
     p.add_argument("--failure-record", type=Path, default=None,
                    help="failure.json to write when the job dies without recording its own failure")
     p.add_argument("--output", action="append", default=[], help="a file the step writes (repeatable)")
@@ -147,7 +149,9 @@ def n_tasks(args: argparse.Namespace) -> int:
 
 def make_executor(args: argparse.Namespace) -> submitit.Executor:
     tasks = n_tasks(args)
-    ex = submitit.AutoExecutor(folder=args.folder, cluster="slurm" if args.launcher == "slurm" else "local")
+    slurm = args.launcher == "slurm"
+    ex = submitit.AutoExecutor(folder=args.folder, cluster="slurm" if slurm else "local",
+                               **({"slurm_max_num_timeout": args.max_requeues} if slurm else {}))
     params: dict[str, Any] = dict(name=args.name, timeout_min=args.time_min, cpus_per_task=args.cpus,
                                   tasks_per_node=tasks, nodes=1)
     if args.launcher == "slurm":

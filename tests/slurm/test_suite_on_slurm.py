@@ -144,12 +144,12 @@ def test_requeued_training_resumes_to_the_same_weights(slurm_cluster, tmp_path):
 
 @pytest.mark.slurm
 def test_time_limit_checkpoints_requeues_and_resumes(slurm_cluster, tmp_path):
-    # 2-minute limit, warned 110 s ahead: the job is signalled 10-40 s after it starts (slurmctld checks
-    # limits every 30 s), checkpoints, requeues itself and resumes until the fine-tune (~60 s of work,
-    # epochs of ~8 s) is done
-    suite = write_suite(tmp_path, epochs=8, steps=150)
+    # 2-minute limit, warned 90 s ahead: the job is signalled 30-60 s after it starts (slurmctld checks
+    # limits every 30 s), checkpoints, requeues itself and resumes. ~65 s of training in short epochs
+    # (~2 s) is always interrupted at least once and finishes in the next attempt or two.
+    suite = write_suite(tmp_path, epochs=30, steps=40)
     proc, run_dir, folder, run_id = _finetune_with_launcher(
-        tmp_path, slurm_cluster.env, suite, extra=["--time-min", "2", "--signal-delay-s", "110"])
+        tmp_path, slurm_cluster.env, suite, extra=["--time-min", "2", "--signal-delay-s", "90"])
     _assert_resumed_to_reference(tmp_path, slurm_cluster.env, suite, proc, run_dir, folder, run_id)
 
 
