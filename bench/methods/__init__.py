@@ -1,5 +1,6 @@
 """Method plugins. Importing this package registers every built-in method."""
 from bench.methods.base import METHODS, Method, Param, TrainContext, create_method, list_methods, register_method
 from bench.methods import baselines  # noqa: F401  (registers dense, static, random)
+from bench.methods import dynamicvit  # noqa: F401  (registers dynamicvit)
 
 __all__ = ["METHODS", "Method", "Param", "TrainContext", "create_method", "list_methods", "register_method"]

@@ -95,6 +95,9 @@ class Method:
     def needs_teacher(self) -> bool:
         return False
 
+    def attach_teacher(self, teacher: nn.Module) -> None:
+        """Called once with the frozen teacher before training, e.g. to hook features beyond its logits."""
+
     # -- training hooks (all optional) --------------------------------------------------------
     def optimizer_groups(self, model: nn.Module, recipe: dict[str, Any]) -> list[dict[str, Any]] | None:
         """Parameter groups (e.g. another learning rate for learned modules); None means one group."""

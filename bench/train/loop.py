@@ -149,6 +149,7 @@ def train_model(model: nn.Module, method: Method, train_ds: Dataset, recipe: dic
     model.to(device)
     if teacher is not None:
         teacher.to(device).eval().requires_grad_(False)
+        method.attach_teacher(teacher)
 
     steps_per_epoch = len(EpochBatches(len(train_ds), global_batch, torch.Generator()))
     if recipe.get("max_steps_per_epoch"):

@@ -144,12 +144,12 @@ def test_requeued_training_resumes_to_the_same_weights(slurm_cluster, tmp_path):
 
 @pytest.mark.slurm
 def test_time_limit_checkpoints_requeues_and_resumes(slurm_cluster, tmp_path):
-    # 2-minute limit, warned 90 s ahead: the job is signalled 30-60 s after it starts (slurmctld checks
-    # limits every 30 s), checkpoints, requeues itself and resumes. ~65 s of training in short epochs
-    # (~2 s) is always interrupted at least once and finishes in the next attempt or two.
-    suite = write_suite(tmp_path, epochs=30, steps=40)
+    # 3-minute limit, warned 120 s ahead: the job is signalled 60-90 s after it starts (slurmctld checks
+    # limits every 30 s), checkpoints, requeues itself and resumes. ~95 s of training in short epochs
+    # (~2 s) is always interrupted once, and the rest (< 60 s) finishes in the second attempt.
+    suite = write_suite(tmp_path, epochs=45, steps=40)
     proc, run_dir, folder, run_id = _finetune_with_launcher(
-        tmp_path, slurm_cluster.env, suite, extra=["--time-min", "2", "--signal-delay-s", "90"])
+        tmp_path, slurm_cluster.env, suite, extra=["--time-min", "3", "--signal-delay-s", "120"])
     _assert_resumed_to_reference(tmp_path, slurm_cluster.env, suite, proc, run_dir, folder, run_id)
 
 

@@ -1,0 +1,230 @@
+"""DynamicViT (Rao et al., NeurIPS 2021, arXiv 2106.02034): learned, input-dependent hierarchical token pruning.
+
+At each stage (before blocks 3/6/9 of 12) a small prediction module scores the patch tokens and
+keeps ``int(num_patches * rho**k)`` of the original ones; the class token is never scored.
+
+* Training (``model.training`` with grad enabled): a hard straight-through Gumbel-Softmax samples a keep
+  mask per token, multiplied by the previous stage's mask. No token is removed: from the first stage on,
+  attention is masked so that kept tokens attend only to kept tokens (every token still attends to
+  itself), as the official ``softmax_with_policy``.
+* Evaluation: the shared top-k gather of :class:`StagedPruning`, scored by the keep log-probability.
+* Loss: task CE (the loop's) + ratio loss (keep fraction per image regressed to rho**k) + KL to the dense
+  teacher's logits + MSE to the teacher's final patch tokens on the tokens kept at the last stage.
+* Recipe: the prediction modules train at the recipe's lr, the backbone at ``backbone_lr_scale`` of it
+  and not at all for the first ``freeze_backbone_epochs`` epochs; ``cls_token`` and ``pos_embed`` are
+  never trained (all three as in the official ``main_dynamic_vit.py``).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bench.errors import RunFailed, UsageError
+from bench.methods.base import Param, TrainContext, check_vit, register_method
+from bench.methods.dynamicvit_layers import TokenPredictor, gumbel_keep, masked_attention
+from bench.methods.pruning import StagedPruning
+
+#: attribute of the model that holds the prediction modules (so they are saved in its state_dict)
+PREDICTORS = "dynamicvit_predictors"
+#: backbone parameters the official fine-tuning never optimises
+UNTRAINED = ("cls_token", "pos_embed")
+
+#: (keep/drop log-probs (B, N, 2), previous keep mask (B, N, 1), stage) -> hard keep decision (B, N, 1)
+Sampler = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+
+
+@register_method
+class DynamicViT(StagedPruning):
+    name = "dynamicvit"
+    description = ("learned per-stage token predictors (Gumbel-Softmax + attention masking in training, "
+                   "top-k at inference)")
+    learns_parameters = True
+    input_dependent = True
+    params = {
+        **StagedPruning.params,
+        "ratio_weight": Param(2.0, "weight of the keep-ratio loss"),
+        "distill_weight": Param(0.5, "weight of the KL divergence to the dense teacher's logits"),
+        "token_distill_weight": Param(0.5, "weight of the MSE to the teacher's final patch tokens (kept tokens)"),
+        "tau": Param(1.0, "Gumbel-Softmax temperature"),
+        "backbone_lr_scale": Param(0.01, "backbone learning rate as a fraction of the prediction modules' lr"),
+        "freeze_backbone_epochs": Param(5, "epochs at the start during which the backbone is not updated",
+                                        types=(int,)),
+    }
+
+    def __init__(self, keep_ratio: float = 1.0, seed: int = 0, **params: Any):
+        super().__init__(keep_ratio, seed, **params)
+        for key in ("ratio_weight", "distill_weight", "token_distill_weight", "backbone_lr_scale",
+                    "freeze_backbone_epochs"):
+            if self.config[key] < 0:
+                raise UsageError(f"method {self.name!r}: parameter {key!r} must be >= 0, got {self.config[key]!r}")
+        if self.config["tau"] <= 0:
+            raise UsageError(f"method {self.name!r}: parameter 'tau' must be > 0, got {self.config['tau']!r}")
+        #: replaces the Gumbel sampling of the keep decision when set (tests fix the decision with it)
+        self.sampler: Sampler | None = None
+        #: per stage, the (B, num_patches) keep mask of the last training forward
+        self.policies: list[torch.Tensor] = []
+        self._patch_policy: torch.Tensor | None = None   # (B, num_patches, 1), the running mask
+        self._policy: torch.Tensor | None = None         # (B, N, 1) with prefix tokens: what attention reads
+        self._tokens: torch.Tensor | None = None         # the student's final patch tokens (training)
+        self._teacher_tokens: torch.Tensor | None = None
+        self._prefix = 1
+        self._frozen = False
+        self._patched: list[nn.Module] = []
+
+    # -- patching -----------------------------------------------------------------------------
+    def apply(self, model: nn.Module) -> nn.Module:
+        check_vit(model, self.name)
+        self._prefix = int(model.num_prefix_tokens)
+        if self.keep_ratio < 1.0:
+            if getattr(model, "global_pool", "token") != "token":
+                # the masked training forward cannot express an average over the kept tokens only
+                raise UsageError(f"method {self.name!r} needs class-token pooling, "
+                                 f"got global_pool={model.global_pool!r}")
+            first = self.stages(model)[0][0]
+            for block in model.blocks[first:]:
+                self._patch_attention(block.attn)
+            self._handles.append(model.norm.register_forward_hook(self._student_tokens_hook))
+        return super().apply(model)
+
+    def attach_learned(self, model: nn.Module) -> None:
+        n_stages = len(self.stages(model))
+        if not hasattr(model, PREDICTORS):
+            dim = int(getattr(model, "embed_dim", model.num_features))
+            setattr(model, PREDICTORS, nn.ModuleList(TokenPredictor(dim) for _ in range(n_stages)))
+        predictors = getattr(model, PREDICTORS)
+        if len(predictors) != n_stages:
+            raise UsageError(f"method {self.name!r}: the model holds {len(predictors)} prediction modules, "
+                             f"the method needs {n_stages}")
+        if self.keep_ratio >= 1.0:
+            predictors.requires_grad_(False)  # attached for a uniform checkpoint, but never used
+
+    def _patch_attention(self, attn: nn.Module) -> None:
+        if not all(hasattr(attn, a) for a in ("qkv", "q_norm", "k_norm", "attn_drop", "proj", "proj_drop")):
+            raise UsageError(f"method {self.name!r} needs timm's Attention in every block, got {type(attn).__name__}")
+        original = attn.forward
+
+        def forward(x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+            if self._policy is None or args or any(v is not None and v is not False for v in kwargs.values()):
+                return original(x, *args, **kwargs)
+            return masked_attention(attn, x, self._policy)
+
+        attn.forward = forward
+        self._patched.append(attn)
+
+    def remove(self) -> None:
+        super().remove()
+        for attn in self._patched:
+            del attn.forward  # the instance attribute: the class's forward is back
+        self._patched.clear()
+
+    def attach_teacher(self, teacher: nn.Module) -> None:
+        prefix = int(getattr(teacher, "num_prefix_tokens", 1))
+
+        def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+            self._teacher_tokens = out[:, prefix:].detach()
+
+        self._handles.append(teacher.norm.register_forward_hook(hook))
+
+    # -- forward ------------------------------------------------------------------------------
+    def on_forward_start(self, x: torch.Tensor) -> None:
+        self._patch_policy = self._policy = self._tokens = None
+        self.policies = []
+
+    def score(self, model: nn.Module, stage: int, patches: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return getattr(model, PREDICTORS)[stage](patches)[..., 0]
+
+    def _make_stage_hook(self, model: nn.Module, stage: int, keep: int, prefix: int):
+        gather = super()._make_stage_hook(model, stage, keep, prefix)
+        predictor = getattr(model, PREDICTORS)[stage]
+
+        def hook(module: nn.Module, args: tuple) -> tuple | None:
+            if not (module.training and torch.is_grad_enabled()):
+                return gather(module, args)
+            x = args[0]
+            patches = x[:, prefix:]
+            prev = self._patch_policy
+            if prev is None:
+                prev = patches.new_ones(patches.shape[0], patches.shape[1], 1, dtype=torch.float32)
+            log_probs = predictor(patches, prev)
+            if self.sampler is not None:
+                decision = self.sampler(log_probs, prev, stage)
+            else:
+                decision = gumbel_keep(log_probs, self.config["tau"])
+            policy = decision.float() * prev  # a dropped token stays dropped
+            self._patch_policy = policy
+            self.policies.append(policy.squeeze(-1))
+            self._policy = torch.cat([policy.new_ones(policy.shape[0], prefix, 1), policy], dim=1)
+            return None
+
+        return hook
+
+    def _student_tokens_hook(self, module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        if module.training and torch.is_grad_enabled():
+            self._tokens = out[:, self._prefix:]
+
+    # -- training -----------------------------------------------------------------------------
+    def needs_teacher(self) -> bool:
+        return self.config["distill_weight"] > 0 or self.config["token_distill_weight"] > 0
+
+    def extra_losses(self, model: nn.Module, ctx: TrainContext) -> dict[str, torch.Tensor]:
+        cfg, terms = self.config, {}
+        if self.policies:
+            ratio = sum(((p.mean(dim=1) - self.keep_ratio ** (k + 1)) ** 2).mean()
+                        for k, p in enumerate(self.policies))
+            terms["ratio"] = cfg["ratio_weight"] * ratio / len(self.policies)
+        if not self.needs_teacher():
+            return terms
+        if ctx.teacher_logits is None:
+            raise UsageError(f"method {self.name!r} distils from the dense teacher: train_model needs teacher=")
+        if cfg["distill_weight"] > 0:
+            kl = F.kl_div(F.log_softmax(ctx.logits.float(), dim=-1), F.log_softmax(ctx.teacher_logits.float(), dim=-1),
+                          reduction="batchmean", log_target=True)
+            terms["kl"] = cfg["distill_weight"] * kl
+        if cfg["token_distill_weight"] > 0:
+            terms["token_distill"] = cfg["token_distill_weight"] * self._token_distill_loss()
+        return terms
+
+    def _token_distill_loss(self) -> torch.Tensor:
+        if self._tokens is None or self._teacher_tokens is None:
+            raise RunFailed(f"method {self.name!r}: no student/teacher patch tokens were recorded in this step "
+                            f"(the student must run a training forward and the teacher be given to train_model)")
+        err = (self._tokens.float() - self._teacher_tokens.float()).pow(2).mean(dim=-1)  # (B, num_patches)
+        if not self.policies:
+            return err.mean()
+        # tokens kept at the last stage only; the mask selects, it is not trained through this term
+        kept = (self.policies[-1].detach() > 0.5).float()
+        return (err * kept).sum() / kept.sum().clamp_min(1.0)
+
+    def optimizer_groups(self, model: nn.Module, recipe: dict[str, Any]) -> list[dict[str, Any]]:
+        lr, wd = float(recipe["lr"]), float(recipe["weight_decay"])
+        backbone_lr = lr * self.config["backbone_lr_scale"]
+        no_wd = set(getattr(model, "no_weight_decay", lambda: set())())
+        predictor, decay, no_decay = [], [], []
+        for name, p in model.named_parameters():
+            if name.startswith(PREDICTORS + "."):
+                predictor.append(p)
+            elif name in UNTRAINED or not p.requires_grad:
+                continue
+            elif p.ndim <= 1 or name.endswith(".bias") or name in no_wd:
+                no_decay.append(p)
+            else:
+                decay.append(p)
+        groups = [{"params": predictor, "lr": lr, "weight_decay": wd, "name": "predictor"},
+                  {"params": decay, "lr": backbone_lr, "weight_decay": wd, "name": "backbone"},
+                  {"params": no_decay, "lr": backbone_lr, "weight_decay": 0.0, "name": "backbone_no_decay"}]
+        return [g for g in groups if g["params"]]
+
+    def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> None:
+        self._frozen = epoch < self.config["freeze_backbone_epochs"]
+
+    def before_optimizer_step(self, model: nn.Module, step: int) -> None:
+        if not self._frozen:
+            return
+        # no gradient: AdamW skips the parameter (no update, no weight decay, no moment change). The
+        # gradients are still computed, so DistributedDataParallel sees the same graph every step.
+        for name, p in model.named_parameters():
+            if not name.startswith(PREDICTORS + "."):
+                p.grad = None
