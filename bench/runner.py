@@ -177,6 +177,7 @@ def evaluate_run(suite: Suite, run: Run, *, root: str | Path = "results", device
     n_flops = ev_cfg["flops_images"] if method.input_dependent else 1
     sample = torch.stack([val_ds[i][0] for i in range(min(n_flops, len(val_ds)))])
     flops = mean_flops(model, sample.split(16), max_images=n_flops)
+    _kept_tokens_figure(model, method, val_ds, out)
 
     tp_cfg = ev_cfg["throughput"]
     img = int(model.patch_embed.img_size[0])
@@ -205,6 +206,23 @@ def evaluate_run(suite: Suite, run: Run, *, root: str | Path = "results", device
     atomic_write_json(out / RECORD_FILE, record)
     (out / FAILURE_FILE).unlink(missing_ok=True)
     return record
+
+
+KEPT_TOKENS_FIGURE = "kept_tokens.png"
+
+
+def _kept_tokens_figure(model: nn.Module, method: Method, val_ds, out: Path, n_images: int = 6) -> None:
+    """For pruning methods: a few val images with each stage's dropped patches blanked (the papers' figure)."""
+    from timm.data import resolve_data_config
+
+    from bench.methods.pruning import StagedPruning
+    from bench.report.kept_tokens import plot_kept_tokens
+
+    if not isinstance(method, StagedPruning) or method.keep_ratio >= 1.0:
+        return
+    cfg = resolve_data_config(model=model)
+    images = torch.stack([val_ds[i][0] for i in range(min(n_images, len(val_ds)))])
+    plot_kept_tokens(model, method, images, out / KEPT_TOKENS_FIGURE, mean=cfg["mean"], std=cfg["std"])
 
 
 def run_identity(suite: Suite, run: Run, dataset: str) -> dict[str, Any]:

@@ -64,6 +64,9 @@ def test_pipeline_end_to_end(tmp_path):
     assert dense["git_sha"] and dense["torch_version"] and dense["throughput_img_s"] > 0
     for name in ("report.md", "tradeoff_top1_vs_gmacs.png", "tradeoff_top1_vs_gmacs.pdf"):
         assert (out / "report" / name).stat().st_size > 0
+    # the kept-token figure sits next to a pruning run's results (not the dense one's)
+    assert (out / "runs" / "static__tb_vit_pico_patch4_32__k0.50__s0" / "kept_tokens.png").stat().st_size > 0
+    assert not (out / "runs" / "dense__tb_vit_pico_patch4_32__k1.00__s0" / "kept_tokens.png").exists()
 
     # 3. up to date: nothing runs
     p = snakemake(tmp_path, suite)
