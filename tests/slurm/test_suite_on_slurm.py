@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -124,6 +125,11 @@ def _assert_resumed_to_reference(tmp_path, env, suite, proc, run_dir, folder, ru
     _assert_same_weights(run_dir, _reference_weights(tmp_path, env, suite, run_id))
 
 
+def _snakemake_in_background(tmp_path, suite, env, **popen_kwargs) -> subprocess.Popen:
+    return subprocess.Popen(snakemake_cmd(tmp_path, suite), cwd=REPO, env={**env, "OMP_NUM_THREADS": "1"},
+                            **popen_kwargs)
+
+
 def _wait_for(predicate, timeout, what):
     t0 = time.time()
     while not predicate():
@@ -155,10 +161,11 @@ def test_time_limit_checkpoints_requeues_and_resumes(slurm_cluster, tmp_path):
 
 @pytest.mark.slurm
 def test_snakemake_killed_and_restarted_submits_nothing_twice(slurm_cluster, tmp_path):
-    suite = write_suite(tmp_path, name="k", methods="[dense, static, random]", epochs=3, steps=8)
-    results = tmp_path / "results" / "k"
-    first = subprocess.Popen(snakemake_cmd(tmp_path, suite), cwd=REPO, env={**slurm_cluster.env, "OMP_NUM_THREADS": "1"},
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    name = f"k{uuid.uuid4().hex[:8]}"  # job names unique to this test, whatever ran on the cluster before
+    suite = write_suite(tmp_path, name=name, methods="[dense, static, random]", epochs=3, steps=8)
+    results = tmp_path / "results" / name
+    first = _snakemake_in_background(tmp_path, suite, slurm_cluster.env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
     _wait_for(lambda: any(results.glob("runs/*/slurm/finetune/launch.json")), 300, "a fine-tune to be submitted")
     os.killpg(first.pid, signal.SIGKILL)  # snakemake and its launchers die; the SLURM jobs go on
     first.wait()
@@ -170,7 +177,7 @@ def test_snakemake_killed_and_restarted_submits_nothing_twice(slurm_cluster, tmp
     assert pd.read_parquet(results / "table.parquet")["status"].tolist() == ["ok"] * 3
     names = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobName", "-S", "now-1hour"], env=slurm_cluster.env,
                            capture_output=True, text=True, check=True).stdout.split()
-    mine = [n for n in names if n.startswith("tb.k.")]
+    mine = [n for n in names if n.startswith(f"tb.{name}.")]
     assert len(mine) == 7 and len(set(mine)) == 7, mine  # 1 pretrain + 3 fine-tunes + 3 evaluations, once each
 
 
@@ -178,8 +185,8 @@ def test_snakemake_killed_and_restarted_submits_nothing_twice(slurm_cluster, tmp
 def test_cancelled_job_is_a_recorded_hole(slurm_cluster, tmp_path):
     suite = write_suite(tmp_path, name="c", methods="[dense, static]", epochs=20, steps=12)
     results = tmp_path / "results" / "c"
-    proc = subprocess.Popen(snakemake_cmd(tmp_path, suite), cwd=REPO, env={**slurm_cluster.env, "OMP_NUM_THREADS": "1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = _snakemake_in_background(tmp_path, suite, slurm_cluster.env, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
     launch = results / "runs" / "static__tb_vit_pico_patch4_32__k0.50__s0" / "slurm" / "finetune" / "launch.json"
     _wait_for(launch.exists, 300, "the static fine-tune to be submitted")
     job_id = json.loads(launch.read_text())["job_id"]
