@@ -28,13 +28,14 @@ def git_state(cwd: str | None = None) -> tuple[str | None, bool | None]:
 
 
 def cpu_name() -> str:
+    """CPU model from /proc/cpuinfo (Linux), else what ``platform`` knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return platform.processor() or platform.machine() or "unknown cpu"
 
 
 def device_name(device: torch.device) -> str:

@@ -6,7 +6,6 @@ evaluate (runs/<id>/model.pth -> runs/<id>/run.json). A step that fails writes r
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 import traceback
@@ -17,7 +16,7 @@ import torch
 from torch import nn
 
 from bench.config import Backbone, Run, Suite
-from bench.errors import RunFailed, UsageError
+from bench.errors import UsageError
 from bench.io import atomic_torch_save, atomic_write_json
 from bench.methods import Method, create_method
 from bench.models import build_backbone

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import platform
 import resource
 import statistics
 import sys
@@ -21,6 +20,7 @@ import torch
 from torch import nn
 
 from bench.errors import UsageError
+from bench.provenance import cpu_name
 from bench.measure.flops import eval_mode
 
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -71,16 +71,6 @@ class ThroughputReport:
             "peak_mem_kind": self.peak_mem_kind,
             "extra": dict(self.extra),
         }
-
-
-def cpu_name() -> str:
-    """CPU model from /proc/cpuinfo (Linux), else what ``platform`` knows."""
-    with contextlib.suppress(OSError):  # no /proc on macOS/Windows: fall back to platform
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine() or "unknown cpu"
 
 
 def _resolve_device(device: str | torch.device) -> torch.device:
