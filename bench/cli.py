@@ -166,8 +166,10 @@ def flops(backbone, method, keep_ratio, param, image_size, in_chans, num_classes
     size, chans = int(model.patch_embed.img_size[0]), int(model.patch_embed.proj.in_channels)
     x = torch.randn(8 if m.input_dependent else 1, chans, size, size, generator=torch.Generator().manual_seed(0))
     rep = mean_flops(model, x.split(4), max_images=x.shape[0])
+    own = sum(rep.by_module.get(n, 0.0) for n in m.overhead_modules)
     click.echo(f"{backbone} {method} keep={keep_ratio:g}: {rep.gmacs:.4f} GMACs (fvcore, 1 MAC = 1 flop) per "
-               f"{size}x{size} image, {rep.params / 1e6:.3f} M params; tokens per block {m.token_schedule(model)}")
+               f"{size}x{size} image (of which the method's own {own:.4f}), {rep.params / 1e6:.3f} M params; "
+               f"tokens per block {m.token_schedule(model)}")
 
 
 @cli.command()

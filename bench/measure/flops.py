@@ -10,8 +10,12 @@ Two gaps in stock fvcore are closed here:
 * Token-pruning methods gather/topk tokens in forward pre-hooks. Those index ops cost no MACs
   but fvcore would list them as "skipped"; :data:`ZERO_COST_OPS` get explicit zero handles.
 
-Method plugins with custom ops (e.g. clustering: ``aten::cdist``) add handles with
-:func:`add_op_handle` (global) or pass ``extra_handles`` to :func:`count_flops`.
+* Token clustering (Token Pooling) computes distances with ``baddbmm`` (:func:`baddbmm_flop_handle`),
+  assigns tokens with ``min``/``argmin`` over them and sums clusters with ``index_add``. Those are counted one flop per element compared or added
+  (:data:`ELEMENT_OPS`): not multiply-adds, but the work the method adds, which should not vanish.
+
+Method plugins with other custom ops add handles with :func:`add_op_handle` (global) or pass
+``extra_handles`` to :func:`count_flops`.
 """
 
 from __future__ import annotations
@@ -46,18 +50,27 @@ ZERO_COST_OPS: tuple[str, ...] = (
     "aten::index",
     "aten::scatter",
     "aten::scatter_",
-    "aten::scatter_add",
-    "aten::scatter_add_",
     "aten::scatter_reduce",
     "aten::take_along_dim",
     "aten::masked_select",
     "aten::argmax",
-    "aten::argmin",
     "aten::expand_as",
     "aten::repeat",
     "aten::ones_like",
     "aten::new_ones",
+    "aten::one_hot",
 )
+
+# Clustering's assignment and accumulation: one flop per element compared (min/argmin over the
+# distance matrix) or added (scatter_add's source).
+ELEMENT_OPS: dict[str, int] = {
+    "aten::min": 0,            # input index whose elements are counted
+    "aten::argmin": 0,
+    "aten::scatter_add": 3,    # scatter_add(self, dim, index, src)
+    "aten::scatter_add_": 3,
+    "aten::index_add": 3,      # index_add(self, dim, index, source)
+    "aten::index_add_": 3,
+}
 
 
 def _shape(value: Any) -> list[int] | None:
@@ -81,6 +94,24 @@ def sdpa_flop_handle(inputs: list[Any], outputs: list[Any]) -> int:
     return rows * nk * d + math.prod(out) * nk
 
 
+def element_count_handle(position: int) -> Handle:
+    """A handle counting one flop per element of input ``position``."""
+
+    def handle(inputs: list[Any], outputs: list[Any]) -> int:
+        shape = _shape(inputs[position])
+        return math.prod(shape) if shape is not None else 0
+
+    return handle
+
+
+def baddbmm_flop_handle(inputs: list[Any], outputs: list[Any]) -> int:
+    """MACs of ``baddbmm(bias, a, b)``: the batched product a @ b (the bias add is not a MAC)."""
+    a, b = _shape(inputs[1]), _shape(inputs[2])
+    if a is None or b is None:
+        raise RuntimeError("baddbmm traced without static shapes")
+    return a[0] * a[1] * a[2] * b[2]
+
+
 def zero_cost_handle(inputs: list[Any], outputs: list[Any]) -> int:
     """Handle for ops that are counted, but cost no MACs (keeps them out of ``skipped_ops``)."""
     return 0
@@ -89,7 +120,9 @@ def zero_cost_handle(inputs: list[Any], outputs: list[Any]) -> int:
 # Global registry applied by every count; plugins extend it with add_op_handle.
 EXTRA_HANDLES: dict[str, Handle] = {
     "aten::scaled_dot_product_attention": sdpa_flop_handle,
+    "aten::baddbmm": baddbmm_flop_handle,
     **{op: zero_cost_handle for op in ZERO_COST_OPS},
+    **{op: element_count_handle(i) for op, i in ELEMENT_OPS.items()},
 }
 
 

@@ -2,5 +2,6 @@
 from bench.methods.base import METHODS, Method, Param, TrainContext, create_method, list_methods, register_method
 from bench.methods import baselines  # noqa: F401  (registers dense, static, random)
 from bench.methods import dynamicvit  # noqa: F401  (registers dynamicvit)
+from bench.methods import token_pooling  # noqa: F401  (registers token_pooling, importance, grid_pool)
 
 __all__ = ["METHODS", "Method", "Param", "TrainContext", "create_method", "list_methods", "register_method"]

@@ -62,6 +62,9 @@ class Method:
     learns_parameters: ClassVar[bool] = False
     #: True when the method's token choice depends on the input image.
     input_dependent: ClassVar[bool] = False
+    #: child modules of the patched model that hold the method's own compute (scorers, clustering):
+    #: their fvcore count is reported on its own as well as within the total
+    overhead_modules: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, keep_ratio: float = 1.0, seed: int = 0, **params: Any):
         if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, (int, float)) or not 0.0 < keep_ratio <= 1.0:

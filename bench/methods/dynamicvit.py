@@ -43,6 +43,7 @@ class DynamicViT(StagedPruning):
                    "top-k at inference)")
     learns_parameters = True
     input_dependent = True
+    overhead_modules = (PREDICTORS,)
     params = {
         **StagedPruning.params,
         "ratio_weight": Param(2.0, "weight of the keep-ratio loss"),

@@ -1,8 +1,10 @@
 """Staged token pruning shared by every method that keeps a subset of patch tokens.
 
 Pruning happens where DynamicViT prunes: before a few blocks (3, 6, 9 of 12 by default), stage k keeping
-``int(num_patches * rho**k)`` of the *original* patch tokens. Prefix tokens (class, registers) are
-always kept. Kept tokens stay in their original order so position-dependent heads see a stable layout.
+``int(num_patches * rho**k)`` of the *original* patch tokens. The ``every_block`` schedule instead
+reduces before every block from block 1 on, geometrically, reaching the same final count
+(``rho**num_stages``) before the last block: the per-layer budgets of PoWER-BERT and Token Pooling.
+Prefix tokens (class, registers) are always kept. Kept tokens stay in their original order so position-dependent heads see a stable layout.
 The pruning is a forward pre-hook on the block, so the model's code and state_dict are untouched.
 """
 from __future__ import annotations
@@ -37,6 +39,9 @@ class StagedPruning(Method):
         "stage_blocks": Param(None, "blocks before which tokens are pruned (default: 3/6/9 of 12, proportional)",
                               types=(list,), nullable=True),
         "num_stages": Param(3, "number of pruning stages when stage_blocks is not given", types=(int,)),
+        "schedule": Param("stages", "'stages': reduce before stage_blocks keeping rho^k (DynamicViT); 'every_block': "
+                          "reduce before every block from 1 on, geometrically down to rho^num_stages",
+                          types=(str,), choices=("stages", "every_block")),
     }
 
     def __init__(self, keep_ratio: float = 1.0, seed: int = 0, **params: Any):
@@ -50,6 +55,8 @@ class StagedPruning(Method):
     def stages(self, model: nn.Module) -> list[tuple[int, int]]:
         """(block index, patch tokens kept from that block on) per stage."""
         depth = len(model.blocks)
+        if self.config.get("schedule", "stages") == "every_block":
+            return self._every_block_stages(model)
         blocks = self.config["stage_blocks"]
         if blocks is None:
             blocks = default_stage_blocks(depth, self.config["num_stages"])
@@ -57,6 +64,20 @@ class StagedPruning(Method):
             raise UsageError(f"method {self.name!r}: stage_blocks must be increasing block indices in 1..{depth - 1}, got {blocks}")
         keeps = stage_keep_counts(num_patches(model), self.keep_ratio, len(blocks))
         return list(zip(blocks, keeps))
+
+    def _every_block_stages(self, model: nn.Module) -> list[tuple[int, int]]:
+        depth, n = len(model.blocks), num_patches(model)
+        if self.config["stage_blocks"] is not None:
+            raise UsageError(f"method {self.name!r}: stage_blocks cannot be combined with schedule 'every_block'")
+        if depth < 2:
+            raise UsageError(f"method {self.name!r}: schedule 'every_block' needs at least 2 blocks")
+        stages, current = [], n
+        for b in range(1, depth):
+            keep = max(1, int(n * self.keep_ratio ** (self.config["num_stages"] * b / (depth - 1)) + 1e-6))
+            if keep < current:  # a block whose budget equals the previous one reduces nothing
+                stages.append((b, keep))
+                current = keep
+        return stages
 
     def token_schedule(self, model: nn.Module) -> list[int]:
         prefix = int(model.num_prefix_tokens)
@@ -97,21 +118,25 @@ class StagedPruning(Method):
     def _make_stage_hook(self, model: nn.Module, stage: int, keep: int, prefix: int):
         def hook(module: nn.Module, args: tuple) -> tuple:
             x = args[0]
-            B, N, C = x.shape
+            B, N, _ = x.shape
             patches = x[:, prefix:]
             if self._positions is None:
                 self._positions = torch.arange(N - prefix, device=x.device).unsqueeze(0).expand(B, -1)
-            scores = self.score(model, stage, patches, self._positions)
-            k = min(keep, patches.shape[1])
-            # keep the top-k, then restore their original order
-            idx = torch.topk(scores, k, dim=1, sorted=False).indices.sort(dim=1).values
-            kept = torch.gather(patches, 1, idx.unsqueeze(-1).expand(-1, -1, C))
-            self._positions = torch.gather(self._positions, 1, idx)
+            kept, self._positions = self.reduce(model, stage, patches, self._positions, min(keep, patches.shape[1]))
             if self.record_kept:
                 self.last_kept.append(self._positions.detach().cpu())
             return (torch.cat([x[:, :prefix], kept], dim=1),) + tuple(args[1:])
 
         return hook
+
+    def reduce(self, model: nn.Module, stage: int, patches: torch.Tensor, positions: torch.Tensor,
+               keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, keep, C) tokens that replace ``patches`` and the original patch position each stands for."""
+        scores = self.score(model, stage, patches, positions)
+        # keep the top-k, then restore their original order
+        idx = torch.topk(scores, keep, dim=1, sorted=False).indices.sort(dim=1).values
+        kept = torch.gather(patches, 1, idx.unsqueeze(-1).expand(-1, -1, patches.shape[-1]))
+        return kept, torch.gather(positions, 1, idx)
 
     def score(self, model: nn.Module, stage: int, patches: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """(B, N) scores of the current patch tokens; higher is kept."""
