@@ -137,7 +137,7 @@ def _standalone_model(backbone: str, method: str, keep_ratio: float, image_size:
     model = build_backbone(backbone, num_classes=num_classes, in_chans=in_chans, img_size=image_size)
     m = create_method(method, keep_ratio, 0, **params)
     m.apply(model)
-    return model.eval(), m
+    return m.prepare_inference(model).eval(), m
 
 
 def _model_options(f):
@@ -165,11 +165,16 @@ def flops(backbone, method, keep_ratio, param, image_size, in_chans, num_classes
     model, m = _standalone_model(backbone, method, keep_ratio, image_size, num_classes, in_chans, param)
     size, chans = int(model.patch_embed.img_size[0]), int(model.patch_embed.proj.in_channels)
     x = torch.randn(8 if m.input_dependent else 1, chans, size, size, generator=torch.Generator().manual_seed(0))
-    rep = mean_flops(model, x.split(4), max_images=x.shape[0])
+    from bench.methods.sparse import sparse_layers, zero_weight_gmacs
+
+    layers = list(sparse_layers(model)) if m.weight_sparse else None
+    rep = mean_flops(model, x.split(4), max_images=x.shape[0], layers=layers)
     own = sum(rep.by_module.get(n, 0.0) for n in m.overhead_modules)
     click.echo(f"{backbone} {method} keep={keep_ratio:g}: {rep.gmacs:.4f} GMACs (fvcore, 1 MAC = 1 flop) per "
                f"{size}x{size} image (of which the method's own {own:.4f}), {rep.params / 1e6:.3f} M params; "
                f"tokens per block {m.token_schedule(model)}")
+    if m.weight_sparse:
+        click.echo(f"theoretical, nonzero weights only: {rep.gmacs - zero_weight_gmacs(model, rep.by_layer):.4f} GMACs")
 
 
 @cli.command()

@@ -16,6 +16,10 @@ import yaml
 
 from bench.errors import UsageError
 
+#: methods whose budget is a weight density, not a token count: they run at keep ratio 1.0 only. Kept here
+#: (not read from the registry) so loading a suite does not import torch; a contract test checks it.
+WEIGHT_BUDGET_METHODS = frozenset({"svite", "s2vite"})
+
 DEFAULT_RECIPE: dict[str, Any] = {
     "epochs": 0, "batch_size": 128, "opt": "adamw", "lr": 5e-4, "min_lr": 1e-6, "warmup_lr": 1e-6,
     "warmup_epochs": 0, "weight_decay": 0.05, "clip_grad": 1.0, "label_smoothing": 0.1, "drop_path": 0.0,
@@ -211,7 +215,8 @@ def expand(raw: dict[str, Any], path: Path, *, check_names: bool = True) -> Suit
         if label in seen:
             raise UsageError(f"{where}: field methods[{i}]: {label!r} appears twice (give one a distinct label)")
         seen.add(label)
-        ratios = [1.0] if m["name"] == "dense" else sorted(set(m.get("keep_ratios", raw["keep_ratios"])), reverse=True)
+        full = m["name"] == "dense" or m["name"] in WEIGHT_BUDGET_METHODS
+        ratios = [1.0] if full else sorted(set(m.get("keep_ratios", raw["keep_ratios"])), reverse=True)
         recipe = _recipe(finetune_base, m.get("finetune"))
         for b in backbones:
             for k in ratios:

@@ -147,7 +147,8 @@ def finetune(suite: Suite, run: Run, *, root: str | Path = "results", device: st
     meta = {"run_id": run.run_id, "recipe": run.finetune, "train_epochs": result.epochs, "train_steps": result.steps,
             "train_wall_s": result.wall_s, "train_final_loss": result.final_loss,
             "train_peak_mem_mb": result.peak_mem_mb, "resumed_from_epoch": result.resumed_from_epoch,
-            "batch_size": run.finetune["batch_size"], "device": dev.type, **_train_meta(result)}
+            "batch_size": run.finetune["batch_size"], "device": dev.type, **_train_meta(result),
+            "method_train_metrics": result.method_metrics}
     if env.is_main:
         _save_model(out / MODEL_FILE, model.cpu(), meta)
         (out / "train_state.pth").unlink(missing_ok=True)
@@ -159,6 +160,7 @@ def evaluate_run(suite: Suite, run: Run, *, root: str | Path = "results", device
     """Accuracy, tokens, FLOPs and throughput of a fine-tuned run, written as its run.json record."""
     from bench.evaluate import evaluate
     from bench.measure import mean_flops, measure_throughput
+    from bench.methods.sparse import sparse_layers, zero_weight_gmacs
 
     dev = pick_device(device)
     out = run_dir(suite, run, root)
@@ -166,6 +168,7 @@ def evaluate_run(suite: Suite, run: Run, *, root: str | Path = "results", device
     bundle = _data(suite)
     model, method = build_run_model(suite, run, bundle, None)
     model.load_state_dict(saved["model"])
+    model = method.prepare_inference(model)  # e.g. S2ViTE removes its cut heads and neurons here
     _, val_ds = _torch_data(model, bundle)
     ev_cfg = suite.evaluate
     t0 = time.time()
@@ -175,7 +178,9 @@ def evaluate_run(suite: Suite, run: Run, *, root: str | Path = "results", device
     model.to("cpu")
     n_flops = ev_cfg["flops_images"] if method.input_dependent else 1
     sample = torch.stack([val_ds[i][0] for i in range(min(n_flops, len(val_ds)))])
-    flops = mean_flops(model, sample.split(16), max_images=n_flops)
+    layers = list(sparse_layers(model)) if method.weight_sparse else None
+    flops = mean_flops(model, sample.split(16), max_images=n_flops, layers=layers)
+    theoretical = flops.gmacs - zero_weight_gmacs(model, flops.by_layer) if method.weight_sparse else None
     _kept_tokens_figure(model, method, val_ds, out)
 
     tp_cfg = ev_cfg["throughput"]
@@ -192,6 +197,9 @@ def evaluate_run(suite: Suite, run: Run, *, root: str | Path = "results", device
         "gmacs_fvcore_1mac_eq_1flop": flops.gmacs,
         # the method's own compute (clustering, prediction modules), already inside the total above
         "method_gmacs_fvcore_1mac_eq_1flop": sum(flops.by_module.get(n, 0.0) for n in method.overhead_modules),
+        # only nonzero weights counted: what sparse kernels could at best run (SViTE's savings on paper)
+        "theoretical_gmacs_nonzero_weights_fvcore_1mac_eq_1flop": theoretical,
+        "nonzero_params_m": sum(int((p != 0).sum()) for p in model.parameters()) / 1e6,
         "params_m": flops.params / 1e6,
         "mean_tokens": acc.mean_tokens, "tokens_per_block": acc.tokens_per_block,
         "token_schedule": method.token_schedule(model),
@@ -201,6 +209,7 @@ def evaluate_run(suite: Suite, run: Run, *, root: str | Path = "results", device
         "throughput_sweep": tp.rows,
         "train_epochs": meta.get("train_epochs"), "train_wall_s": meta.get("train_wall_s"),
         "train_peak_mem_mb": meta.get("train_peak_mem_mb"), "batch_size": meta.get("batch_size"),
+        "method_train_metrics": meta.get("method_train_metrics"),
         **{k: meta.get(k) for k in TRAIN_META_KEYS},
         "eval_wall_s": eval_wall,
         **provenance(dev),

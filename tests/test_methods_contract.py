@@ -6,17 +6,24 @@ from bench.errors import UsageError
 from bench.evaluate import TokenCounter
 from bench.measure import count_flops
 from bench.methods import METHODS, create_method
+from bench.methods.base import num_tokens
 from bench.methods.pruning import default_stage_blocks, stage_keep_counts
 
 ALL = METHODS.names()
 RATIOS = [1.0, 0.7, 0.5]
+# methods whose budget is a token count (weight-sparse methods run at keep ratio 1.0)
+TOKEN = [n for n in ALL if METHODS.get(n).reduces_tokens]
 
 
-def patched(tiny_vit, name, keep, depth=8, seed=0):
+def keep_for(name, keep):
+    return keep if METHODS.get(name).reduces_tokens else 1.0
+
+
+def patched(tiny_vit, name, keep, depth=8, seed=0, **params):
     model = tiny_vit(depth)
-    method = create_method(name, keep_ratio=keep, seed=seed)
+    method = create_method(name, keep_ratio=keep_for(name, keep), seed=seed, **params)
     method.apply(model)
-    return model.eval(), method
+    return method.prepare_inference(model).eval(), method
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -48,8 +55,9 @@ def test_class_token_is_kept(tiny_vit, name):
 
 @pytest.mark.parametrize("name", ALL)
 def test_keep_ratio_one_equals_dense(tiny_vit, name):
+    """ToMe's rule: with nothing to drop (keep 1.0, and density 1.0 for weight sparsity) logits are the dense ones."""
     dense = tiny_vit()
-    model, _ = patched(tiny_vit, name, 1.0)
+    model, _ = patched(tiny_vit, name, 1.0, **METHODS.get(name).identity_params)
     x = torch.randn(4, 1, 32, 32)
     with torch.no_grad():
         assert torch.equal(model(x), dense(x))
@@ -62,7 +70,7 @@ def test_no_new_state_dict_keys_unless_learned(tiny_vit, name):
     assert bool(extra) == method.learns_parameters
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", TOKEN)
 def test_fvcore_traces_and_counts_follow_schedule(tiny_vit, name):
     model, method = patched(tiny_vit, name, 0.5)
     dense_model, _ = patched(tiny_vit, "dense", 1.0)
@@ -74,7 +82,7 @@ def test_fvcore_traces_and_counts_follow_schedule(tiny_vit, name):
         assert pruned < dense
         # per-block cost is near linear in tokens at this size: the ratio tracks the schedule
         sched = method.token_schedule(model)
-        full = [sched[0]] * len(sched)
+        full = [num_tokens(model)] * len(sched)
         assert pruned / dense == pytest.approx(sum(sched) / sum(full), rel=0.15)
 
 
@@ -84,6 +92,12 @@ def test_method_params_validated(name):
         create_method(name, 0.5, 0, not_a_param=1)
     with pytest.raises(UsageError, match="keep_ratio"):
         create_method(name, 0.0)
+
+
+def test_suite_loader_knows_the_weight_budget_methods():
+    from bench.config import WEIGHT_BUDGET_METHODS
+
+    assert WEIGHT_BUDGET_METHODS == {n for n in ALL if not METHODS.get(n).reduces_tokens}
 
 
 def test_unknown_method_suggests_close_name():

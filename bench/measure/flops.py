@@ -150,6 +150,7 @@ class FlopReport:
     by_operator: dict[str, float] = field(default_factory=dict)
     skipped_ops: dict[str, int] = field(default_factory=dict)
     images: int = 1
+    by_layer: dict[str, float] = field(default_factory=dict)  # GMACs of the submodules asked for by name
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -159,6 +160,7 @@ class FlopReport:
             "by_operator": dict(self.by_operator),
             "skipped_ops": dict(self.skipped_ops),
             "images": self.images,
+            "by_layer": dict(self.by_layer),
         }
 
 
@@ -227,8 +229,10 @@ def count_flops(
     inputs: torch.Tensor,
     *,
     extra_handles: Mapping[str, Handle] | None = None,
+    layers: Iterable[str] | None = None,
 ) -> FlopReport:
-    """Trace ``model`` on ``inputs`` with fvcore and return GMACs per image.
+    """Trace ``model`` on ``inputs`` with fvcore and return GMACs per image (and per named submodule
+    in ``layers``, e.g. the weight matrices a sparse method masks).
 
     Counting runs in eval mode under ``torch.no_grad``; training flags are restored and the
     parameters/state_dict are untouched. Tracer and "unsupported operator" warnings are
@@ -254,6 +258,7 @@ def count_flops(
 
     by_module = {name: modules.get(name, 0) / batch / 1e9 for name, _ in model.named_children()}
     return FlopReport(
+        by_layer={name: modules.get(name, 0) / batch / 1e9 for name in (layers or ())},
         gmacs=total / batch / 1e9,
         params=sum(p.numel() for p in model.parameters()),
         by_module=by_module,
@@ -269,6 +274,7 @@ def mean_flops(
     max_images: int = 64,
     *,
     extra_handles: Mapping[str, Handle] | None = None,
+    layers: Iterable[str] | None = None,
 ) -> FlopReport:
     """Mean GMACs per image over up to ``max_images`` images, for input-dependent models.
 
@@ -283,17 +289,20 @@ def mean_flops(
     total = 0.0
     modules: Counter[str] = Counter()
     operators: Counter[str] = Counter()
+    per_layer: Counter[str] = Counter()
+    layers = list(layers) if layers is not None else None
     skipped: dict[str, int] = {}
     params = 0
     for batch in batches:
         if isinstance(batch, (tuple, list)):
             batch = batch[0]
         batch = batch[: max_images - seen]
-        report = count_flops(model, batch, extra_handles=extra_handles)
+        report = count_flops(model, batch, extra_handles=extra_handles, layers=layers)
         n = report.images
         seen += n
         total += report.gmacs * n
         modules.update({k: v * n for k, v in report.by_module.items()})
+        per_layer.update({k: v * n for k, v in report.by_layer.items()})
         operators.update({k: v * n for k, v in report.by_operator.items()})
         for op, count in report.skipped_ops.items():
             skipped[op] = max(skipped.get(op, 0), count)
@@ -309,4 +318,5 @@ def mean_flops(
         by_operator={k: v / seen for k, v in sorted(operators.items())},
         skipped_ops=dict(sorted(skipped.items())),
         images=seen,
+        by_layer={k: v / seen for k, v in per_layer.items()},
     )

@@ -65,6 +65,12 @@ class Method:
     #: child modules of the patched model that hold the method's own compute (scorers, clustering):
     #: their fvcore count is reported on its own as well as within the total
     overhead_modules: ClassVar[tuple[str, ...]] = ()
+    #: False for methods whose budget is not a token count (weight sparsity): they run at keep ratio 1.0
+    reduces_tokens: ClassVar[bool] = True
+    #: True when the method zeroes individual weights (its theoretical sparse GMACs are reported)
+    weight_sparse: ClassVar[bool] = False
+    #: parameters under which the method must compute exactly the dense model (checked by the contract tests)
+    identity_params: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, keep_ratio: float = 1.0, seed: int = 0, **params: Any):
         if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, (int, float)) or not 0.0 < keep_ratio <= 1.0:
@@ -105,6 +111,17 @@ class Method:
     def optimizer_groups(self, model: nn.Module, recipe: dict[str, Any]) -> list[dict[str, Any]] | None:
         """Parameter groups (e.g. another learning rate for learned modules); None means one group."""
         return None
+
+    def on_train_start(self, model: nn.Module, total_steps: int) -> None:
+        """Called once before training (also on resume) with the run's total optimiser steps."""
+
+    def train_metrics(self) -> dict[str, Any]:
+        """Method figures logged with every epoch and kept in the run record (e.g. the nonzero count)."""
+        return {}
+
+    def prepare_inference(self, model: nn.Module) -> nn.Module:
+        """Called on trained weights before evaluation and measurement (e.g. to remove pruned structures)."""
+        return model
 
     def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> None:
         """Schedules that move with training progress (temperatures, sparsity updates)."""

@@ -53,6 +53,7 @@ class TrainResult:
     global_batch_size: int
     lr: float                      # the recipe's base learning rate
     lr_effective: float            # after the linear scaling rule, when the recipe sets lr_base_batch
+    method_metrics: dict[str, Any] | None = None  # the method's figures at the end (e.g. nonzero weights)
 
 
 class EpochBatches(Sampler[list[int]]):
@@ -195,6 +196,7 @@ def train_model(model: nn.Module, method: Method, train_ds: Dataset, recipe: dic
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
+    method.on_train_start(model, total)
     t0, step, loss_value = time.time(), start_epoch * steps_per_epoch, float("nan")
     for epoch in range(start_epoch, epochs):
         net.train()
@@ -243,7 +245,7 @@ def train_model(model: nn.Module, method: Method, train_ds: Dataset, recipe: dic
         if main:
             record = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
                       "loss": sum(sums.values()) / n, **{f"loss_{k}": v / n for k, v in sums.items()},
-                      "elapsed_s": round(time.time() - t0, 2)}
+                      "elapsed_s": round(time.time() - t0, 2), **method.train_metrics()}
             log(json.dumps(record))
             _append_log(out_dir / LOG_FILE, record)
             atomic_torch_save(state_path, {
@@ -254,7 +256,7 @@ def train_model(model: nn.Module, method: Method, train_ds: Dataset, recipe: dic
     return TrainResult(epochs=epochs, steps=step, wall_s=time.time() - t0, final_loss=loss_value,
                        peak_mem_mb=D.all_reduce_max(_peak_mem_mb(device), device), resumed_from_epoch=resumed,
                        world_size=world, per_device_batch_size=local_batch, global_batch_size=global_batch,
-                       lr=float(recipe["lr"]), lr_effective=lr)
+                       lr=float(recipe["lr"]), lr_effective=lr, method_metrics=method.train_metrics() or None)
 
 
 def _append_log(path: Path, record: dict[str, Any]) -> None:

@@ -1,9 +1,13 @@
-"""Token Pooling's cost on this machine: clustering time as a share of the forward pass, and throughput
-against dense at the DynamicViT rho=0.7 schedule (speed-up divided by the FLOPs-implied speed-up).
+"""Measured speed-up against dense, next to the FLOPs-implied one, for a group of methods on this machine.
 
-    python tests/benchmarks/token_pooling_cost.py [--backbone deit_small_patch16_224] [--batch 64] [--threads 2]
+    python tests/benchmarks/speedup_vs_flops.py --group token_pooling   # at DynamicViT rho=0.7's schedule
+    python tests/benchmarks/speedup_vs_flops.py --group svite           # S2ViTE physically pruned, SViTE+
 
-Prints figures; asserts nothing (timings depend on the machine).
+``ratio`` = measured speed-up / FLOPs-implied speed-up (1.0: the FLOPs savings all become wall-clock
+savings). For Token Pooling the clustering's share of the forward pass is printed too; for weight-sparse
+methods the theoretical GMACs (nonzero weights only) sit next to the measured ones. Weights are random
+(no hub here): token choices and masks are those of an untrained model, costs are not. Prints figures;
+asserts nothing (timings depend on the machine).
 """
 from __future__ import annotations
 
@@ -15,15 +19,29 @@ import torch
 
 from bench.measure import count_flops, measure_throughput
 from bench.methods import create_method
+from bench.methods.sparse import sparse_layers, zero_weight_gmacs
 from bench.methods.token_pooling import POOLER
 from bench.models import build_backbone
+
+GROUPS = {
+    "token_pooling": [("dynamicvit", "dynamicvit", 0.7, {}),
+                      ("kmedoids w", "token_pooling", 0.7, {}),
+                      ("kmeans w", "token_pooling", 0.7, {"clustering": "kmeans"}),
+                      ("importance", "importance", 0.7, {}),
+                      ("grid_pool", "grid_pool", 0.7, {})],
+    "svite": [("svite d50", "svite", 1.0, {"density": 0.5}),
+              ("s2vite d50", "s2vite", 1.0, {"density": 0.5}),
+              ("s2vite d70", "s2vite", 1.0, {"density": 0.7}),
+              ("svite+ k95", "svite_plus", 0.95, {"density": 0.5}),
+              ("svite+ k90", "svite_plus", 0.9, {"density": 0.5})],
+}
 
 
 def model_for(backbone: str, method: str, keep: float, **params):
     model = build_backbone(backbone, num_classes=1000).eval()
     m = create_method(method, keep, **params)
     m.apply(model)
-    return model, m
+    return m.prepare_inference(model).eval(), m
 
 
 @torch.no_grad()
@@ -52,24 +70,21 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--keep", type=float, default=0.7)
+    ap.add_argument("--group", choices=sorted(GROUPS), default="token_pooling")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     x = torch.randn(args.batch, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     print(f"{args.backbone}, batch {args.batch}, {args.threads} threads, fp32, CPU: {torch.get_num_threads()} threads")
 
-    variants = [("dense", "dense", 1.0, {}),
-                ("dynamicvit", "dynamicvit", args.keep, {}),
-                ("kmedoids w", "token_pooling", args.keep, {}),
-                ("kmeans w", "token_pooling", args.keep, {"clustering": "kmeans"}),
-                ("importance", "importance", args.keep, {}),
-                ("grid_pool", "grid_pool", args.keep, {})]
+    variants = [("dense", "dense", 1.0, {})] + GROUPS[args.group]
     dense_gmacs = dense_tp = None
-    print(f"{'variant':<12} {'GMACs':>7} {'own':>6} {'cluster %':>9} {'img/s':>7} {'IQR':>6} {'speed-up':>8} "
-          f"{'FLOPs-implied':>13} {'ratio':>6}")
+    print(f"{'variant':<12} {'GMACs':>7} {'theory':>7} {'own':>6} {'cluster %':>9} {'img/s':>7} {'IQR':>6} "
+          f"{'speed-up':>8} {'FLOPs-implied':>13} {'ratio':>6}")
     for label, method, keep, params in variants:
         model, m = model_for(args.backbone, method, keep, **params)
-        rep = count_flops(model, x[:2])
+        layers = list(sparse_layers(model)) if m.weight_sparse else None
+        rep = count_flops(model, x[:2], layers=layers)
+        theory = f"{rep.gmacs - zero_weight_gmacs(model, rep.by_layer):7.3f}" if m.weight_sparse else f"{'':>7}"
         own = sum(rep.by_module.get(n, 0.0) for n in m.overhead_modules)
         share = ""
         if hasattr(model, POOLER):
@@ -80,7 +95,7 @@ def main() -> None:
             dense_gmacs, dense_tp = rep.gmacs, tp["img_per_s_median"]
         speed = tp["img_per_s_median"] / dense_tp
         implied = dense_gmacs / rep.gmacs
-        print(f"{label:<12} {rep.gmacs:7.3f} {own:6.3f} {share:>9} {tp['img_per_s_median']:7.1f} "
+        print(f"{label:<12} {rep.gmacs:7.3f} {theory} {own:6.3f} {share:>9} {tp['img_per_s_median']:7.1f} "
               f"{tp['img_per_s_iqr']:6.1f} {speed:8.2f} {implied:13.2f} {speed / implied:6.2f}")
 
 
