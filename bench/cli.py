@@ -225,13 +225,48 @@ def collect(suite: str, root: str) -> None:
 @RESULTS
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder (default results/SUITE/report).")
 def report(suite: str, root: str, out: str | None) -> None:
-    """Markdown table and trade-off plot (PNG + PDF) of SUITE's results."""
+    """Every table (Markdown, LaTeX, CSV) and figure of SUITE's results, linked from report/index.md."""
     from bench.report import build_report
 
     suite_dir, _ = _suite_results(suite, root)
     paths = build_report(suite_dir, Path(out) if out else None)
-    for p in paths.values():
+    for p in sorted(paths.values()):
         click.echo(p)
+
+
+@cli.command()
+@click.argument("suite", required=False)
+@RESULTS
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder (default results/SUITE/report).")
+@click.option("--only", multiple=True, help="Draw only this registered figure (repeatable).")
+@click.option("--list", "list_", is_flag=True, help="List the registered paper figures and exit.")
+def figures(suite: str | None, root: str, out: str | None, only: tuple[str, ...], list_: bool) -> None:
+    """Regenerate the seed papers' figures from SUITE's results table (never trains)."""
+    import pandas as pd
+
+    from bench.report.figures import FIGURES, FigureContext, build_figures, load_published
+    from bench.report.plots import method_styles
+    from bench.report.summary import summarize
+    from bench.results.collect import TABLE_PARQUET, collect
+
+    if list_:
+        for name in FIGURES.names():
+            click.echo(f"{name:<22} {FIGURES.get(name)[0]}")
+        return
+    if not suite:
+        raise UsageError("bench figures needs a SUITE (or --list)")
+    for name in only:
+        FIGURES.get(name)  # unknown names fail with a suggestion before anything is drawn
+    suite_dir, _ = _suite_results(suite, root)
+    if not (suite_dir / TABLE_PARQUET).is_file():
+        collect(suite_dir)
+    table = pd.read_parquet(suite_dir / TABLE_PARQUET)
+    out_dir = Path(out) if out else suite_dir / "report"
+    ctx = FigureContext(table, summarize(table), out_dir, method_styles(sorted(table["method"].dropna().unique())),
+                        load_published())
+    drawn = build_figures(ctx, list(only) or None)
+    for name, files in drawn.items():
+        click.echo(f"{name}: " + (", ".join(str(p) for p in files) if files else "nothing to draw for this suite"))
 
 
 def _suite_results(suite: str, root: str) -> tuple[Path, list[dict] | None]:

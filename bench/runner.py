@@ -227,6 +227,7 @@ def _kept_tokens_figure(model: nn.Module, method: Method, val_ds, out: Path, n_i
     from timm.data import resolve_data_config
 
     from bench.methods.pruning import StagedPruning
+    from bench.report.gallery import KEPT_NPZ, record_kept_tokens
     from bench.report.kept_tokens import plot_kept_tokens
 
     if not isinstance(method, StagedPruning) or method.keep_ratio >= 1.0:
@@ -234,6 +235,8 @@ def _kept_tokens_figure(model: nn.Module, method: Method, val_ds, out: Path, n_i
     cfg = resolve_data_config(model=model)
     images = torch.stack([val_ds[i][0] for i in range(min(n_images, len(val_ds)))])
     plot_kept_tokens(model, method, images, out / KEPT_TOKENS_FIGURE, mean=cfg["mean"], std=cfg["std"])
+    # what the report's gallery is drawn from, so it never needs the model
+    record_kept_tokens(model, method, images, out / KEPT_NPZ, mean=cfg["mean"], std=cfg["std"])
 
 
 def run_identity(suite: Suite, run: Run, dataset: str) -> dict[str, Any]:

@@ -144,8 +144,18 @@ def test_summary_numbers(suite_dir: Path) -> None:
 def test_report(suite_dir: Path, tmp_path: Path) -> None:
     paths = build_report(suite_dir)  # no table yet: collects first
     assert (suite_dir / "table.parquet").is_file()
-    assert set(paths) == {"report.md", "tradeoff_top1_vs_gmacs.png", "tradeoff_top1_vs_gmacs.pdf"}
+    assert {"report.md", "index.md", "results.tex", "results.csv", "tradeoff_top1_vs_gmacs.png",
+            "tradeoff_top1_vs_gmacs.pdf", "tradeoff_top1_vs_throughput.png", "tradeoff_top1_vs_throughput.pdf",
+            "matched_budget.png", "ablation.png"} <= set(paths)
     assert all(p.parent == suite_dir / "report" and p.stat().st_size > 0 for p in paths.values())
+    index = paths["index.md"].read_text()
+    assert all(f"]({name})" in index for name in paths if name != "index.md")
+    assert "Provenance" in index and FAIL_MSG in index
+    tex = paths["results.tex"].read_text()
+    assert "\\toprule" in tex and "\\bottomrule" in tex and "77.17 $\\pm$ 0.07" in tex
+    assert tex.count(" \\\\\n") == 1 + 5 + 1  # header, five configurations, the failed one
+    csv = pd.read_csv(paths["results.csv"])
+    assert "gmacs_fvcore_1mac_eq_1flop" in csv and len(csv) == 6
 
     md = paths["report.md"].read_text()
     assert "GMACs (fvcore, 1 MAC = 1 flop)" in md

@@ -1,4 +1,9 @@
-"""Accuracy/compute trade-off plot (top-1 vs GMACs), byte-stable for a given table.
+"""Accuracy/compute trade-off plots (top-1 vs GMACs, top-1 vs throughput), byte-stable for a given table.
+
+Each backbone gets a panel: one line per method across keep ratios, seed std as error bars, dense as
+the black-star reference, and the Pareto front (no other point is both cheaper/faster and more
+accurate) as a grey step line. A method keeps one colour and marker in every figure of a report:
+styles come from the report-wide method list, not from the methods a panel happens to show.
 
 Figures are built with the object API on an explicit Agg canvas: headless, and without
 ``matplotlib.use`` or pyplot state, so importing this in a notebook leaves its backend
@@ -26,6 +31,20 @@ PNG_DPI = 150
 PNG_METADATA: dict[str, Any] = {"Software": None}
 PDF_METADATA: dict[str, Any] = {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None}
 GMACS_LABEL = "GMACs per image (fvcore, 1 MAC = 1 flop)"
+THROUGHPUT_LABEL = "Throughput (images/s, median; model only)"
+#: x axes a trade-off figure can use: summary column, axis label, whether larger is better
+AXES = {"gmacs": ("gmacs", GMACS_LABEL, False), "throughput": ("throughput", THROUGHPUT_LABEL, True)}
+
+
+def pareto_front(x: pd.Series, y: pd.Series, larger_x_better: bool) -> pd.Index:
+    """Index of the points no other point beats on both axes (y larger is better), ordered along x."""
+    order = sorted(x.index, key=lambda i: (-x[i] if larger_x_better else x[i], -y[i]))
+    front, best = [], float("-inf")
+    for i in order:
+        if y[i] > best:
+            front.append(i)
+            best = y[i]
+    return pd.Index(front)
 
 
 def method_styles(methods: list[str]) -> dict[str, dict[str, Any]]:
@@ -44,15 +63,22 @@ def method_styles(methods: list[str]) -> dict[str, dict[str, Any]]:
     return styles
 
 
-def _draw_panel(ax: Any, data: pd.DataFrame, styles: dict[str, dict[str, Any]]) -> None:
-    """One backbone: a line per method across keep ratios, std-over-seeds error bars."""
+def _draw_panel(ax: Any, data: pd.DataFrame, styles: dict[str, dict[str, Any]], x: str = "gmacs") -> None:
+    """One backbone: a line per method across keep ratios, std-over-seeds error bars, the Pareto front."""
+    column, label, larger_better = AXES[x]
+    data = data[data[column].notna()]
+    front = pareto_front(data[column], data["top1_mean"], larger_better)
+    if len(front) > 1:
+        pts = data.loc[front]
+        ax.step(pts[column], pts["top1_mean"], where="post", color="0.55",
+                linewidth=5, alpha=0.35, zorder=1, solid_capstyle="round")
     for method in sorted(data["method"].unique(), key=lambda m: (m != DENSE_METHOD, m)):
-        rows = data[data["method"] == method].sort_values("gmacs")
+        rows = data[data["method"] == method].sort_values(column)
         style = styles[method]
         yerr = rows["top1_std"].where(rows["n_ok"] > 1).fillna(0.0)
         has_err = bool((yerr > 0).any())
         ax.errorbar(
-            rows["gmacs"], rows["top1_mean"], yerr=yerr if has_err else None,
+            rows[column], rows["top1_mean"], yerr=yerr if has_err else None,
             color=style["color"], marker=style["marker"], markersize=style["markersize"],
             linestyle="-" if len(rows) > 1 else "none", linewidth=1.6, capsize=3,
             markeredgecolor="white" if method != DENSE_METHOD else "black", markeredgewidth=0.6,
@@ -61,6 +87,14 @@ def _draw_panel(ax: Any, data: pd.DataFrame, styles: dict[str, dict[str, Any]]) 
         if method == DENSE_METHOD:
             for y in rows["top1_mean"]:
                 ax.axhline(y, color="black", linestyle=":", linewidth=0.9, alpha=0.5, zorder=1)
+    if x == "gmacs":
+        _label_keep_ratios(ax, data)
+    ax.set_xlabel(label)
+    ax.set_ylabel("Top-1 accuracy (%)")
+    ax.margins(x=0.08, y=0.15)
+
+
+def _label_keep_ratios(ax: Any, data: pd.DataFrame) -> None:
     # Keep ratio under the lowest point of each (GMACs, ratio) spot: methods at one ratio
     # usually share GMACs, so one label per spot instead of overlapping per-method labels.
     sparse = data[data["method"] != DENSE_METHOD].assign(
@@ -70,13 +104,10 @@ def _draw_panel(ax: Any, data: pd.DataFrame, styles: dict[str, dict[str, Any]]) 
         low = spot.loc[spot["_bottom"].idxmin()]
         ax.annotate(f"keep {ratio:g}", (low["gmacs"], low["_bottom"]), textcoords="offset points",
                     xytext=(0, -8), ha="center", va="top", fontsize=8, color="0.3")
-    ax.set_xlabel(GMACS_LABEL)
-    ax.set_ylabel("Top-1 accuracy (%)")
-    ax.margins(x=0.08, y=0.15)
 
 
 def _legend_handles(methods: list[str], styles: dict[str, dict[str, Any]]) -> list[Line2D]:
-    handles = []
+    handles = [Line2D([], [], color="0.55", linewidth=5, alpha=0.35, label="Pareto front")]
     for method in sorted(methods, key=lambda m: (m != DENSE_METHOD, m)):
         style = styles[method]
         label = f"{method} (reference)" if method == DENSE_METHOD else method
@@ -86,12 +117,14 @@ def _legend_handles(methods: list[str], styles: dict[str, dict[str, Any]]) -> li
     return handles
 
 
-def tradeoff_figure(summary: pd.DataFrame, title: str) -> Figure:
+def tradeoff_figure(summary: pd.DataFrame, title: str, x: str = "gmacs",
+                    styles: dict[str, dict[str, Any]] | None = None) -> Figure:
     """Figure with one panel per backbone; rows of ``summary`` need n_ok > 0 to be drawn.
 
-    ``summary`` columns used: backbone, method, keep_ratio, n_ok, gmacs, top1_mean, top1_std.
+    ``summary`` columns used: backbone, method, keep_ratio, n_ok, top1_mean, top1_std and the x column.
     """
-    data = summary[(summary["n_ok"] > 0) & summary["gmacs"].notna() & summary["top1_mean"].notna()]
+    column = AXES[x][0]
+    data = summary[(summary["n_ok"] > 0) & summary[column].notna() & summary["top1_mean"].notna()]
     backbones = sorted(data["backbone"].unique())
     n_panels = max(len(backbones), 1)
     with sns.axes_style("whitegrid"), mpl.rc_context({"font.size": 10, "axes.titlesize": 11}):
@@ -102,13 +135,13 @@ def tradeoff_figure(summary: pd.DataFrame, title: str) -> Figure:
             ax = axes[0]
             ax.text(0.5, 0.5, "no successful runs to plot", ha="center", va="center",
                     transform=ax.transAxes, fontsize=12)
-            ax.set_xlabel(GMACS_LABEL)
+            ax.set_xlabel(AXES[x][1])
             ax.set_ylabel("Top-1 accuracy (%)")
         else:
             methods = sorted(data["method"].unique())
-            styles = method_styles(methods)
+            styles = styles or method_styles(methods)
             for ax, backbone in zip(axes, backbones):
-                _draw_panel(ax, data[data["backbone"] == backbone], styles)
+                _draw_panel(ax, data[data["backbone"] == backbone], styles, x)
                 if n_panels > 1:
                     ax.set_title(backbone)
             # Legend right of the panels, so it can never sit on a data point.
@@ -117,8 +150,15 @@ def tradeoff_figure(summary: pd.DataFrame, title: str) -> Figure:
             if n_panels == 1:
                 title = f"{title}\nbackbone: {backbones[0]}"
         fig.suptitle(title)
-        fig.tight_layout()
+        fixed_layout(fig)
     return fig
+
+
+def fixed_layout(fig: Figure, rows: int = 1) -> None:
+    """Spacing without ``tight_layout``: that costs a full draw per call, which dominates large reports.
+    Saving with ``bbox_inches="tight"`` then crops to the titles, labels and the outside legend."""
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.14 / rows, top=1 - 0.16 / rows, wspace=0.28,
+                        hspace=0.45 if rows > 1 else 0.2)
 
 
 def save_figure(fig: Figure, png_path: Path, pdf_path: Path) -> dict[str, Path]:
@@ -130,10 +170,10 @@ def save_figure(fig: Figure, png_path: Path, pdf_path: Path) -> dict[str, Path]:
     return {png_path.name: png_path, pdf_path.name: pdf_path}
 
 
-def plot_tradeoff(summary: pd.DataFrame, title: str, out_dir: Path,
-                  stem: str = "tradeoff_top1_vs_gmacs") -> dict[str, Path]:
-    """Draw and save the top-1 vs GMACs trade-off; returns {file name: path}."""
-    fig = tradeoff_figure(summary, title)
+def plot_tradeoff(summary: pd.DataFrame, title: str, out_dir: Path, stem: str = "tradeoff_top1_vs_gmacs",
+                  x: str = "gmacs", styles: dict[str, dict[str, Any]] | None = None) -> dict[str, Path]:
+    """Draw and save a trade-off figure (x: "gmacs" or "throughput"); returns {file name: path}."""
+    fig = tradeoff_figure(summary, title, x, styles)
     paths = save_figure(fig, Path(out_dir) / f"{stem}.png", Path(out_dir) / f"{stem}.pdf")
     fig.clear()
     return paths

@@ -1,25 +1,20 @@
-"""Suite report: aggregate the collected table over seeds and render Markdown + plots.
+"""The results table rendered three ways: Markdown (report), LaTeX (booktabs, ready to ``\\input``) and CSV.
 
-The report reads only ``<suite_dir>/table.parquet`` (collecting first if it is absent),
-so it reflects exactly what ``bench collect`` saw. Failed and missing runs are listed,
-never fatal. Output is deterministic: same table, same bytes.
+Everything here reads the seed summary (:mod:`bench.report.summary`) and the runs table only. Failed and
+missing runs are listed, never fatal. Output is deterministic: same table, same bytes.
 """
 from __future__ import annotations
 
-import itertools
 import math
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from bench.io import atomic_write_text
-from bench.report.plots import DENSE_METHOD, plot_tradeoff
-from bench.results.collect import TABLE_PARQUET, collect, parse_created_at
+from bench.report.summary import missing_runs
+from bench.results.collect import TABLE_PARQUET, parse_created_at
 
-GROUP_KEYS = ["backbone", "method", "keep_ratio"]
 GMACS_HEADER = "GMACs (fvcore, 1 MAC = 1 flop)"
-REPORT_MD = "report.md"
 _DASH = "—"
 _MAX_ERROR_CHARS = 300
 
@@ -37,50 +32,6 @@ def _uniq(values: pd.Series) -> list[str]:
     for v in values.dropna():
         out.add(str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))
     return sorted(out)
-
-
-def summarize(table: pd.DataFrame) -> pd.DataFrame:
-    """One row per backbone x method x keep_ratio with seed statistics and dense deltas.
-
-    Throughput is the median over runs of each run's median img/s (IQR likewise), so one
-    slow outlier seed does not drag the figure. Std is the sample std (ddof=1), NaN for one seed.
-    """
-    cols = ["backbone", "method", "keep_ratio", "n_ok", "n_runs", "seeds_ok", "top1_mean", "top1_std",
-            "top5_mean", "top5_std", "gmacs", "params_m", "throughput", "throughput_iqr",
-            "throughput_batch", "throughput_device", "mean_tokens", "speedup", "flops_reduction_pct"]
-    keyed = table.dropna(subset=GROUP_KEYS).copy()
-    if keyed.empty:
-        return pd.DataFrame(columns=cols)
-    # Round so 0.7 and 0.7000000001 land in one group.
-    keyed["keep_ratio"] = keyed["keep_ratio"].astype(float).round(6)
-    rows = []
-    for (backbone, method, ratio), grp in keyed.groupby(GROUP_KEYS, sort=True):
-        ok = grp[grp["status"] == "ok"]
-        rows.append({
-            "backbone": backbone, "method": method, "keep_ratio": float(ratio),
-            "n_ok": len(ok), "n_runs": len(grp),
-            "seeds_ok": ",".join(_uniq(ok["seed"])),
-            "top1_mean": ok["top1"].mean(), "top1_std": ok["top1"].std(ddof=1),
-            "top5_mean": ok["top5"].mean(), "top5_std": ok["top5"].std(ddof=1),
-            "gmacs": ok["gmacs_fvcore_1mac_eq_1flop"].mean(), "params_m": ok["params_m"].mean(),
-            "throughput": ok["throughput_img_s"].median(),
-            "throughput_iqr": ok["throughput_img_s_iqr"].median(),
-            "throughput_batch": "/".join(_uniq(ok["throughput_batch_size"])),
-            "throughput_device": "/".join(_uniq(ok["throughput_device"])),
-            "mean_tokens": ok["mean_tokens"].mean(),
-        })
-    summary = pd.DataFrame(rows)
-    dense = summary[(summary["method"] == DENSE_METHOD) & (summary["keep_ratio"] == 1.0) & (summary["n_ok"] > 0)]
-    dense = dense.set_index("backbone")
-    ref_thr = summary["backbone"].map(dense["throughput"])
-    ref_gmacs = summary["backbone"].map(dense["gmacs"])
-    summary["speedup"] = summary["throughput"] / ref_thr
-    summary["flops_reduction_pct"] = 100.0 * (1.0 - summary["gmacs"] / ref_gmacs)
-    # Reading order: per backbone, dense first, then methods by name, high keep ratio first.
-    summary["_dense_last"] = summary["method"] != DENSE_METHOD
-    summary = summary.sort_values(["backbone", "_dense_last", "method", "keep_ratio"],
-                                  ascending=[True, True, True, False], kind="mergesort")
-    return summary.drop(columns="_dense_last").reset_index(drop=True)[cols]
 
 
 def _num(value: Any, decimals: int) -> str:
@@ -105,24 +56,88 @@ def _md_table(header: list[str], rows: list[list[Any]], align: str) -> str:
     return "\n".join(lines)
 
 
-def _results_section(summary: pd.DataFrame) -> str:
-    header = ["Backbone", "Method", "Keep ratio", "Seeds ok", "Top-1 (%)", "Top-5 (%)", GMACS_HEADER,
-              "Params (M)", "Throughput img/s, median (IQR)", "Throughput batch @ device", "Mean tokens",
-              "Speed-up vs dense", "FLOPs reduction vs dense"]
+def _pct(value: Any) -> str:
+    return f"{value:.1f} %" if _finite(value) else _DASH
+
+
+def _has(summary: pd.DataFrame, column: str) -> bool:
+    return column in summary and bool(summary[column].notna().any())
+
+
+def table_rows(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], str]:
+    """(header, rows, alignment) of the results table; optional columns appear only when some run has them."""
+    header = ["Backbone", "Method", "Keep ratio", "Seeds ok", "Top-1 (%)", "Top-5 (%)", GMACS_HEADER]
+    align = "llrrrrr"
+    theory = _has(summary, "theoretical_gmacs")
+    if theory:
+        header += ["Theoretical GMACs (nonzero weights only)"]
+        align += "r"
+    header += ["Params (M)", "Throughput img/s, median (IQR)", "Throughput batch @ device", "Mean tokens",
+               "Speed-up vs dense (measured)", "FLOPs-implied speed-up", "FLOPs reduction vs dense"]
+    align += "rrlrrrr"
+    if theory:
+        header += ["Theoretical FLOPs reduction"]
+        align += "r"
     rows = []
     for r in summary.itertuples(index=False):
         thr = f"{r.throughput:.1f} ({r.throughput_iqr:.1f})" if _finite(r.throughput_iqr) else _num(r.throughput, 1)
         setup = f"{r.throughput_batch or '?'} @ {r.throughput_device or '?'}" if r.n_ok else _DASH
-        rows.append([
-            r.backbone, r.method, str(round(r.keep_ratio, 6)), f"{r.n_ok}/{r.n_runs}",
-            _mean_std(r.top1_mean, r.top1_std), _mean_std(r.top5_mean, r.top5_std),
-            _num(r.gmacs, 3), _num(r.params_m, 2), thr, setup, _num(r.mean_tokens, 1),
-            f"{r.speedup:.2f}×" if _finite(r.speedup) else _DASH,
-            f"{r.flops_reduction_pct:.1f} %" if _finite(r.flops_reduction_pct) else _DASH,
-        ])
+        row = [r.backbone, r.method, str(round(r.keep_ratio, 6)), f"{r.n_ok}/{r.n_runs}",
+               _mean_std(r.top1_mean, r.top1_std), _mean_std(r.top5_mean, r.top5_std), _num(r.gmacs, 3)]
+        if theory:
+            row.append(_num(r.theoretical_gmacs, 3))
+        row += [_num(r.params_m, 2), thr, setup, _num(r.mean_tokens, 1),
+                f"{r.speedup:.2f}×" if _finite(r.speedup) else _DASH,
+                f"{r.flops_implied_speedup:.2f}×" if _finite(r.flops_implied_speedup) else _DASH,
+                _pct(r.flops_reduction_pct)]
+        if theory:
+            row.append(_pct(r.theoretical_flops_reduction_pct))
+        rows.append(row)
+    return header, rows, align
+
+
+def _results_section(summary: pd.DataFrame) -> str:
+    header, rows, align = table_rows(summary)
     if not rows:
         return "_No run records with method, backbone and keep ratio._"
-    return _md_table(header, rows, "llrrrrrrrlrrr")
+    return _md_table(header, rows, align)
+
+
+_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def _latex(text: str) -> str:
+    out = "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(text))
+    return out.replace("±", r"$\pm$").replace("×", r"$\times$").replace("—", "--")
+
+
+def render_latex(summary: pd.DataFrame, caption: str) -> str:
+    """A booktabs ``table`` environment (needs ``\\usepackage{booktabs}``), ready to ``\\input``."""
+    header, rows, align = table_rows(summary)
+    drop = header.index("Throughput batch @ device")  # provenance, stated in the caption's source instead
+    header = header[:drop] + header[drop + 1:]
+    rows = [r[:drop] + r[drop + 1:] for r in rows]
+    align = align[:drop] + align[drop + 1:]
+    lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{_latex(caption)}}}",
+             rf"\begin{{tabular}}{{{align}}}", r"\toprule", " & ".join(_latex(h) for h in header) + r" \\", r"\midrule"]
+    previous = None
+    for row in rows:
+        if previous is not None and row[0] != previous:
+            lines.append(r"\midrule")  # one block per backbone
+        previous = row[0]
+        lines.append(" & ".join(_latex(c) for c in row) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def render_csv(summary: pd.DataFrame) -> str:
+    """The summary with raw numbers (full precision, units in the column names)."""
+    out = summary.rename(columns={"gmacs": "gmacs_fvcore_1mac_eq_1flop",
+                                  "theoretical_gmacs": "theoretical_gmacs_nonzero_weights_fvcore_1mac_eq_1flop",
+                                  "method_gmacs": "method_gmacs_fvcore_1mac_eq_1flop",
+                                  "throughput": "throughput_img_s", "throughput_iqr": "throughput_img_s_iqr"})
+    return out.to_csv(index=False, float_format="%.6g", lineterminator="\n")
 
 
 def _short_error(error: Any) -> str:
@@ -131,24 +146,6 @@ def _short_error(error: Any) -> str:
         return "(no error message)"
     line = [ln for ln in error.strip().splitlines() if ln.strip()][-1].strip()
     return line if len(line) <= _MAX_ERROR_CHARS else line[: _MAX_ERROR_CHARS - 1] + "…"
-
-
-def missing_runs(table: pd.DataFrame) -> list[tuple[str, str, float, int]]:
-    """(backbone, method, keep_ratio, seed) with no record at all.
-
-    The suite file is not available here, so the expected grid is inferred: every
-    method x keep_ratio seen, on every backbone seen, for every seed seen.
-    """
-    keyed = table.dropna(subset=GROUP_KEYS + ["seed"])
-    if keyed.empty:
-        return []
-    seen = {(b, m, round(float(k), 6), int(s)) for b, m, k, s in
-            keyed[GROUP_KEYS + ["seed"]].itertuples(index=False)}
-    configs = sorted({(m, round(float(k), 6)) for m, k in keyed[["method", "keep_ratio"]].itertuples(index=False)})
-    backbones = sorted(keyed["backbone"].unique())
-    seeds = sorted(int(s) for s in keyed["seed"].unique())
-    return [(b, m, k, s) for b, (m, k), s in itertools.product(backbones, configs, seeds)
-            if (b, m, k, s) not in seen]
 
 
 def _holes_section(table: pd.DataFrame) -> str:
@@ -210,39 +207,25 @@ def _suite_and_dataset(table: pd.DataFrame, suite_dir: Path) -> tuple[str, str]:
 
 
 def render_markdown(table: pd.DataFrame, summary: pd.DataFrame, suite: str, dataset: str,
-                    figure_name: str | None = None) -> str:
-    """Full report text: results table, holes, provenance."""
+                    figures: list[tuple[str, str]] | None = None, extra: list[str] | None = None) -> str:
+    """Full report text: results table, figures, extra sections, holes, provenance."""
     n_ok = int((table["status"] == "ok").sum())
     parts = [
         f"# Report: suite `{suite}`",
-        f"Dataset: **{dataset}**. Runs: {n_ok} ok, {len(table) - n_ok} failed "
+        f"Dataset: **{dataset}**. Runs: {n_ok} ok, {len(table) - n_ok} failed or missing "
         f"(source: `{TABLE_PARQUET}`).",
         "## Results",
         _results_section(summary),
         "Top-1/top-5: mean ± sample std over ok seeds (no ± with a single seed). "
         "GMACs: per image, counted by fvcore, where one multiply-add counts as one flop. "
+        "Theoretical GMACs count only nonzero weights (what sparse kernels could at best run). "
         "Throughput: median over seeds of each run's median img/s, IQR in parentheses. "
         "Speed-up: throughput / throughput of method `dense` at keep ratio 1.0 on the same backbone; "
-        "FLOPs reduction: 1 − GMACs / dense GMACs. Mean tokens: tokens entering a block, averaged over blocks.",
+        "FLOPs-implied speed-up: dense GMACs / GMACs; FLOPs reduction: 1 − GMACs / dense GMACs. "
+        "Mean tokens: tokens entering a block, averaged over blocks.",
     ]
-    if figure_name:
-        parts.append(f"![top-1 vs GMACs]({figure_name})")
+    for caption, name in figures or []:
+        parts.append(f"![{caption}]({name})")
+    parts += list(extra or [])
     parts += ["## Failed or missing runs", _holes_section(table), "## Provenance", _provenance_section(table)]
     return "\n\n".join(parts) + "\n"
-
-
-def build_report(suite_dir: Path, out_dir: Path | None = None) -> dict[str, Path]:
-    """Write report.md and the trade-off PNG/PDF; returns {file name: path}."""
-    suite_dir = Path(suite_dir)
-    out_dir = Path(out_dir) if out_dir is not None else suite_dir / "report"
-    table_path = suite_dir / TABLE_PARQUET
-    if not table_path.is_file():
-        collect(suite_dir)  # raises UsageError when the suite dir does not exist
-    table = pd.read_parquet(table_path)
-    summary = summarize(table)
-    suite, dataset = _suite_and_dataset(table, suite_dir)
-    paths = plot_tradeoff(summary, f"Suite {suite} — {dataset}: top-1 vs compute", out_dir)
-    png_name = next(name for name in paths if name.endswith(".png"))
-    text = render_markdown(table, summary, suite, dataset, figure_name=png_name)
-    paths[REPORT_MD] = atomic_write_text(out_dir / REPORT_MD, text)
-    return paths

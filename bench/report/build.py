@@ -1,0 +1,132 @@
+"""``bench report``: every table and figure of a suite, from ``results/<suite>/table.parquet`` alone.
+
+Writes into ``results/<suite>/report/``: the results table (Markdown inside ``report.md``, LaTeX
+``results.tex``, CSV ``results.csv``), the two trade-off figures (top-1 vs GMACs, top-1 vs throughput),
+the matched-budget comparison and the learned/static/random ablation (tables and figures), the paper
+figures, the kept-token gallery, and ``index.md`` linking all of it with the provenance block and the
+list of failed or missing runs. Same input, same bytes; missing or failed runs are holes, never errors.
+"""
+from __future__ import annotations
+
+import multiprocessing
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from bench.io import atomic_write_text
+from bench.report.figures import FIGURES, FigureContext, build_figures, load_published
+from bench.report.gallery import KEPT_NPZ, plot_gallery
+from bench.report.plots import method_styles, plot_tradeoff
+from bench.report.summary import summarize
+from bench.report.table import (_holes_section, _provenance_section, _suite_and_dataset, render_csv, render_latex,
+                                render_markdown)
+from bench.results.collect import TABLE_PARQUET, collect
+
+REPORT_MD = "report.md"
+INDEX_MD = "index.md"
+GALLERY_PNG = "kept_tokens_gallery.png"
+
+
+def _load(suite_dir: Path) -> pd.DataFrame:
+    if not (suite_dir / TABLE_PARQUET).is_file():
+        collect(suite_dir)  # raises UsageError when the suite dir does not exist
+    return pd.read_parquet(suite_dir / TABLE_PARQUET)
+
+
+def _gallery(table: pd.DataFrame, suite_dir: Path, out_dir: Path) -> list[Path]:
+    """One row per token-reducing method at its lowest keep ratio (first seed), from the runs' npz records."""
+    ok = table[(table["status"] == "ok") & table["run_id"].notna() & (table["keep_ratio"] < 1.0)]
+    first = ok.sort_values(["backbone", "method", "keep_ratio", "seed"]).drop_duplicates(["backbone", "method"])
+    entries = [(f"{r.method}\nkeep {r.keep_ratio:g}", suite_dir / "runs" / r.run_id / KEPT_NPZ)
+               for r in first.itertuples(index=False)]
+    entries = [(label, path) for label, path in entries if path.is_file()]
+    return [plot_gallery(entries, out_dir / GALLERY_PNG)] if entries else []
+
+
+def _paper_figure(ctx: FigureContext, name: str) -> list[Path]:
+    return build_figures(ctx, [name])[name]
+
+
+def _call(task: tuple[Callable[..., Any], tuple, dict]) -> list[Path]:
+    fn, args, kwargs = task
+    out = fn(*args, **kwargs)
+    return list(out.values()) if isinstance(out, dict) else list(out)
+
+
+def _render(tasks: list[tuple[Callable[..., Any], tuple, dict]], workers: int | None) -> list[Path]:
+    """Draw the figures, in forked worker processes when there are cores for it: figure drawing dominates a
+    large report, and each figure is independent (and byte-stable whichever process draws it)."""
+    workers = workers or int(os.environ.get("TOKENBENCH_REPORT_WORKERS", os.cpu_count() or 1))
+    if workers > 1 and len(tasks) > 1 and "fork" in multiprocessing.get_all_start_methods():
+        with multiprocessing.get_context("fork").Pool(min(workers, len(tasks))) as pool:
+            results = pool.map(_call, tasks, chunksize=1)
+    else:
+        results = [_call(t) for t in tasks]
+    return [p for paths in results for p in paths]
+
+
+def build_report(suite_dir: Path, out_dir: Path | None = None, workers: int | None = None) -> dict[str, Path]:
+    """Write the whole report; returns {file name: path}. ``workers``: processes drawing figures
+    (default: the CPU count, or ``TOKENBENCH_REPORT_WORKERS``)."""
+    from bench.report.matched import (ablation, ablation_markdown, matched_budget, matched_markdown, plot_ablation,
+                                      plot_matched)
+
+    suite_dir = Path(suite_dir)
+    out_dir = Path(out_dir) if out_dir is not None else suite_dir / "report"
+    table = _load(suite_dir)
+    summary = summarize(table)
+    suite, dataset = _suite_and_dataset(table, suite_dir)
+    styles = method_styles(sorted(table["method"].dropna().unique()))  # one style per method, every figure
+    paths: dict[str, Path] = {}
+    title = f"Suite {suite} — {dataset}"
+    matched = matched_budget(table)
+    abl = ablation(table)
+    ctx = FigureContext(table, summary, out_dir, styles, load_published())
+    tasks: list[tuple[Callable[..., Any], tuple, dict]] = [
+        (plot_tradeoff, (summary, f"{title}: top-1 vs compute", out_dir), {"styles": styles}),
+        (plot_tradeoff, (summary, f"{title}: top-1 vs throughput", out_dir),
+         {"stem": "tradeoff_top1_vs_throughput", "x": "throughput", "styles": styles}),
+        (plot_matched, (matched, out_dir), {"styles": styles}),
+        (plot_ablation, (abl, out_dir), {"styles": styles}),
+        (_gallery, (table, suite_dir, out_dir), {}),
+    ] + [(_paper_figure, (ctx, name), {}) for name in FIGURES.names()]
+    paths.update({p.name: p for p in _render(tasks, workers)})
+    paths["results.tex"] = atomic_write_text(out_dir / "results.tex", render_latex(
+        summary, f"Results of suite {suite} on {dataset}: top-1 mean ± std over seeds; GMACs counted by fvcore "
+                 f"(1 multiply-add = 1 flop); speed-up measured against dense."))
+    paths["results.csv"] = atomic_write_text(out_dir / "results.csv", render_csv(summary))
+    paths["matched_budget.csv"] = atomic_write_text(out_dir / "matched_budget.csv",
+                                                    matched.to_csv(index=False, float_format="%.6g"))
+    paths["ablation.csv"] = atomic_write_text(out_dir / "ablation.csv", abl.to_csv(index=False, float_format="%.6g"))
+    figures = [("top-1 vs GMACs", "tradeoff_top1_vs_gmacs.png"), ("top-1 vs throughput", "tradeoff_top1_vs_throughput.png")]
+    extra = ["## Matched-budget comparison", matched_markdown(matched), "![matched budgets](matched_budget.png)",
+             "## Ablation: learned vs static vs random at equal keep ratios", ablation_markdown(abl),
+             "![ablation](ablation.png)"]
+    paths[REPORT_MD] = atomic_write_text(out_dir / REPORT_MD, render_markdown(table, summary, suite, dataset,
+                                                                             figures, extra))
+    paths[INDEX_MD] = atomic_write_text(out_dir / INDEX_MD, render_index(table, suite, dataset, paths))
+    return paths
+
+
+def render_index(table: pd.DataFrame, suite: str, dataset: str, paths: dict[str, Path]) -> str:
+    """One page linking every table and figure, with provenance and the runs that are holes."""
+    names = sorted(paths)
+    groups = [("Report", [n for n in names if n == REPORT_MD]),
+              ("Tables", [n for n in names if n.endswith((".tex", ".csv"))]),
+              ("Trade-off figures", [n for n in names if n.startswith("tradeoff_")]),
+              ("Matched budgets and ablation", [n for n in names if n.startswith(("matched_", "ablation"))
+                                                and not n.endswith(".csv")]),
+              ("Paper figures", [n for n in names if n.startswith("paper_")]),
+              ("Kept tokens", [n for n in names if n.startswith("kept_tokens")])]
+    lines = [f"# Suite `{suite}` ({dataset})", "",
+             "Everything here is regenerated from `table.parquet` by `bench report` (no training).", ""]
+    for heading, files in groups:
+        if files:
+            lines += [f"## {heading}", ""] + [f"- [{n}]({n})" for n in files] + [""]
+    registered = ", ".join(f"`{n}`" for n in FIGURES.names())
+    lines += [f"Paper figures registered: {registered} (each draws only when the suite has its methods).", "",
+              "## Failed or missing runs", "", _holes_section(table), "", "## Provenance", "",
+              _provenance_section(table), ""]
+    return "\n".join(lines)

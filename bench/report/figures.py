@@ -1,0 +1,251 @@
+"""Paper figures, regenerated from the results table alone (``bench figures``); nothing here trains.
+
+Each figure is a registered function ``(ctx) -> list[Path]`` that returns [] when the suite has nothing
+it can draw, so one command serves every suite:
+
+* ``dynamicvit_tradeoff``: DynamicViT-style top-1 vs GMACs across keep ratios (learned, static, random, dense).
+* ``pruning_ablation``: the learned / static / random ablation, top-1 against the keep ratio.
+* ``token_pooling_curves``: Token Pooling-style cost-accuracy curves of the pooling variants and baselines.
+* ``svite_sparsity``: SViTE-style top-1 against sparsity (1 - density), measured and theoretical GMACs.
+
+Published numbers (``bench/reference/published.csv``) are drawn as hollow markers where the suite's
+backbone and dataset match theirs.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+import matplotlib as mpl
+import pandas as pd
+import seaborn as sns
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from bench.registry import Registry
+from bench.report.plots import DENSE_METHOD, GMACS_LABEL, fixed_layout, save_figure
+
+PUBLISHED_DATASET = "imagenet-1k"
+
+
+@dataclass
+class FigureContext:
+    table: pd.DataFrame           # one row per run (bench collect)
+    summary: pd.DataFrame         # one row per backbone x method x keep ratio (bench.report.summary)
+    out_dir: Path
+    styles: dict[str, dict[str, Any]]
+    published: pd.DataFrame
+
+
+FigureFn = Callable[[FigureContext], list[Path]]
+FIGURES: Registry[tuple[str, FigureFn]] = Registry("figure")
+
+
+def register_figure(name: str, description: str) -> Callable[[FigureFn], FigureFn]:
+    def wrap(fn: FigureFn) -> FigureFn:
+        FIGURES.add(name, (description, fn))
+        return fn
+
+    return wrap
+
+
+def load_published() -> pd.DataFrame:
+    with resources.files("bench").joinpath("reference/published.csv").open() as f:
+        return pd.read_csv(f)
+
+
+def _registry_names(ctx: FigureContext) -> dict[str, str]:
+    """Suite label -> registry method name (labels like tp_kmeans are token_pooling runs)."""
+    t = ctx.table.dropna(subset=["method"])
+    names = t["method_name"] if "method_name" in t else t["method"]
+    return dict(zip(t["method"], names.fillna(t["method"])))
+
+
+def _params(ctx: FigureContext) -> dict[str, dict[str, Any]]:
+    t = ctx.table.dropna(subset=["method"])
+    out: dict[str, dict[str, Any]] = {}
+    for label, raw in zip(t["method"], t.get("method_params", pd.Series([None] * len(t), index=t.index))):
+        if isinstance(raw, str):
+            try:
+                out[label] = json.loads(raw)
+            except ValueError:
+                out[label] = {}
+        elif isinstance(raw, dict):
+            out[label] = raw
+        else:
+            out.setdefault(label, {})
+    return out
+
+
+def _ok(summary: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
+    return summary[summary["method"].isin(labels) & (summary["n_ok"] > 0) & summary["top1_mean"].notna()]
+
+
+def _figure(n_panels: int) -> tuple[Figure, Any]:
+    fig = Figure(figsize=(5.0 * n_panels + 2.0, 4.2))
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(1, n_panels, squeeze=False)[0]
+
+
+def _lines(ax: Any, data: pd.DataFrame, x: str, styles: dict[str, dict[str, Any]]) -> None:
+    for method in sorted(data["method"].unique(), key=lambda m: (m != DENSE_METHOD, m)):
+        rows = data[data["method"] == method].sort_values(x)
+        st = styles.get(method, {"color": "grey", "marker": "o", "markersize": 7})
+        yerr = rows["top1_std"].where(rows["n_ok"] > 1)
+        ax.errorbar(rows[x], rows["top1_mean"], yerr=yerr.fillna(0) if yerr.notna().any() else None,
+                    color=st["color"], marker=st["marker"], markersize=st["markersize"], capsize=3,
+                    linestyle="-" if len(rows) > 1 else "none", label=method,
+                    markeredgecolor="black" if method == DENSE_METHOD else "white", markeredgewidth=0.6)
+
+
+def _published(ax: Any, ctx: FigureContext, backbone: str, methods: set[str], x: str) -> bool:
+    """Hollow markers for published points of these registry methods on this backbone (ImageNet-1k only)."""
+    datasets = set(ctx.table.loc[ctx.table["backbone"] == backbone, "dataset"].dropna())
+    if PUBLISHED_DATASET not in datasets:
+        return False
+    pub = ctx.published
+    pub = pub[(pub["backbone"] == backbone) & pub["method"].isin(methods) & pub["top1"].notna() & pub[x].notna()]
+    for r in pub.itertuples(index=False):
+        st = ctx.styles.get(r.method, {"color": "black", "marker": "o"})
+        ax.plot([getattr(r, x)], [r.top1], linestyle="none", marker=st["marker"], markersize=9,
+                markerfacecolor="none", markeredgecolor=st["color"], markeredgewidth=1.5, zorder=5)
+    return not pub.empty
+
+
+def _finish(fig: Figure, axes: Any, ctx: FigureContext, stem: str, title: str, published: bool) -> list[Path]:
+    handles, labels = [], []
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    if published:
+        handles.append(Line2D([], [], linestyle="none", marker="o", markerfacecolor="none", markeredgecolor="black",
+                              label="published (hollow)"))
+        labels.append("published (hollow)")
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title="method")
+    fig.suptitle(title)
+    fixed_layout(fig, rows=fig.axes[0].get_gridspec().nrows if fig.axes else 1)
+    paths = save_figure(fig, ctx.out_dir / f"{stem}.png", ctx.out_dir / f"{stem}.pdf")
+    fig.clear()
+    return list(paths.values())
+
+
+def _by_registry(ctx: FigureContext, names: set[str]) -> list[str]:
+    return sorted(label for label, name in _registry_names(ctx).items() if name in names)
+
+
+@register_figure("dynamicvit_tradeoff", "DynamicViT-style top-1 vs GMACs across keep ratios (learned, static, random)")
+def dynamicvit_tradeoff(ctx: FigureContext) -> list[Path]:
+    labels = _by_registry(ctx, {"dynamicvit"})
+    if not labels:
+        return []
+    labels += _by_registry(ctx, {"static", "random", DENSE_METHOD})
+    data = _ok(ctx.summary, labels)
+    backbones = sorted(data["backbone"].unique())
+    if not backbones:
+        return []
+    with sns.axes_style("whitegrid"), mpl.rc_context({"font.size": 10}):
+        fig, axes = _figure(len(backbones))
+        published = False
+        for ax, backbone in zip(axes, backbones):
+            _lines(ax, data[data["backbone"] == backbone], "gmacs", ctx.styles)
+            published |= _published(ax, ctx, backbone, {"dynamicvit", DENSE_METHOD}, "gmacs")
+            ax.set(title=backbone, xlabel=GMACS_LABEL, ylabel="Top-1 accuracy (%)")
+        return _finish(fig, axes, ctx, "paper_dynamicvit_tradeoff", "Top-1 vs GMACs (DynamicViT, Fig. 1 style)",
+                       published)
+
+
+@register_figure("pruning_ablation", "learned vs static vs random token pruning: top-1 against the keep ratio")
+def pruning_ablation(ctx: FigureContext) -> list[Path]:
+    controls = _by_registry(ctx, {"static", "random"})
+    learned = _by_registry(ctx, {"dynamicvit", "importance", "token_pooling", "svite_plus"})
+    if not controls or not learned:
+        return []
+    data = _ok(ctx.summary, learned + controls + _by_registry(ctx, {DENSE_METHOD}))
+    backbones = sorted(data["backbone"].unique())
+    with sns.axes_style("whitegrid"), mpl.rc_context({"font.size": 10}):
+        fig, axes = _figure(len(backbones))
+        for ax, backbone in zip(axes, backbones):
+            panel = data[(data["backbone"] == backbone) & (data["method"] != DENSE_METHOD)]
+            _lines(ax, panel, "keep_ratio", ctx.styles)
+            dense = data[(data["backbone"] == backbone) & (data["method"] == DENSE_METHOD)]
+            for y in dense["top1_mean"]:
+                ax.axhline(y, color="black", linestyle=":", linewidth=1, label="dense")
+            ax.set(title=backbone, xlabel="keep ratio rho (tokens kept per stage)", ylabel="Top-1 accuracy (%)")
+        return _finish(fig, axes, ctx, "paper_pruning_ablation", "Learned vs static vs random at equal keep ratios",
+                       False)
+
+
+@register_figure("token_pooling_curves", "Token Pooling-style cost-accuracy curves of the pooling variants and baselines")
+def token_pooling_curves(ctx: FigureContext) -> list[Path]:
+    pooling = _by_registry(ctx, {"token_pooling"})
+    if not pooling:
+        return []
+    labels = pooling + _by_registry(ctx, {"importance", "random", "grid_pool", "dynamicvit", DENSE_METHOD})
+    data = _ok(ctx.summary, labels)
+    backbones = sorted(data["backbone"].unique())
+    with sns.axes_style("whitegrid"), mpl.rc_context({"font.size": 10}):
+        fig, axes = _figure(len(backbones))
+        published = False
+        for ax, backbone in zip(axes, backbones):
+            _lines(ax, data[data["backbone"] == backbone], "gmacs", ctx.styles)
+            published |= _published(ax, ctx, backbone, {"token_pooling", DENSE_METHOD}, "gmacs")
+            ax.set(title=backbone, xlabel=GMACS_LABEL + ", clustering included", ylabel="Top-1 accuracy (%)")
+        return _finish(fig, axes, ctx, "paper_token_pooling_curves",
+                       "Cost-accuracy of token downsampling (Token Pooling style)", published)
+
+
+@register_figure("svite_sparsity", "SViTE-style top-1 against sparsity, with measured and theoretical GMACs")
+def svite_sparsity(ctx: FigureContext) -> list[Path]:
+    sparse = _by_registry(ctx, {"svite", "s2vite", "svite_plus"})
+    if not sparse:
+        return []
+    params = _params(ctx)
+    data = _ok(ctx.summary, sparse + _by_registry(ctx, {DENSE_METHOD})).copy()
+    data["sparsity_pct"] = [100.0 * (1.0 - float(params.get(m, {}).get("density", 1.0 if m == DENSE_METHOD else 0.5)))
+                            for m in data["method"]]
+    # one line per registry method across its density labels (svite_d50, svite_d70 -> svite)
+    names = _registry_names(ctx)
+    data["family"] = [names.get(m, m) for m in data["method"]]
+    backbones = sorted(data["backbone"].unique())
+    with sns.axes_style("whitegrid"), mpl.rc_context({"font.size": 10}):
+        fig = Figure(figsize=(10.5, 4.0 * len(backbones)))
+        FigureCanvasAgg(fig)
+        grid = fig.subplots(len(backbones), 2, squeeze=False)
+        families = sorted(data["family"].unique())
+        palette = dict(zip(families, sns.color_palette("colorblind" if len(families) <= 10 else "husl",
+                                                       max(len(families), 1))))
+        for (ax_s, ax_g), backbone in zip(grid, backbones):
+            panel = data[data["backbone"] == backbone]
+            for family, rows in panel.groupby("family", sort=True):
+                rows = rows.sort_values(["sparsity_pct", "keep_ratio"])
+                c = "black" if family == DENSE_METHOD else palette[family]
+                ax_s.errorbar(rows["sparsity_pct"], rows["top1_mean"], yerr=rows["top1_std"].fillna(0), marker="o",
+                              color=c, capsize=3, label=family)
+                for r in rows[rows["keep_ratio"] < 1.0].itertuples(index=False):
+                    ax_s.annotate(f"keep {r.keep_ratio:g}", (r.sparsity_pct, r.top1_mean), textcoords="offset points",
+                                  xytext=(6, 0), fontsize=7, color="0.3", va="center")
+                ax_g.plot(rows["gmacs"], rows["top1_mean"], marker="o", color=c, label=f"{family} (measured)")
+                if rows["theoretical_gmacs"].notna().any():
+                    ax_g.plot(rows["theoretical_gmacs"], rows["top1_mean"], marker="o", markerfacecolor="none",
+                              linestyle="--", color=c, label=f"{family} (theoretical)")
+            ax_s.set(title=backbone, xlabel="sparsity (% of weights, heads or neurons removed)",
+                     ylabel="Top-1 accuracy (%)")
+            ax_g.set(title=backbone, xlabel=GMACS_LABEL, ylabel="Top-1 accuracy (%)")
+        return _finish(fig, grid.flat, ctx, "paper_svite_sparsity",
+                       "Top-1 vs sparsity (SViTE style); GMACs measured (solid) and nonzero-only (dashed)", False)
+
+
+def build_figures(ctx: FigureContext, only: list[str] | None = None) -> dict[str, list[Path]]:
+    """Run the registered figures (all, or ``only``); figures with nothing to draw return []."""
+    names = only or FIGURES.names()
+    out = {}
+    for name in names:
+        _, fn = FIGURES.get(name)
+        out[name] = fn(ctx)
+    return out
