@@ -115,14 +115,15 @@ def kmeans(x: torch.Tensor, k: int, init: torch.Tensor, *, weights: torch.Tensor
         xd = x.detach()
         rows = _weighted_rows(xd, w)
         centers = _gather(xd, init)
-        for step in range(iterations):  # Lloyd step: assign to the nearest centre, move centres to the means
+        last: torch.Tensor | None = None
+        for _ in range(iterations):  # Lloyd step: assign to the nearest centre, move centres to the means
             scores = assignment_scores(xd, centers)
             if track_error:
                 best, assignment = scores.min(dim=-1)
                 errors.append(float(((best + xd.pow(2).sum(-1)).clamp_min(0) * w).sum()))
             else:
                 assignment = scores.argmin(dim=-1)
-            if not track_error and step > 0 and torch.equal(assignment, last):
+            if not track_error and last is not None and torch.equal(assignment, last):
                 break  # converged: the means, hence every later step, would be the same (an exact shortcut)
             previous, last = centers, assignment
             centers = _weighted_means(rows, assignment, k, previous)
