@@ -196,3 +196,14 @@ def test_weight_budget_methods_refuse_token_keep_ratios():
         create_method("svite", 0.7)
     with pytest.raises(UsageError, match="density"):
         create_method("s2vite", 0.5, density=1.5)
+
+
+def test_suites_run_weight_sparse_methods_at_full_token_budget():
+    from bench.config import load_suite
+
+    suite = load_suite("suites/svite_canvas.yaml", check_names=False)
+    ratios = {(r.method_name, r.keep_ratio) for r in suite.runs}
+    assert ratios == {("dense", 1.0), ("svite", 1.0), ("s2vite", 1.0), ("svite_plus", 0.9), ("svite_plus", 0.7)}
+    paper = load_suite("suites/svite.yaml", check_names=False)
+    plus = [r for r in paper.runs if r.method_name == "svite_plus"]
+    assert {r.keep_ratio for r in plus} == {0.95, 0.9} and all(r.method_params["from_scratch"] for r in plus)
