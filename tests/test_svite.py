@@ -207,3 +207,12 @@ def test_suites_run_weight_sparse_methods_at_full_token_budget():
     paper = load_suite("suites/svite.yaml", check_names=False)
     plus = [r for r in paper.runs if r.method_name == "svite_plus"]
     assert {r.keep_ratio for r in plus} == {0.95, 0.9} and all(r.method_params["from_scratch"] for r in plus)
+
+
+def test_selector_learning_rate_group(tiny_vit):
+    model, method = patched(tiny_vit, "svite_plus", keep=0.9, selector_lr_scale=50.0)
+    groups = method.optimizer_groups(model, {"lr": 1e-4, "weight_decay": 0.05})
+    selector = getattr(model, SELECTOR)
+    first = groups[0]
+    assert first["lr"] == pytest.approx(5e-3) and {id(p) for p in first["params"]} == {id(p) for p in selector.parameters()}
+    assert sum(len(g["params"]) for g in groups) == len([p for p in model.parameters() if p.requires_grad])

@@ -168,6 +168,8 @@ class SViTEPlus(_WeightSparse, StagedPruning):
         **SCHEDULE_PARAMS,
         "tau_start": Param(10.0, "Gumbel-Softmax temperature at the start of training"),
         "tau_end": Param(0.1, "temperature at the end (linear annealing)"),
+        "selector_lr_scale": Param(1.0, "the token scorer's learning rate as a multiple of the recipe's (the paper "
+                                   "trains it with the model; short fine-tunes need it faster)"),
     }
 
     def __init__(self, keep_ratio: float = 1.0, seed: int = 0, **params: Any):
@@ -196,6 +198,25 @@ class SViTEPlus(_WeightSparse, StagedPruning):
     def on_train_start(self, model: nn.Module, total_steps: int) -> None:
         super().on_train_start(model, total_steps)
         self._set_tau(0)
+
+    def optimizer_groups(self, model: nn.Module, recipe: dict[str, Any]) -> list[dict[str, Any]] | None:
+        if self.config["selector_lr_scale"] == 1.0:
+            return None
+        lr, wd = float(recipe["lr"]), float(recipe["weight_decay"])
+        no_wd = set(getattr(model, "no_weight_decay", lambda: set())())
+        selector, decay, no_decay = [], [], []
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            if name.startswith(SELECTOR + "."):
+                selector.append(p)
+            elif p.ndim <= 1 or name.endswith(".bias") or name in no_wd:
+                no_decay.append(p)
+            else:
+                decay.append(p)
+        groups = [{"params": selector, "lr": lr * self.config["selector_lr_scale"], "weight_decay": wd},
+                  {"params": decay, "lr": lr, "weight_decay": wd}, {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
+        return [g for g in groups if g["params"]]
 
     def _set_tau(self, step: int) -> None:
         t = min(1.0, step / max(1, self.clock.total_steps - 1))
