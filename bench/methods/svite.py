@@ -11,8 +11,10 @@ fixed parameter budget. The shared prune-and-grow machinery is in :mod:`bench.me
   picks them with a hard top-k Gumbel-Softmax (straight-through), temperature annealed linearly from
   ``tau_start`` to ``tau_end``.
 
-Harness protocol, where the official code differs (documented choices): unselected tokens are removed,
-not zeroed, and evaluation is a deterministic top-k without Gumbel noise. Fine-tuning from the dense
+Harness protocol, where the official code differs (documented choices): at evaluation unselected tokens
+are removed, not zeroed, and the choice is a deterministic top-k without Gumbel noise. Training follows
+the official code (unselected tokens zeroed, straight-through mask over all tokens): with removal the
+scorer gets no signal from the tokens it drops, and in our tests it learned to drop the informative ones. Fine-tuning from the dense
 backbone starts from magnitude masks; ``from_scratch: true`` re-initialises the backbone and draws random
 masks, as the paper's 600-epoch DeiT recipe.
 """
@@ -244,9 +246,11 @@ class SViTEPlus(_WeightSparse, StagedPruning):
             return kept, torch.gather(positions, 1, idx)
         u = torch.rand(scores.shape, generator=self._gen).to(scores.device).clamp_(1e-9, 1 - 1e-9)
         perturbed = (scores - torch.log(-torch.log(u))) / self.tau
-        idx = torch.topk(perturbed, keep, dim=1, sorted=False).indices.sort(dim=1).values
-        soft = torch.gather(perturbed.softmax(dim=1), 1, idx)
-        # straight-through: the forward multiplies kept tokens by exactly 1, the backward reaches the scorer
-        gate = 1.0 + (soft - soft.detach())
-        kept = torch.gather(patches, 1, idx.unsqueeze(-1).expand(-1, -1, patches.shape[-1])) * gate.unsqueeze(-1)
-        return kept, torch.gather(positions, 1, idx)
+        idx = torch.topk(perturbed, keep, dim=1, sorted=False).indices
+        hard = torch.zeros_like(scores).scatter_(1, idx, 1.0)
+        soft = perturbed.softmax(dim=1)
+        # straight-through, as the official code: unselected tokens are zeroed (not removed) while training, so
+        # the scorer also learns from the tokens it dropped; the forward multiplies by exactly 0 or 1
+        mask = hard + (soft - soft.detach())
+        return patches * mask.unsqueeze(-1), positions
+
