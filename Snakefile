@@ -156,15 +156,17 @@ rule report:
         f"{OUT}/.collected",
     output:
         f"{OUT}/report/report.md",
+        f"{OUT}/report/index.md",
         f"{OUT}/report/tradeoff_top1_vs_gmacs.png",
         f"{OUT}/report/tradeoff_top1_vs_gmacs.pdf",
     shell:
-        "{BENCH} report {SUITE_FILE} --results {ROOT}"
+        "{BENCH} figures {SUITE_FILE} --results {ROOT} && {BENCH} report {SUITE_FILE} --results {ROOT}"
 
 
 onerror:
     # failed runs never hide: the table and report still show every finished run and list the holes;
     # removing the collect marker makes the next run rebuild them once the holes are filled
-    shell(f"{BENCH} collect {SUITE_FILE} --results {ROOT} && {BENCH} report {SUITE_FILE} --results {ROOT} || true")
+    shell(f"{BENCH} collect {SUITE_FILE} --results {ROOT} && {BENCH} figures {SUITE_FILE} --results {ROOT} && "
+          f"{BENCH} report {SUITE_FILE} --results {ROOT} || true")
     if os.path.exists(f"{OUT}/.collected"):
         os.remove(f"{OUT}/.collected")

@@ -224,12 +224,13 @@ def collect(suite: str, root: str) -> None:
 @click.argument("suite")
 @RESULTS
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder (default results/SUITE/report).")
-def report(suite: str, root: str, out: str | None) -> None:
+@click.option("--paper-figures", is_flag=True, help="Also draw the paper figures (else: `bench figures`).")
+def report(suite: str, root: str, out: str | None, paper_figures: bool) -> None:
     """Every table (Markdown, LaTeX, CSV) and figure of SUITE's results, linked from report/index.md."""
     from bench.report import build_report
 
     suite_dir, _ = _suite_results(suite, root)
-    paths = build_report(suite_dir, Path(out) if out else None)
+    paths = build_report(suite_dir, Path(out) if out else None, paper_figures=paper_figures)
     for p in sorted(paths.values()):
         click.echo(p)
 
@@ -272,7 +273,7 @@ def figures(suite: str | None, root: str, out: str | None, only: tuple[str, ...]
 def _suite_results(suite: str, root: str) -> tuple[Path, list[dict] | None]:
     """The suite's results folder and its expected runs (None when only results, no suite file, exist)."""
     from bench.config import load_suite
-    from bench.runner import run_identity
+    from bench.config import run_identity
 
     try:
         s = load_suite(suite, check_names=False)

@@ -256,3 +256,10 @@ def _check_names(suite: Suite, raw: dict[str, Any], where: str) -> None:
     for i, m in enumerate(raw["methods"]):
         m = {"name": m} if isinstance(m, str) else m
         at(f"methods[{i}]", create_method, m["name"], 1.0, 0, **m.get("params", {}))
+
+
+def run_identity(suite: Suite, run: Run, dataset: str) -> dict[str, Any]:
+    """The columns that identify a run in every record (results, failures, missing rows)."""
+    return {"suite": suite.name, "run_id": run.run_id, "method": run.method, "method_name": run.method_name,
+            "method_params": run.method_params, "backbone": run.backbone, "keep_ratio": run.keep_ratio,
+            "seed": run.seed, "dataset": dataset}

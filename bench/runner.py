@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.config import Backbone, Run, Suite
+from bench.config import Backbone, Run, Suite, run_identity
 from bench.errors import UsageError
 from bench.io import atomic_torch_save, atomic_write_json
 from bench.methods import Method, create_method
@@ -237,12 +237,6 @@ def _kept_tokens_figure(model: nn.Module, method: Method, val_ds, out: Path, n_i
     plot_kept_tokens(model, method, images, out / KEPT_TOKENS_FIGURE, mean=cfg["mean"], std=cfg["std"])
     # what the report's gallery is drawn from, so it never needs the model
     record_kept_tokens(model, method, images, out / KEPT_NPZ, mean=cfg["mean"], std=cfg["std"])
-
-
-def run_identity(suite: Suite, run: Run, dataset: str) -> dict[str, Any]:
-    return {"suite": suite.name, "run_id": run.run_id, "method": run.method, "method_name": run.method_name,
-            "method_params": run.method_params, "backbone": run.backbone, "keep_ratio": run.keep_ratio,
-            "seed": run.seed, "dataset": dataset}
 
 
 def record_failure(suite: Suite, run: Run, step: str, exc: BaseException, *, root: str | Path = "results") -> Path:

@@ -73,11 +73,11 @@ def test_full_report_on_a_large_table_with_holes(table, tmp_path):
     suite = tmp_path / "big"
     suite.mkdir()
     table.to_parquet(suite / TABLE_PARQUET)
-    paths = build_report(suite)
+    paths = build_report(suite, paper_figures=True)
     assert {"index.md", "report.md", "results.tex", "paper_svite_sparsity.png", "paper_token_pooling_curves.png",
             "paper_dynamicvit_tradeoff.png", "paper_pruning_ablation.png"} <= set(paths)
     assert "failed or missing run(s)" in paths["index.md"].read_text()
-    serial = build_report(suite, tmp_path / "serial", workers=1)
+    serial = build_report(suite, tmp_path / "serial", workers=1, paper_figures=True)
     for name in ("tradeoff_top1_vs_gmacs.png", "paper_svite_sparsity.pdf", "results.tex"):
         assert paths[name].read_bytes() == serial[name].read_bytes()
 

@@ -55,11 +55,25 @@ def _call(task: tuple[Callable[..., Any], tuple, dict]) -> list[Path]:
     return list(out.values()) if isinstance(out, dict) else list(out)
 
 
+def _warm_fonts() -> None:
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(1, 1))
+    FigureCanvasAgg(fig)
+    fig.text(0.5, 0.5, "warm-up ±×")
+    for fmt in ("png", "pdf"):
+        fig.savefig(io.BytesIO(), format=fmt)
+
+
 def _render(tasks: list[tuple[Callable[..., Any], tuple, dict]], workers: int | None) -> list[Path]:
     """Draw the figures, in forked worker processes when there are cores for it: figure drawing dominates a
     large report, and each figure is independent (and byte-stable whichever process draws it)."""
     workers = workers or int(os.environ.get("TOKENBENCH_REPORT_WORKERS", os.cpu_count() or 1))
     if workers > 1 and len(tasks) > 1 and "fork" in multiprocessing.get_all_start_methods():
+        _warm_fonts()  # once here, not once per forked worker
         with multiprocessing.get_context("fork").Pool(min(workers, len(tasks))) as pool:
             results = pool.map(_call, tasks, chunksize=1)
     else:
@@ -67,9 +81,11 @@ def _render(tasks: list[tuple[Callable[..., Any], tuple, dict]], workers: int | 
     return [p for paths in results for p in paths]
 
 
-def build_report(suite_dir: Path, out_dir: Path | None = None, workers: int | None = None) -> dict[str, Path]:
-    """Write the whole report; returns {file name: path}. ``workers``: processes drawing figures
-    (default: the CPU count, or ``TOKENBENCH_REPORT_WORKERS``)."""
+def build_report(suite_dir: Path, out_dir: Path | None = None, workers: int | None = None,
+                 paper_figures: bool = False) -> dict[str, Path]:
+    """Write the report; returns {file name: path}. ``workers``: processes drawing figures (default: the
+    CPU count, or ``TOKENBENCH_REPORT_WORKERS``). Paper figures are ``bench figures``' job (the pipeline runs
+    it first) unless ``paper_figures``; the index links whichever are in the folder."""
     from bench.report.matched import (ablation, ablation_markdown, matched_budget, matched_markdown, plot_ablation,
                                       plot_matched)
 
@@ -91,8 +107,10 @@ def build_report(suite_dir: Path, out_dir: Path | None = None, workers: int | No
         (plot_matched, (matched, out_dir), {"styles": styles}),
         (plot_ablation, (abl, out_dir), {"styles": styles}),
         (_gallery, (table, suite_dir, out_dir), {}),
-    ] + [(_paper_figure, (ctx, name), {}) for name in FIGURES.names()]
+    ] + [(_paper_figure, (ctx, name), {}) for name in (FIGURES.names() if paper_figures else [])]
     paths.update({p.name: p for p in _render(tasks, workers)})
+    # paper figures drawn earlier by `bench figures` into this folder are part of the report too
+    paths.update({p.name: p for p in sorted(out_dir.glob("paper_*.p*")) if p.name not in paths})
     paths["results.tex"] = atomic_write_text(out_dir / "results.tex", render_latex(
         summary, f"Results of suite {suite} on {dataset}: top-1 mean ± std over seeds; GMACs counted by fvcore "
                  f"(1 multiply-add = 1 flop); speed-up measured against dense."))

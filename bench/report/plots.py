@@ -29,6 +29,7 @@ DENSE_STYLE = {"color": "black", "marker": "*", "markersize": 15}
 _MARKERS = ["o", "s", "D", "^", "v", "P", "X", "<", ">", "h", "p", "d"]
 PNG_DPI = 150
 PNG_METADATA: dict[str, Any] = {"Software": None}
+PNG_COMPRESSION = {"compress_level": 3}  # zlib level 3: a little larger than 6, encodes several times faster
 PDF_METADATA: dict[str, Any] = {"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None}
 GMACS_LABEL = "GMACs per image (fvcore, 1 MAC = 1 flop)"
 THROUGHPUT_LABEL = "Throughput (images/s, median; model only)"
@@ -162,10 +163,15 @@ def fixed_layout(fig: Figure, rows: int = 1) -> None:
 
 
 def save_figure(fig: Figure, png_path: Path, pdf_path: Path) -> dict[str, Path]:
-    """Write PNG and PDF atomically with metadata that would vary between builds removed."""
-    save_kw: dict[str, Any] = {"bbox_inches": "tight", "pad_inches": 0.15, "facecolor": "white"}
-    atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=PNG_DPI,
-                                                   metadata=PNG_METADATA, **save_kw))
+    """Write PNG and PDF atomically with metadata that would vary between builds removed.
+
+    The tight bounding box (titles, labels, the legend outside the axes) is computed once and given to
+    both saves: ``bbox_inches="tight"`` would redo it with an extra draw per format, the largest single
+    cost of a big report."""
+    bbox = fig.get_tightbbox(fig.canvas.get_renderer()).padded(0.15)
+    save_kw: dict[str, Any] = {"bbox_inches": bbox, "facecolor": "white"}
+    atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=PNG_DPI, metadata=PNG_METADATA,
+                                                   pil_kwargs=PNG_COMPRESSION, **save_kw))
     atomic_write(pdf_path, lambda tmp: fig.savefig(tmp, format="pdf", metadata=PDF_METADATA, **save_kw))
     return {png_path.name: png_path, pdf_path.name: pdf_path}
 
