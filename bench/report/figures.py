@@ -217,16 +217,18 @@ def svite_sparsity(ctx: FigureContext) -> list[Path]:
         fig = Figure(figsize=(10.5, 4.0 * len(backbones)))
         FigureCanvasAgg(fig)
         grid = fig.subplots(len(backbones), 2, squeeze=False)
-        families = sorted(data["family"].unique())
-        palette = dict(zip(families, sns.color_palette("colorblind" if len(families) <= 10 else "husl",
-                                                       max(len(families), 1))))
+        # a family takes the report-wide colour of its own name, else of its first label (svite_d50 -> svite)
+        palette = {}
+        for family, labels in data.groupby("family", sort=True)["method"]:
+            style = ctx.styles.get(family) or ctx.styles.get(sorted(labels)[0], {"color": "grey"})
+            palette[family] = style["color"]
         for (ax_s, ax_g), backbone in zip(grid, backbones):
             panel = data[data["backbone"] == backbone]
             for family, rows in panel.groupby("family", sort=True):
                 rows = rows.sort_values(["sparsity_pct", "keep_ratio"])
                 c = "black" if family == DENSE_METHOD else palette[family]
                 ax_s.errorbar(rows["sparsity_pct"], rows["top1_mean"], yerr=rows["top1_std"].fillna(0), marker="o",
-                              color=c, capsize=3, label=family)
+                              color=c, capsize=3)
                 for r in rows[rows["keep_ratio"] < 1.0].itertuples(index=False):
                     ax_s.annotate(f"keep {r.keep_ratio:g}", (r.sparsity_pct, r.top1_mean), textcoords="offset points",
                                   xytext=(6, 0), fontsize=7, color="0.3", va="center")
