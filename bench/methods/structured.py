@@ -70,9 +70,10 @@ class StructuredSparsity:
             if not (module.training and o.requires_grad):
                 return
             attn = self._model.blocks[index].attn
+            saved = o.detach()  # not ``o`` itself: o -> hook -> closure -> o would be a cycle that outlives the step
 
             def grad_hook(g: torch.Tensor) -> None:
-                per_head = (g * o.detach()).reshape(*o.shape[:-1], attn.num_heads, attn.head_dim)
+                per_head = (g * saved).reshape(*saved.shape[:-1], attn.num_heads, attn.head_dim)
                 self.taylor[index] += per_head.sum(dim=tuple(range(per_head.dim() - 2)) + (per_head.dim() - 1,)).abs()
 
             o.register_hook(grad_hook)
