@@ -62,6 +62,8 @@ class _SparseTraining:
     """Mixin: the prune-and-grow training hooks around a ``self.sparsity`` (unstructured or structured)."""
 
     def _init_sparsity(self, sparsity: Any) -> None:
+        if not self.reduces_tokens and self.keep_ratio != 1.0:
+            raise UsageError(f"method {self.name!r} keeps every token (keep_ratio 1.0); its budget is 'density'")
         check_schedule(self.name, self.config)
         self.sparsity = sparsity
         self.clock = _SparseSchedule(self, sparsity)
@@ -112,8 +114,6 @@ class SViTE(_WeightSparse, Method):
 
     def __init__(self, keep_ratio: float = 1.0, seed: int = 0, **params: Any):
         super().__init__(keep_ratio, seed, **params)
-        if self.keep_ratio != 1.0:
-            raise UsageError(f"method {self.name!r} keeps every token (keep_ratio 1.0); its budget is 'density'")
         self._init_sparsity(UnstructuredSparsity(self.config["density"], self.seed))
 
     def apply(self, model: nn.Module) -> nn.Module:
@@ -133,8 +133,6 @@ class S2ViTE(_SparseTraining, Method):
 
     def __init__(self, keep_ratio: float = 1.0, seed: int = 0, **params: Any):
         super().__init__(keep_ratio, seed, **params)
-        if self.keep_ratio != 1.0:
-            raise UsageError(f"method {self.name!r} keeps every token (keep_ratio 1.0); its budget is 'density'")
         self._init_sparsity(StructuredSparsity(self.config["density"]))
         self.removed: dict[str, int] = {}
 
