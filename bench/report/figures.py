@@ -139,12 +139,9 @@ def _by_registry(ctx: FigureContext, names: set[str]) -> list[str]:
     return sorted(label for label, name in _registry_names(ctx).items() if name in names)
 
 
-@register_figure("dynamicvit_tradeoff", "DynamicViT-style top-1 vs GMACs across keep ratios (learned, static, random)")
-def dynamicvit_tradeoff(ctx: FigureContext) -> list[Path]:
-    labels = _by_registry(ctx, {"dynamicvit"})
-    if not labels:
-        return []
-    labels += _by_registry(ctx, {"static", "random", DENSE_METHOD})
+def _cost_accuracy(ctx: FigureContext, labels: list[str], published_methods: set[str], stem: str, title: str,
+                   xlabel: str) -> list[Path]:
+    """Top-1 vs GMACs, a panel per backbone, published points of ``published_methods`` as hollow markers."""
     data = _ok(ctx.summary, labels)
     backbones = sorted(data["backbone"].unique())
     if not backbones:
@@ -154,10 +151,18 @@ def dynamicvit_tradeoff(ctx: FigureContext) -> list[Path]:
         published = False
         for ax, backbone in zip(axes, backbones):
             _lines(ax, data[data["backbone"] == backbone], "gmacs", ctx.styles)
-            published |= _published(ax, ctx, backbone, {"dynamicvit", DENSE_METHOD}, "gmacs")
-            ax.set(title=backbone, xlabel=GMACS_LABEL, ylabel="Top-1 accuracy (%)")
-        return _finish(fig, axes, ctx, "paper_dynamicvit_tradeoff", "Top-1 vs GMACs (DynamicViT, Fig. 1 style)",
-                       published)
+            published |= _published(ax, ctx, backbone, published_methods | {DENSE_METHOD}, "gmacs")
+            ax.set(title=backbone, xlabel=xlabel, ylabel="Top-1 accuracy (%)")
+        return _finish(fig, axes, ctx, stem, title, published)
+
+
+@register_figure("dynamicvit_tradeoff", "DynamicViT-style top-1 vs GMACs across keep ratios (learned, static, random)")
+def dynamicvit_tradeoff(ctx: FigureContext) -> list[Path]:
+    labels = _by_registry(ctx, {"dynamicvit"})
+    if not labels:
+        return []
+    return _cost_accuracy(ctx, labels + _by_registry(ctx, {"static", "random", DENSE_METHOD}), {"dynamicvit"},
+                          "paper_dynamicvit_tradeoff", "Top-1 vs GMACs (DynamicViT, Fig. 1 style)", GMACS_LABEL)
 
 
 @register_figure("pruning_ablation", "learned vs static vs random token pruning: top-1 against the keep ratio")
@@ -187,17 +192,9 @@ def token_pooling_curves(ctx: FigureContext) -> list[Path]:
     if not pooling:
         return []
     labels = pooling + _by_registry(ctx, {"importance", "random", "grid_pool", "dynamicvit", DENSE_METHOD})
-    data = _ok(ctx.summary, labels)
-    backbones = sorted(data["backbone"].unique())
-    with sns.axes_style("whitegrid"), mpl.rc_context({"font.size": 10}):
-        fig, axes = _figure(len(backbones))
-        published = False
-        for ax, backbone in zip(axes, backbones):
-            _lines(ax, data[data["backbone"] == backbone], "gmacs", ctx.styles)
-            published |= _published(ax, ctx, backbone, {"token_pooling", DENSE_METHOD}, "gmacs")
-            ax.set(title=backbone, xlabel=GMACS_LABEL + ", clustering included", ylabel="Top-1 accuracy (%)")
-        return _finish(fig, axes, ctx, "paper_token_pooling_curves",
-                       "Cost-accuracy of token downsampling (Token Pooling style)", published)
+    return _cost_accuracy(ctx, labels, {"token_pooling"}, "paper_token_pooling_curves",
+                          "Cost-accuracy of token downsampling (Token Pooling style)",
+                          GMACS_LABEL + ", clustering included")
 
 
 @register_figure("svite_sparsity", "SViTE-style top-1 against sparsity, with measured and theoretical GMACs")
