@@ -98,7 +98,9 @@ def build_report(suite_dir: Path, out_dir: Path | None = None, workers: int | No
     paths: dict[str, Path] = {}
     title = f"Suite {suite} — {dataset}"
     matched = matched_budget(table)
-    abl = ablation(table)
+    # the ablation is about which tokens are kept: methods only ever run at keep 1.0 (weight sparsity) stay out
+    reducing = table.loc[table["keep_ratio"] < 1.0, "method"].dropna().unique()
+    abl = ablation(table, learned=sorted(set(reducing) - {"static", "random"}))
     ctx = FigureContext(table, summary, out_dir, styles, load_published())
     tasks: list[tuple[Callable[..., Any], tuple, dict]] = [
         (plot_tradeoff, (summary, f"{title}: top-1 vs compute", out_dir), {"styles": styles}),
