@@ -134,7 +134,6 @@ class S2ViTE(_SparseTraining, Method):
     def __init__(self, keep_ratio: float = 1.0, seed: int = 0, **params: Any):
         super().__init__(keep_ratio, seed, **params)
         self._init_sparsity(StructuredSparsity(self.config["density"]))
-        self.removed: dict[str, int] = {}
 
     def apply(self, model: nn.Module) -> nn.Module:
         check_vit(model, self.name)
@@ -151,7 +150,7 @@ class S2ViTE(_SparseTraining, Method):
                 "sparse_updates": len(self.clock.history)}
 
     def prepare_inference(self, model: nn.Module) -> nn.Module:
-        self.removed = remove_structures(model)
+        remove_structures(model)
         return model
 
 

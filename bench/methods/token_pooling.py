@@ -208,10 +208,6 @@ class GridPool(StagedPruning):
                 self._grids.append(new)
         return out
 
-    def apply(self, model: nn.Module) -> nn.Module:
-        self.stages(model)  # fixes the grids
-        return super().apply(model)
-
     def reduce(self, model: nn.Module, stage: int, patches: torch.Tensor, positions: torch.Tensor,
                keep: int) -> tuple[torch.Tensor, torch.Tensor]:
         (r, c), new = self._grids[stage], self._grids[stage + 1]

@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from bench.report.plots import DENSE_METHOD, GMACS_LABEL, fixed_layout, method_styles, save_figure
+from bench.report.table import _DASH, _md_table
 
 GMACS = "gmacs_fvcore_1mac_eq_1flop"
 N_BUDGETS = 5
@@ -31,7 +32,6 @@ ABLATION_COLUMNS = ["backbone", "keep_ratio", "method", "role", "n_seeds", "top1
                     "top1_ci_high", "control", "n_pairs", "diff_mean", "diff_ci_low", "diff_ci_high"]
 _CURVE = ["backbone", "method", "seed"]
 _TOP1 = ("n_seeds", "top1_mean", "top1_ci_low", "top1_ci_high")
-_DASH = "—"
 _BOOT_CELLS = 1 << 22  # groups x resamples per block: bounds bootstrap memory
 
 
@@ -232,11 +232,6 @@ def _budget(x: float) -> str:
     return f"{x:.2f}" if abs(x) >= 1 else f"{x:.3g}"
 
 
-def _md(header: list[str], rows: list[list[str]], align: str) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|"]
-    return "\n".join(lines + ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows])
-
-
 def matched_markdown(df: pd.DataFrame) -> str:
     """GitHub table of ``matched_budget``; the best method at each budget is marked "(best)"."""
     if df.empty:
@@ -244,7 +239,7 @@ def matched_markdown(df: pd.DataFrame) -> str:
     rows = [[r.backbone, _budget(r.budget_gmacs), f"{r.method} (best)" if r.method == r.best_method else r.method,
              str(r.n_seeds), _f(r.top1_mean), _ci(r.top1_ci_low, r.top1_ci_high), _f(r.diff_to_best, True),
              _ci(r.diff_ci_low, r.diff_ci_high, True)] for r in df.itertuples(index=False)]
-    return _md(["Backbone", "Budget (GMACs)", "Method", "Seeds", "Top-1 (%)", "95% CI", "Δ vs best (pp)", "95% CI"],
+    return _md_table(["Backbone", "Budget (GMACs)", "Method", "Seeds", "Top-1 (%)", "95% CI", "Δ vs best (pp)", "95% CI"],
                rows, "lrlrrrrr")
 
 
@@ -259,7 +254,7 @@ def ablation_markdown(df: pd.DataFrame) -> str:
              else r.method, r.role, str(r.n_seeds), _f(r.top1_mean), _ci(r.top1_ci_low, r.top1_ci_high),
              r.control if r.control is not None else _DASH, str(r.n_pairs), _f(r.diff_mean, True),
              _ci(r.diff_ci_low, r.diff_ci_high, True)] for r in df.itertuples(index=False)]
-    return _md(["Backbone", "Keep ratio", "Method", "Role", "Seeds", "Top-1 (%)", "95% CI", "vs control", "Pairs",
+    return _md_table(["Backbone", "Keep ratio", "Method", "Role", "Seeds", "Top-1 (%)", "95% CI", "vs control", "Pairs",
                 "Δ top-1 (pp)", "95% CI"], rows, "lrllrrrlrrr")
 
 
