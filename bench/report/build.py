@@ -68,17 +68,57 @@ def _warm_fonts() -> None:
         fig.savefig(io.BytesIO(), format=fmt)
 
 
-def _render(tasks: list[tuple[Callable[..., Any], tuple, dict]], workers: int | None) -> list[Path]:
-    """Draw the figures, in forked worker processes when there are cores for it: figure drawing dominates a
-    large report, and each figure is independent (and byte-stable whichever process draws it)."""
-    workers = workers or int(os.environ.get("TOKENBENCH_REPORT_WORKERS", os.cpu_count() or 1))
-    if workers > 1 and len(tasks) > 1 and "fork" in multiprocessing.get_all_start_methods():
-        _warm_fonts()  # once here, not once per forked worker
-        with multiprocessing.get_context("fork").Pool(min(workers, len(tasks))) as pool:
-            results = pool.map(_call, tasks, chunksize=1)
-    else:
-        results = [_call(t) for t in tasks]
-    return [p for paths in results for p in paths]
+class _Renderer:
+    """Draws figures while the caller goes on computing: in forked worker processes when there are cores
+    for it (figure drawing dominates a large report, each figure is independent, and byte-stable whichever
+    process draws it), else in line. Results come back in submission order."""
+
+    def __init__(self, workers: int | None, n_tasks: int) -> None:
+        workers = workers or int(os.environ.get("TOKENBENCH_REPORT_WORKERS", os.cpu_count() or 1))
+        self._pool = None
+        if workers > 1 and n_tasks > 1 and "fork" in multiprocessing.get_all_start_methods():
+            _warm_fonts()  # once here, not once per forked worker
+            self._pool = multiprocessing.get_context("fork").Pool(min(workers, n_tasks))
+        self._pending: list[Any] = []
+
+    def submit(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        task = (fn, args, kwargs)
+        self._pending.append(self._pool.apply_async(_call, (task,)) if self._pool else _call(task))
+
+    def results(self) -> list[Path]:
+        done = [r.get() if self._pool else r for r in self._pending]
+        return [p for paths in done for p in paths]
+
+    def __enter__(self) -> "_Renderer":
+        return self
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        if self._pool:  # on an error, stop drawing at once; else let the workers finish their last figure
+            self._pool.terminate() if exc_type else self._pool.close()
+            self._pool.join()
+
+
+def _write_tables(table: pd.DataFrame, summary: pd.DataFrame, matched: pd.DataFrame, abl: pd.DataFrame,
+                  suite: str, dataset: str, out_dir: Path) -> tuple[dict[str, Path], str, str, str]:
+    """Write the LaTeX and CSV tables; return their paths, the report text (written last, once the figures it
+    links exist) and the holes and provenance sections (shared with the index)."""
+    from bench.report.matched import ablation_markdown, matched_markdown
+
+    caption = (f"Results of suite {suite} on {dataset}: top-1 mean ± std over seeds; GMACs counted by fvcore "
+               f"(1 multiply-add = 1 flop); speed-up measured against dense.")
+    paths = {"results.tex": atomic_write_text(out_dir / "results.tex", render_latex(summary, caption)),
+             "results.csv": atomic_write_text(out_dir / "results.csv", render_csv(summary)),
+             "matched_budget.csv": atomic_write_text(out_dir / "matched_budget.csv",
+                                                     matched.to_csv(index=False, float_format="%.6g")),
+             "ablation.csv": atomic_write_text(out_dir / "ablation.csv", abl.to_csv(index=False, float_format="%.6g"))}
+    figures = [("top-1 vs GMACs", "tradeoff_top1_vs_gmacs.png"),
+               ("top-1 vs throughput", "tradeoff_top1_vs_throughput.png")]
+    extra = ["## Matched-budget comparison", matched_markdown(matched), "![matched budgets](matched_budget.png)",
+             "## Ablation: learned vs static vs random at equal keep ratios", ablation_markdown(abl),
+             "![ablation](ablation.png)"]
+    holes, provenance = _holes_section(table), _provenance_section(table)
+    report_md = render_markdown(table, summary, suite, dataset, figures, extra, holes=holes, provenance=provenance)
+    return paths, report_md, holes, provenance
 
 
 def build_report(suite_dir: Path, out_dir: Path | None = None, workers: int | None = None,
@@ -86,8 +126,7 @@ def build_report(suite_dir: Path, out_dir: Path | None = None, workers: int | No
     """Write the report; returns {file name: path}. ``workers``: processes drawing figures (default: the
     CPU count, or ``TOKENBENCH_REPORT_WORKERS``). Paper figures are ``bench figures``' job (the pipeline runs
     it first) unless ``paper_figures``; the index links whichever are in the folder."""
-    from bench.report.matched import (ablation, ablation_markdown, matched_budget, matched_markdown, plot_ablation,
-                                      plot_matched)
+    from bench.report.matched import ablation, matched_budget, plot_ablation, plot_matched
 
     suite_dir = Path(suite_dir)
     out_dir = Path(out_dir) if out_dir is not None else suite_dir / "report"
@@ -95,43 +134,38 @@ def build_report(suite_dir: Path, out_dir: Path | None = None, workers: int | No
     summary = summarize(table)
     suite, dataset = _suite_and_dataset(table, suite_dir)
     styles = method_styles(sorted(table["method"].dropna().unique()))  # one style per method, every figure
-    paths: dict[str, Path] = {}
     title = f"Suite {suite} — {dataset}"
-    matched = matched_budget(table)
-    # the ablation is about which tokens are kept: methods only ever run at keep 1.0 (weight sparsity) stay out
-    reducing = table.loc[table["keep_ratio"] < 1.0, "method"].dropna().unique()
-    abl = ablation(table, learned=sorted(set(reducing) - {"static", "random"}))
-    ctx = FigureContext(table, summary, out_dir, styles, load_published())
-    tasks: list[tuple[Callable[..., Any], tuple, dict]] = [
-        (plot_tradeoff, (summary, f"{title}: top-1 vs compute", out_dir), {"styles": styles}),
-        (plot_tradeoff, (summary, f"{title}: top-1 vs throughput", out_dir),
-         {"stem": "tradeoff_top1_vs_throughput", "x": "throughput", "styles": styles}),
-        (plot_matched, (matched, out_dir), {"styles": styles}),
-        (plot_ablation, (abl, out_dir), {"styles": styles}),
-        (_gallery, (table, suite_dir, out_dir), {}),
-    ] + [(_paper_figure, (ctx, name), {}) for name in (FIGURES.names() if paper_figures else [])]
-    paths.update({p.name: p for p in _render(tasks, workers)})
+    names = FIGURES.names() if paper_figures else []
+    # Figures are submitted as soon as their data exists, so workers draw while this process computes.
+    with _Renderer(workers, 5 + len(names)) as renderer:
+        renderer.submit(plot_tradeoff, summary, f"{title}: top-1 vs compute", out_dir, styles=styles)
+        renderer.submit(plot_tradeoff, summary, f"{title}: top-1 vs throughput", out_dir,
+                        stem="tradeoff_top1_vs_throughput", x="throughput", styles=styles)
+        renderer.submit(_gallery, table, suite_dir, out_dir)
+        matched = matched_budget(table)
+        renderer.submit(plot_matched, matched, out_dir, styles=styles)
+        # the ablation is about which tokens are kept: methods run only at keep 1.0 (weight sparsity) stay out
+        reducing = table.loc[table["keep_ratio"] < 1.0, "method"].dropna().unique()
+        abl = ablation(table, learned=sorted(set(reducing) - {"static", "random"}))
+        renderer.submit(plot_ablation, abl, out_dir, styles=styles)
+        if names:
+            ctx = FigureContext(table, summary, out_dir, styles, load_published())
+            for name in names:
+                renderer.submit(_paper_figure, ctx, name)
+        paths, report_md, holes, provenance = _write_tables(table, summary, matched, abl, suite, dataset, out_dir)
+        paths.update({p.name: p for p in renderer.results()})
     # paper figures drawn earlier by `bench figures` into this folder are part of the report too
     paths.update({p.name: p for p in sorted(out_dir.glob("paper_*.p*")) if p.name not in paths})
-    paths["results.tex"] = atomic_write_text(out_dir / "results.tex", render_latex(
-        summary, f"Results of suite {suite} on {dataset}: top-1 mean ± std over seeds; GMACs counted by fvcore "
-                 f"(1 multiply-add = 1 flop); speed-up measured against dense."))
-    paths["results.csv"] = atomic_write_text(out_dir / "results.csv", render_csv(summary))
-    paths["matched_budget.csv"] = atomic_write_text(out_dir / "matched_budget.csv",
-                                                    matched.to_csv(index=False, float_format="%.6g"))
-    paths["ablation.csv"] = atomic_write_text(out_dir / "ablation.csv", abl.to_csv(index=False, float_format="%.6g"))
-    figures = [("top-1 vs GMACs", "tradeoff_top1_vs_gmacs.png"), ("top-1 vs throughput", "tradeoff_top1_vs_throughput.png")]
-    extra = ["## Matched-budget comparison", matched_markdown(matched), "![matched budgets](matched_budget.png)",
-             "## Ablation: learned vs static vs random at equal keep ratios", ablation_markdown(abl),
-             "![ablation](ablation.png)"]
-    paths[REPORT_MD] = atomic_write_text(out_dir / REPORT_MD, render_markdown(table, summary, suite, dataset,
-                                                                             figures, extra))
-    paths[INDEX_MD] = atomic_write_text(out_dir / INDEX_MD, render_index(table, suite, dataset, paths))
-    return paths
+    paths[REPORT_MD] = atomic_write_text(out_dir / REPORT_MD, report_md)
+    paths[INDEX_MD] = atomic_write_text(out_dir / INDEX_MD, render_index(table, suite, dataset, paths,
+                                                                         holes=holes, provenance=provenance))
+    return dict(sorted(paths.items()))
 
 
-def render_index(table: pd.DataFrame, suite: str, dataset: str, paths: dict[str, Path]) -> str:
-    """One page linking every table and figure, with provenance and the runs that are holes."""
+def render_index(table: pd.DataFrame, suite: str, dataset: str, paths: dict[str, Path], *,
+                 holes: str | None = None, provenance: str | None = None) -> str:
+    """One page linking every table and figure, with provenance and the runs that are holes (both sections
+    are taken from the caller when it has already rendered them)."""
     names = sorted(paths)
     groups = [("Report", [n for n in names if n == REPORT_MD]),
               ("Tables", [n for n in names if n.endswith((".tex", ".csv"))]),
@@ -147,6 +181,7 @@ def render_index(table: pd.DataFrame, suite: str, dataset: str, paths: dict[str,
             lines += [f"## {heading}", ""] + [f"- [{n}]({n})" for n in files] + [""]
     registered = ", ".join(f"`{n}`" for n in FIGURES.names())
     lines += [f"Paper figures registered: {registered} (each draws only when the suite has its methods).", "",
-              "## Failed or missing runs", "", _holes_section(table), "", "## Provenance", "",
-              _provenance_section(table), ""]
+              "## Failed or missing runs", "",
+              _holes_section(table) if holes is None else holes, "", "## Provenance", "",
+              _provenance_section(table) if provenance is None else provenance, ""]
     return "\n".join(lines)

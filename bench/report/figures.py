@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from bench.registry import Registry
-from bench.report.plots import DENSE_METHOD, GMACS_LABEL, fixed_layout, save_figure
+from bench.report.plots import DENSE_METHOD, GMACS_LABEL, draw_error_bars, fixed_layout, save_figure
 
 PUBLISHED_DATASET = "imagenet-1k"
 
@@ -95,11 +95,12 @@ def _lines(ax: Any, data: pd.DataFrame, x: str, styles: dict[str, dict[str, Any]
     for method in sorted(data["method"].unique(), key=lambda m: (m != DENSE_METHOD, m)):
         rows = data[data["method"] == method].sort_values(x)
         st = styles.get(method, {"color": "grey", "marker": "o", "markersize": 7})
-        yerr = rows["top1_std"].where(rows["n_ok"] > 1)
-        ax.errorbar(rows[x], rows["top1_mean"], yerr=yerr.fillna(0) if yerr.notna().any() else None,
-                    color=st["color"], marker=st["marker"], markersize=st["markersize"], capsize=3,
-                    linestyle="-" if len(rows) > 1 else "none", label=method,
-                    markeredgecolor="black" if method == DENSE_METHOD else "white", markeredgewidth=0.6)
+        xs, ys = rows[x].to_numpy(dtype=float), rows["top1_mean"].to_numpy(dtype=float)
+        err = rows["top1_std"].where(rows["n_ok"] > 1).to_numpy(dtype=float)
+        draw_error_bars(ax, xs, ys - err, ys + err, [st["color"]] * len(rows))
+        ax.plot(xs, ys, color=st["color"], marker=st["marker"], markersize=st["markersize"],
+                linestyle="-" if len(rows) > 1 else "none", label=method,
+                markeredgecolor="black" if method == DENSE_METHOD else "white", markeredgewidth=0.6)
 
 
 def _published(ax: Any, ctx: FigureContext, backbone: str, methods: set[str], x: str) -> bool:
@@ -224,8 +225,10 @@ def svite_sparsity(ctx: FigureContext) -> list[Path]:
             for family, rows in panel.groupby("family", sort=True):
                 rows = rows.sort_values(["sparsity_pct", "keep_ratio"])
                 c = "black" if family == DENSE_METHOD else palette[family]
-                ax_s.errorbar(rows["sparsity_pct"], rows["top1_mean"], yerr=rows["top1_std"].fillna(0), marker="o",
-                              color=c, capsize=3)
+                xs, ys = rows["sparsity_pct"].to_numpy(dtype=float), rows["top1_mean"].to_numpy(dtype=float)
+                err = rows["top1_std"].to_numpy(dtype=float)
+                draw_error_bars(ax_s, xs, ys - err, ys + err, [c] * len(rows))
+                ax_s.plot(xs, ys, marker="o", color=c)
                 for r in rows[rows["keep_ratio"] < 1.0].itertuples(index=False):
                     ax_s.annotate(f"keep {r.keep_ratio:g}", (r.sparsity_pct, r.top1_mean), textcoords="offset points",
                                   xytext=(6, 0), fontsize=7, color="0.3", va="center")

@@ -19,7 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from bench.report.plots import DENSE_METHOD, GMACS_LABEL, fixed_layout, method_styles, save_figure
+from bench.report.plots import DENSE_METHOD, GMACS_LABEL, draw_error_bars, fixed_layout, method_styles, save_figure
 from bench.report.table import _DASH, _md_table
 
 GMACS = "gmacs_fvcore_1mac_eq_1flop"
@@ -258,11 +258,6 @@ def ablation_markdown(df: pd.DataFrame) -> str:
                 "Δ top-1 (pp)", "95% CI"], rows, "lrllrrrlrrr")
 
 
-def _yerr(d: pd.DataFrame) -> np.ndarray:
-    """Asymmetric CI error bars; zero where the CI is undefined (one seed)."""
-    return np.nan_to_num(np.vstack([d["top1_mean"] - d["top1_ci_low"], d["top1_ci_high"] - d["top1_mean"]]))
-
-
 def _ordered(methods: Any) -> list[str]:
     return sorted(set(methods), key=lambda m: (m != DENSE_METHOD, m))
 
@@ -306,9 +301,11 @@ def _draw_matched(ax: Any, data: pd.DataFrame, styles: dict[str, dict[str, Any]]
         rows = data[data["method"] == method].sort_values("budget_gmacs")
         x = rows["budget_gmacs"].to_numpy() + (i - (len(methods) - 1) / 2) * 0.3 * gap / max(len(methods), 1)
         style = styles[method]
-        ax.errorbar(x, rows["top1_mean"], yerr=_yerr(rows), color=style["color"], marker=style["marker"],
-                    markersize=style["markersize"], linestyle="-" if len(rows) > 1 else "none", linewidth=1.4,
-                    capsize=3, zorder=3)
+        y = rows["top1_mean"].to_numpy(dtype=float)
+        draw_error_bars(ax, x, rows["top1_ci_low"].to_numpy(dtype=float), rows["top1_ci_high"].to_numpy(dtype=float),
+                        [style["color"]] * len(rows))
+        ax.plot(x, y, color=style["color"], marker=style["marker"], markersize=style["markersize"],
+                linestyle="-" if len(rows) > 1 else "none", linewidth=1.4, zorder=3)
         is_best = (rows["method"] == rows["best_method"]).to_numpy()
         ax.scatter(x[is_best], rows["top1_mean"].to_numpy()[is_best], s=230, facecolors="none",
                    edgecolors="black", linewidths=1.4, zorder=5)
@@ -349,8 +346,10 @@ def _draw_ablation(ax: Any, data: pd.DataFrame, styles: dict[str, dict[str, Any]
         x = np.searchsorted(ratios, rows["keep_ratio"].to_numpy(dtype=float)) + (i - (len(methods) - 1) / 2) * width
         control = rows["role"].iloc[0] == "control"
         style = styles[method]
-        ax.errorbar(x, rows["top1_mean"], yerr=_yerr(rows), capsize=2, color=style["color"], marker=style["marker"],
-                    markersize=7, linestyle="none", markerfacecolor="white" if control else style["color"], zorder=3)
+        draw_error_bars(ax, x, rows["top1_ci_low"].to_numpy(dtype=float), rows["top1_ci_high"].to_numpy(dtype=float),
+                        [style["color"]] * len(rows))
+        ax.plot(x, rows["top1_mean"].to_numpy(dtype=float), color=style["color"], marker=style["marker"],
+                markersize=7, linestyle="none", markerfacecolor="white" if control else style["color"], zorder=3)
     ax.set_xticks(np.arange(len(ratios)), [f"keep {r:g}" for r in ratios])
     ax.margins(y=0.12)
 

@@ -27,11 +27,24 @@ def _col(table: pd.DataFrame, name: str) -> pd.Series:
     return table[name] if name in table else pd.Series(np.nan, index=table.index)
 
 
-def _joined(values: pd.Series) -> str:
-    out = set()
-    for v in values.dropna():
-        out.add(str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))
-    return "/".join(sorted(out, key=lambda s: (len(s), s)))
+def _text(v: object) -> str:
+    return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+
+
+def _joined(frame: pd.DataFrame, column: str, sep: str = "/") -> pd.Series:
+    """Per group of GROUP_KEYS: the distinct non-missing values of ``column`` as text, shortest first.
+
+    One pass over the distinct (group, value) pairs in plain Python: a per-group pandas ``agg`` costs
+    ~0.1 ms per group, a quarter of a second on a 10,000-run table."""
+    pairs = frame[GROUP_KEYS + [column]].dropna(subset=[column]).drop_duplicates()
+    groups: dict[tuple, set[str]] = {}
+    for *key, value in pairs.itertuples(index=False, name=None):
+        groups.setdefault(tuple(key), set()).add(_text(value))
+    if not groups:
+        return pd.Series(dtype=object)
+    index = pd.MultiIndex.from_tuples(list(groups), names=GROUP_KEYS)
+    return pd.Series([sep.join(sorted(v, key=lambda s: (len(s), s))) for v in groups.values()], index=index,
+                     dtype=object)
 
 
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
@@ -65,10 +78,10 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
         "throughput": g["throughput"].median(), "throughput_iqr": g["throughput_iqr"].median(),
     })
     text = ok[GROUP_KEYS].assign(seed=_col(ok, "seed"), batch=_col(ok, "throughput_batch_size"),
-                                 device=_col(ok, "throughput_device")).groupby(GROUP_KEYS, sort=True)
-    stats["seeds_ok"] = text["seed"].agg(lambda s: ",".join(_joined(s).split("/")))
-    stats["throughput_batch"] = text["batch"].agg(_joined)
-    stats["throughput_device"] = text["device"].agg(_joined)
+                                 device=_col(ok, "throughput_device"))
+    stats["seeds_ok"] = _joined(text, "seed", sep=",")
+    stats["throughput_batch"] = _joined(text, "batch")
+    stats["throughput_device"] = _joined(text, "device")
     counts = pd.DataFrame({"n_runs": keyed.groupby(GROUP_KEYS, sort=True).size(),
                            "n_ok": ok.groupby(GROUP_KEYS, sort=True).size()})
     summary = counts.join(stats, how="left").reset_index()

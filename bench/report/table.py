@@ -29,7 +29,7 @@ def _finite(value: Any) -> bool:
 def _uniq(values: pd.Series) -> list[str]:
     """Sorted distinct non-missing values as strings (for 'batch 256 @ cuda' style cells)."""
     out = set()
-    for v in values.dropna():
+    for v in values.dropna().unique():  # distinct first: a 10,000-run column has a handful of values
         out.add(str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))
     return sorted(out)
 
@@ -182,7 +182,7 @@ def _provenance_section(table: pd.DataFrame) -> str:
         for sha, dirty in sorted(pairs.itertuples(index=False), key=lambda p: (str(p[0]), str(p[1]))):
             flag = "dirty flag unknown" if pd.isna(dirty) else "dirty" if bool(dirty) else "clean"
             shas.append(f"`{sha}` ({flag})")
-    stamps = sorted((parse_created_at(v), v) for v in table["created_at"].dropna())
+    stamps = sorted((parse_created_at(v), v) for v in table["created_at"].dropna().unique())
     stamps = [s for s in stamps if s[0].year > 1]
     dates = f"{stamps[0][1]} … {stamps[-1][1]}" if stamps else _DASH
     items = [
@@ -207,8 +207,10 @@ def _suite_and_dataset(table: pd.DataFrame, suite_dir: Path) -> tuple[str, str]:
 
 
 def render_markdown(table: pd.DataFrame, summary: pd.DataFrame, suite: str, dataset: str,
-                    figures: list[tuple[str, str]] | None = None, extra: list[str] | None = None) -> str:
-    """Full report text: results table, figures, extra sections, holes, provenance."""
+                    figures: list[tuple[str, str]] | None = None, extra: list[str] | None = None, *,
+                    holes: str | None = None, provenance: str | None = None) -> str:
+    """Full report text: results table, figures, extra sections, holes, provenance (the last two taken from
+    the caller when it has already rendered them)."""
     n_ok = int((table["status"] == "ok").sum())
     parts = [
         f"# Report: suite `{suite}`",
@@ -227,5 +229,6 @@ def render_markdown(table: pd.DataFrame, summary: pd.DataFrame, suite: str, data
     for caption, name in figures or []:
         parts.append(f"![{caption}]({name})")
     parts += list(extra or [])
-    parts += ["## Failed or missing runs", _holes_section(table), "## Provenance", _provenance_section(table)]
+    parts += ["## Failed or missing runs", _holes_section(table) if holes is None else holes,
+              "## Provenance", _provenance_section(table) if provenance is None else provenance]
     return "\n\n".join(parts) + "\n"
