@@ -60,6 +60,29 @@ def test_published_points_only_where_backbone_and_dataset_match(table):
     assert not _published(ax, other, "deit_small_patch16_224", {"dynamicvit"}, "gmacs")
 
 
+def test_published_sheet_is_sourced_and_uses_registry_names_where_it_plots(table):
+    from bench.methods import list_methods
+
+    pub = load_published()
+    assert pub["source"].notna().all() and (pub["source"].str.strip() != "").all()
+    for column in ("keep_ratio", "top1", "top5", "gmacs", "params_m", "throughput_img_s", "weight_sparsity_pct"):
+        assert pub[column].dtype.kind == "f", f"{column} holds non-numbers"
+    assert ((pub["top1"].dropna() > 0) & (pub["top1"].dropna() < 100)).all()
+    # rows on the harness's backbones and with a plottable x name registry methods, so they land on the
+    # matching curves (descriptive names, e.g. ablation variants, are reference-only)
+    registry = set(list_methods())
+    plotted = pub[pub["backbone"].str.startswith("deit_") & ~pub["backbone"].str.contains(" ")
+                  & pub["top1"].notna() & pub["method"].isin(registry)]
+    assert {"dense", "dynamicvit", "static", "random", "svite", "s2vite", "svite_plus"} <= set(plotted["method"])
+    fig = Figure()
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ctx = ctx_for(table, Path("."))
+    assert _published(ax, ctx, "deit_small_patch16_224", {"static", "random"}, "keep_ratio")  # Table 4, rho 0.7
+    assert _published(ax, ctx, "deit_base_patch16_224", {"svite", "s2vite"}, "weight_sparsity_pct")
+    assert not _published(ax, ctx, "deit_tiny_patch16_224", {"svite"}, "weight_sparsity_pct")
+
+
 def test_pareto_front():
     import pandas as pd
 

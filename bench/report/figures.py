@@ -103,17 +103,21 @@ def _lines(ax: Any, data: pd.DataFrame, x: str, styles: dict[str, dict[str, Any]
                 markeredgecolor="black" if method == DENSE_METHOD else "white", markeredgewidth=0.6)
 
 
-def _published(ax: Any, ctx: FigureContext, backbone: str, methods: set[str], x: str) -> bool:
-    """Hollow markers for published points of these registry methods on this backbone (ImageNet-1k only)."""
+def _published(ax: Any, ctx: FigureContext, backbone: str, methods: set[str], x: str,
+               colors: dict[str, Any] | None = None) -> bool:
+    """Hollow markers for published points of these registry methods on this backbone (ImageNet-1k only).
+    ``x``: a column of published.csv (gmacs, keep_ratio, weight_sparsity_pct); ``colors`` overrides the
+    report's per-method colours (figures that colour by method family)."""
     datasets = set(ctx.table.loc[ctx.table["backbone"] == backbone, "dataset"].dropna())
-    if PUBLISHED_DATASET not in datasets:
+    if PUBLISHED_DATASET not in datasets or x not in ctx.published:
         return False
     pub = ctx.published
     pub = pub[(pub["backbone"] == backbone) & pub["method"].isin(methods) & pub["top1"].notna() & pub[x].notna()]
     for r in pub.itertuples(index=False):
         st = ctx.styles.get(r.method, {"color": "black", "marker": "o"})
-        ax.plot([getattr(r, x)], [r.top1], linestyle="none", marker=st["marker"], markersize=9,
-                markerfacecolor="none", markeredgecolor=st["color"], markeredgewidth=1.5, zorder=5)
+        color = (colors or {}).get(r.method, st["color"])
+        ax.plot([getattr(r, x)], [r.top1], linestyle="none", marker=st.get("marker", "o"), markersize=9,
+                markerfacecolor="none", markeredgecolor=color, markeredgewidth=1.5, zorder=5)
     return not pub.empty
 
 
@@ -176,15 +180,18 @@ def pruning_ablation(ctx: FigureContext) -> list[Path]:
     backbones = sorted(data["backbone"].unique())
     with sns.axes_style("whitegrid"), mpl.rc_context({"font.size": 10}):
         fig, axes = _figure(len(backbones))
+        published = False
         for ax, backbone in zip(axes, backbones):
             panel = data[(data["backbone"] == backbone) & (data["method"] != DENSE_METHOD)]
             _lines(ax, panel, "keep_ratio", ctx.styles)
             dense = data[(data["backbone"] == backbone) & (data["method"] == DENSE_METHOD)]
             for y in dense["top1_mean"]:
                 ax.axhline(y, color="black", linestyle=":", linewidth=1, label="dense")
+            # DynamicViT's Table 1 ratios and its Table 4 static/random rows at rho 0.7's budget
+            published |= _published(ax, ctx, backbone, {"dynamicvit", "static", "random"}, "keep_ratio")
             ax.set(title=backbone, xlabel="keep ratio rho (tokens kept per stage)", ylabel="Top-1 accuracy (%)")
         return _finish(fig, axes, ctx, "paper_pruning_ablation", "Learned vs static vs random at equal keep ratios",
-                       False)
+                       published)
 
 
 @register_figure("token_pooling_curves", "Token Pooling-style cost-accuracy curves of the pooling variants and baselines")
@@ -220,6 +227,7 @@ def svite_sparsity(ctx: FigureContext) -> list[Path]:
         for family, labels in data.groupby("family", sort=True)["method"]:
             style = ctx.styles.get(family) or ctx.styles.get(sorted(labels)[0], {"color": "grey"})
             palette[family] = style["color"]
+        published = False
         for (ax_s, ax_g), backbone in zip(grid, backbones):
             panel = data[data["backbone"] == backbone]
             for family, rows in panel.groupby("family", sort=True):
@@ -236,11 +244,13 @@ def svite_sparsity(ctx: FigureContext) -> list[Path]:
                 if rows["theoretical_gmacs"].notna().any():
                     ax_g.plot(rows["theoretical_gmacs"], rows["top1_mean"], marker="o", markerfacecolor="none",
                               linestyle="--", color=c, label=f"{family} (theoretical)")
+            published |= _published(ax_s, ctx, backbone, {"svite", "s2vite", "svite_plus"}, "weight_sparsity_pct",
+                                    colors=palette)
             ax_s.set(title=backbone, xlabel="sparsity (% of weights, heads or neurons removed)",
                      ylabel="Top-1 accuracy (%)")
             ax_g.set(title=backbone, xlabel=GMACS_LABEL, ylabel="Top-1 accuracy (%)")
         return _finish(fig, grid.flat, ctx, "paper_svite_sparsity",
-                       "Top-1 vs sparsity (SViTE style); GMACs measured (solid) and nonzero-only (dashed)", False)
+                       "Top-1 vs sparsity (SViTE style); GMACs measured (solid) and nonzero-only (dashed)", published)
 
 
 def build_figures(ctx: FigureContext, only: list[str] | None = None) -> dict[str, list[Path]]:
