@@ -83,6 +83,31 @@ def test_published_sheet_is_sourced_and_uses_registry_names_where_it_plots(table
     assert not _published(ax, ctx, "deit_tiny_patch16_224", {"svite"}, "weight_sparsity_pct")
 
 
+def test_keep_ratio_labels_merge_points_that_would_overlap():
+    import pandas as pd
+
+    from bench.report.plots import tradeoff_figure
+
+    rows = [("dense", 1.0, 4.6, 80.0)] + [(m, 0.7, g, a) for m, g, a in
+                                          [("a", 2.90, 79.0), ("b", 2.91, 78.0), ("c", 2.95, 77.5)]]
+    rows += [("a", 0.5, 2.2, 77.0), ("b", 0.5, 3.6, 76.0)]  # one ratio, far apart: two labels
+    summary = pd.DataFrame([{"backbone": "deit_small_patch16_224", "method": m, "keep_ratio": k, "gmacs": g,
+                             "top1_mean": a, "top1_std": 0.2, "n_ok": 2, "throughput": 1.0} for m, k, g, a in rows])
+    fig = tradeoff_figure(summary, "t")
+    labels = sorted(t.get_text() for t in fig.axes[0].texts)
+    assert labels == ["keep 0.5", "keep 0.5", "keep 0.7"]  # none for keep 1.0 (dense)
+
+
+def test_report_commands_import_seaborn_without_scipy_stats():
+    import subprocess
+
+    code = ("import sys; from bench.cli import _import_seaborn_for_reports as f; f(); "
+            "assert 'seaborn' in sys.modules and sys.modules.get('scipy.stats') is None, sorted(sys.modules); "
+            "import scipy.stats, seaborn; print(scipy.stats.norm.cdf(0.0))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "0.5"  # scipy still imports normally afterwards
+
+
 def test_pareto_front():
     import pandas as pd
 
@@ -107,14 +132,14 @@ def test_full_report_on_a_large_table_with_holes(table, tmp_path):
 
 def test_gallery_from_recorded_kept_tokens(tiny_vit, tmp_path):
     entries = []
-    for name in ("token_pooling", "static"):
+    for name in ("token_pooling", "grid_pool", "static"):
         model = tiny_vit(8)
         method = create_method(name, 0.5)
         method.apply(model)
         path = record_kept_tokens(model.eval(), method, torch.randn(3, 1, 32, 32), tmp_path / f"{name}.npz")
         data = np.load(path)
         assert data["masks"].shape == (3, 3, 8, 8) and data["images"].dtype == np.uint8
-        assert ("groups" in data.files) == (name == "token_pooling")
+        assert ("groups" in data.files) == (name != "static")  # pooling methods record their merged groups
         entries.append((name, path))
     out = plot_gallery(entries, tmp_path / "gallery.png")
     assert out.stat().st_size > 0

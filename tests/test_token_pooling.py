@@ -7,7 +7,7 @@ from bench.methods import create_method
 from bench.methods.clustering import (farthest_point_init, kmeans, kmedoids, reconstruction_error,
                                       significance_init)
 from bench.methods.pruning import stage_keep_counts
-from bench.methods.token_pooling import POOLER, pooled_grid
+from bench.methods.token_pooling import POOLER, pooled_grid, window_cells
 
 FITS = {"kmeans": kmeans, "kmedoids": kmedoids}
 
@@ -198,6 +198,22 @@ def test_pooling_groups_cover_every_patch(tiny_vit):
         assert int(groups.max()) < k and int(groups.min()) >= 0
 
 
+def test_grid_pool_groups_are_its_pooling_windows(tiny_vit):
+    model, method = patched(tiny_vit, "grid_pool", keep=0.5)
+    method.record_kept = True
+    with torch.no_grad():
+        model(torch.randn(2, 1, 32, 32))
+    grids = method._grids  # 8x8 patches pooled stage by stage
+    assert len(method.last_groups) == len(grids) - 1
+    for groups, (r, c) in zip(method.last_groups, grids[1:]):
+        assert groups.shape == (2, 64) and torch.equal(groups[0], groups[1])  # windows do not depend on the image
+        assert sorted(groups[0].unique().tolist()) == list(range(r * c))  # every pooled cell owns patches
+        cells = groups[0].reshape(8, 8)
+        # row-major windows: cell indices never decrease along a row or down a column
+        assert (cells.diff(dim=1) >= 0).all() and (cells.diff(dim=0) >= 0).all()
+    assert window_cells((4, 4), (2, 2)).tolist() == [0, 0, 1, 1, 0, 0, 1, 1, 2, 2, 3, 3, 2, 2, 3, 3]
+
+
 def test_remove_restores_the_dense_model(tiny_vit):
     model, method = patched(tiny_vit)
     dense = tiny_vit(8).eval()
@@ -226,6 +242,13 @@ def test_importance_keeps_the_most_attended_tokens(tiny_vit):
                                                        (14, 14, 196, (14, 14)), (4, 4, 1, (1, 1))])
 def test_pooled_grid_is_the_largest_within_budget(rows, cols, budget, expected):
     assert pooled_grid(rows, cols, budget) == expected
+
+
+def test_grid_pool_stages_stay_two_dimensional(tiny_vit):
+    model, method = patched(tiny_vit, "grid_pool", keep=0.5)
+    method.stages(model)
+    assert method._grids == [(8, 8), (4, 8), (4, 4), (2, 4)]  # budgets 32, 16, 8 of a square 8x8 grid
+    assert pooled_grid(4, 8, 16) == (2, 8) and pooled_grid(4, 8, 16, aspect=1.0) == (4, 4)
 
 
 def test_grid_pool_averages_windows(tiny_vit):

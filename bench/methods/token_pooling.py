@@ -174,15 +174,18 @@ class Importance(_SignificanceMethod):
         return self.significance(stage)
 
 
-def pooled_grid(rows: int, cols: int, budget: int) -> tuple[int, int]:
-    """The largest grid with at most ``budget`` cells that fits in rows x cols, closest to its aspect."""
+def pooled_grid(rows: int, cols: int, budget: int, aspect: float | None = None) -> tuple[int, int]:
+    """The largest grid with at most ``budget`` cells that fits in rows x cols; among equally large ones, the
+    closest to ``aspect`` (rows/cols; default this grid's). Stages pass the image's patch-grid aspect, so a
+    square image is pooled to near-square grids (8x8 -> 4x8 -> 4x4 -> 2x4), not to ever thinner strips."""
+    aspect = rows / cols if aspect is None else aspect
     best = (1, 1)
     for r in range(1, rows + 1):
         c = min(cols, budget // r)
         if c < 1:
             break
         better = r * c > best[0] * best[1] or (
-            r * c == best[0] * best[1] and abs(r / c - rows / cols) < abs(best[0] / best[1] - rows / cols))
+            r * c == best[0] * best[1] and abs(r / c - aspect) < abs(best[0] / best[1] - aspect))
         if better:
             best = (r, c)
     return best
@@ -196,13 +199,20 @@ class GridPool(StagedPruning):
     def __init__(self, keep_ratio: float = 1.0, seed: int = 0, **params: Any):
         super().__init__(keep_ratio, seed, **params)
         self._grids: list[tuple[int, int]] = []
+        #: per stage, (B, num_patches) index of the pooled cell each original patch ended up in (as token_pooling)
+        self.last_groups: list[torch.Tensor] = []
+        self._owner: torch.Tensor | None = None
+
+    def on_forward_start(self, x: torch.Tensor) -> None:
+        self._owner = None
+        self.last_groups = []
 
     def stages(self, model: nn.Module) -> list[tuple[int, int]]:
         grid = tuple(model.patch_embed.grid_size)
         self._grids = [grid]
         out = []
         for block, budget in super().stages(model):
-            new = pooled_grid(*self._grids[-1], budget)
+            new = pooled_grid(*self._grids[-1], budget, aspect=grid[0] / grid[1])
             if new[0] * new[1] < self._grids[-1][0] * self._grids[-1][1]:
                 out.append((block, new[0] * new[1]))
                 self._grids.append(new)
@@ -219,4 +229,22 @@ class GridPool(StagedPruning):
         pos = positions.reshape(B, 1, r, c).to(patches.dtype)
         rr = F.adaptive_avg_pool2d(torch.div(pos, cols, rounding_mode="floor"), new).round()
         cc = F.adaptive_avg_pool2d(pos % cols, new).round()
+        if self.record_kept:
+            cell = window_cells((r, c), new).to(positions.device)
+            owner = self._owner if self._owner is not None else positions  # first stage: every patch, in order
+            self._owner = cell[owner]
+            self.last_groups.append(self._owner.detach().cpu())
         return pooled, (rr * cols + cc).flatten(1).long()
+
+
+def window_cells(grid: tuple[int, int], pooled: tuple[int, int]) -> torch.Tensor:
+    """(rows*cols,) index of the pooled cell whose adaptive-pooling window holds each input cell, row-major.
+
+    Adaptive windows overlap when the sizes do not divide (rows i*R//R' to ceil((i+1)*R/R')): a cell in two
+    windows is given to the later one, so the groups partition the grid as drawn in the gallery."""
+    def axis(n: int, m: int) -> torch.Tensor:
+        starts = torch.tensor([(i * n) // m for i in range(m)])
+        return torch.searchsorted(starts, torch.arange(n), right=True) - 1
+
+    rows, cols = axis(grid[0], pooled[0]), axis(grid[1], pooled[1])
+    return (rows[:, None] * pooled[1] + cols[None, :]).flatten()
