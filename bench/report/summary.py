@@ -27,7 +27,8 @@ def _col(table: pd.DataFrame, name: str) -> pd.Series:
     return table[name] if name in table else pd.Series(np.nan, index=table.index)
 
 
-def _text(v: object) -> str:
+def value_text(v: object) -> str:
+    """A cell value as text, whole floats without '.0' (batch 256.0 -> '256')."""
     return str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
 
 
@@ -39,7 +40,7 @@ def _joined(frame: pd.DataFrame, column: str, sep: str = "/") -> pd.Series:
     pairs = frame[GROUP_KEYS + [column]].dropna(subset=[column]).drop_duplicates()
     groups: dict[tuple, set[str]] = {}
     for *key, value in pairs.itertuples(index=False, name=None):
-        groups.setdefault(tuple(key), set()).add(_text(value))
+        groups.setdefault(tuple(key), set()).add(value_text(value))
     if not groups:
         return pd.Series(dtype=object)
     index = pd.MultiIndex.from_tuples(list(groups), names=GROUP_KEYS)

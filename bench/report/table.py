@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.report.summary import missing_runs
+from bench.report.summary import missing_runs, value_text
 from bench.results.collect import TABLE_PARQUET, parse_created_at
 
 GMACS_HEADER = "GMACs (fvcore, 1 MAC = 1 flop)"
@@ -28,10 +28,8 @@ def _finite(value: Any) -> bool:
 
 def _uniq(values: pd.Series) -> list[str]:
     """Sorted distinct non-missing values as strings (for 'batch 256 @ cuda' style cells)."""
-    out = set()
-    for v in values.dropna().unique():  # distinct first: a 10,000-run column has a handful of values
-        out.add(str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))
-    return sorted(out)
+    # distinct first: a 10,000-run column has a handful of values
+    return sorted({value_text(v) for v in values.dropna().unique()})
 
 
 def _num(value: Any, decimals: int) -> str:
