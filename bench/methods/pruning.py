@@ -49,7 +49,11 @@ class StagedPruning(Method):
         #: kept original patch positions per stage from the last forward (for visualisation)
         self.record_kept = False
         self.last_kept: list[torch.Tensor] = []
+        #: for methods that merge tokens: per stage, (B, num_patches) index of the token each original patch
+        #: ended up in (see record_groups)
+        self.last_groups: list[torch.Tensor] = []
         self._positions: torch.Tensor | None = None
+        self._owner: torch.Tensor | None = None
 
     # -- schedule -----------------------------------------------------------------------------
     def stages(self, model: nn.Module) -> list[tuple[int, int]]:
@@ -110,7 +114,16 @@ class StagedPruning(Method):
     def _reset_hook(self, module: nn.Module, args: tuple) -> None:
         self._positions = None
         self.last_kept = []
+        self._owner = None
+        self.last_groups = []
         self.on_forward_start(args[0])
+
+    def record_groups(self, assignment: torch.Tensor, positions: torch.Tensor) -> None:
+        """Merging methods call this from ``reduce`` when ``record_kept``: ``assignment`` (B, N) is the new
+        token each current token goes into; composed over stages into ``last_groups``."""
+        owner = self._owner if self._owner is not None else positions  # first stage: every patch, in order
+        self._owner = torch.gather(assignment, 1, owner)
+        self.last_groups.append(self._owner.detach().cpu())
 
     def on_forward_start(self, x: torch.Tensor) -> None:
         """Called before the first block of every forward."""

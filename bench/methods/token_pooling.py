@@ -133,9 +133,6 @@ class TokenPooling(_SignificanceMethod):
         super().__init__(keep_ratio, seed, **params)
         if self.config["iterations"] < 1:
             raise UsageError(f"method {self.name!r}: parameter 'iterations' must be >= 1, got {self.config['iterations']}")
-        #: per stage, (B, num_patches) index of the pooled token each original patch ended up in (-1: none)
-        self.last_groups: list[torch.Tensor] = []
-        self._owner: torch.Tensor | None = None
         self._pooled: nn.Module | None = None
 
     def apply(self, model: nn.Module) -> nn.Module:
@@ -145,17 +142,11 @@ class TokenPooling(_SignificanceMethod):
             self._pooled = model
         return super().apply(model)
 
-    def on_forward_start(self, x: torch.Tensor) -> None:
-        self._owner = None
-        self.last_groups = []
-
     def reduce(self, model: nn.Module, stage: int, patches: torch.Tensor, positions: torch.Tensor,
                keep: int) -> tuple[torch.Tensor, torch.Tensor]:
         fit: Clustering = getattr(model, POOLER)(patches, self.significance(stage), keep)
         if self.record_kept:
-            owner = self._owner if self._owner is not None else positions
-            self._owner = torch.gather(fit.assignment, 1, owner)
-            self.last_groups.append(self._owner.detach().cpu())
+            self.record_groups(fit.assignment, positions)
         return fit.tokens, torch.gather(positions, 1, fit.representative)
 
     def remove(self) -> None:
@@ -199,13 +190,6 @@ class GridPool(StagedPruning):
     def __init__(self, keep_ratio: float = 1.0, seed: int = 0, **params: Any):
         super().__init__(keep_ratio, seed, **params)
         self._grids: list[tuple[int, int]] = []
-        #: per stage, (B, num_patches) index of the pooled cell each original patch ended up in (as token_pooling)
-        self.last_groups: list[torch.Tensor] = []
-        self._owner: torch.Tensor | None = None
-
-    def on_forward_start(self, x: torch.Tensor) -> None:
-        self._owner = None
-        self.last_groups = []
 
     def stages(self, model: nn.Module) -> list[tuple[int, int]]:
         grid = tuple(model.patch_embed.grid_size)
@@ -230,10 +214,7 @@ class GridPool(StagedPruning):
         rr = F.adaptive_avg_pool2d(torch.div(pos, cols, rounding_mode="floor"), new).round()
         cc = F.adaptive_avg_pool2d(pos % cols, new).round()
         if self.record_kept:
-            cell = window_cells((r, c), new).to(positions.device)
-            owner = self._owner if self._owner is not None else positions  # first stage: every patch, in order
-            self._owner = cell[owner]
-            self.last_groups.append(self._owner.detach().cpu())
+            self.record_groups(window_cells((r, c), new).to(positions.device).expand(B, -1), positions)
         return pooled, (rr * cols + cc).flatten(1).long()
 
 
