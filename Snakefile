@@ -71,7 +71,16 @@ def run_spec(run_id):
     """Everything that defines a run's result: a change re-runs it (params are a rerun trigger)."""
     r = RUNS[run_id]
     return json.dumps({"method": r.method_name, "params": r.method_params, "keep": r.keep_ratio, "seed": r.seed,
-                       "recipe": r.finetune, "data": SUITE.data}, sort_keys=True)
+                       "recipe": r.finetune, "weights": r.weights, "data": SUITE.data}, sort_keys=True)
+
+
+def trained_model(wc):
+    """What a run is evaluated from: its fine-tuned model, or with finetune: none the pretrained backbone
+    (and the method's given weights), so that no fine-tune job exists for it."""
+    r = RUNS[wc.run]
+    if r.finetune is not None:
+        return [f"{OUT}/runs/{wc.run}/model.pth"]
+    return [f"{OUT}/pretrain/{r.backbone}/model.pth", *([r.weights] if r.weights else [])]
 
 
 wildcard_constraints:
@@ -124,11 +133,11 @@ rule finetune:
 
 rule evaluate:
     input:
-        f"{OUT}/runs/{{run}}/model.pth",
+        trained_model,
     output:
         f"{OUT}/runs/{{run}}/run.json",
     params:
-        spec=lambda wc: json.dumps(SUITE.evaluate, sort_keys=True),
+        spec=lambda wc: json.dumps(SUITE.evaluate, sort_keys=True) + ("" if RUNS[wc.run].finetune else run_spec(wc.run)),
     resources:
         **COMPUTE_RESOURCES,
     log:

@@ -1,6 +1,8 @@
 """`bench`: the command line. Every user error is one line on stderr and exit code 2."""
 from __future__ import annotations
 
+import json
+
 import sys
 from pathlib import Path
 
@@ -52,7 +54,9 @@ def ls(what: str) -> None:
 @cli.command()
 @click.argument("suite")
 @click.option("--runs", "show_runs", is_flag=True, help="Also list every run id.")
-def validate(suite: str, show_runs: bool) -> None:
+@click.option("--recipe", "show_recipe", is_flag=True,
+              help="Print the resolved training recipe of every run with where each value came from.")
+def validate(suite: str, show_runs: bool, show_recipe: bool) -> None:
     """Validate SUITE (a name under suites/ or a YAML path) and show its grid."""
     from bench.config import load_suite
 
@@ -63,6 +67,28 @@ def validate(suite: str, show_runs: bool) -> None:
     if show_runs:
         for r in s.runs:
             click.echo(r.run_id)
+    if show_recipe:
+        _print_recipes(s)
+
+
+def _print_recipes(s) -> None:
+    """Runs that share a resolved recipe (values and sources) are printed once, under their ids."""
+    blocks: dict[str, list[str]] = {"pretrain": ["pretrain (every backbone)"]}
+    shown = {"pretrain": (s.pretrain_recipe, s.pretrain_sources)}
+    for r in s.runs:
+        key = json.dumps([r.finetune, r.finetune_sources], sort_keys=True, default=str)
+        blocks.setdefault(key, []).append(r.run_id)
+        shown[key] = (r.finetune, r.finetune_sources)
+    for key, ids in blocks.items():
+        recipe, sources = shown[key]
+        click.echo("")
+        click.echo(f"{len(ids)} run(s): {', '.join(ids)}" if key != "pretrain" else ids[0])
+        if recipe is None:
+            click.echo("  finetune: none (the pretrained backbone is evaluated with the method applied)")
+            continue
+        width = max(len(k) for k in recipe)
+        for k in recipe:
+            click.echo(f"  {k:<{width}} = {json.dumps(recipe[k])}  [{sources.get(k, 'default')}]")
 
 
 @cli.command()

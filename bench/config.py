@@ -20,13 +20,30 @@ from bench.errors import UsageError
 #: (not read from the registry) so loading a suite does not import torch; a contract test checks it.
 WEIGHT_BUDGET_METHODS = frozenset({"svite", "s2vite"})
 
+#: every recipe key and its default. The augmentation defaults are off: the embedded data's random
+#: placement is its augmentation; the named recipes (``bench/recipes``) turn on the papers' stacks.
 DEFAULT_RECIPE: dict[str, Any] = {
+    # optimisation
     "epochs": 0, "batch_size": 128, "opt": "adamw", "lr": 5e-4, "min_lr": 1e-6, "warmup_lr": 1e-6,
-    "warmup_epochs": 0, "weight_decay": 0.05, "clip_grad": 1.0, "label_smoothing": 0.1, "drop_path": 0.0,
-    "amp": True, "num_workers": 0, "max_steps_per_epoch": None, "lr_base_batch": None,
+    "warmup_epochs": 0, "warmup_prefix": False, "lr_step": "step", "weight_decay": 0.05, "opt_eps": None,
+    "opt_betas": None, "clip_grad": 1.0, "label_smoothing": 0.1, "drop_path": 0.0, "amp": True,
+    "num_workers": 0, "max_steps_per_epoch": None, "lr_base_batch": None,
+    # parameter groups: the backbone's lr as a multiple of the scheduled lr, frozen (lr 0) epochs, never trained
+    "backbone_lr_scale": 1.0, "freeze_backbone_epochs": 0, "frozen_params": [],
+    # image augmentation (timm.data.create_transform)
+    "auto_augment": None, "color_jitter": None, "interpolation": "bicubic", "scale": None, "ratio": None,
+    "hflip": None, "re_prob": 0.0, "re_mode": "pixel", "re_count": 1,
+    # batch augmentation (timm.data.Mixup) and sampling
+    "mixup": 0.0, "cutmix": 0.0, "cutmix_minmax": None, "mixup_prob": 1.0, "mixup_switch_prob": 0.5,
+    "mixup_mode": "batch", "repeated_aug": 1,
+    # weight averaging (timm.utils.ModelEmaV3), evaluated as its own metrics
+    "model_ema": False, "model_ema_decay": 0.9999, "model_ema_warmup": False,
 }
+#: a suite's or method's ``finetune: none``: evaluate the pretrained backbone with the method applied
+NO_FINETUNE = "none"
 DEFAULT_EVALUATE: dict[str, Any] = {
     "batch_size": 256, "flops_images": 64, "max_val_images": None,
+    "crop_pct": None,  # evaluation centre crop; None: the backbone's pretrained_cfg (DeiT: 0.875)
     "throughput": {"batch_sizes": [1, 64], "repeats": 10, "warmup": 3, "precision": "fp32"},
 }
 SUITES_DIR = Path("suites")
@@ -43,7 +60,11 @@ class Run:
     backbone: str
     keep_ratio: float
     seed: int
-    finetune: dict[str, Any]
+    finetune: dict[str, Any] | None   # the resolved recipe; None: no fine-tuning (``finetune: none``)
+    #: where each recipe value came from (default, a named recipe's official file:line, the suite)
+    finetune_sources: dict[str, str] = field(default_factory=dict, compare=False)
+    #: the method's trained weights for ``finetune: none`` (a checkpoint file), or None
+    weights: str | None = None
 
     @property
     def run_id(self) -> str:
@@ -67,6 +88,7 @@ class Suite:
     backbones: list[Backbone]
     pretrain_recipe: dict[str, Any]
     pretrain_seed: int
+    pretrain_sources: dict[str, str]
     evaluate: dict[str, Any]
     runs: list[Run] = field(default_factory=list)
 
@@ -123,6 +145,12 @@ def validate_raw(raw: Any, where: str) -> None:
     errors = sorted(validator.iter_errors(raw), key=lambda e: (len(list(e.absolute_path)), str(e.absolute_path)))
     if errors:
         e = errors[0]
+        while e.validator in ("oneOf", "anyOf") and isinstance(e.instance, dict) and e.context:
+            # the branch that got furthest into the mapping names the field (e.g. finetune.lr, not finetune)
+            deeper = max(e.context, key=lambda c: len(list(c.absolute_path)))
+            if len(list(deeper.absolute_path)) <= len(list(e.absolute_path)):
+                break
+            e = deeper
         if e.validator == "additionalProperties":
             msg = e.message.replace("Additional properties are not allowed", "unknown field(s)")
         elif e.validator == "oneOf" and isinstance(e.instance, dict):
@@ -179,11 +207,31 @@ def _checks_marker(raw: dict[str, Any]) -> Path:
     return cache_root() / "validated-suites" / h.hexdigest()[:24]
 
 
-def _recipe(base: dict[str, Any] | None, override: dict[str, Any] | None) -> dict[str, Any]:
-    out = copy.deepcopy(DEFAULT_RECIPE)
-    out.update(base or {})
-    out.update(override or {})
-    return out
+def resolve_recipe(*layers: tuple[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The recipe and each value's source from ``(where, spec)`` layers, later ones winning.
+
+    A spec is a mapping of recipe keys, optionally naming a preset (``recipe: dynamicvit``) whose values
+    come first, or a preset name alone. Sources read "default", "recipe <name>: <official file:line>" or
+    the suite field that set the value.
+    """
+    from bench.recipes import preset
+
+    out, sources = copy.deepcopy(DEFAULT_RECIPE), {k: "default" for k in DEFAULT_RECIPE}
+    for where, spec in layers:
+        if spec is None:
+            continue
+        spec = {"recipe": spec} if isinstance(spec, str) else spec
+        if "recipe" in spec:
+            try:
+                values = preset(spec["recipe"])
+            except UsageError as e:
+                raise UsageError(f"{where}.recipe: {e}") from None
+            for k, (v, src) in values.items():
+                out[k], sources[k] = copy.deepcopy(v), src
+        for k, v in spec.items():
+            if k != "recipe":
+                out[k], sources[k] = copy.deepcopy(v), where
+    return out, sources
 
 
 def expand(raw: dict[str, Any], path: Path, *, check_names: bool = True) -> Suite:
@@ -202,12 +250,11 @@ def expand(raw: dict[str, Any], path: Path, *, check_names: bool = True) -> Suit
         backbones.append(Backbone(b["name"], b.get("image_size"), b.get("init", default_init), b.get("kwargs", {})))
     if len({b.name for b in backbones}) != len(backbones):
         raise UsageError(f"{where}: field backbones: a backbone is listed twice")
+    pretrain_recipe, pretrain_sources = resolve_recipe(("pretrain.recipe", pre.get("recipe")))
     suite = Suite(name=raw["name"], path=path, raw=raw, data=raw["data"], backbones=backbones,
-                  pretrain_recipe=_recipe(None, pre.get("recipe")), pretrain_seed=int(pre.get("seed", 0)),
-                  evaluate=evaluate)
-    if check_names:
-        _check_names(suite, raw, where)
-    finetune_base = raw.get("finetune") or {}
+                  pretrain_recipe=pretrain_recipe, pretrain_seed=int(pre.get("seed", 0)),
+                  pretrain_sources=pretrain_sources, evaluate=evaluate)
+    finetune_base = raw.get("finetune")
     seen: set[str] = set()
     for i, m in enumerate(raw["methods"]):
         m = {"name": m} if isinstance(m, str) else m
@@ -217,12 +264,22 @@ def expand(raw: dict[str, Any], path: Path, *, check_names: bool = True) -> Suit
         seen.add(label)
         full = m["name"] == "dense" or m["name"] in WEIGHT_BUDGET_METHODS
         ratios = [1.0] if full else sorted(set(m.get("keep_ratios", raw["keep_ratios"])), reverse=True)
-        recipe = _recipe(finetune_base, m.get("finetune"))
+        spec = m.get("finetune", finetune_base)
+        if spec == NO_FINETUNE:
+            recipe, sources = None, {}
+        else:
+            base = None if finetune_base == NO_FINETUNE else finetune_base
+            recipe, sources = resolve_recipe(("finetune", base), (f"methods[{i}].finetune", m.get("finetune")))
+        if m.get("weights") and recipe is not None:
+            raise UsageError(f"{where}: field methods[{i}].weights: trained weights are evaluated as they are; "
+                             f"set finetune: none for this method")
         for b in backbones:
             for k in ratios:
                 for s in raw["seeds"]:
                     suite.runs.append(Run(suite.name, label, m["name"], dict(m.get("params", {})), b.name,
-                                          float(k), int(s), recipe))
+                                          float(k), int(s), recipe, sources, m.get("weights")))
+    if check_names:
+        _check_names(suite, raw, where)
     return suite
 
 
@@ -237,6 +294,9 @@ def _check_paths(suite: Suite, where: str) -> None:
     for i, b in enumerate(suite.backbones):
         if b.init not in ("scratch", "hub") and not Path(b.init).is_file():
             raise UsageError(f"{where}: field backbones[{i}].init: {b.init!r} is not 'scratch', 'hub' or an existing checkpoint file")
+    for i, m in enumerate(suite.raw["methods"]):
+        if isinstance(m, dict) and m.get("weights") and not Path(m["weights"]).is_file():
+            raise UsageError(f"{where}: field methods[{i}].weights: {m['weights']!r} is not an existing checkpoint file")
 
 
 def _check_names(suite: Suite, raw: dict[str, Any], where: str) -> None:
@@ -255,7 +315,15 @@ def _check_names(suite: Suite, raw: dict[str, Any], where: str) -> None:
         at(f"backbones[{i}]", check_backbone_name, b.name)
     for i, m in enumerate(raw["methods"]):
         m = {"name": m} if isinstance(m, str) else m
-        at(f"methods[{i}]", create_method, m["name"], 1.0, 0, **m.get("params", {}))
+        method = at(f"methods[{i}]", create_method, m["name"], 1.0, 0, **m.get("params", {}))
+        label = m.get("label", m["name"])
+        run = next(r for r in suite.runs if r.method == label) if any(r.method == label for r in suite.runs) else None
+        untrained = run is not None and (run.finetune is None or int(run.finetune["epochs"]) == 0)
+        if untrained and method.learns_parameters and not m.get("weights"):
+            how = "finetune: none" if run.finetune is None else "finetune epochs 0"
+            raise UsageError(f"{where}: field methods[{i}]: method {m['name']!r} learns parameters and would be "
+                             f"scored untrained ({how}); give its trained weights (weights: path/to/model.pth) "
+                             f"or fine-tune it")
 
 
 def run_identity(suite: Suite, run: Run, dataset: str) -> dict[str, Any]:

@@ -28,7 +28,8 @@ MODEL_FILE = "model.pth"
 RECORD_FILE = "run.json"
 FAILURE_FILE = "failure.json"
 #: how a model was trained across processes: batch size and learning-rate scaling made explicit
-TRAIN_META_KEYS = ("world_size", "per_device_batch_size", "global_batch_size", "lr", "lr_effective")
+TRAIN_META_KEYS = ("world_size", "per_device_batch_size", "global_batch_size", "lr", "lr_effective",
+                   "optimizer_groups", "lr_rule")
 
 
 def pretrain_dir(suite: Suite, backbone: str, root: str | Path = "results") -> Path:
@@ -49,12 +50,19 @@ def _data(suite: Suite):
     return load_data(suite.data)
 
 
-def _model(suite: Suite, backbone: Backbone, bundle, pretrained: bool | str | None) -> nn.Module:
+def _model(suite: Suite, backbone: Backbone, bundle, pretrained: bool | str | None,
+           recipe: dict[str, Any] | None = None) -> nn.Module:
+    """The backbone; a training ``recipe`` sets the student's drop-path rate (teachers and evaluation: 0)."""
+    kwargs = dict(backbone.kwargs)
+    if recipe is not None and recipe["drop_path"]:
+        kwargs["drop_path_rate"] = float(recipe["drop_path"])
     return build_backbone(backbone.name, num_classes=bundle.num_classes, in_chans=bundle.in_chans,
-                          img_size=backbone.image_size, pretrained=pretrained, **backbone.kwargs)
+                          img_size=backbone.image_size, pretrained=pretrained, **kwargs)
 
 
-def _torch_data(model: nn.Module, bundle):
+def _torch_data(suite: Suite, model: nn.Module, bundle, recipe: dict[str, Any] | None = None):
+    """Train and val datasets: the training transform from the ``recipe``, evaluation as the backbone's
+    pretrained_cfg says (interpolation, crop_pct, mean/std) unless the suite's ``evaluate.crop_pct`` is set."""
     from timm.data import resolve_data_config
 
     from bench.data.transforms import make_torch_datasets
@@ -64,17 +72,24 @@ def _torch_data(model: nn.Module, bundle):
     mean, std = tuple(cfg["mean"]), tuple(cfg["std"])
     if len(mean) != in_chans:  # e.g. an RGB-pretrained backbone on grayscale data
         mean, std = (sum(mean) / len(mean),) * in_chans, (sum(std) / len(std),) * in_chans
+    crop_pct = suite.evaluate.get("crop_pct") or cfg.get("crop_pct")
     return make_torch_datasets(bundle, image_size=int(model.patch_embed.img_size[0]), in_chans=in_chans,
-                               mean=mean, std=std)
-
-
-def _save_model(path: Path, model: nn.Module, meta: dict[str, Any]) -> None:
-    atomic_torch_save(path, {"model": model.state_dict(), "meta": meta})
+                               mean=mean, std=std, recipe=recipe, crop_pct=crop_pct,
+                               eval_interpolation=str(cfg.get("interpolation") or "bicubic"))
 
 
 def _train_meta(result: TrainResult | None) -> dict[str, Any]:
-    """Batch size and learning-rate scaling of a training run, explicit in model.pth and the records."""
+    """Batch size, learning-rate scaling and optimiser groups of a training run, explicit in model.pth and
+    the records."""
     return {k: getattr(result, k) if result else None for k in TRAIN_META_KEYS}
+
+
+def _save_trained(path: Path, model: nn.Module, result: TrainResult | None, meta: dict[str, Any]) -> None:
+    """model.pth: the weights, the EMA weights when the recipe kept an EMA, and the run's metadata."""
+    payload = {"model": model.state_dict(), "meta": meta}
+    if result is not None and result.ema_state is not None:
+        payload["model_ema"] = result.ema_state
+    atomic_torch_save(path, payload)
 
 
 def _device(device: str | None) -> tuple[torch.device, D.DistEnv]:
@@ -95,13 +110,13 @@ def pretrain(suite: Suite, backbone_name: str, *, root: str | Path = "results", 
     bundle = _data(suite)
     init = {"scratch": False, "hub": True}.get(backbone.init, backbone.init)
     torch.manual_seed(suite.pretrain_seed)  # a from-scratch init is reproducible, and one process matches N
-    model = _model(suite, backbone, bundle, init)
     recipe = suite.pretrain_recipe
+    model = _model(suite, backbone, bundle, init, recipe)
     from bench.evaluate import evaluate
 
     t0 = time.time()
     result = None
-    train_ds, val_ds = _torch_data(model, bundle)
+    train_ds, val_ds = _torch_data(suite, model, bundle, recipe)
     if recipe["epochs"] > 0:
         result = train_model(model, create_method("dense"), train_ds, recipe, seed=suite.pretrain_seed,
                              out_dir=out, device=dev)
@@ -111,19 +126,22 @@ def pretrain(suite: Suite, backbone_name: str, *, root: str | Path = "results", 
     acc = evaluate(model, val_ds, device=dev, batch_size=suite.evaluate["batch_size"],
                    max_images=suite.evaluate["max_val_images"])
     _log(f"pretrained {backbone_name}: val top-1 {acc.top1:.2f}% on {acc.images} images")
-    meta = {"backbone": backbone_name, "init": backbone.init, "recipe": recipe, "seed": suite.pretrain_seed,
+    meta = {"backbone": backbone_name, "init": backbone.init, "recipe": recipe,
+            "recipe_sources": suite.pretrain_sources, "seed": suite.pretrain_seed,
             "wall_s": time.time() - t0, "train_peak_mem_mb": result.peak_mem_mb if result else None,
             "val_top1": acc.top1, "val_top5": acc.top5, "dataset": bundle.name, **_train_meta(result),
             **provenance(dev)}
-    _save_model(out / MODEL_FILE, model.cpu(), meta)
+    _save_trained(out / MODEL_FILE, model.cpu(), result, meta)
     (out / "train_state.pth").unlink(missing_ok=True)
     D.barrier()
     return out / MODEL_FILE
 
 
-def build_run_model(suite: Suite, run: Run, bundle, weights: str | Path | None) -> tuple[nn.Module, Method]:
-    """Backbone + method, patched; ``weights`` is a pretrain checkpoint (for fine-tuning) or None."""
-    model = _model(suite, suite.backbone(run.backbone), bundle, str(weights) if weights else None)
+def build_run_model(suite: Suite, run: Run, bundle, weights: str | Path | None,
+                    recipe: dict[str, Any] | None = None) -> tuple[nn.Module, Method]:
+    """Backbone + method, patched; ``weights`` is a pretrain checkpoint (for fine-tuning) or None; a
+    training ``recipe`` sets the student's drop-path rate."""
+    model = _model(suite, suite.backbone(run.backbone), bundle, str(weights) if weights else None, recipe)
     method = create_method(run.method_name, run.keep_ratio, run.seed, **run.method_params)
     method.apply(model)
     return model, method
@@ -131,6 +149,9 @@ def build_run_model(suite: Suite, run: Run, bundle, weights: str | Path | None) 
 
 def finetune(suite: Suite, run: Run, *, root: str | Path = "results", device: str | None = None) -> Path:
     """Fine-tune one run from its pretrained backbone; under a multi-process launcher rank 0 saves."""
+    if run.finetune is None:
+        raise UsageError(f"run {run.run_id!r} is evaluated without fine-tuning (finetune: none); "
+                         f"run `bench evaluate` on it")
     dev, env = _device(device)
     out = run_dir(suite, run, root)
     ckpt = pretrain_dir(suite, run.backbone, root) / MODEL_FILE
@@ -138,19 +159,20 @@ def finetune(suite: Suite, run: Run, *, root: str | Path = "results", device: st
         raise UsageError(f"no pretrained backbone at {ckpt}; run the pretrain step first")
     bundle = _data(suite)
     torch.manual_seed(run.seed)  # modules a method adds start from the same init in every process and rerun
-    model, method = build_run_model(suite, run, bundle, ckpt)
+    model, method = build_run_model(suite, run, bundle, ckpt, run.finetune)
     teacher = None
     if method.needs_teacher():
         teacher = _model(suite, suite.backbone(run.backbone), bundle, str(ckpt))
-    train_ds, _ = _torch_data(model, bundle)
+    train_ds, _ = _torch_data(suite, model, bundle, run.finetune)
     result = train_model(model, method, train_ds, run.finetune, seed=run.seed, out_dir=out, device=dev, teacher=teacher)
-    meta = {"run_id": run.run_id, "recipe": run.finetune, "train_epochs": result.epochs, "train_steps": result.steps,
+    meta = {"run_id": run.run_id, "recipe": run.finetune, "recipe_sources": run.finetune_sources,
+            "train_epochs": result.epochs, "train_steps": result.steps,
             "train_wall_s": result.wall_s, "train_final_loss": result.final_loss,
             "train_peak_mem_mb": result.peak_mem_mb, "resumed_from_epoch": result.resumed_from_epoch,
             "batch_size": run.finetune["batch_size"], "device": dev.type, **_train_meta(result),
             "method_train_metrics": result.method_metrics}
     if env.is_main:
-        _save_model(out / MODEL_FILE, model.cpu(), meta)
+        _save_trained(out / MODEL_FILE, model.cpu(), result, meta)
         (out / "train_state.pth").unlink(missing_ok=True)
     D.barrier()
     return out / MODEL_FILE
@@ -164,16 +186,19 @@ def evaluate_run(suite: Suite, run: Run, *, root: str | Path = "results", device
 
     dev = pick_device(device)
     out = run_dir(suite, run, root)
-    saved = torch.load(out / MODEL_FILE, map_location="cpu", weights_only=False)
     bundle = _data(suite)
-    model, method = build_run_model(suite, run, bundle, None)
-    model.load_state_dict(saved["model"])
-    model = method.prepare_inference(model)  # e.g. S2ViTE removes its cut heads and neurons here
-    _, val_ds = _torch_data(model, bundle)
+    saved, model, method = _trained_model(suite, run, bundle, root)
+    _, val_ds = _torch_data(suite, model, bundle)
     ev_cfg = suite.evaluate
     t0 = time.time()
     acc = evaluate(model, val_ds, device=dev, batch_size=ev_cfg["batch_size"], max_images=ev_cfg["max_val_images"])
     eval_wall = time.time() - t0
+    acc_ema = None
+    if saved.get("model_ema") is not None:  # the EMA weights, scored as their own metrics
+        ema_model = _ema_model(suite, run, bundle, saved)
+        acc_ema = evaluate(ema_model, val_ds, device=dev, batch_size=ev_cfg["batch_size"],
+                           max_images=ev_cfg["max_val_images"])
+        del ema_model
 
     model.to("cpu")
     n_flops = ev_cfg["flops_images"] if method.input_dependent else 1
@@ -194,6 +219,9 @@ def evaluate_run(suite: Suite, run: Run, *, root: str | Path = "results", device
         **run_identity(suite, run, bundle.name),
         "status": "ok", "error": None,
         "top1": acc.top1, "top5": acc.top5, "val_images": acc.images,
+        "top1_ema": acc_ema.top1 if acc_ema else None, "top5_ema": acc_ema.top5 if acc_ema else None,
+        "finetuned": run.finetune is not None, "weights": run.weights,
+        "recipe_sources": meta.get("recipe_sources"),
         "gmacs_fvcore_1mac_eq_1flop": flops.gmacs,
         # the method's own compute (clustering, prediction modules), already inside the total above
         "method_gmacs_fvcore_1mac_eq_1flop": sum(flops.by_module.get(n, 0.0) for n in method.overhead_modules),
@@ -217,6 +245,50 @@ def evaluate_run(suite: Suite, run: Run, *, root: str | Path = "results", device
     atomic_write_json(out / RECORD_FILE, record)
     (out / FAILURE_FILE).unlink(missing_ok=True)
     return record
+
+
+def _state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Weights from a harness model.pth ({"model": ...}), an official-style {"model": ...} or a bare state_dict.
+
+    ``weights_only``: a checkpoint in a shared folder must not run code when loaded.
+    """
+    obj = torch.load(path, map_location="cpu", weights_only=True)
+    sd = obj.get("model", obj) if isinstance(obj, dict) else None
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise UsageError(f"{path}: not a state_dict or a checkpoint holding one under 'model'")
+    return sd
+
+
+def _trained_model(suite: Suite, run: Run, bundle, root: str | Path) -> tuple[dict[str, Any], nn.Module, Method]:
+    """(saved checkpoint, model ready for inference, method) of a run: its fine-tuned model.pth, or with
+    ``finetune: none`` the pretrained backbone with the method applied (and the method's given weights)."""
+    if run.finetune is not None:
+        saved = torch.load(run_dir(suite, run, root) / MODEL_FILE, map_location="cpu", weights_only=False)
+        model, method = build_run_model(suite, run, bundle, None)
+        model.load_state_dict(saved["model"])
+    else:
+        saved = {"meta": {}}
+        model, method = build_run_model(suite, run, bundle, pretrain_dir(suite, run.backbone, root) / MODEL_FILE)
+        if run.weights:
+            missing, unexpected = model.load_state_dict(_state_dict(run.weights), strict=False)
+            if missing or unexpected:
+                what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
+                raise UsageError(f"{run.weights}: does not fit the {run.method_name} model of {run.backbone} "
+                                 f"({what}{', ...' if len(missing or unexpected) > 3 else ''})")
+    return saved, method.prepare_inference(model), method  # e.g. S2ViTE removes its cut heads and neurons
+
+
+def _ema_model(suite: Suite, run: Run, bundle, saved: dict[str, Any]) -> nn.Module:
+    """The EMA weights in a model of their own. For weight-sparse methods the trained model's zeros are
+    applied to the average (an EMA of pruned-and-regrown weights is not sparse), so it keeps the budget."""
+    model, method = build_run_model(suite, run, bundle, None)
+    ema = dict(saved["model_ema"])
+    if method.weight_sparse:
+        for k, v in saved["model"].items():
+            if v.is_floating_point() and k in ema:
+                ema[k] = torch.where(v == 0, torch.zeros_like(ema[k]), ema[k])
+    model.load_state_dict(ema)
+    return method.prepare_inference(model)
 
 
 KEPT_TOKENS_FIGURE = "kept_tokens.png"

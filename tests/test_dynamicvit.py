@@ -173,13 +173,17 @@ def test_extra_losses_terms_and_weights(tiny_vit):
     assert not quiet.needs_teacher() and create_method("dynamicvit", 0.5).needs_teacher()
 
 
+OFFICIAL_GROUPS = {"backbone_lr_scale": 0.01, "frozen_params": ["cls_token", "pos_embed"]}
+
+
 def _train(tiny_vit, tmp_path, freeze: int):
     from bench.train import train_model
 
-    model, method = patched(tiny_vit, 0.5, freeze_backbone_epochs=freeze)
+    model, method = patched(tiny_vit, 0.5)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     data = TensorDataset(torch.randn(8, 1, 32, 32), torch.randint(0, 10, (8,)))
-    recipe = {**DEFAULT_RECIPE, "epochs": 1, "batch_size": 4, "lr": 1e-3, "warmup_epochs": 0}
+    recipe = {**DEFAULT_RECIPE, "epochs": 1, "batch_size": 4, "lr": 1e-3, "warmup_epochs": 0,
+              **OFFICIAL_GROUPS, "freeze_backbone_epochs": freeze}
     result = train_model(model, method, data, recipe, seed=0, out_dir=tmp_path / f"f{freeze}",
                          device=torch.device("cpu"), teacher=tiny_vit(), log=lambda s: None)
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
@@ -193,10 +197,15 @@ def test_two_step_training_freezes_backbone_then_scales_its_lr(tiny_vit, tmp_pat
     assert all(math.isfinite(log[f"loss_{k}"]) for k in ("ce", "ratio", "kl", "token_distill"))
     assert changed and all(k.startswith(PREDICTORS + ".") for k in changed)  # frozen backbone
 
-    groups = {g["name"]: g for g in method.optimizer_groups(model, {"lr": 1e-3, "weight_decay": 0.05})}
-    assert groups["predictor"]["lr"] == 1e-3
-    assert groups["backbone"]["lr"] == groups["backbone_no_decay"]["lr"] == pytest.approx(1e-5)
-    assert groups["backbone_no_decay"]["weight_decay"] == 0.0
+    from bench.train.optim import param_groups
+
+    recipe = {**DEFAULT_RECIPE, **OFFICIAL_GROUPS, "freeze_backbone_epochs": 5}
+    groups = {g["name"]: g for g in param_groups(model, method.lr_scales(), recipe)}
+    assert groups[PREDICTORS]["lr_scale"] == groups[PREDICTORS + "_no_decay"]["lr_scale"] == 1.0
+    assert groups["backbone"]["lr_scale"] == groups["backbone_no_decay"]["lr_scale"] == 0.01
+    assert groups["backbone"]["frozen_epochs"] == 5 and groups[PREDICTORS]["frozen_epochs"] == 0
+    # as optim_factory.py: 1-D and bias parameters of the predictors too are not decayed
+    assert groups["backbone_no_decay"]["weight_decay"] == groups[PREDICTORS + "_no_decay"]["weight_decay"] == 0.0
     grouped = {id(p) for g in groups.values() for p in g["params"]}
     assert id(model.pos_embed) not in grouped and id(model.cls_token) not in grouped  # as the official code
 

@@ -213,8 +213,13 @@ def test_suites_run_weight_sparse_methods_at_full_token_budget():
 
 def test_selector_learning_rate_group(tiny_vit):
     model, method = patched(tiny_vit, "svite_plus", keep=0.9, selector_lr_scale=50.0)
-    groups = method.optimizer_groups(model, {"lr": 1e-4, "weight_decay": 0.05})
+    from bench.config import DEFAULT_RECIPE
+    from bench.train.optim import param_groups
+
+    groups = param_groups(model, method.lr_scales(), DEFAULT_RECIPE)
     selector = getattr(model, SELECTOR)
-    first = groups[0]
-    assert first["lr"] == pytest.approx(5e-3) and {id(p) for p in first["params"]} == {id(p) for p in selector.parameters()}
+    own = [g for g in groups if g["name"].startswith(SELECTOR)]
+    assert all(g["lr_scale"] == 50.0 for g in own)
+    assert {id(p) for g in own for p in g["params"]} == {id(p) for p in selector.parameters()}
+    assert all(g["lr_scale"] == 1.0 for g in groups if g not in own)
     assert sum(len(g["params"]) for g in groups) == len([p for p in model.parameters() if p.requires_grad])

@@ -1,9 +1,12 @@
 """HF datasets -> torch datasets of normalized CxHxW float tensors.
 
-Two protocols: fixed-size data (canvas-digits) is only converted, because the random digit
-position already is the augmentation and cropping could cut the digit off; real photos get
-the DeiT recipe (RandomResizedCrop + flip for training, resize to size/0.875 + center crop
-for evaluation).
+Transforms come from timm (``timm.data.create_transform``), configured by the recipe's augmentation
+keys: real photos get RandomResizedCrop + flip and whatever the recipe adds (RandAugment, colour jitter,
+random erasing) for training, and resize to size / crop_pct + centre crop for evaluation, with
+interpolation, crop_pct and mean/std from the backbone's ``pretrained_cfg`` unless the suite says
+otherwise. Fixed-size data (canvas-digits) is only converted when the recipe asks for no augmentation,
+because the random digit position already is the augmentation and cropping could cut the digit off;
+augmentation keys set for such data act on it with no crop and no flip unless those are asked for.
 """
 from __future__ import annotations
 
@@ -22,6 +25,11 @@ if TYPE_CHECKING:
     from bench.data.bundle import DataBundle
 
 EVAL_CROP_PCT = 0.875  # DeiT/timm evaluation: resize to size/0.875, then center crop
+#: recipe keys that configure the training transform, and the values that mean "no augmentation"
+AUGMENT_KEYS = ("auto_augment", "color_jitter", "interpolation", "scale", "ratio", "hflip", "re_prob",
+                "re_mode", "re_count")
+_AUGMENT_OFF = {"auto_augment": None, "color_jitter": None, "scale": None, "ratio": None, "hflip": None,
+                "re_prob": 0.0}
 # Preload decoded fixed-size images when they fit in this many bytes (6.5k 32x32 gray = 6.6 MB).
 PRELOAD_MAX_BYTES = 512 * 2**20
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # the weights PIL's "L" conversion uses
@@ -94,6 +102,11 @@ class ConvertMode:
         return image if image.mode == self.mode else image.convert(self.mode)
 
 
+def augments(recipe: dict[str, Any] | None) -> bool:
+    """True when the recipe asks for any image augmentation (fixed-size data then leaves the fast path)."""
+    return recipe is not None and any(recipe.get(k, off) != off for k, off in _AUGMENT_OFF.items())
+
+
 def build_transform(
     *,
     train: bool,
@@ -102,21 +115,40 @@ def build_transform(
     mean: Sequence[float],
     std: Sequence[float],
     native_size: int | None,
+    recipe: dict[str, Any] | None = None,
+    crop_pct: float | None = None,
+    eval_interpolation: str = "bicubic",
 ) -> Callable[[Any], torch.Tensor]:
-    """Transform for one split. ``native_size`` set means fixed-size data: convert only."""
+    """Transform for one split, built by timm. ``native_size`` set means fixed-size data, which is only
+    converted unless ``recipe`` (the training recipe) asks for augmentation."""
+    from timm.data import create_transform
+
     if in_chans not in (1, 3):
         raise UsageError(f"in_chans must be 1 or 3, got {in_chans}")
-    if native_size is not None:
+    mean, std = channel_stats(mean, in_chans, "mean"), channel_stats(std, in_chans, "std")
+    if native_size is not None and not (train and augments(recipe)):
         return FixedSizeTransform(image_size, in_chans, mean, std)
+    if not train:
+        t = create_transform(image_size, is_training=False, interpolation=eval_interpolation, mean=mean, std=std,
+                             crop_pct=EVAL_CROP_PCT if crop_pct is None else crop_pct)
+        return _with_mode(t, in_chans)
+    r = {k: (recipe or {}).get(k) for k in AUGMENT_KEYS}
+    fixed = native_size is not None  # the placement is the augmentation: no crop, no flip unless asked
+    t = create_transform(
+        image_size, is_training=True, mean=mean, std=std,
+        scale=tuple(r["scale"]) if r["scale"] else ((1.0, 1.0) if fixed else (0.08, 1.0)),
+        ratio=tuple(r["ratio"]) if r["ratio"] else ((1.0, 1.0) if fixed else (3 / 4, 4 / 3)),
+        hflip=r["hflip"] if r["hflip"] is not None else (0.0 if fixed else 0.5),
+        color_jitter=r["color_jitter"], auto_augment=r["auto_augment"],
+        interpolation=r["interpolation"] or "bicubic",
+        re_prob=float(r["re_prob"] or 0.0), re_mode=r["re_mode"] or "pixel", re_count=int(r["re_count"] or 1))
+    return _with_mode(t, in_chans)
+
+
+def _with_mode(transform: Any, in_chans: int) -> Any:
     from torchvision import transforms as T
 
-    bicubic = T.InterpolationMode.BICUBIC
-    tail = [T.ToTensor(), T.Normalize(channel_stats(mean, in_chans, "mean"), channel_stats(std, in_chans, "std"))]
-    if train:
-        head = [T.RandomResizedCrop(image_size, interpolation=bicubic), T.RandomHorizontalFlip()]
-    else:
-        head = [T.Resize(int(image_size / EVAL_CROP_PCT), interpolation=bicubic), T.CenterCrop(image_size)]
-    return T.Compose([ConvertMode(in_chans), *head, *tail])
+    return T.Compose([ConvertMode(in_chans), *transform.transforms])
 
 
 def _column(ds: "datasets.Dataset", key: str) -> Any:
@@ -163,14 +195,19 @@ def make_torch_datasets(
     in_chans: int,
     mean: Sequence[float],
     std: Sequence[float],
+    recipe: dict[str, Any] | None = None,
+    crop_pct: float | None = None,
+    eval_interpolation: str = "bicubic",
 ) -> tuple[TorchImageDataset, TorchImageDataset]:
-    """Train and val torch datasets for a bundle at the model's input size and channels."""
+    """Train and val torch datasets for a bundle at the model's input size and channels; ``recipe`` (the
+    training recipe) configures the training transform."""
     native = bundle.image_size if bundle.fixed_size else None
     out = []
     for train, ds in ((True, bundle.train), (False, bundle.val)):
         size_bytes = len(ds) * bundle.image_size**2 * bundle.in_chans
         transform = build_transform(
-            train=train, image_size=image_size, in_chans=in_chans, mean=mean, std=std, native_size=native
+            train=train, image_size=image_size, in_chans=in_chans, mean=mean, std=std, native_size=native,
+            recipe=recipe, crop_pct=crop_pct, eval_interpolation=eval_interpolation,
         )
         out.append(
             TorchImageDataset(

@@ -108,9 +108,13 @@ class Method:
         """Called once with the frozen teacher before training, e.g. to hook features beyond its logits."""
 
     # -- training hooks (all optional) --------------------------------------------------------
-    def optimizer_groups(self, model: nn.Module, recipe: dict[str, Any]) -> list[dict[str, Any]] | None:
-        """Parameter groups (e.g. another learning rate for learned modules); None means one group."""
-        return None
+    def lr_scales(self) -> dict[str, float]:
+        """The method's own modules (parameter-name prefix) and their lr as a multiple of the scheduled lr.
+
+        They get optimiser groups of their own; every other parameter is the backbone's, at the recipe's
+        ``backbone_lr_scale`` (``bench.train.optim``).
+        """
+        return {}
 
     def on_train_start(self, model: nn.Module, total_steps: int) -> None:
         """Called once before training (also on resume) with the run's total optimiser steps."""

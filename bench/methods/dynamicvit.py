@@ -10,9 +10,10 @@ keeps ``int(num_patches * rho**k)`` of the original ones; the class token is nev
 * Evaluation: the shared top-k gather of :class:`StagedPruning`, scored by the keep log-probability.
 * Loss: task CE (the loop's) + ratio loss (keep fraction per image regressed to rho**k) + KL to the dense
   teacher's logits + MSE to the teacher's final patch tokens on the tokens kept at the last stage.
-* Recipe: the prediction modules train at the recipe's lr, the backbone at ``backbone_lr_scale`` of it
-  and not at all for the first ``freeze_backbone_epochs`` epochs; ``cls_token`` and ``pos_embed`` are
-  never trained (all three as in the official ``main_dynamic_vit.py``).
+* Recipe: the prediction modules have optimiser groups of their own at the scheduled lr; the backbone's
+  scale, frozen epochs and never-trained parameters are recipe keys (``recipe: dynamicvit`` gives the
+  official 0.01, 5 epochs and ``cls_token``/``pos_embed``), so the dense, static and random controls
+  can be fine-tuned under the same groups.
 """
 from __future__ import annotations
 
@@ -29,8 +30,6 @@ from bench.methods.pruning import StagedPruning
 
 #: attribute of the model that holds the prediction modules (so they are saved in its state_dict)
 PREDICTORS = "dynamicvit_predictors"
-#: backbone parameters the official fine-tuning never optimises
-UNTRAINED = ("cls_token", "pos_embed")
 
 #: (keep/drop log-probs (B, N, 2), previous keep mask (B, N, 1), stage) -> hard keep decision (B, N, 1)
 Sampler = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
@@ -50,15 +49,15 @@ class DynamicViT(StagedPruning):
         "distill_weight": Param(0.5, "weight of the KL divergence to the dense teacher's logits"),
         "token_distill_weight": Param(0.5, "weight of the MSE to the teacher's final patch tokens (kept tokens)"),
         "tau": Param(1.0, "Gumbel-Softmax temperature"),
-        "backbone_lr_scale": Param(0.01, "backbone learning rate as a fraction of the prediction modules' lr"),
-        "freeze_backbone_epochs": Param(5, "epochs at the start during which the backbone is not updated",
-                                        types=(int,)),
     }
 
     def __init__(self, keep_ratio: float = 1.0, seed: int = 0, **params: Any):
+        for key in ("backbone_lr_scale", "freeze_backbone_epochs"):
+            if key in params:
+                raise UsageError(f"method {self.name!r}: {key!r} is a recipe key (finetune: {{{key}: ...}}), so "
+                                 f"controls can train under the same groups; recipe: dynamicvit sets the official value")
         super().__init__(keep_ratio, seed, **params)
-        for key in ("ratio_weight", "distill_weight", "token_distill_weight", "backbone_lr_scale",
-                    "freeze_backbone_epochs"):
+        for key in ("ratio_weight", "distill_weight", "token_distill_weight"):
             if self.config[key] < 0:
                 raise UsageError(f"method {self.name!r}: parameter {key!r} must be >= 0, got {self.config[key]!r}")
         if self.config["tau"] <= 0:
@@ -72,7 +71,6 @@ class DynamicViT(StagedPruning):
         self._tokens: torch.Tensor | None = None         # the student's final patch tokens (training)
         self._teacher_tokens: torch.Tensor | None = None
         self._prefix = 1
-        self._frozen = False
         self._patched: list[nn.Module] = []
 
     # -- patching -----------------------------------------------------------------------------
@@ -199,33 +197,5 @@ class DynamicViT(StagedPruning):
         kept = (self.policies[-1].detach() > 0.5).float()
         return (err * kept).sum() / kept.sum().clamp_min(1.0)
 
-    def optimizer_groups(self, model: nn.Module, recipe: dict[str, Any]) -> list[dict[str, Any]]:
-        lr, wd = float(recipe["lr"]), float(recipe["weight_decay"])
-        backbone_lr = lr * self.config["backbone_lr_scale"]
-        no_wd = set(getattr(model, "no_weight_decay", lambda: set())())
-        predictor, decay, no_decay = [], [], []
-        for name, p in model.named_parameters():
-            if name.startswith(PREDICTORS + "."):
-                predictor.append(p)
-            elif name in UNTRAINED or not p.requires_grad:
-                continue
-            elif p.ndim <= 1 or name.endswith(".bias") or name in no_wd:
-                no_decay.append(p)
-            else:
-                decay.append(p)
-        groups = [{"params": predictor, "lr": lr, "weight_decay": wd, "name": "predictor"},
-                  {"params": decay, "lr": backbone_lr, "weight_decay": wd, "name": "backbone"},
-                  {"params": no_decay, "lr": backbone_lr, "weight_decay": 0.0, "name": "backbone_no_decay"}]
-        return [g for g in groups if g["params"]]
-
-    def on_epoch_start(self, model: nn.Module, epoch: int, epochs: int) -> None:
-        self._frozen = epoch < self.config["freeze_backbone_epochs"]
-
-    def before_optimizer_step(self, model: nn.Module, step: int) -> None:
-        if not self._frozen:
-            return
-        # no gradient: AdamW skips the parameter (no update, no weight decay, no moment change). The
-        # gradients are still computed, so DistributedDataParallel sees the same graph every step.
-        for name, p in model.named_parameters():
-            if not name.startswith(PREDICTORS + "."):
-                p.grad = None
+    def lr_scales(self) -> dict[str, float]:
+        return {PREDICTORS: 1.0}

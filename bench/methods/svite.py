@@ -198,24 +198,8 @@ class SViTEPlus(_WeightSparse, StagedPruning):
         super().on_train_start(model, total_steps)
         self._set_tau(0)
 
-    def optimizer_groups(self, model: nn.Module, recipe: dict[str, Any]) -> list[dict[str, Any]] | None:
-        if self.config["selector_lr_scale"] == 1.0:
-            return None
-        lr, wd = float(recipe["lr"]), float(recipe["weight_decay"])
-        no_wd = set(getattr(model, "no_weight_decay", lambda: set())())
-        selector, decay, no_decay = [], [], []
-        for name, p in model.named_parameters():
-            if not p.requires_grad:
-                continue
-            if name.startswith(SELECTOR + "."):
-                selector.append(p)
-            elif p.ndim <= 1 or name.endswith(".bias") or name in no_wd:
-                no_decay.append(p)
-            else:
-                decay.append(p)
-        groups = [{"params": selector, "lr": lr * self.config["selector_lr_scale"], "weight_decay": wd},
-                  {"params": decay, "lr": lr, "weight_decay": wd}, {"params": no_decay, "lr": lr, "weight_decay": 0.0}]
-        return [g for g in groups if g["params"]]
+    def lr_scales(self) -> dict[str, float]:
+        return {SELECTOR: float(self.config["selector_lr_scale"])}
 
     def _set_tau(self, step: int) -> None:
         t = min(1.0, step / max(1, self.clock.total_steps - 1))

@@ -26,7 +26,7 @@ TABLE_CSV = "table.csv"
 # Order of the table's leading columns; extra keys from records follow, sorted.
 RESULT_COLUMNS: list[str] = [
     "suite", "run_id", "method", "backbone", "keep_ratio", "seed", "dataset", "method_params",
-    "top1", "top5", "gmacs_fvcore_1mac_eq_1flop", "method_gmacs_fvcore_1mac_eq_1flop",
+    "top1", "top5", "top1_ema", "top5_ema", "gmacs_fvcore_1mac_eq_1flop", "method_gmacs_fvcore_1mac_eq_1flop",
     "theoretical_gmacs_nonzero_weights_fvcore_1mac_eq_1flop", "params_m", "nonzero_params_m",
     "mean_tokens", "tokens_per_block",
     "throughput_img_s", "throughput_img_s_iqr", "throughput_batch_size", "throughput_device",
@@ -39,14 +39,14 @@ RESULT_COLUMNS: list[str] = [
 SORT_KEYS: list[str] = ["method", "backbone", "keep_ratio", "seed", "run_id"]
 
 _FLOAT_COLUMNS = {
-    "keep_ratio", "top1", "top5", "gmacs_fvcore_1mac_eq_1flop", "method_gmacs_fvcore_1mac_eq_1flop", "params_m",
+    "keep_ratio", "top1", "top5", "top1_ema", "top5_ema", "gmacs_fvcore_1mac_eq_1flop", "method_gmacs_fvcore_1mac_eq_1flop", "params_m",
     "theoretical_gmacs_nonzero_weights_fvcore_1mac_eq_1flop", "nonzero_params_m", "train_peak_mem_mb",
     "mean_tokens",
     "throughput_img_s", "throughput_img_s_iqr", "peak_mem_mb", "train_epochs",
     "train_wall_s", "eval_wall_s",
 }
 _INT_COLUMNS = {"seed", "throughput_batch_size", "cpu_threads", "batch_size"}
-_BOOL_COLUMNS = {"git_dirty"}
+_BOOL_COLUMNS = {"git_dirty", "finetuned"}
 # pandas >= 3 has a dedicated string dtype; on pandas 2 "str" would stringify None.
 _STR_DTYPE: Any = "str" if int(pd.__version__.split(".")[0]) >= 3 else object
 

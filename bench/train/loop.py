@@ -1,8 +1,11 @@
-"""The training loop every method goes through: AdamW + warm-up/cosine (timm factories), AMP on GPU,
-gradient clipping, per-epoch atomic checkpoints with automatic resume, and a hard stop on non-finite loss.
+"""The training loop every method goes through: timm's optimiser, warm-up/cosine schedule with per-group
+lr scales (``bench.train.optim``), Mixup/CutMix with soft-target cross-entropy, repeated augmentation,
+model EMA (all timm), AMP on GPU, gradient clipping, per-epoch atomic checkpoints with automatic resume,
+and a hard stop on non-finite loss.
 
-Resume is exact on CPU: the data order of epoch e depends only on (seed, e), and the RNG states of torch
-and of the method are checkpointed with the weights.
+Resume is exact on CPU: the data order of epoch e depends only on (seed, e), and the RNG states of torch,
+numpy and Python (Mixup and timm's transforms draw from them) and of the method are checkpointed with
+the weights, the optimiser and the EMA.
 
 Under a process group of N ranks (see ``bench.train.distributed``) the recipe's ``batch_size`` stays the
 global batch: every rank draws the same permutation and takes its slice of each global batch, the model
@@ -22,10 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from timm.optim import create_optimizer_v2
-from timm.scheduler import CosineLRScheduler
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
+from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -35,6 +40,7 @@ from bench.errors import RunFailed, UsageError
 from bench.io import atomic_torch_save, atomic_write_text
 from bench.methods.base import Method, TrainContext
 from bench.train import distributed as D
+from bench.train.optim import LR_RULE, GroupSchedule, build_optimizer, describe_groups, param_groups
 
 STATE_FILE = "train_state.pth"
 LOG_FILE = "train_log.jsonl"
@@ -54,6 +60,9 @@ class TrainResult:
     lr: float                      # the recipe's base learning rate
     lr_effective: float            # after the linear scaling rule, when the recipe sets lr_base_batch
     method_metrics: dict[str, Any] | None = None  # the method's figures at the end (e.g. nonzero weights)
+    optimizer_groups: list[dict[str, Any]] | None = None  # name, params, lr_scale, weight_decay, frozen_epochs
+    lr_rule: str = LR_RULE
+    ema_state: dict[str, Any] | None = None  # the EMA weights (CPU) when the recipe keeps an EMA
 
 
 class EpochBatches(Sampler[list[int]]):
@@ -64,22 +73,36 @@ class EpochBatches(Sampler[list[int]]):
     The permutation is drawn from the generator the DataLoader also holds, after the DataLoader has drawn
     its worker base seed from it, so a world of one yields exactly the batches of
     ``DataLoader(shuffle=True, generator=g)``.
+
+    ``repeats`` > 1 is DeiT's repeated augmentation (``RASampler``): the epoch keeps its length but holds
+    the first ceil(n / repeats) images of the permutation, each ``repeats`` times, and the copies of an
+    image are dealt to different ranks within one global batch (strided, as RASampler's
+    ``indices[rank::world]``), so each device sees its own augmentation of the image.
     """
 
-    def __init__(self, n: int, global_batch: int, generator: torch.Generator, rank: int = 0, world: int = 1):
+    def __init__(self, n: int, global_batch: int, generator: torch.Generator, rank: int = 0, world: int = 1,
+                 repeats: int = 1):
         self.n, self.global_batch, self.generator, self.rank, self.world = n, global_batch, generator, rank, world
         self.local_batch = global_batch // world
+        self.repeats = repeats
 
     def __len__(self) -> int:
         # drop_last when there is at least one full batch, else one short batch (world of one only)
         return self.n // self.global_batch if self.n >= self.global_batch else 1
 
     def __iter__(self) -> Iterator[list[int]]:
-        perm = torch.randperm(self.n, generator=self.generator).tolist()
+        perm = torch.randperm(self.n, generator=self.generator)
+        if self.repeats > 1:
+            perm = perm[:math.ceil(self.n / self.repeats)].repeat_interleave(self.repeats)[:self.n]
+        perm = perm.tolist()
         lo = self.rank * self.local_batch
         for i in range(len(self)):
             batch = perm[i * self.global_batch:(i + 1) * self.global_batch]
-            yield batch if self.world == 1 else batch[lo:lo + self.local_batch]
+            if self.world > 1 and self.repeats > 1:
+                batch = batch[self.rank::self.world]
+                yield batch[:self.local_batch]
+            else:
+                yield batch if self.world == 1 else batch[lo:lo + self.local_batch]
 
 
 def _seed_worker(rank: int, worker_id: int) -> None:
@@ -91,9 +114,9 @@ def _seed_worker(rank: int, worker_id: int) -> None:
 
 
 def _loader(ds: Dataset, batch_size: int, seed: int, epoch: int, workers: int, rank: int = 0,
-            world: int = 1) -> DataLoader:
+            world: int = 1, repeats: int = 1) -> DataLoader:
     g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return DataLoader(ds, batch_sampler=EpochBatches(len(ds), batch_size, g, rank, world), generator=g,
+    return DataLoader(ds, batch_sampler=EpochBatches(len(ds), batch_size, g, rank, world, repeats), generator=g,
                       num_workers=workers, pin_memory=torch.cuda.is_available(),
                       worker_init_fn=functools.partial(_seed_worker, rank) if world > 1 and workers else None)
 
@@ -117,6 +140,9 @@ def batch_plan(recipe: dict[str, Any], world: int, n_train: int) -> tuple[int, i
     if global_batch % world:
         raise UsageError(f"batch_size {global_batch} is the global batch and must be divisible by the "
                          f"{world} processes")
+    if mixup_active(recipe) and (global_batch // world) % 2:
+        raise UsageError(f"mixup/cutmix pair the images of a batch: the per-device batch "
+                         f"({global_batch // world}) must be even")
     if world > 1 and n_train < global_batch:
         raise UsageError(f"{n_train} training images are fewer than one global batch ({global_batch}); "
                          f"a multi-process run needs at least one full batch")
@@ -125,14 +151,31 @@ def batch_plan(recipe: dict[str, Any], world: int, n_train: int) -> tuple[int, i
     return global_batch, global_batch // world, lr * global_batch / float(base) if base else lr
 
 
+def mixup_active(recipe: dict[str, Any]) -> bool:
+    return recipe["mixup"] > 0 or recipe["cutmix"] > 0 or recipe["cutmix_minmax"] is not None
+
+
+def make_mixup(recipe: dict[str, Any], num_classes: int) -> Mixup | None:
+    """timm's Mixup/CutMix with label smoothing folded into the soft targets, as DeiT; None when off."""
+    if not mixup_active(recipe):
+        return None
+    return Mixup(mixup_alpha=float(recipe["mixup"]), cutmix_alpha=float(recipe["cutmix"]),
+                 cutmix_minmax=recipe["cutmix_minmax"], prob=float(recipe["mixup_prob"]),
+                 switch_prob=float(recipe["mixup_switch_prob"]), mode=recipe["mixup_mode"],
+                 label_smoothing=float(recipe["label_smoothing"]), num_classes=num_classes)
+
+
 def _rng_state(method: Method, device: torch.device) -> dict[str, Any]:
     return {"method": method.train_state(), "torch_rng": torch.get_rng_state(),
+            "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
             "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
 
 def _load_rng_state(state: dict[str, Any], method: Method, device: torch.device) -> None:
     method.load_train_state(state["method"])
     torch.set_rng_state(state["torch_rng"])
+    np.random.set_state(state["numpy_rng"])
+    random.setstate(state["python_rng"])
     if device.type == "cuda" and state.get("cuda_rng") is not None:
         torch.cuda.set_rng_state(state["cuda_rng"], device)
 
@@ -140,30 +183,39 @@ def _load_rng_state(state: dict[str, Any], method: Method, device: torch.device)
 def train_model(model: nn.Module, method: Method, train_ds: Dataset, recipe: dict[str, Any], *, seed: int,
                 out_dir: Path, device: torch.device, teacher: nn.Module | None = None,
                 log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> TrainResult:
+    from bench.config import DEFAULT_RECIPE
+
+    if any(k not in recipe for k in DEFAULT_RECIPE):  # a partial recipe (tests, old records): defaults for the rest
+        recipe = {**DEFAULT_RECIPE, **recipe}
     rank, world = D.rank(), D.world_size()
     main = rank == 0
     global_batch, local_batch, lr = batch_plan(recipe, world, len(train_ds))
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
     epochs = int(recipe["epochs"])
-    torch.manual_seed(seed + rank)  # independent drop-path etc. noise per shard; unchanged for one process
+    # independent drop-path, augmentation and mixup noise per shard; unchanged for one process
+    torch.manual_seed(seed + rank)
+    np.random.seed((seed + rank) % 2**32)
+    random.seed(seed + rank)
     model.to(device)
     if teacher is not None:
         teacher.to(device).eval().requires_grad_(False)
         method.attach_teacher(teacher)
 
     steps_per_epoch = len(EpochBatches(len(train_ds), global_batch, torch.Generator()))
-    if recipe.get("max_steps_per_epoch"):
+    if recipe["max_steps_per_epoch"]:
         steps_per_epoch = min(steps_per_epoch, int(recipe["max_steps_per_epoch"]))
     total = max(1, epochs * steps_per_epoch)
-    # the method sees the effective lr, so group learning rates it derives from it scale with it
-    groups = method.optimizer_groups(model, {**recipe, "lr": lr})
-    optimizer = create_optimizer_v2(groups if groups is not None else model, opt=recipe["opt"], lr=lr,
-                                    weight_decay=recipe["weight_decay"])
-    scheduler = CosineLRScheduler(optimizer, t_initial=total, lr_min=recipe["min_lr"],
-                                  warmup_t=int(recipe["warmup_epochs"] * steps_per_epoch),
-                                  warmup_lr_init=recipe["warmup_lr"], t_in_epochs=False)
-    amp_dtype = _amp_dtype(device, bool(recipe.get("amp", True)))
+    groups = param_groups(model, method.lr_scales(), recipe)
+    group_record = describe_groups(groups)
+    optimizer = build_optimizer(groups, recipe, lr)
+    schedule = GroupSchedule(optimizer, recipe, steps_per_epoch)
+    mixup = make_mixup(recipe, int(model.num_classes))
+    soft_ce = SoftTargetCrossEntropy()
+    # averaged weights only (never run forward during training), created before DDP wraps the model
+    ema = ModelEmaV3(model, decay=float(recipe["model_ema_decay"]), use_warmup=bool(recipe["model_ema_warmup"])) \
+        if recipe["model_ema"] else None
+    amp_dtype = _amp_dtype(device, bool(recipe["amp"]))
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     start_epoch, resumed = 0, None
@@ -173,6 +225,10 @@ def train_model(model: nn.Module, method: Method, train_ds: Dataset, recipe: dic
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
+        if ema is not None:
+            if state.get("ema") is None:
+                raise RunFailed(f"{state_path} holds no EMA weights but the recipe keeps an EMA; delete it to restart")
+            ema.load_state_dict(state["ema"])
         saved_world = int(state.get("world_size", 1))
         if saved_world == world:
             _load_rng_state(state["ranks"][rank] if world > 1 else state, method, device)
@@ -201,7 +257,8 @@ def train_model(model: nn.Module, method: Method, train_ds: Dataset, recipe: dic
     for epoch in range(start_epoch, epochs):
         net.train()
         method.on_epoch_start(model, epoch, epochs)
-        loader = _loader(train_ds, global_batch, seed, epoch, recipe.get("num_workers", 0), rank, world)
+        loader = _loader(train_ds, global_batch, seed, epoch, recipe["num_workers"], rank, world,
+                         int(recipe["repeated_aug"]))
         sums: dict[str, float] = {}
         bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
                    disable=None if main else True, mininterval=2.0, file=sys.stderr)
@@ -209,14 +266,20 @@ def train_model(model: nn.Module, method: Method, train_ds: Dataset, recipe: dic
             if i >= steps_per_epoch:
                 break
             images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-            scheduler.step_update(step)
+            schedule.apply(step, epoch)
+            if mixup is not None:  # targets become soft (B, classes); the teacher sees the mixed images too
+                images, targets = mixup(images, targets)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 logits = net(images)
                 teacher_logits = None
                 if teacher is not None:
                     with torch.no_grad():
                         teacher_logits = teacher(images)
-                terms = {"ce": F.cross_entropy(logits.float(), targets, label_smoothing=recipe["label_smoothing"])}
+                if mixup is not None:
+                    ce = soft_ce(logits.float(), targets)
+                else:
+                    ce = F.cross_entropy(logits.float(), targets, label_smoothing=recipe["label_smoothing"])
+                terms = {"ce": ce}
                 terms.update(method.extra_losses(model, TrainContext(images, targets, logits, teacher_logits)))
                 loss = sum(terms.values())
             # loss and terms averaged over ranks (equal shards: the global-batch values); reduced before
@@ -229,13 +292,15 @@ def train_model(model: nn.Module, method: Method, train_ds: Dataset, recipe: dic
                                 f"terms: {', '.join(f'{k}={v:.4g}' for k, v in zip(terms, term_values))}")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
-            if recipe.get("clip_grad"):
+            if recipe["clip_grad"]:
                 scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(net.parameters(), recipe["clip_grad"])
             method.before_optimizer_step(model, step)
             scaler.step(optimizer)
             scaler.update()
             method.after_optimizer_step(model, step)
+            if ema is not None:
+                ema.update(model, step=step)
             step += 1
             for k, v in zip(terms, term_values):
                 sums[k] = sums.get(k, 0.0) + v
@@ -243,7 +308,8 @@ def train_model(model: nn.Module, method: Method, train_ds: Dataset, recipe: dic
         n = max(1, min(steps_per_epoch, len(loader)))
         ranks = D.all_gather_object(_rng_state(method, device)) if world > 1 else None
         if main:
-            record = {"epoch": epoch + 1, "step": step, "lr": optimizer.param_groups[0]["lr"],
+            record = {"epoch": epoch + 1, "step": step, "lr": schedule.scheduled_lr(step - 1, epoch),
+                      **{f"lr_{g['name']}": g["lr"] for g in optimizer.param_groups},
                       "loss": sum(sums.values()) / n, **{f"loss_{k}": v / n for k, v in sums.items()},
                       "elapsed_s": round(time.time() - t0, 2), **method.train_metrics()}
             log(json.dumps(record))
@@ -251,12 +317,15 @@ def train_model(model: nn.Module, method: Method, train_ds: Dataset, recipe: dic
             atomic_torch_save(state_path, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                 "epoch": epoch, "world_size": world, "ranks": ranks, **_rng_state(method, device),
+                "ema": ema.state_dict() if ema is not None else None,
             })
         D.barrier()  # the checkpoint is complete before any rank moves on
     return TrainResult(epochs=epochs, steps=step, wall_s=time.time() - t0, final_loss=loss_value,
                        peak_mem_mb=D.all_reduce_max(_peak_mem_mb(device), device), resumed_from_epoch=resumed,
                        world_size=world, per_device_batch_size=local_batch, global_batch_size=global_batch,
-                       lr=float(recipe["lr"]), lr_effective=lr, method_metrics=method.train_metrics() or None)
+                       lr=float(recipe["lr"]), lr_effective=lr, method_metrics=method.train_metrics() or None,
+                       optimizer_groups=group_record,
+                       ema_state={k: v.detach().cpu() for k, v in ema.module.state_dict().items()} if ema else None)
 
 
 def _append_log(path: Path, record: dict[str, Any]) -> None:
