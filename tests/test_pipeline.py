@@ -92,3 +92,40 @@ def test_bad_suite_fails_before_anything_runs(tmp_path):
     assert [line for line in p.stderr.splitlines() if line.startswith("bench: error:")] == [
         f"bench: error: {suite}: field seeds[0]: 'zero' is not of type 'integer'"]
     assert not (tmp_path / "results").exists()
+
+
+def test_finetune_none_schedules_no_finetune_job(tmp_path):
+    """Off-the-shelf protocol: the pretrained backbone is evaluated with each method applied, no training."""
+    import torch
+
+    from bench.methods import create_method
+    from bench.models import build_backbone
+
+    # a learned method is evaluated only from its given trained weights (here: a patched model's state)
+    model = build_backbone("tb_vit_pico_patch4_32", num_classes=10)
+    create_method("dynamicvit", 0.5).apply(model)
+    weights = tmp_path / "dynamicvit.pth"
+    torch.save({"model": model.state_dict()}, weights)
+    suite = tmp_path / "shelf.yaml"
+    suite.write_text(SUITE.replace("name: tiny", "name: shelf")
+                     .replace("{name: random, label: broken, params: {stage_blocks: [2, 4, 99]}}",
+                              f"{{name: dynamicvit, weights: {weights}}}")
+                     .replace("finetune: {epochs: 1, batch_size: 64, max_steps_per_epoch: 2}", "finetune: none"))
+    dry = snakemake(tmp_path, suite, "-n")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    stats = dry.stdout.split("Job stats:")[1].split("total")[0]
+    jobs = {ln.split()[0]: int(ln.split()[1]) for ln in stats.splitlines() if len(ln.split()) == 2
+            and ln.split()[1].isdigit()}
+    assert jobs.get("evaluate") == 3 and jobs.get("pretrain") == 1 and "finetune" not in jobs, jobs
+    p = snakemake(tmp_path, suite)
+    assert p.returncode == 0, p.stderr[-3000:]
+    runs = tmp_path / "results" / "shelf" / "runs"
+    assert not list(runs.glob("*/model.pth"))
+    records = [json.loads(f.read_text()) for f in runs.glob("*/run.json")]
+    assert len(records) == 3 and all(r["finetuned"] is False and r["train_epochs"] is None for r in records)
+    assert next(r for r in records if r["method"] == "dynamicvit")["weights"] == str(weights)
+    pretrained = json.loads(json.dumps(__import__("torch").load(
+        tmp_path / "results" / "shelf" / "pretrain" / "tb_vit_pico_patch4_32" / "model.pth",
+        weights_only=False)["meta"]["val_top1"]))
+    dense = next(r for r in records if r["method"] == "dense")
+    assert dense["top1"] == pytest.approx(pretrained)  # the dense run is the pretrained backbone itself

@@ -1,0 +1,243 @@
+"""Training input pipeline throughput: the harness's DeiT loader against timm's create_loader (a benchmark, not a test).
+
+    python tests/benchmarks/train_loader_vs_timm.py                       # generated folder, 2 workers, batch 64
+    python tests/benchmarks/train_loader_vs_timm.py --folder DIR --workers 8 --batch-size 128 --batches 30
+
+What is measured: images/s delivered by the training DataLoader, with the full DeiT augmentation stack
+(RandomResizedCrop bicubic, flip, RandAugment rand-m9-mstd0.5-inc1, colour jitter 0.3, random erasing
+0.25), on the same image folder with the same worker count and batch size, for
+
+* the harness, built exactly as a fine-tune job builds it: ``bench.data.load_data`` (imagefolder, i.e. a
+  Hugging Face ``datasets`` Arrow table), ``make_torch_datasets`` with the resolved ``finetune: deit``
+  recipe, and ``bench.train.loop._loader`` (a DataLoader over EpochBatches, repeated augmentation on);
+* timm: ``timm.data.create_dataset`` on DIR/train and ``timm.data.create_loader`` with the same transform
+  settings, taken from the recipe (no prefetcher: the batches come out as the harness's do).
+
+Each round builds a fresh loader per side, lets it warm up (workers start, the first batches are not
+timed), then times a fixed number of batches; rounds interleave the sides (harness, timm, harness, ...).
+The figure is the ratio of the two medians, harness / timm. Mixup/CutMix run on the whole batch in the
+training loop (on the device), so they are excluded from both sides. ``--profile-items`` adds a
+single-process breakdown of ``__getitem__`` (fetching the image vs the transform) for both datasets.
+
+Without ``--folder`` a folder of smooth random JPEGs of ImageNet-like size (about 400-500 x 350-400 px,
+quality 90) is generated under ``--workdir`` (a temp dir by default) and reused when already there. The
+harness's Arrow cache for it goes to ``--workdir``/cache (``TOKENBENCH_CACHE``), not the user's cache.
+Prints figures; asserts nothing (timings depend on the machine).
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch: the main process only waits on workers
+
+import argparse
+import gc
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+
+CLAIM = 0.95  # the harness should deliver at least this fraction of timm's throughput
+
+
+def generate_folder(root: Path, n_classes: int, n_train: int, n_val: int, seed: int) -> Path:
+    """FOLDER/train/<class>/*.jpg and FOLDER/validation/<class>/*.jpg, smooth random content."""
+    tag = f"imgs-c{n_classes}-t{n_train}-v{n_val}-s{seed}"
+    folder = root / tag
+    done = folder / ".complete"
+    if done.exists():
+        return folder
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", n_train), ("validation", n_val)):
+        for i in range(n):
+            d = folder / split / f"class{i % n_classes:03d}"
+            d.mkdir(parents=True, exist_ok=True)
+            w, h = int(rng.integers(400, 501)), int(rng.integers(350, 401))
+            # octaves of upsampled noise (smooth shapes + mid-frequency texture) and a little pixel noise,
+            # so the JPEGs are neither trivially compressible nor pure noise
+            img = np.zeros((h, w, 3), np.float32)
+            for cells, amp in ((4, 90.0), (16, 45.0), (64, 20.0)):
+                small = rng.uniform(-1, 1, (max(2, cells * h // w), cells, 3)).astype(np.float32)
+                up = Image.fromarray(((small + 1) * 127.5).astype(np.uint8)).resize((w, h), Image.BICUBIC)
+                img += (np.asarray(up, np.float32) / 127.5 - 1) * amp
+            img += 128 + rng.normal(0, 6, (h, w, 3)).astype(np.float32)
+            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(d / f"{split}_{i:05d}.jpg", quality=90)
+    done.write_text("ok\n")
+    return folder
+
+
+def harness_side(folder: Path, image_size: int) -> tuple[Any, dict[str, Any], Callable[..., Any]]:
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    from bench.config import resolve_recipe
+    from bench.data import load_data
+    from bench.data.transforms import make_torch_datasets
+    from bench.train.loop import _loader
+
+    recipe, _ = resolve_recipe(("finetune", "deit"))
+    bundle = load_data({"source": "imagefolder", "path": str(folder)})
+    train_ds, _val = make_torch_datasets(bundle, image_size=image_size, in_chans=3, mean=IMAGENET_DEFAULT_MEAN,
+                                         std=IMAGENET_DEFAULT_STD, recipe=recipe)
+
+    def make(batch_size: int, workers: int) -> Any:
+        return _loader(train_ds, batch_size, seed=0, epoch=0, workers=workers, repeats=int(recipe["repeated_aug"]))
+
+    return train_ds, recipe, make
+
+
+def timm_side(folder: Path, image_size: int, recipe: dict[str, Any]) -> tuple[Any, Callable[..., Any], str]:
+    import inspect
+
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_dataset, create_loader
+
+    dataset = create_dataset("", root=str(folder / "train"), split="train", is_training=True)
+    repeats = int(recipe["repeated_aug"])
+    # timm asserts num_aug_repeats == 0 outside distributed mode (its RepeatAugSampler needs a process group)
+    src = inspect.getsource(create_loader)
+    supported = "RepeatAugment not currently supported in non-distributed" not in src
+    kwargs: dict[str, Any] = dict(
+        input_size=(3, image_size, image_size), is_training=True, use_prefetcher=False, no_aug=False,
+        re_prob=float(recipe["re_prob"]), re_mode=recipe["re_mode"], re_count=int(recipe["re_count"]),
+        scale=tuple(recipe["scale"]) if recipe["scale"] else None,
+        ratio=tuple(recipe["ratio"]) if recipe["ratio"] else None,
+        hflip=recipe["hflip"] if recipe["hflip"] is not None else 0.5,
+        color_jitter=recipe["color_jitter"], auto_augment=recipe["auto_augment"],
+        interpolation=recipe["interpolation"], mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
+        distributed=False, pin_memory=False,
+    )
+    if supported and repeats > 1:
+        kwargs["num_aug_repeats"] = repeats
+        note = f"timm: num_aug_repeats={repeats}"
+    else:
+        note = (f"timm: no repeated augmentation (create_loader supports num_aug_repeats only when distributed); "
+                f"the harness samples with repeats={repeats}, which does not change the per-image decode+augment cost")
+
+    def make(batch_size: int, workers: int) -> Any:
+        return create_loader(dataset, batch_size=batch_size, num_workers=workers, **kwargs)
+
+    return dataset, make, note
+
+
+def time_loader(loader: Any, warmup: int, batches: int, batch_size: int) -> float:
+    """Images/s over ``batches`` batches after ``warmup`` untimed ones (worker start-up included there)."""
+    it = iter(loader)
+    try:
+        for _ in range(warmup):
+            next(it)
+        n = 0
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            x, _y = next(it)
+            n += x.shape[0]
+        dt = time.perf_counter() - t0
+    finally:
+        del it
+        gc.collect()
+    assert n == batches * batch_size or n > 0
+    return n / dt
+
+
+def profile_items(name: str, ds: Any, fetch: Callable[[int], Any], n: int) -> tuple[float, float]:
+    """Per-item ms in this process: (image fetch + decode, whole __getitem__)."""
+    idx = np.random.default_rng(0).permutation(len(ds))[:n].tolist()
+    fetch(idx[0]), ds[idx[0]]  # warm caches
+    t0 = time.perf_counter()
+    for i in idx:
+        fetch(i)
+    t_fetch = (time.perf_counter() - t0) / n * 1e3
+    t0 = time.perf_counter()
+    for i in idx:
+        ds[i]
+    t_item = (time.perf_counter() - t0) / n * 1e3
+    print(f"  {name:<8} fetch+decode {t_fetch:6.2f} ms   __getitem__ {t_item:6.2f} ms   "
+          f"(transform ~{t_item - t_fetch:5.2f} ms)", flush=True)
+    return t_fetch, t_item
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--folder", type=Path, default=None, help="DIR/train/<class>/*, DIR/validation/<class>/*")
+    ap.add_argument("--workdir", type=Path, default=None, help="where to generate the folder (default: a temp dir)")
+    ap.add_argument("--classes", type=int, default=10)
+    ap.add_argument("--train-images", type=int, default=1000)
+    ap.add_argument("--val-images", type=int, default=100)
+    ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--warmup", type=int, default=3, help="untimed batches per round")
+    ap.add_argument("--batches", type=int, default=10, help="timed batches per round")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--profile-items", type=int, default=100, help="items for the __getitem__ breakdown (0: skip)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    workdir = args.workdir or Path(tempfile.gettempdir()) / "tokenbench-loader-bench"
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TOKENBENCH_CACHE", str(workdir / "cache"))
+
+    import timm
+    import torch
+
+    torch.set_num_threads(1)
+    if args.folder is None:
+        t0 = time.perf_counter()
+        folder = generate_folder(workdir, args.classes, args.train_images, args.val_images, args.seed)
+        print(f"folder: {folder} (ready in {time.perf_counter() - t0:.1f}s)", flush=True)
+    else:
+        folder = args.folder
+        print(f"folder: {folder}", flush=True)
+    files = sorted((folder / "train").glob("*/*"))
+    sizes = [Image.open(f).size for f in files[:200]]
+    print(f"train images: {len(files)}, mean file {np.mean([f.stat().st_size for f in files]) / 1024:.0f} KiB, "
+          f"mean size {np.mean([s[0] for s in sizes]):.0f}x{np.mean([s[1] for s in sizes]):.0f} px", flush=True)
+
+    h_ds, recipe, h_make = harness_side(folder, args.image_size)
+    t_ds, t_make, note = timm_side(folder, args.image_size, recipe)
+    t_ds.transform = t_make(args.batch_size, 0).dataset.transform  # create_loader installs the transform
+    h_tf = [repr(t) for t in h_ds.transform.transforms[1:]]  # [0] is the harness's ConvertMode("RGB")
+    t_tf = [repr(t) for t in t_ds.transform.transforms]
+    n_batches = len(h_make(args.batch_size, 0))
+    print(f"torch {torch.__version__}, timm {timm.__version__}, cpus {os.cpu_count()}, workers {args.workers}, "
+          f"batch {args.batch_size}, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, "
+          f"warm-up {args.warmup} + timed {args.batches} batches per round ({n_batches} in an epoch)")
+    print(f"recipe finetune/deit: auto_augment={recipe['auto_augment']} color_jitter={recipe['color_jitter']} "
+          f"re_prob={recipe['re_prob']} re_mode={recipe['re_mode']} interpolation={recipe['interpolation']} "
+          f"scale={recipe['scale']} ratio={recipe['ratio']} hflip={recipe['hflip']} "
+          f"repeated_aug={recipe['repeated_aug']}")
+    print(f"transforms identical (after the harness's ConvertMode): {'yes' if h_tf == t_tf else 'NO'}")
+    if h_tf != t_tf:
+        print("  harness:", h_tf, "\n  timm:   ", t_tf)
+    print(note)
+    print("excluded from both sides: Mixup/CutMix (applied on the batch in the training loop, on the device)")
+    if args.warmup + args.batches > n_batches:
+        raise SystemExit(f"--warmup + --batches ({args.warmup + args.batches}) exceeds one epoch ({n_batches} "
+                         f"batches); generate more images or time fewer batches")
+
+    if args.profile_items:
+        print(f"__getitem__ in one process, {args.profile_items} items:", flush=True)
+        h_fetch = lambda i: h_ds.hf[int(i)][h_ds.image_key]  # noqa: E731 - the harness's own access
+        t_fetch = lambda i: Image.open(t_ds.reader[i][0]).convert("RGB")  # noqa: E731 - timm's
+        hf, hi = profile_items("harness", h_ds, h_fetch, args.profile_items)
+        tf, ti = profile_items("timm", t_ds, t_fetch, args.profile_items)
+        print(f"  per-item ratio timm/harness: fetch {tf / hf:.3f}, __getitem__ {ti / hi:.3f}")
+
+    rates: dict[str, list[float]] = {"harness": [], "timm": []}
+    for r in range(args.rounds):
+        for side, make in (("harness", h_make), ("timm", t_make)):
+            loader = make(args.batch_size, args.workers)
+            rate = time_loader(loader, args.warmup, args.batches, args.batch_size)
+            del loader
+            gc.collect()
+            rates[side].append(rate)
+            print(f"round {r + 1}: {side:<8} {rate:7.1f} img/s", flush=True)
+    h, t = statistics.median(rates["harness"]), statistics.median(rates["timm"])
+    print(f"median: harness {h:.1f} img/s, timm {t:.1f} img/s")
+    print(f"ratio harness / timm = {h / t:.3f} (claim: >= {CLAIM}) -> {'holds' if h / t >= CLAIM else 'does NOT hold'}")
+
+
+if __name__ == "__main__":
+    main()
