@@ -279,11 +279,12 @@ def _trained_model(suite: Suite, run: Run, bundle, root: str | Path) -> tuple[di
 
 
 def _ema_model(suite: Suite, run: Run, bundle, saved: dict[str, Any]) -> nn.Module:
-    """The EMA weights in a model of their own. For weight-sparse methods the trained model's zeros are
-    applied to the average (an EMA of pruned-and-regrown weights is not sparse), so it keeps the budget."""
+    """The EMA weights in a model of their own. For methods with a weight budget (SViTE's weights, S2ViTE's
+    heads and neurons) the trained model's zeros are applied to the average (an EMA of pruned-and-regrown
+    weights is not sparse), so it keeps the budget and S2ViTE's cut structures are removed from it too."""
     model, method = build_run_model(suite, run, bundle, None)
     ema = dict(saved["model_ema"])
-    if method.weight_sparse:
+    if method.weight_sparse or not method.reduces_tokens:
         for k, v in saved["model"].items():
             if v.is_floating_point() and k in ema:
                 ema[k] = torch.where(v == 0, torch.zeros_like(ema[k]), ema[k])

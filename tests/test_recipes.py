@@ -348,3 +348,31 @@ def test_validate_prints_each_value_with_its_source():
     line = next(ln for ln in runs.splitlines() if ln.strip().startswith("backbone_lr_scale"))
     assert "0.01" in line and "recipe dynamicvit:" in line and ":" in line.split("[")[1]
     assert math.isfinite(float(line.split("=")[1].split("[")[0]))
+
+
+def test_ema_is_trained_saved_and_scored_as_its_own_metrics_keeping_the_weight_budget(tmp_path):
+    from bench import runner
+
+    path = _suite(tmp_path, BASE.replace("keep_ratios: [0.5]", "keep_ratios: [1.0]") + """
+methods: [{name: s2vite, params: {density: 0.5, update_interval: 1}}]
+finetune: {epochs: 1, batch_size: 64, max_steps_per_epoch: 3, model_ema: true, model_ema_decay: 0.5}
+evaluate: {max_val_images: 64, flops_images: 2, throughput: {batch_sizes: [2], repeats: 1, warmup: 0}}
+""")
+    suite = load_suite(path)
+    run = suite.runs[0]
+    root = tmp_path / "results"
+    runner.pretrain(suite, run.backbone, root=root)
+    runner.finetune(suite, run, root=root)
+    saved = torch.load(runner.run_dir(suite, run, root) / runner.MODEL_FILE, weights_only=False)
+    assert set(saved["model_ema"]) == set(saved["model"])
+    assert any(not torch.equal(saved["model_ema"][k], v) for k, v in saved["model"].items())
+    bundle = runner._data(suite)
+    ema = runner._ema_model(suite, run, bundle, saved)
+    _, trained, _ = runner._trained_model(suite, run, bundle, root)
+    # S2ViTE's cut heads and neurons are removed from the EMA model too: the same (smaller) shapes
+    assert {k: v.shape for k, v in ema.state_dict().items()} == {k: v.shape for k, v in trained.state_dict().items()}
+    assert trained.blocks[0].mlp.fc1.out_features < 4 * 64
+    record = runner.evaluate_run(suite, run, root=root)
+    assert record["top1_ema"] is not None and 0 <= record["top1_ema"] <= 100
+    groups = {g["name"]: g for g in record["optimizer_groups"]}
+    assert groups["backbone"]["lr_scale"] == 1.0 and record["lr_rule"].startswith("group lr = lr_scale")

@@ -122,7 +122,7 @@ def timm_side(folder: Path, image_size: int, recipe: dict[str, Any]) -> tuple[An
     return dataset, make, note
 
 
-def time_loader(loader: Any, warmup: int, batches: int, batch_size: int) -> float:
+def time_loader(loader: Any, warmup: int, batches: int) -> float:
     """Images/s over ``batches`` batches after ``warmup`` untimed ones (worker start-up included there)."""
     it = iter(loader)
     try:
@@ -137,7 +137,6 @@ def time_loader(loader: Any, warmup: int, batches: int, batch_size: int) -> floa
     finally:
         del it
         gc.collect()
-    assert n == batches * batch_size or n > 0
     return n / dt
 
 
@@ -197,7 +196,7 @@ def main() -> None:
 
     h_ds, recipe, h_make = harness_side(folder, args.image_size)
     t_ds, t_make, note = timm_side(folder, args.image_size, recipe)
-    t_ds.transform = t_make(args.batch_size, 0).dataset.transform  # create_loader installs the transform
+    t_make(args.batch_size, 0)  # create_loader installs the transform on the dataset
     h_tf = [repr(t) for t in h_ds.transform.transforms[1:]]  # [0] is the harness's ConvertMode("RGB")
     t_tf = [repr(t) for t in t_ds.transform.transforms]
     n_batches = len(h_make(args.batch_size, 0))
@@ -229,7 +228,7 @@ def main() -> None:
     for r in range(args.rounds):
         for side, make in (("harness", h_make), ("timm", t_make)):
             loader = make(args.batch_size, args.workers)
-            rate = time_loader(loader, args.warmup, args.batches, args.batch_size)
+            rate = time_loader(loader, args.warmup, args.batches)
             del loader
             gc.collect()
             rates[side].append(rate)
