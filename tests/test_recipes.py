@@ -160,9 +160,11 @@ def test_frozen_group_is_held_at_lr_zero_and_stepped_without_changing(tiny_vit, 
     assert all(state["state"][i]["exp_avg_sq"].abs().sum() > 0 for g in frozen for i in g["params"])
 
 
-def _fit_photos(tiny_vit, out, log=lambda s: None):
+def _fit_photos(tiny_vit, out, log=lambda s: None, init=None):
     recipe = {**DEFAULT_RECIPE, **EVERY_AUGMENTATION, "epochs": 3, "batch_size": 16, "lr": 1e-3, "warmup_epochs": 1}
     model = tiny_vit(in_chans=3, drop_path_rate=recipe["drop_path"])
+    if init is not None:
+        init.update({k: v.clone() for k, v in model.state_dict().items()})
     m = create_method("random", 0.5, seed=0)
     m.apply(model)
     res = train_model(model, m, Photos(photo_transform(recipe)), recipe, seed=0, out_dir=out,
@@ -175,7 +177,8 @@ class Killed(BaseException):
 
 
 def test_resume_with_every_augmentation_on_is_bit_identical(tiny_vit, tmp_path):
-    straight, done = _fit_photos(tiny_vit, tmp_path / "a")
+    init = {}
+    straight, done = _fit_photos(tiny_vit, tmp_path / "a", init=init)
     calls = []
 
     def die_in_second_epoch(line):
@@ -192,7 +195,10 @@ def test_resume_with_every_augmentation_on_is_bit_identical(tiny_vit, tmp_path):
     assert done.ema_state is not None
     for k, v in done.ema_state.items():
         assert torch.equal(v, res.ema_state[k]), k
-        assert not torch.equal(v, straight.state_dict()[k]) or not v.is_floating_point() or v.numel() < 2, k
+    # the average moved (updated every step) and is not the model itself
+    moved = [k for k, v in done.ema_state.items() if v.is_floating_point() and not torch.equal(v, init[k])]
+    assert len(moved) > len(done.ema_state) // 2
+    assert any(not torch.equal(done.ema_state[k], straight.state_dict()[k]) for k in moved)
 
 
 def test_repeated_augmentation_deals_copies_to_different_ranks():
@@ -201,6 +207,7 @@ def test_repeated_augmentation_deals_copies_to_different_ranks():
     single = list(EpochBatches(12, 6, torch.Generator().manual_seed(0), repeats=3))
     flat = [i for b in single for i in b]
     assert len(flat) == 12 and all(flat.count(i) == 3 for i in set(flat)) and len(set(flat)) == 4
+    assert all(b.count(i) == 3 for b in single for i in b)  # all copies of an image in one global batch
     ranks = [list(EpochBatches(12, 6, torch.Generator().manual_seed(0), rank=r, world=3, repeats=3)) for r in range(3)]
     for step, batch in enumerate(single):
         dealt = [ranks[r][step] for r in range(3)]
@@ -376,3 +383,50 @@ evaluate: {max_val_images: 64, flops_images: 2, throughput: {batch_sizes: [2], r
     assert record["top1_ema"] is not None and 0 <= record["top1_ema"] <= 100
     groups = {g["name"]: g for g in record["optimizer_groups"]}
     assert groups["backbone"]["lr_scale"] == 1.0 and record["lr_rule"].startswith("group lr = lr_scale")
+
+
+def test_teacher_sees_the_same_mixed_images_as_the_student(tiny_vit, tmp_path):
+    seen = {}
+
+    class Distil(Method):
+        name = "distil_probe"
+
+        def needs_teacher(self):
+            return True
+
+        def attach_teacher(self, teacher):
+            teacher.register_forward_pre_hook(lambda m, a: seen.__setitem__("teacher", a[0].clone()))
+
+    model = tiny_vit()
+    model.register_forward_pre_hook(lambda m, a: seen.__setitem__("student", a[0].clone()))
+    x = torch.randn(8, 1, 32, 32)
+    ds = TensorDataset(x, torch.randint(0, 10, (8,)))
+    recipe = {**DEFAULT_RECIPE, "mixup": 0.8, "cutmix": 1.0, "epochs": 1, "batch_size": 8}
+    train_model(model, Distil(), ds, recipe, seed=0, out_dir=tmp_path, device=torch.device("cpu"),
+                teacher=tiny_vit(), log=lambda s: None)
+    assert torch.equal(seen["teacher"], seen["student"])
+    assert not any(torch.equal(seen["student"][i], x[j]) for i in range(8) for j in range(8))  # mixed
+
+
+def test_per_epoch_schedule_replays_deits_loop_and_the_warmup_prefix_dynamicvits(tiny_vit):
+    from bench.train.optim import GroupSchedule, build_optimizer, param_groups
+
+    model = tiny_vit()
+    for name, over in (("deit", {}), ("dynamicvit", {"freeze_backbone_epochs": 0})):
+        recipe, _ = resolve_recipe(("finetune", {"recipe": name, **over}))
+        opt = build_optimizer(param_groups(model, {}, recipe), recipe, recipe["lr"])
+        sched = GroupSchedule(opt, recipe, steps_per_epoch=100)
+        w = int(recipe["warmup_epochs"])
+        if name == "deit":  # lr_scheduler.step(epoch) after each epoch: epochs 0 and 1 both at warmup_lr
+            lrs = []
+            for e in range(w + 2):
+                sched.apply(e * 100, e)
+                lrs.append(opt.param_groups[0]["lr"])
+            assert lrs[0] == lrs[1] == recipe["warmup_lr"]
+            assert lrs[w + 1] == pytest.approx(recipe["lr"], rel=1e-3) and lrs[w + 1] < recipe["lr"]  # no prefix
+            assert lrs[2] < lrs[3] < lrs[w]
+        else:  # the cosine starts after the warm-up, at the full lr (utils.cosine_scheduler)
+            sched.apply(w * 100, w)
+            assert sched.scheduled_lr(w * 100, w) == recipe["lr"]
+            assert opt.param_groups[0]["lr"] == pytest.approx(recipe["backbone_lr_scale"] * recipe["lr"], rel=1e-12)
+            assert recipe["warmup_lr"] == 0.0
