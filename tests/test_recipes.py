@@ -430,3 +430,16 @@ def test_per_epoch_schedule_replays_deits_loop_and_the_warmup_prefix_dynamicvits
             assert sched.scheduled_lr(w * 100, w) == recipe["lr"]
             assert opt.param_groups[0]["lr"] == pytest.approx(recipe["backbone_lr_scale"] * recipe["lr"], rel=1e-12)
             assert recipe["warmup_lr"] == 0.0
+
+
+def test_randaugment_magnitude_ten_posterize_does_not_crash():
+    """DeiT's rand-m9-mstd0.5-inc1 reaches magnitude 10, where timm's PosterizeIncreasing keeps 0 bits, which
+    Pillow >= 13 rejects; the training transform must survive it (as older Pillow: a black image)."""
+    from timm.data.auto_augment import AugmentOp
+
+    recipe, _ = resolve_recipe(("finetune", "deit"))
+    photo_transform(recipe)  # building the DeiT transform installs the guard
+    op = AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=10)
+    out = op(Image.new("RGB", (8, 8), (200, 100, 50)))
+    assert np.asarray(out).max() == 0
+    assert np.asarray(AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=5)(Image.new("RGB", (8, 8), (200, 100, 50)))).max() > 0

@@ -102,6 +102,42 @@ class ConvertMode:
         return image if image.mode == self.mode else image.convert(self.mode)
 
 
+_TIMM_POSTERIZE: Callable[..., Any] | None = None  # timm's own posterize, once guard_timm_posterize replaced it
+
+
+def _posterize_keep_zero_bits(img: Image.Image, bits_to_keep: int, **kwargs: Any) -> Image.Image:
+    """timm's posterize, with 0 bits kept done as Pillow < 13 did it (a black image). Module-level, so a
+    transform holding it pickles into DataLoader workers."""
+    if bits_to_keep <= 0:
+        return img.point([0] * 256 * len(img.getbands()))
+    assert _TIMM_POSTERIZE is not None
+    return _TIMM_POSTERIZE(img, bits_to_keep, **kwargs)
+
+
+def guard_timm_posterize() -> bool:
+    """Work around timm's RandAugment on Pillow >= 13, which rejects ``posterize(bits=0)``: DeiT's
+    ``rand-m9-mstd0.5-inc1`` clips the magnitude at 10, where PosterizeIncreasing keeps 0 bits (about 0.15%
+    of images, so nearly every ImageNet epoch would die in a loader worker). No library fix exists in the
+    versions we support, hence this patch of timm's op table; True when it was needed."""
+    global _TIMM_POSTERIZE
+    from PIL import ImageOps
+
+    if _TIMM_POSTERIZE is not None:
+        return True
+    try:
+        ImageOps.posterize(Image.new("RGB", (2, 2)), 0)
+        return False
+    except ValueError:
+        pass
+    import timm.data.auto_augment as aa
+
+    _TIMM_POSTERIZE = aa.posterize
+    for name, op in list(aa.NAME_TO_OP.items()):
+        if op is _TIMM_POSTERIZE:
+            aa.NAME_TO_OP[name] = _posterize_keep_zero_bits
+    return True
+
+
 def augments(recipe: dict[str, Any] | None) -> bool:
     """True when the recipe asks for any image augmentation (fixed-size data then leaves the fast path)."""
     return recipe is not None and any(recipe.get(k, off) != off for k, off in _AUGMENT_OFF.items())
@@ -133,6 +169,8 @@ def build_transform(
                              crop_pct=EVAL_CROP_PCT if crop_pct is None else crop_pct)
         return _with_mode(t, in_chans)
     r = {k: (recipe or {}).get(k) for k in AUGMENT_KEYS}
+    if r["auto_augment"]:
+        guard_timm_posterize()  # before create_transform builds the ops, which bind their functions
     fixed = native_size is not None  # the placement is the augmentation: no crop, no flip unless asked
     t = create_transform(
         image_size, is_training=True, mean=mean, std=std,

@@ -17,7 +17,7 @@ THEORY = "theoretical_gmacs_nonzero_weights_fvcore_1mac_eq_1flop"
 
 SUMMARY_COLUMNS = [
     "backbone", "method", "keep_ratio", "n_ok", "n_runs", "seeds_ok", "top1_mean", "top1_std", "top5_mean",
-    "top5_std", "gmacs", "theoretical_gmacs", "method_gmacs", "params_m", "nonzero_params_m", "throughput",
+    "top5_std", "top1_ema_mean", "top1_ema_std", "gmacs", "theoretical_gmacs", "method_gmacs", "params_m", "nonzero_params_m", "throughput",
     "throughput_iqr", "throughput_batch", "throughput_device", "mean_tokens", "train_peak_mem_mb", "speedup",
     "flops_reduction_pct", "theoretical_flops_reduction_pct", "flops_implied_speedup",
 ]
@@ -61,7 +61,7 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     keyed["keep_ratio"] = keyed["keep_ratio"].astype(float).round(6)  # 0.7 and 0.7000000001 are one group
     ok = keyed[keyed["status"] == "ok"]
     numeric = pd.DataFrame({
-        "top1": _col(ok, "top1"), "top5": _col(ok, "top5"), "gmacs": _col(ok, GMACS),
+        "top1": _col(ok, "top1"), "top5": _col(ok, "top5"), "top1_ema": _col(ok, "top1_ema"), "gmacs": _col(ok, GMACS),
         "theoretical_gmacs": _col(ok, THEORY), "method_gmacs": _col(ok, "method_gmacs_fvcore_1mac_eq_1flop"),
         "params_m": _col(ok, "params_m"), "nonzero_params_m": _col(ok, "nonzero_params_m"),
         "throughput": _col(ok, "throughput_img_s"), "throughput_iqr": _col(ok, "throughput_img_s_iqr"),
@@ -74,6 +74,7 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     stats = pd.DataFrame({
         "top1_mean": means["top1"], "top1_std": g["top1"].std(ddof=1),
         "top5_mean": means["top5"], "top5_std": g["top5"].std(ddof=1),
+        "top1_ema_mean": means["top1_ema"], "top1_ema_std": g["top1_ema"].std(ddof=1),  # the recipe's EMA weights
         **{c: means[c] for c in ("gmacs", "theoretical_gmacs", "method_gmacs", "params_m", "nonzero_params_m",
                                  "mean_tokens", "train_peak_mem_mb")},
         "throughput": g["throughput"].median(), "throughput_iqr": g["throughput_iqr"].median(),

@@ -64,8 +64,10 @@ def _has(summary: pd.DataFrame, column: str) -> bool:
 
 def table_rows(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], str]:
     """(header, rows, alignment) of the results table; optional columns appear only when some run has them."""
-    header = ["Backbone", "Method", "Keep ratio", "Seeds ok", "Top-1 (%)", "Top-5 (%)", GMACS_HEADER]
-    align = "llrrrrr"
+    ema = _has(summary, "top1_ema_mean")
+    header = ["Backbone", "Method", "Keep ratio", "Seeds ok", "Top-1 (%)", "Top-5 (%)",
+              *(["Top-1 EMA (%)"] if ema else []), GMACS_HEADER]
+    align = "llrrrr" + ("r" if ema else "") + "r"
     theory = _has(summary, "theoretical_gmacs")
     if theory:
         header += ["Theoretical GMACs (nonzero weights only)"]
@@ -81,7 +83,8 @@ def table_rows(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], str]:
         thr = f"{r.throughput:.1f} ({r.throughput_iqr:.1f})" if _finite(r.throughput_iqr) else _num(r.throughput, 1)
         setup = f"{r.throughput_batch or '?'} @ {r.throughput_device or '?'}" if r.n_ok else _DASH
         row = [r.backbone, r.method, str(round(r.keep_ratio, 6)), f"{r.n_ok}/{r.n_runs}",
-               _mean_std(r.top1_mean, r.top1_std), _mean_std(r.top5_mean, r.top5_std), _num(r.gmacs, 3)]
+               _mean_std(r.top1_mean, r.top1_std), _mean_std(r.top5_mean, r.top5_std),
+               *([_mean_std(r.top1_ema_mean, r.top1_ema_std)] if ema else []), _num(r.gmacs, 3)]
         if theory:
             row.append(_num(r.theoretical_gmacs, 3))
         row += [_num(r.params_m, 2), thr, setup, _num(r.mean_tokens, 1),

@@ -23,9 +23,10 @@ on the whole batch in the training loop (on the device), so they are excluded fr
 same augmentations): the Arrow row access alone, fetch + decode, and the whole ``__getitem__``.
 
 Recent Pillow (13.0.0 checked) raises on ``ImageOps.posterize(img, 0)``, and timm's RandAugment asks for
-0 bits when the sampled magnitude clips at 10 (m9, mstd0.5: ~0.15% of images), so both loaders die now and
-then; the script patches timm's posterize in this process (0 bits -> black image, as older Pillow did), for
-both sides alike, unless ``--no-posterize-guard``.
+0 bits when the sampled magnitude clips at 10 (m9, mstd0.5: ~0.15% of images), so timm's loader dies now and
+then; the harness guards against it (``bench.data.transforms.guard_timm_posterize``: 0 bits -> black image,
+as older Pillow did), and the script installs that guard before either side builds its transform, so both
+run the same ops.
 
 Without ``--folder`` a folder of smooth random JPEGs of ImageNet-like size (about 400-500 x 350-400 px,
 quality 90) is generated under ``--workdir`` (a temp dir by default) and reused when already there. The
@@ -50,41 +51,17 @@ import numpy as np
 from PIL import Image
 
 CLAIM = 0.95  # the harness should deliver at least this fraction of timm's throughput
-_POSTERIZE: Callable[..., Any] | None = None  # timm's own, when guard_posterize replaced it
-
-
-def _posterize_keep0(img: Any, bits_to_keep: int, **kwargs: Any) -> Any:
-    """timm's posterize, with 0 bits kept done as older Pillow did it (a LUT of zeros: a black image)."""
-    if bits_to_keep <= 0:
-        return img.point([0] * 256 * len(img.getbands()))
-    assert _POSTERIZE is not None
-    return _POSTERIZE(img, bits_to_keep, **kwargs)
-
-
 def guard_posterize() -> str | None:
-    """Work around timm RandAugment vs recent Pillow: PosterizeIncreasing at magnitude 10 (m9 + mstd0.5 clipped
-    at 10) asks ImageOps.posterize for 0 bits, which Pillow now rejects (ValueError in a worker, the epoch
-    dies). Patched in this process, before any transform is built, so it applies to both sides alike."""
-    global _POSTERIZE
-    from PIL import ImageOps
-
-    try:
-        ImageOps.posterize(Image.new("RGB", (2, 2)), 0)
-        return None
-    except ValueError:
-        pass
-    import timm.data.auto_augment as aa
-
-    _POSTERIZE = aa.posterize
-    names = [k for k, v in aa.NAME_TO_OP.items() if v is _POSTERIZE]
-    for k in names:
-        aa.NAME_TO_OP[k] = _posterize_keep0
-    aa.posterize = _posterize_keep0
+    """The harness's guard (bench.data.transforms.guard_timm_posterize) installed before either side builds
+    its transform, so both run the same ops."""
     import PIL
 
+    from bench.data.transforms import guard_timm_posterize
+
+    if not guard_timm_posterize():
+        return None
     return (f"posterize guard ON (both sides): Pillow {PIL.__version__} rejects posterize(bits=0), which timm's "
-            f"{'/'.join(names)} can ask for (PosterizeIncreasing at magnitude 10 here, ~0.15% of images); "
-            f"done as older Pillow did it (black image)")
+            f"PosterizeIncreasing asks for at magnitude 10 (~0.15% of images); done as older Pillow did it (black)")
 
 
 def generate_folder(root: Path, n_classes: int, n_train: int, n_val: int, seed: int) -> Path:
@@ -240,8 +217,6 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--profile-items", type=int, default=100, help="items for the __getitem__ breakdown (0: skip)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--no-posterize-guard", action="store_true",
-                    help="leave timm's posterize alone (with a Pillow that rejects 0 bits, loaders crash now and then)")
     args = ap.parse_args()
 
     workdir = args.workdir or Path(tempfile.gettempdir()) / "tokenbench-loader-bench"
@@ -255,7 +230,7 @@ def main() -> None:
     datasets.disable_progress_bars()
 
     torch.set_num_threads(1)
-    guard = None if args.no_posterize_guard else guard_posterize()
+    guard = guard_posterize()
     if args.folder is None:
         t0 = time.perf_counter()
         folder = generate_folder(workdir, args.classes, args.train_images, args.val_images, args.seed)
