@@ -348,10 +348,10 @@ def test_validate_prints_each_value_with_its_source():
     from bench.cli import cli
 
     out = CliRunner().invoke(cli, ["validate", "suites/dynamicvit.yaml", "--recipe"])
-    assert out.output.split(" run(s): ")[0].endswith("\n32")
+    assert out.output.split(" run(s): ")[0].endswith("\n16")
     assert out.exit_code == 0, out.output
     runs = out.output.split(" run(s): ", 1)[1]  # after the pretrain block: the fine-tune recipe of the runs
-    assert out.output.count(" run(s): ") == 1 and runs.startswith("dense__")  # one recipe for all 32 runs
+    assert out.output.count(" run(s): ") == 1 and runs.startswith("dense__")  # one recipe for all 16 runs
     line = next(ln for ln in runs.splitlines() if ln.strip().startswith("backbone_lr_scale"))
     assert "0.01" in line and "recipe dynamicvit:" in line and ":" in line.split("[")[1]
     assert math.isfinite(float(line.split("=")[1].split("[")[0]))
