@@ -89,9 +89,15 @@ def test_grown_weights_start_at_zero(tiny_vit):
 
 
 def test_drop_fraction_follows_the_cosine_schedule():
-    assert drop_fraction(0, 1000) == pytest.approx(0.5)
-    assert drop_fraction(400, 1000) == pytest.approx(0.005 + 0.495 * 0.5)  # halfway to the stop at 800
-    assert drop_fraction(799, 1000) == pytest.approx(0.005, abs=1e-4)
+    # the official CosineDecay: torch's CosineAnnealingLR from the death rate, T_max = all training iterations
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.5)
+    official = torch.optim.lr_scheduler.CosineAnnealingLR(opt, 1000, eta_min=0.005)
+    for step in range(800):
+        assert drop_fraction(step, 1000) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-9), step
+        opt.step()
+        official.step()
+    assert drop_fraction(500, 1000) == pytest.approx(0.005 + 0.495 * 0.5)  # halfway through training
+    assert drop_fraction(799, 1000) == pytest.approx(0.0527, abs=1e-4)  # the last update, not yet at 0.005
     assert drop_fraction(800, 1000) == 0.0
     values = [drop_fraction(s, 1000) for s in range(800)]
     assert values == sorted(values, reverse=True)

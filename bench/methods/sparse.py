@@ -4,8 +4,8 @@
   head; biases and norms stay dense) at ERK layer densities. Every ``update_interval`` steps each layer
   drops the ``f(t)`` fraction of its active weights with the smallest magnitude and grows as many
   inactive ones with the largest gradient magnitude (RigL), grown weights starting at zero; ``f(t)``
-  is cosine-annealed from ``drop_start`` to ``drop_end`` and updates stop after ``stop_fraction``
-  of training. The nonzero count never changes.
+  is cosine-annealed from ``drop_start`` towards ``drop_end`` over the whole run (the official
+  CosineDecay) and updates stop after ``stop_fraction`` of training. The nonzero count never changes.
 * :class:`StructuredSparsity`: the same loop over attention heads and MLP neurons. A head is cut by
   zeroing its columns of ``proj`` (its output), a neuron by zeroing its ``fc2`` column; heads are
   dropped by the first-order Taylor importance ``|sum(dL/dO_h * O_h)|`` of their output, neurons by the
@@ -35,7 +35,7 @@ SCHEDULE_PARAMS = {
     "density": Param(0.5, "fraction of weights (SViTE) or of heads and neurons (S2ViTE) kept"),
     "update_interval": Param(100, "optimiser steps between prune-and-grow updates (delta T)", types=(int,)),
     "drop_start": Param(0.5, "fraction of active weights dropped and regrown at the first update"),
-    "drop_end": Param(0.005, "the fraction the cosine schedule anneals towards"),
+    "drop_end": Param(0.005, "the fraction the cosine schedule anneals towards (reached at the end of training)"),
     "stop_fraction": Param(0.8, "fraction of training after which the sparsity pattern is frozen"),
     "from_scratch": Param(False, "re-initialise the backbone before training (the paper's recipe) instead of "
                           "fine-tuning the dense one", types=(bool,)),
@@ -54,11 +54,15 @@ def check_schedule(method: str, config: dict[str, Any]) -> None:
 
 def drop_fraction(step: int, total_steps: int, start: float = 0.5, end: float = 0.005,
                   stop_fraction: float = 0.8) -> float:
-    """Cosine-annealed drop fraction at ``step``; 0 once updates have stopped."""
-    last = int(stop_fraction * total_steps)
-    if step >= last:
+    """Cosine-annealed drop fraction at ``step``; 0 once updates have stopped.
+
+    As the official ``CosineDecay`` (torch's CosineAnnealingLR with T_max = every iteration of training,
+    SViTE/main.py:346): the cosine spans the whole run, so at the last update (``stop_fraction``) it has
+    not reached ``end`` (0.053 at 80%, not 0.005).
+    """
+    if step >= int(stop_fraction * total_steps):
         return 0.0
-    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * step / last))
+    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
 
 
 def is_update_step(step: int, total_steps: int, config: dict[str, Any]) -> bool:
