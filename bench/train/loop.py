@@ -174,8 +174,9 @@ def _rng_state(method: Method, device: torch.device) -> dict[str, Any]:
 def _load_rng_state(state: dict[str, Any], method: Method, device: torch.device) -> None:
     method.load_train_state(state["method"])
     torch.set_rng_state(state["torch_rng"])
-    np.random.set_state(state["numpy_rng"])
-    random.setstate(state["python_rng"])
+    if "numpy_rng" in state:  # checkpoints written before Mixup and timm's transforms drew from them lack these
+        np.random.set_state(state["numpy_rng"])
+        random.setstate(state["python_rng"])
     if device.type == "cuda" and state.get("cuda_rng") is not None:
         torch.cuda.set_rng_state(state["cuda_rng"], device)
 
