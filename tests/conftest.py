@@ -24,3 +24,25 @@ def tiny_vit():
         return build_backbone(name, num_classes=10, **kw).eval()
 
     return make
+
+
+class Killed(BaseException):
+    """The process dying mid-run (a BaseException, as a signal: no training code may catch it)."""
+
+
+@pytest.fixture
+def dying_log():
+    """``dying_log(n)``: a training log callback that kills the run at its n-th line (``dying_log.Killed``)."""
+
+    def make(n: int):
+        calls = []
+
+        def log(line: str) -> None:
+            calls.append(line)
+            if len(calls) == n:
+                raise Killed
+
+        return log
+
+    make.Killed = Killed
+    return make

@@ -172,22 +172,11 @@ def _fit_photos(tiny_vit, out, log=lambda s: None, init=None):
     return model, res
 
 
-class Killed(BaseException):
-    pass
-
-
-def test_resume_with_every_augmentation_on_is_bit_identical(tiny_vit, tmp_path):
+def test_resume_with_every_augmentation_on_is_bit_identical(tiny_vit, tmp_path, dying_log):
     init = {}
     straight, done = _fit_photos(tiny_vit, tmp_path / "a", init=init)
-    calls = []
-
-    def die_in_second_epoch(line):
-        calls.append(line)
-        if len(calls) == 2:
-            raise Killed
-
-    with pytest.raises(Killed):
-        _fit_photos(tiny_vit, tmp_path / "b", log=die_in_second_epoch)
+    with pytest.raises(dying_log.Killed):
+        _fit_photos(tiny_vit, tmp_path / "b", log=dying_log(2))
     resumed, res = _fit_photos(tiny_vit, tmp_path / "b")
     assert res.resumed_from_epoch == 1
     for (k, v), w in zip(straight.state_dict().items(), resumed.state_dict().values()):

@@ -30,22 +30,11 @@ def fit(tiny_vit, out, log=lambda s: None, method="random"):
     return model, res
 
 
-class Killed(BaseException):
-    pass
-
-
-def test_resume_is_exact(tiny_vit, tmp_path):
+def test_resume_is_exact(tiny_vit, tmp_path, dying_log):
     straight, _ = fit(tiny_vit, tmp_path / "a")
     # the process dies at the end of epoch 2, before its checkpoint is written
-    calls = []
-
-    def die_on_second_epoch(line):
-        calls.append(line)
-        if len(calls) == 2:
-            raise Killed
-
-    with pytest.raises(Killed):
-        fit(tiny_vit, tmp_path / "b", log=die_on_second_epoch)
+    with pytest.raises(dying_log.Killed):
+        fit(tiny_vit, tmp_path / "b", log=dying_log(2))
     state = torch.load(tmp_path / "b" / STATE_FILE, weights_only=False)
     assert state["epoch"] == 0
     assert not list((tmp_path / "b").glob(".*.tmp"))  # no half-written file left behind
