@@ -269,6 +269,8 @@ def train_model(model: nn.Module, method: Method, train_ds: Dataset, recipe: dic
             images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
             schedule.apply(step, epoch)
             if mixup is not None:  # targets become soft (B, classes); the teacher sees the mixed images too
+                if images.shape[0] % 2:  # the one short batch of a tiny dataset: Mixup pairs images
+                    images, targets = images[:-1], targets[:-1]
                 images, targets = mixup(images, targets)
             with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 logits = net(images)
