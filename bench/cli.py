@@ -73,16 +73,13 @@ def validate(suite: str, show_runs: bool, show_recipe: bool) -> None:
 
 def _print_recipes(s) -> None:
     """Runs that share a resolved recipe (values and sources) are printed once, under their ids."""
-    blocks: dict[str, list[str]] = {"pretrain": ["pretrain (every backbone)"]}
-    shown = {"pretrain": (s.pretrain_recipe, s.pretrain_sources)}
+    blocks = {"pretrain": (s.pretrain_recipe, s.pretrain_sources, [])}
     for r in s.runs:
         key = json.dumps([r.finetune, r.finetune_sources], sort_keys=True, default=str)
-        blocks.setdefault(key, []).append(r.run_id)
-        shown[key] = (r.finetune, r.finetune_sources)
-    for key, ids in blocks.items():
-        recipe, sources = shown[key]
+        blocks.setdefault(key, (r.finetune, r.finetune_sources, []))[2].append(r.run_id)
+    for recipe, sources, ids in blocks.values():
         click.echo("")
-        click.echo(f"{len(ids)} run(s): {', '.join(ids)}" if key != "pretrain" else ids[0])
+        click.echo(f"{len(ids)} run(s): {', '.join(ids)}" if ids else "pretrain (every backbone)")
         if recipe is None:
             click.echo("  finetune: none (the pretrained backbone is evaluated with the method applied)")
             continue

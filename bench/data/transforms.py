@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from bench.config import DEFAULT_RECIPE
 from bench.errors import UsageError
 
 if TYPE_CHECKING:
@@ -28,8 +29,8 @@ EVAL_CROP_PCT = 0.875  # DeiT/timm evaluation: resize to size/0.875, then center
 #: recipe keys that configure the training transform, and the values that mean "no augmentation"
 AUGMENT_KEYS = ("auto_augment", "color_jitter", "interpolation", "scale", "ratio", "hflip", "re_prob",
                 "re_mode", "re_count")
-_AUGMENT_OFF = {"auto_augment": None, "color_jitter": None, "scale": None, "ratio": None, "hflip": None,
-                "re_prob": 0.0}
+# the recipe defaults are "off" (bench.config.DEFAULT_RECIPE); these are the keys that add augmentation
+_AUGMENT_OFF = {k: DEFAULT_RECIPE[k] for k in ("auto_augment", "color_jitter", "scale", "ratio", "hflip", "re_prob")}
 # Preload decoded fixed-size images when they fit in this many bytes (6.5k 32x32 gray = 6.6 MB).
 PRELOAD_MAX_BYTES = 512 * 2**20
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # the weights PIL's "L" conversion uses

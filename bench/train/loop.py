@@ -98,11 +98,10 @@ class EpochBatches(Sampler[list[int]]):
         lo = self.rank * self.local_batch
         for i in range(len(self)):
             batch = perm[i * self.global_batch:(i + 1) * self.global_batch]
-            if self.world > 1 and self.repeats > 1:
-                batch = batch[self.rank::self.world]
-                yield batch[:self.local_batch]
-            else:
-                yield batch if self.world == 1 else batch[lo:lo + self.local_batch]
+            if self.world == 1:
+                yield batch
+            else:  # repeated copies are strided across ranks, as RASampler; otherwise contiguous slices
+                yield batch[self.rank::self.world] if self.repeats > 1 else batch[lo:lo + self.local_batch]
 
 
 def _seed_worker(rank: int, worker_id: int) -> None:
