@@ -16,6 +16,31 @@ DEVICE = click.option("--device", default=None, help="torch device (default: cud
 THREADS = click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")
 
 
+def runtime_options(f):
+    """How a step runs (bench.runtime); the pipeline passes the profile's values. Never part of a run's identity."""
+    options = [
+        click.option("--workers", default="auto", show_default=True,
+                     help="DataLoader workers: 'auto' (the job's CPUs minus one) or a number."),
+        click.option("--prefetch-factor", type=click.IntRange(min=1), default=4, show_default=True,
+                     help="Batches each loader worker keeps ready."),
+        click.option("--device-batch", type=click.IntRange(min=1), default=None,
+                     help="Largest per-device training micro-batch; larger batches accumulate gradients."),
+        click.option("--channels-last/--no-channels-last", default=False, help="channels_last input memory format."),
+        click.option("--compile", "compile_", default="off", show_default=True,
+                     help="torch.compile the training model: off, on, or a backend name (e.g. inductor)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _runtime(workers: str, prefetch_factor: int, device_batch: int | None, channels_last: bool, compile_: str):
+    from bench.runtime import Runtime, parse_workers
+
+    compile_value: bool | str = {"off": False, "false": False, "on": True, "true": True}.get(compile_.lower(), compile_)
+    return Runtime(parse_workers(workers), prefetch_factor, device_batch, channels_last, compile_value)
+
+
 def _threads(n: int | None) -> None:
     if n:
         import torch
@@ -90,25 +115,60 @@ def _print_recipes(s) -> None:
 
 @cli.command()
 @click.argument("suite")
+@RESULTS
+def index(suite: str, root: str) -> None:
+    """List SUITE's local image folder once into results/<suite>/data/index.parquet (the pipeline's index step).
+
+    Rebuilt only when files were added or removed since (every directory's mtime is compared, nothing listed).
+    """
+    import time
+
+    from bench import runner
+    from bench.config import load_suite
+    from bench.data.index import build_index, is_fresh, read_meta, write_index
+    from bench.data.sources import validate
+
+    s = load_suite(suite, check_names=False)
+    path = runner.index_path(s, root)
+    if path is None:
+        raise UsageError(f"suite {s.name!r} reads {s.data.get('source', 'embedded')!r} data, which has no folder "
+                         f"index (only source: imagefolder)")
+    folder = validate(s.data)["path"]
+    if is_fresh(read_meta(path), folder):
+        click.echo(f"{path}: up to date")
+        return
+    t0 = time.perf_counter()
+    built = build_index(folder)
+    write_index(built, path)
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(built.counts.items()))
+    click.echo(f"{path}: {built.files} images ({counts}), {len(built.classes)} classes, "
+               f"fingerprint {built.fingerprint}, listed in {time.perf_counter() - t0:.1f} s")
+
+
+@cli.command()
+@click.argument("suite")
 @click.option("--run", "run_id", help="Fine-tune this run (see `bench validate SUITE --runs`).")
 @click.option("--pretrain", "backbone", help="Pretrain this backbone instead.")
 @RESULTS
 @DEVICE
 @THREADS
-def train(suite: str, run_id: str | None, backbone: str | None, root: str, device: str | None, threads: int | None) -> None:
+@runtime_options
+def train(suite: str, run_id: str | None, backbone: str | None, root: str, device: str | None, threads: int | None,
+          **runtime_args) -> None:
     """Pretrain a backbone or fine-tune one run of SUITE (resumes from its last checkpoint)."""
     from bench import runner
     from bench.config import load_suite
 
     if (run_id is None) == (backbone is None):
         raise UsageError("give exactly one of --run RUN_ID or --pretrain BACKBONE")
+    runtime = _runtime(**runtime_args)
     _threads(threads)
     s = load_suite(suite)
     if backbone:
-        click.echo(runner.pretrain(s, backbone, root=root, device=device))
+        click.echo(runner.pretrain(s, backbone, root=root, device=device, runtime=runtime))
         return
     run = s.run(run_id)
-    _recorded(s, run, "finetune", root, lambda: runner.finetune(s, run, root=root, device=device))
+    _recorded(s, run, "finetune", root, lambda: runner.finetune(s, run, root=root, device=device, runtime=runtime))
 
 
 @cli.command()
@@ -117,15 +177,18 @@ def train(suite: str, run_id: str | None, backbone: str | None, root: str, devic
 @RESULTS
 @DEVICE
 @THREADS
-def evaluate(suite: str, run_id: str, root: str, device: str | None, threads: int | None) -> None:
+@runtime_options
+def evaluate(suite: str, run_id: str, root: str, device: str | None, threads: int | None, **runtime_args) -> None:
     """Evaluate and measure one fine-tuned run; writes its run.json."""
     from bench import runner
     from bench.config import load_suite
 
+    runtime = _runtime(**runtime_args)
     _threads(threads)
     s = load_suite(suite)
     run = s.run(run_id)
-    rec = _recorded(s, run, "evaluate", root, lambda: runner.evaluate_run(s, run, root=root, device=device))
+    rec = _recorded(s, run, "evaluate", root,
+                    lambda: runner.evaluate_run(s, run, root=root, device=device, runtime=runtime))
     click.echo(f"{run_id}: top-1 {rec['top1']:.2f}%  GMACs {rec['gmacs_fvcore_1mac_eq_1flop']:.4f}  "
                f"{rec['throughput_img_s']:.1f} img/s (batch {rec['throughput_batch_size']}, {rec['device']})")
 

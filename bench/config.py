@@ -27,7 +27,7 @@ DEFAULT_RECIPE: dict[str, Any] = {
     "epochs": 0, "batch_size": 128, "opt": "adamw", "lr": 5e-4, "min_lr": 1e-6, "warmup_lr": 1e-6,
     "warmup_epochs": 0, "warmup_prefix": False, "lr_step": "step", "weight_decay": 0.05, "opt_eps": None,
     "opt_betas": None, "clip_grad": 1.0, "label_smoothing": 0.1, "drop_path": 0.0, "amp": True,
-    "num_workers": 0, "max_steps_per_epoch": None, "lr_base_batch": None,
+    "max_steps_per_epoch": None, "lr_base_batch": None,
     # parameter groups: the backbone's lr as a multiple of the scheduled lr, frozen (lr 0) epochs, never trained
     "backbone_lr_scale": 1.0, "freeze_backbone_epochs": 0, "frozen_params": [],
     # image augmentation (timm.data.create_transform)
@@ -136,11 +136,30 @@ def _field_path(error: Any) -> str:
     return "".join(parts).lstrip(".") or "(top level)"
 
 
+#: settings of how a step runs, which a suite may not hold (a change would re-run finished runs): where they go
+RUNTIME_IN_SUITE = {"num_workers": "loader_workers", "workers": "loader_workers", "loader_workers": "loader_workers",
+                    "device_batch": "device_batch", "prefetch_factor": "prefetch_factor",
+                    "channels_last": "channels_last", "compile": "compile", "pin_memory": "loader_workers"}
+
+
+def _refuse_runtime_keys(raw: dict[str, Any], where: str) -> None:
+    specs = [("finetune", raw.get("finetune")), ("pretrain.recipe", (raw.get("pretrain") or {}).get("recipe"))]
+    specs += [(f"methods[{i}].finetune", m.get("finetune")) for i, m in enumerate(raw.get("methods") or [])
+              if isinstance(m, dict)]
+    for field_name, spec in specs:
+        for key in spec if isinstance(spec, dict) else ():
+            if key in RUNTIME_IN_SUITE:
+                raise UsageError(f"{where}: field {field_name}.{key}: a runtime setting, not part of a run; set "
+                                 f"{RUNTIME_IN_SUITE[key]} in the profile's config (e.g. slurm/launcher.yaml) or "
+                                 f"snakemake --config {RUNTIME_IN_SUITE[key]}=...")
+
+
 def validate_raw(raw: Any, where: str) -> None:
     import jsonschema
 
     if not isinstance(raw, dict):
         raise UsageError(f"{where}: a suite must be a YAML mapping, got {type(raw).__name__}")
+    _refuse_runtime_keys(raw, where)
     validator = jsonschema.Draft202012Validator(_schema())
     errors = sorted(validator.iter_errors(raw), key=lambda e: (len(list(e.absolute_path)), str(e.absolute_path)))
     if errors:

@@ -5,7 +5,10 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset, Subset
+
+from bench.runtime import Runtime
+from bench.train.loaders import eval_loader
 
 
 @dataclass
@@ -47,7 +50,8 @@ class TokenCounter:
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, val_ds: Dataset, *, device: torch.device, batch_size: int = 256,
-             max_images: int | None = None) -> EvalResult:
+             max_images: int | None = None, runtime: Runtime | None = None) -> EvalResult:
+    """Top-1/top-5 and tokens per block over the val split, loaded with the runtime's workers."""
     if max_images is not None and max_images < len(val_ds):
         val_ds = Subset(val_ds, range(max_images))
     was_training = model.training
@@ -55,8 +59,8 @@ def evaluate(model: nn.Module, val_ds: Dataset, *, device: torch.device, batch_s
     counter = TokenCounter(model)
     correct1 = correct5 = total = 0
     try:
-        for images, targets in DataLoader(val_ds, batch_size=batch_size, shuffle=False):
-            images, targets = images.to(device), targets.to(device)
+        for images, targets in eval_loader(val_ds, batch_size, runtime or Runtime()):
+            images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
             logits = model(images)
             k = min(5, logits.shape[1])
             top = logits.topk(k, dim=1).indices

@@ -6,6 +6,7 @@ evaluate (runs/<id>/model.pth -> runs/<id>/run.json). A step that fails writes r
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 import traceback
@@ -21,6 +22,7 @@ from bench.io import atomic_torch_save, atomic_write_json
 from bench.methods import Method, create_method
 from bench.models import build_backbone
 from bench.provenance import pick_device, provenance
+from bench.runtime import Runtime
 from bench.train import TrainResult, train_model
 from bench.train import distributed as D
 
@@ -29,7 +31,8 @@ RECORD_FILE = "run.json"
 FAILURE_FILE = "failure.json"
 #: how a model was trained across processes: batch size and learning-rate scaling made explicit
 TRAIN_META_KEYS = ("world_size", "per_device_batch_size", "global_batch_size", "lr", "lr_effective",
-                   "optimizer_groups", "lr_rule")
+                   "optimizer_groups", "lr_rule", "accumulation_steps", "micro_batch_size")
+INDEX_FILE = "index.parquet"
 
 
 def pretrain_dir(suite: Suite, backbone: str, root: str | Path = "results") -> Path:
@@ -44,10 +47,21 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _data(suite: Suite):
+def index_path(suite: Suite, root: str | Path = "results") -> Path | None:
+    """Where the pipeline's index step writes the suite's folder index (local image folders only)."""
+    return suite.results_dir(root) / "data" / INDEX_FILE if suite.data.get("source") == "imagefolder" else None
+
+
+def _data(suite: Suite, root: str | Path):
     from bench.data import load_data
 
-    return load_data(suite.data)
+    return load_data(suite.data, index_path(suite, root))
+
+
+def _requeues() -> int:
+    """How many times SLURM requeued this job (time limit or preemption) before this attempt."""
+    value = os.environ.get("SLURM_RESTART_COUNT", "0").strip()
+    return int(value) if value.isdigit() else 0
 
 
 def _model(suite: Suite, backbone: Backbone, bundle, pretrained: bool | str | None,
@@ -81,7 +95,8 @@ def _torch_data(suite: Suite, model: nn.Module, bundle, recipe: dict[str, Any] |
 def _train_meta(result: TrainResult | None) -> dict[str, Any]:
     """Batch size, learning-rate scaling and optimiser groups of a training run, explicit in model.pth and
     the records."""
-    return {k: getattr(result, k) if result else None for k in TRAIN_META_KEYS}
+    return {**{k: getattr(result, k) if result else None for k in TRAIN_META_KEYS},
+            "train_runtime": result.runtime if result else None}
 
 
 def _save_trained(path: Path, model: nn.Module, result: TrainResult | None, meta: dict[str, Any]) -> None:
@@ -99,7 +114,8 @@ def _device(device: str | None) -> tuple[torch.device, D.DistEnv]:
     return (env.device if env.world_size > 1 else dev), env
 
 
-def pretrain(suite: Suite, backbone_name: str, *, root: str | Path = "results", device: str | None = None) -> Path:
+def pretrain(suite: Suite, backbone_name: str, *, root: str | Path = "results", device: str | None = None,
+             runtime: Runtime | None = None) -> Path:
     """Produce the dense starting point of every fine-tune: trained from scratch, from the hub, or a file.
 
     Under a multi-process launcher every rank trains its shard; rank 0 alone evaluates and saves.
@@ -107,7 +123,7 @@ def pretrain(suite: Suite, backbone_name: str, *, root: str | Path = "results", 
     dev, env = _device(device)
     backbone = suite.backbone(backbone_name)
     out = pretrain_dir(suite, backbone_name, root)
-    bundle = _data(suite)
+    bundle = _data(suite, root)
     init = {"scratch": False, "hub": True}.get(backbone.init, backbone.init)
     torch.manual_seed(suite.pretrain_seed)  # a from-scratch init is reproducible, and one process matches N
     recipe = suite.pretrain_recipe
@@ -119,17 +135,18 @@ def pretrain(suite: Suite, backbone_name: str, *, root: str | Path = "results", 
     train_ds, val_ds = _torch_data(suite, model, bundle, recipe)
     if recipe["epochs"] > 0:
         result = train_model(model, create_method("dense"), train_ds, recipe, seed=suite.pretrain_seed,
-                             out_dir=out, device=dev)
+                             out_dir=out, device=dev, runtime=runtime)
     if not env.is_main:
         D.barrier()  # returns once rank 0 has saved model.pth
         return out / MODEL_FILE
     acc = evaluate(model, val_ds, device=dev, batch_size=suite.evaluate["batch_size"],
-                   max_images=suite.evaluate["max_val_images"])
+                   max_images=suite.evaluate["max_val_images"], runtime=runtime)
     _log(f"pretrained {backbone_name}: val top-1 {acc.top1:.2f}% on {acc.images} images")
     meta = {"backbone": backbone_name, "init": backbone.init, "recipe": recipe,
             "recipe_sources": suite.pretrain_sources, "seed": suite.pretrain_seed,
             "wall_s": time.time() - t0, "train_peak_mem_mb": result.peak_mem_mb if result else None,
-            "val_top1": acc.top1, "val_top5": acc.top5, "dataset": bundle.name, **_train_meta(result),
+            "val_top1": acc.top1, "val_top5": acc.top5, "dataset": bundle.name, "data_index": bundle.index,
+            "train_requeues": _requeues(), **_train_meta(result),
             **provenance(dev)}
     _save_trained(out / MODEL_FILE, model.cpu(), result, meta)
     (out / "train_state.pth").unlink(missing_ok=True)
@@ -147,7 +164,8 @@ def build_run_model(suite: Suite, run: Run, bundle, weights: str | Path | None,
     return model, method
 
 
-def finetune(suite: Suite, run: Run, *, root: str | Path = "results", device: str | None = None) -> Path:
+def finetune(suite: Suite, run: Run, *, root: str | Path = "results", device: str | None = None,
+             runtime: Runtime | None = None) -> Path:
     """Fine-tune one run from its pretrained backbone; under a multi-process launcher rank 0 saves."""
     if run.finetune is None:
         raise UsageError(f"run {run.run_id!r} is evaluated without fine-tuning (finetune: none); "
@@ -157,19 +175,21 @@ def finetune(suite: Suite, run: Run, *, root: str | Path = "results", device: st
     ckpt = pretrain_dir(suite, run.backbone, root) / MODEL_FILE
     if not ckpt.exists():
         raise UsageError(f"no pretrained backbone at {ckpt}; run the pretrain step first")
-    bundle = _data(suite)
+    bundle = _data(suite, root)
     torch.manual_seed(run.seed)  # modules a method adds start from the same init in every process and rerun
     model, method = build_run_model(suite, run, bundle, ckpt, run.finetune)
     teacher = None
     if method.needs_teacher():
         teacher = _model(suite, suite.backbone(run.backbone), bundle, str(ckpt))
     train_ds, _ = _torch_data(suite, model, bundle, run.finetune)
-    result = train_model(model, method, train_ds, run.finetune, seed=run.seed, out_dir=out, device=dev, teacher=teacher)
+    result = train_model(model, method, train_ds, run.finetune, seed=run.seed, out_dir=out, device=dev, teacher=teacher,
+                         runtime=runtime)
     meta = {"run_id": run.run_id, "recipe": run.finetune, "recipe_sources": run.finetune_sources,
             "train_epochs": result.epochs, "train_steps": result.steps,
             "train_wall_s": result.wall_s, "train_final_loss": result.final_loss,
             "train_peak_mem_mb": result.peak_mem_mb, "resumed_from_epoch": result.resumed_from_epoch,
-            "batch_size": run.finetune["batch_size"], "device": dev.type, **_train_meta(result),
+            "batch_size": run.finetune["batch_size"], "device": dev.type, "train_requeues": _requeues(),
+            "data_index": bundle.index, **_train_meta(result),
             "method_train_metrics": result.method_metrics}
     if env.is_main:
         _save_trained(out / MODEL_FILE, model.cpu(), result, meta)
@@ -178,26 +198,29 @@ def finetune(suite: Suite, run: Run, *, root: str | Path = "results", device: st
     return out / MODEL_FILE
 
 
-def evaluate_run(suite: Suite, run: Run, *, root: str | Path = "results", device: str | None = None) -> dict[str, Any]:
+def evaluate_run(suite: Suite, run: Run, *, root: str | Path = "results", device: str | None = None,
+                 runtime: Runtime | None = None) -> dict[str, Any]:
     """Accuracy, tokens, FLOPs and throughput of a fine-tuned run, written as its run.json record."""
     from bench.evaluate import evaluate
     from bench.measure import mean_flops, measure_throughput
     from bench.methods.sparse import sparse_layers, zero_weight_gmacs
+    from bench.train.loaders import in_memory
 
     dev = pick_device(device)
     out = run_dir(suite, run, root)
-    bundle = _data(suite)
+    bundle = _data(suite, root)
     saved, model, method = _trained_model(suite, run, bundle, root)
     _, val_ds = _torch_data(suite, model, bundle)
     ev_cfg = suite.evaluate
     t0 = time.time()
-    acc = evaluate(model, val_ds, device=dev, batch_size=ev_cfg["batch_size"], max_images=ev_cfg["max_val_images"])
+    acc = evaluate(model, val_ds, device=dev, batch_size=ev_cfg["batch_size"], max_images=ev_cfg["max_val_images"],
+                   runtime=runtime)
     eval_wall = time.time() - t0
     acc_ema = None
     if saved.get("model_ema") is not None:  # the EMA weights, scored as their own metrics
         ema_model = _ema_model(suite, run, bundle, saved)
         acc_ema = evaluate(ema_model, val_ds, device=dev, batch_size=ev_cfg["batch_size"],
-                           max_images=ev_cfg["max_val_images"])
+                           max_images=ev_cfg["max_val_images"], runtime=runtime)
         del ema_model
 
     model.to("cpu")
@@ -239,6 +262,8 @@ def evaluate_run(suite: Suite, run: Run, *, root: str | Path = "results", device
         "train_peak_mem_mb": meta.get("train_peak_mem_mb"), "batch_size": meta.get("batch_size"),
         "method_train_metrics": meta.get("method_train_metrics"),
         **{k: meta.get(k) for k in TRAIN_META_KEYS},
+        "train_requeues": meta.get("train_requeues"), "train_runtime": meta.get("train_runtime"),
+        "eval_runtime": (runtime or Runtime()).record(in_memory(val_ds)), "data_index": bundle.index,
         "eval_wall_s": eval_wall,
         **provenance(dev),
     }

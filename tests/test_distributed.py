@@ -21,7 +21,8 @@ from bench.methods import create_method
 from bench.models import build_backbone
 from bench.train import distributed as D
 from bench.train import train_model
-from bench.train.loop import LOG_FILE, STATE_FILE, EpochBatches
+from bench.train.loaders import EpochBatches
+from bench.train.loop import LOG_FILE, STATE_FILE
 
 RECIPE = {**DEFAULT_RECIPE, "epochs": 2, "batch_size": 32, "lr": 1e-3, "warmup_epochs": 1, "drop_path": 0.0,
           "label_smoothing": 0.0}
@@ -119,7 +120,7 @@ def _spawn(scenario: str, tmp: Path, timeout_s: float = 90) -> list[dict[str, An
 
 
 def _losses(path: Path) -> list[dict[str, float]]:
-    return [{k: v for k, v in json.loads(ln).items() if k != "elapsed_s"} for ln in path.read_text().splitlines()]
+    return [{k: v for k, v in json.loads(ln).items() if k not in ("elapsed_s", "epoch_s")} for ln in path.read_text().splitlines()]
 
 
 def _assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -169,12 +170,17 @@ def test_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
 
 
 def test_epoch_batches_split_the_single_process_batches():
-    n, batch = 100, 32
-    g = torch.Generator().manual_seed(7)
+    """Epoch e of a run seeded s is DataLoader(shuffle=True)'s order under seed s * 100003 + e (the harness's
+    order before its loader persisted across epochs); N ranks' slices make up each single-process batch."""
+    n, batch, seed, epoch = 100, 32, 2, 7
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
     reference = [b.tolist() for b in DataLoader(range(n), batch_size=batch, shuffle=True, drop_last=True, generator=g)]
     for world in (1, 2, 4):
-        shards = [list(DataLoader(range(n), batch_sampler=EpochBatches(n, batch, gen, rank, world), generator=gen))
-                  for rank in range(world) for gen in [torch.Generator().manual_seed(7)]]
+        shards = []
+        for rank in range(world):
+            sampler = EpochBatches(n, batch, seed, rank, world)
+            sampler.set_epoch(epoch)
+            shards.append(list(DataLoader(range(n), batch_sampler=sampler)))
         assert all(len(s) == len(reference) == 3 for s in shards)
         for step, full in enumerate(reference):
             assert [i for s in shards for i in s[step].tolist()] == full

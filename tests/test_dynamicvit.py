@@ -10,7 +10,7 @@ from torch.utils.data import TensorDataset
 from bench.config import DEFAULT_RECIPE
 from bench.evaluate import TokenCounter
 from bench.measure import count_flops
-from bench.methods import TrainContext, create_method
+from bench.methods import BatchSum, TrainContext, create_method
 from bench.methods.dynamicvit import PREDICTORS
 from bench.methods.dynamicvit_layers import softmax_with_policy
 from bench.methods.pruning import stage_keep_counts
@@ -83,7 +83,7 @@ def test_eval_schedule_class_token_and_predictor_gradients(tiny_vit, keep):
     method.config.update(distill_weight=0.0, token_distill_weight=0.0)
     logits = model(x)
     assert len(method.policies) == 3 and method.policies[0].shape == (4, patches)
-    loss = F.cross_entropy(logits, y) + sum(method.extra_losses(model, TrainContext(x, y, logits)).values())
+    loss = F.cross_entropy(logits, y) + sum(method.extra_losses(model, TrainContext(x, y, logits)).values())  # ratio only
     loss.backward()
     for i, predictor in enumerate(getattr(model, PREDICTORS)):
         grads = [p.grad for p in predictor.parameters()]
@@ -161,7 +161,9 @@ def test_extra_losses_terms_and_weights(tiny_vit):
         t_tokens = teacher.forward_features(x)[:, 1:]
     s_tokens = method._tokens
     kept = method.policies[-1] > 0.5
-    torch.testing.assert_close(terms["token_distill"], 0.5 * (s_tokens - t_tokens).pow(2)[kept].mean())
+    # a sum over the batch's kept tokens and their count, so accumulated micro-batches divide by the whole count
+    assert isinstance(terms["token_distill"], BatchSum) and terms["token_distill"].count.item() == 4 * 8
+    torch.testing.assert_close(terms["token_distill"].value(), 0.5 * (s_tokens - t_tokens).pow(2)[kept].mean())
 
     method.sampler = lambda log_probs, prev, stage: torch.ones_like(prev)  # keeps everything
     logits = model(x)

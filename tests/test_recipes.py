@@ -191,13 +191,13 @@ def test_resume_with_every_augmentation_on_is_bit_identical(tiny_vit, tmp_path, 
 
 
 def test_repeated_augmentation_deals_copies_to_different_ranks():
-    from bench.train.loop import EpochBatches
+    from bench.train.loaders import EpochBatches
 
-    single = list(EpochBatches(12, 6, torch.Generator().manual_seed(0), repeats=3))
+    single = list(EpochBatches(12, 6, 0, repeats=3))
     flat = [i for b in single for i in b]
     assert len(flat) == 12 and all(flat.count(i) == 3 for i in set(flat)) and len(set(flat)) == 4
     assert all(b.count(i) == 3 for b in single for i in b)  # all copies of an image in one global batch
-    ranks = [list(EpochBatches(12, 6, torch.Generator().manual_seed(0), rank=r, world=3, repeats=3)) for r in range(3)]
+    ranks = [list(EpochBatches(12, 6, 0, rank=r, world=3, repeats=3)) for r in range(3)]
     for step, batch in enumerate(single):
         dealt = [ranks[r][step] for r in range(3)]
         assert sorted(i for d in dealt for i in d) == sorted(batch)  # the ranks make up the global batch
@@ -362,7 +362,7 @@ evaluate: {max_val_images: 64, flops_images: 2, throughput: {batch_sizes: [2], r
     saved = torch.load(runner.run_dir(suite, run, root) / runner.MODEL_FILE, weights_only=False)
     assert set(saved["model_ema"]) == set(saved["model"])
     assert any(not torch.equal(saved["model_ema"][k], v) for k, v in saved["model"].items())
-    bundle = runner._data(suite)
+    bundle = runner._data(suite, tmp_path)
     # an average that has not decayed where structures were cut (e.g. regrown elsewhere late in training)
     saved = {**saved, "model_ema": {k: v + 0.01 if v.is_floating_point() else v for k, v in saved["model_ema"].items()}}
     ema = runner._ema_model(suite, run, bundle, saved)

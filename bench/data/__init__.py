@@ -7,6 +7,7 @@ is imported lazily so validating a suite does not pay for torchvision.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from bench.data import sources
@@ -36,9 +37,10 @@ __all__ = [
 _LAZY = {"TorchImageDataset", "build_transform", "make_torch_datasets"}
 
 
-def load_data(cfg: Mapping[str, Any] | None) -> DataBundle:
-    """Load the train/val splits a suite's ``data:`` mapping names (None/{} = canvas-digits)."""
-    return sources.load(cfg)
+def load_data(cfg: Mapping[str, Any] | None, index_path: str | Path | None = None) -> DataBundle:
+    """Load the train/val splits a suite's ``data:`` mapping names (None/{} = canvas-digits); a local image
+    folder is read through its index at ``index_path`` (built there if missing), else listed now."""
+    return sources.load(cfg, index_path)
 
 
 def describe_data(cfg: Mapping[str, Any] | None) -> str:

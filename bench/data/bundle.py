@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import datasets
@@ -31,6 +31,10 @@ class DataBundle:
     # True when every image already is image_size x image_size and the random placement (or
     # the user) provides the augmentation: transforms then only convert, never crop or flip.
     fixed_size: bool = False
+    #: a local folder: the image column holds paths relative to this directory, opened per item
+    image_root: str | None = None
+    #: a local folder: its index summary (root, fingerprint, images per split), stated in run records
+    index: dict[str, Any] | None = None
 
 
 def cache_root() -> Path:

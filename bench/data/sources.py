@@ -16,15 +16,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from bench.data import embedded
-from bench.data.bundle import DEFAULT_IMAGE_SIZE, DataBundle, cache_root
+from bench.data.bundle import DEFAULT_IMAGE_SIZE, DataBundle
 from bench.errors import UsageError
 from bench.registry import did_you_mean
 
 if TYPE_CHECKING:
     import datasets
 
+    from bench.data.index import FolderIndex
+
 SOURCES = ("embedded", "hub", "imagefolder", "disk")
 EMBEDDED_NAMES = (embedded.NAME,)
+#: the validation split of a local folder when the suite names none: the first of these on disk
+FOLDER_VAL_SPLITS = ("validation", "val")
 DEFAULT_HUB_ENDPOINT = "https://huggingface.co"
 PROBE_TIMEOUT_S = 3.0
 _TRUE = {"1", "true", "yes", "on"}
@@ -39,7 +43,7 @@ _COMMON = {"source", "name", "image_key", "label_key", "train_split", "val_split
 _KEYS: dict[str, set[str]] = {
     "embedded": {"source", "name", "options"},
     "hub": _COMMON | {"subset", "revision"},
-    "imagefolder": _COMMON | {"path"},
+    "imagefolder": (_COMMON - {"image_key", "label_key"}) | {"path"},  # a folder's columns are its own
     "disk": _COMMON | {"path"},
 }
 _STR_KEYS = ("name", "image_key", "label_key", "train_split", "val_split", "subset", "revision", "path")
@@ -83,7 +87,8 @@ def normalize(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     if source in ("imagefolder", "disk") and "path" not in out:
         raise UsageError(f"data: source {source!r} needs a path: to a local directory")
     out.setdefault("train_split", "train")
-    out.setdefault("val_split", "validation")
+    if source != "imagefolder":  # a folder's default is whichever of validation/ and val/ it has
+        out.setdefault("val_split", "validation")
     out.setdefault("image_key", "image")
     out.setdefault("label_key", "label")
     out.setdefault("in_chans", 3)
@@ -209,18 +214,35 @@ def load_embedded(cfg: Mapping[str, Any]) -> DataBundle:
     )
 
 
-def load_imagefolder(cfg: Mapping[str, Any]) -> DataBundle:
+def _folder_split(index: "FolderIndex", split: str, where: str) -> "datasets.Dataset":
     import datasets
+    from datasets.table import InMemoryTable
+
+    if split not in index.counts:
+        if split in index.loose:
+            raise UsageError(f"{where}: split {split!r} holds {index.loose[split]} images but no class folders; "
+                             f"sort them into {split}/<class>/ (for ImageNet's val: its valprep.sh)")
+        have = index.splits()
+        raise UsageError(f"{where} has no split {split!r}{did_you_mean(split, have)} (splits: {', '.join(have)})")
+    features = datasets.Features({"image": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=index.classes)})
+    return datasets.Dataset(InMemoryTable(index.split_table(split).rename_columns(["image", "label"])),
+                            info=datasets.DatasetInfo(features=features), split=split)
+
+
+def load_imagefolder(cfg: Mapping[str, Any], index_path: str | Path | None = None) -> DataBundle:
+    """A local folder through its index (``bench.data.index``): read from ``index_path`` (built there when it
+    is missing), or listed now when no index path is given. Images are opened by path, never via a listing."""
+    from bench.data.index import build_index, ensure_index
 
     path = _local_path(cfg)
-    try:
-        # Arrow cache under tokenbench's root: keeps the user's HF cache (and tests) clean.
-        dd = datasets.load_dataset(
-            "imagefolder", data_dir=str(path), cache_dir=str(cache_root() / "hf-datasets")
-        )
-    except (FileNotFoundError, ValueError) as e:
-        raise UsageError(f"data: cannot read imagefolder {str(path)!r}: {_one_line(e)}") from None
-    return bundle_from_splits(dd, cfg, f"imagefolder {str(path)!r}")
+    where = f"imagefolder {str(path)!r}"
+    index = build_index(path) if index_path is None else ensure_index(path, index_path)
+    val_split = cfg.get("val_split") or next((s for s in FOLDER_VAL_SPLITS if s in index.counts), FOLDER_VAL_SPLITS[0])
+    train, val = (_folder_split(index, s, where) for s in (cfg["train_split"], val_split))
+    return DataBundle(name=short_name(cfg), train=train, val=val, num_classes=len(index.classes),
+                      image_key="image", label_key="label", image_size=cfg["image_size"], in_chans=cfg["in_chans"],
+                      fixed_size=cfg["fixed_size"], image_root=index.root, index=index.summary())
 
 
 def load_disk(cfg: Mapping[str, Any]) -> DataBundle:
@@ -341,8 +363,11 @@ def load_hub(cfg: Mapping[str, Any]) -> DataBundle:
 LOADERS = {"embedded": load_embedded, "hub": load_hub, "imagefolder": load_imagefolder, "disk": load_disk}
 
 
-def load(cfg: Mapping[str, Any] | None) -> DataBundle:
+def load(cfg: Mapping[str, Any] | None, index_path: str | Path | None = None) -> DataBundle:
+    """The bundle a ``data:`` mapping names; a local folder is read through the index at ``index_path``."""
     out = validate(cfg)
+    if out["source"] == "imagefolder":
+        return load_imagefolder(out, index_path)
     return LOADERS[out["source"]](out)
 
 

@@ -10,6 +10,7 @@ augmentation keys set for such data act on it with no crop and no flip unless th
 """
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
@@ -199,7 +200,12 @@ class TorchImageDataset(torch.utils.data.Dataset):
     """An HF image dataset as ``(float tensor CxHxW, int label)`` pairs.
 
     With ``preload`` every image is decoded once up front (one vectorised arrow pass), so an
-    epoch costs only the cheap tensor conversion; otherwise images are decoded per item.
+    epoch costs only the cheap tensor conversion; otherwise images are decoded per item, opened by path under
+    ``image_root`` for a local folder (its image column holds relative paths, kept as an arrow array so forked
+    workers do not copy a million Python strings).
+
+    ``random_transform`` says whether the transform draws random numbers (the training loader then seeds them
+    per sample, ``bench.train.loaders.SeededItems``).
     """
 
     def __init__(
@@ -210,21 +216,32 @@ class TorchImageDataset(torch.utils.data.Dataset):
         label_key: str = "label",
         transform: Callable[[Any], torch.Tensor],
         preload: bool = False,
+        image_root: str | None = None,
+        random_transform: bool = False,
     ):
         self.transform = transform
         self.image_key = image_key
+        self.random_transform = random_transform
         self.labels = np.asarray(_column(hf_dataset, label_key), dtype=np.int64)
-        self.images: Any = _column(hf_dataset, image_key) if preload else None
+        self.image_root = image_root
+        self.paths = hf_dataset.data.column(image_key).combine_chunks() if image_root is not None else None
+        self.images: Any = _column(hf_dataset, image_key) if preload and self.paths is None else None
         # Only the image column is needed per item; skip decoding the others.
-        self.hf = None if preload else hf_dataset.select_columns([image_key])
+        self.hf = None if self.images is not None or self.paths is not None else hf_dataset.select_columns([image_key])
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    def _image(self, index: int) -> Any:
+        if self.paths is not None:
+            image = Image.open(os.path.join(self.image_root, self.paths[index].as_py()))
+            image.load()  # decodes and closes the file
+            return image
+        return self.images[index] if self.hf is None else self.hf[index][self.image_key]
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         index = int(index)
-        image = self.images[index] if self.hf is None else self.hf[index][self.image_key]
-        return self.transform(image), int(self.labels[index])
+        return self.transform(self._image(index)), int(self.labels[index])
 
 
 def make_torch_datasets(
@@ -255,6 +272,8 @@ def make_torch_datasets(
                 label_key=bundle.label_key,
                 transform=transform,
                 preload=bundle.fixed_size and size_bytes <= PRELOAD_MAX_BYTES,
+                image_root=bundle.image_root,
+                random_transform=train and not isinstance(transform, FixedSizeTransform),
             )
         )
     return out[0], out[1]

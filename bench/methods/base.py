@@ -42,6 +42,21 @@ class Param:
 
 
 @dataclass
+class BatchSum:
+    """A loss term that is a sum over the batch divided by a count over the whole batch (DynamicViT's token
+    distillation: the error summed over the batch's kept tokens, over how many tokens were kept). A method's
+    ``extra_losses`` returns one of these, not the quotient, so that a step accumulated over micro-batches
+    divides by the count of the whole per-device batch, as one big batch would, rather than by each
+    micro-batch's own count. Every other term is a mean over the batch's images."""
+
+    total: torch.Tensor
+    count: torch.Tensor
+
+    def value(self) -> torch.Tensor:
+        return self.total / self.count.detach().clamp_min(1.0)
+
+
+@dataclass
 class TrainContext:
     """What a method's extra losses may look at during a training step."""
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench.errors import RunFailed, UsageError
-from bench.methods.base import Param, TrainContext, check_vit, register_method
+from bench.methods.base import BatchSum, Param, TrainContext, check_vit, register_method
 from bench.methods.dynamicvit_layers import TokenPredictor, gumbel_keep, masked_attention
 from bench.methods.pruning import StagedPruning
 
@@ -168,7 +168,7 @@ class DynamicViT(StagedPruning):
     def needs_teacher(self) -> bool:
         return self.config["distill_weight"] > 0 or self.config["token_distill_weight"] > 0
 
-    def extra_losses(self, model: nn.Module, ctx: TrainContext) -> dict[str, torch.Tensor]:
+    def extra_losses(self, model: nn.Module, ctx: TrainContext) -> dict[str, torch.Tensor | BatchSum]:
         cfg, terms = self.config, {}
         if self.policies:
             ratio = sum(((p.mean(dim=1) - self.keep_ratio ** (k + 1)) ** 2).mean()
@@ -183,10 +183,12 @@ class DynamicViT(StagedPruning):
                           reduction="batchmean", log_target=True)
             terms["kl"] = cfg["distill_weight"] * kl
         if cfg["token_distill_weight"] > 0:
-            terms["token_distill"] = cfg["token_distill_weight"] * self._token_distill_loss()
+            loss = self._token_distill_loss()
+            w = cfg["token_distill_weight"]
+            terms["token_distill"] = BatchSum(w * loss.total, loss.count) if isinstance(loss, BatchSum) else w * loss
         return terms
 
-    def _token_distill_loss(self) -> torch.Tensor:
+    def _token_distill_loss(self) -> torch.Tensor | BatchSum:
         if self._tokens is None or self._teacher_tokens is None:
             raise RunFailed(f"method {self.name!r}: no student/teacher patch tokens were recorded in this step "
                             f"(the student must run a training forward and the teacher be given to train_model)")
@@ -195,7 +197,7 @@ class DynamicViT(StagedPruning):
             return err.mean()
         # tokens kept at the last stage only; the mask selects, it is not trained through this term
         kept = (self.policies[-1].detach() > 0.5).float()
-        return (err * kept).sum() / kept.sum().clamp_min(1.0)
+        return BatchSum((err * kept).sum(), kept.sum())  # / the kept tokens of the whole batch
 
     def lr_scales(self) -> dict[str, float]:
         return {PREDICTORS: 1.0}

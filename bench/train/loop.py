@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import random
 import resource
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -33,13 +32,16 @@ from timm.loss import SoftTargetCrossEntropy
 from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from bench.errors import RunFailed, UsageError
 from bench.io import atomic_torch_save, atomic_write_text
-from bench.methods.base import Method, TrainContext
+from bench.methods.base import Method
+from bench.runtime import Runtime, micro_batches
 from bench.train import distributed as D
+from bench.train.loaders import EpochBatches, in_memory, random_transform, train_loader
+from bench.train.step import forward_backward
 from bench.train.optim import LR_RULE, GroupSchedule, build_optimizer, describe_groups, param_groups
 
 STATE_FILE = "train_state.pth"
@@ -63,61 +65,9 @@ class TrainResult:
     optimizer_groups: list[dict[str, Any]] | None = None  # name, params, lr_scale, weight_decay, frozen_epochs
     lr_rule: str = LR_RULE
     ema_state: dict[str, Any] | None = None  # the EMA weights (CPU) when the recipe keeps an EMA
-
-
-class EpochBatches(Sampler[list[int]]):
-    """One epoch's batches: a permutation seeded by (seed, epoch) cut into global batches, of which this
-    rank takes the contiguous slice ``[rank * b, (rank + 1) * b)``; the ranks' slices of a step make up the
-    single-process batch of that step.
-
-    The permutation is drawn from the generator the DataLoader also holds, after the DataLoader has drawn
-    its worker base seed from it, so a world of one yields exactly the batches of
-    ``DataLoader(shuffle=True, generator=g)``.
-
-    ``repeats`` > 1 is DeiT's repeated augmentation (``RASampler``): the epoch keeps its length but holds
-    the first ceil(n / repeats) images of the permutation, each ``repeats`` times, and the copies of an
-    image are dealt to different ranks within one global batch (strided, as RASampler's
-    ``indices[rank::world]``), so each device sees its own augmentation of the image.
-    """
-
-    def __init__(self, n: int, global_batch: int, generator: torch.Generator, rank: int = 0, world: int = 1,
-                 repeats: int = 1):
-        self.n, self.global_batch, self.generator, self.rank, self.world = n, global_batch, generator, rank, world
-        self.local_batch = global_batch // world
-        self.repeats = repeats
-
-    def __len__(self) -> int:
-        # drop_last when there is at least one full batch, else one short batch (world of one only)
-        return self.n // self.global_batch if self.n >= self.global_batch else 1
-
-    def __iter__(self) -> Iterator[list[int]]:
-        perm = torch.randperm(self.n, generator=self.generator)
-        if self.repeats > 1:
-            perm = perm[:math.ceil(self.n / self.repeats)].repeat_interleave(self.repeats)[:self.n]
-        perm = perm.tolist()
-        lo = self.rank * self.local_batch
-        for i in range(len(self)):
-            batch = perm[i * self.global_batch:(i + 1) * self.global_batch]
-            if self.world == 1:
-                yield batch
-            else:  # repeated copies are strided across ranks, as RASampler; otherwise contiguous slices
-                yield batch[self.rank::self.world] if self.repeats > 1 else batch[lo:lo + self.local_batch]
-
-
-def _seed_worker(rank: int, worker_id: int) -> None:
-    # worker w is seeded with base + w, the base drawn from the epoch generator that every rank shares:
-    # offset by rank, or the ranks' shards would get the same random augmentations
-    s = (torch.initial_seed() + rank * 1_000_003) % 2**32
-    torch.manual_seed(s)
-    random.seed(s)
-
-
-def _loader(ds: Dataset, batch_size: int, seed: int, epoch: int, workers: int, rank: int = 0,
-            world: int = 1, repeats: int = 1) -> DataLoader:
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return DataLoader(ds, batch_sampler=EpochBatches(len(ds), batch_size, g, rank, world, repeats), generator=g,
-                      num_workers=workers, pin_memory=torch.cuda.is_available(),
-                      worker_init_fn=functools.partial(_seed_worker, rank) if world > 1 and workers else None)
+    accumulation_steps: int = 1    # micro-batches per optimiser step (the runtime's device_batch cap)
+    micro_batch_size: int | None = None
+    runtime: dict[str, Any] | None = None  # loader workers, prefetch, cap, channels_last, compile as run
 
 
 def _peak_mem_mb(device: torch.device) -> float:
@@ -181,15 +131,18 @@ def _load_rng_state(state: dict[str, Any], method: Method, device: torch.device)
 
 
 def train_model(model: nn.Module, method: Method, train_ds: Dataset, recipe: dict[str, Any], *, seed: int,
-                out_dir: Path, device: torch.device, teacher: nn.Module | None = None,
+                out_dir: Path, device: torch.device, teacher: nn.Module | None = None, runtime: Runtime | None = None,
                 log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> TrainResult:
     from bench.config import DEFAULT_RECIPE
+
+    runtime = runtime or Runtime()
 
     if any(k not in recipe for k in DEFAULT_RECIPE):  # a partial recipe (tests, old records): defaults for the rest
         recipe = {**DEFAULT_RECIPE, **recipe}
     rank, world = D.rank(), D.world_size()
     main = rank == 0
     global_batch, local_batch, lr = batch_plan(recipe, world, len(train_ds))
+    micro = micro_batches(local_batch, runtime.device_batch)
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
     epochs = int(recipe["epochs"])
@@ -202,7 +155,9 @@ def train_model(model: nn.Module, method: Method, train_ds: Dataset, recipe: dic
         teacher.to(device).eval().requires_grad_(False)
         method.attach_teacher(teacher)
 
-    steps_per_epoch = len(EpochBatches(len(train_ds), global_batch, torch.Generator()))
+    sampler = EpochBatches(len(train_ds), global_batch, seed, rank, world, int(recipe["repeated_aug"]),
+                           sample_seeds=random_transform(train_ds))
+    steps_per_epoch = len(sampler)
     if recipe["max_steps_per_epoch"]:
         steps_per_epoch = min(steps_per_epoch, int(recipe["max_steps_per_epoch"]))
     total = max(1, epochs * steps_per_epoch)
@@ -249,16 +204,23 @@ def train_model(model: nn.Module, method: Method, train_ds: Dataset, recipe: dic
         ids = [device.index if device.index is not None else torch.cuda.current_device()] \
             if device.type == "cuda" else None
         net = DistributedDataParallel(model, device_ids=ids)
+    if runtime.channels_last:  # the patch embedding's convolution is the only 4-D op of a ViT
+        model.to(memory_format=torch.channels_last)
+    if runtime.compile:
+        net = torch.compile(net, **({"backend": runtime.compile} if isinstance(runtime.compile, str) else {}))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
     method.on_train_start(model, total)
+    task_loss = soft_ce if mixup is not None else \
+        functools.partial(F.cross_entropy, label_smoothing=float(recipe["label_smoothing"]))
+    loader = train_loader(train_ds, sampler, runtime)
     t0, step, loss_value = time.time(), start_epoch * steps_per_epoch, float("nan")
     for epoch in range(start_epoch, epochs):
+        t_epoch = time.time()
         net.train()
         method.on_epoch_start(model, epoch, epochs)
-        loader = _loader(train_ds, global_batch, seed, epoch, recipe["num_workers"], rank, world,
-                         int(recipe["repeated_aug"]))
+        sampler.set_epoch(epoch)
         sums: dict[str, float] = {}
         bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
                    disable=None if main else True, mininterval=2.0, file=sys.stderr)
@@ -266,34 +228,24 @@ def train_model(model: nn.Module, method: Method, train_ds: Dataset, recipe: dic
             if i >= steps_per_epoch:
                 break
             images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+            if runtime.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
             schedule.apply(step, epoch)
             if mixup is not None:  # targets become soft (B, classes); the teacher sees the mixed images too
                 if images.shape[0] % 2:  # the one short batch of a tiny dataset: Mixup pairs images
                     images, targets = images[:-1], targets[:-1]
-                images, targets = mixup(images, targets)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                logits = net(images)
-                teacher_logits = None
-                if teacher is not None:
-                    with torch.no_grad():
-                        teacher_logits = teacher(images)
-                if mixup is not None:
-                    ce = soft_ce(logits.float(), targets)
-                else:
-                    ce = F.cross_entropy(logits.float(), targets, label_smoothing=recipe["label_smoothing"])
-                terms = {"ce": ce}
-                terms.update(method.extra_losses(model, TrainContext(images, targets, logits, teacher_logits)))
-                loss = sum(terms.values())
-            # loss and terms averaged over ranks (equal shards: the global-batch values); reduced before
-            # backward, so a non-finite value on any rank stops every rank at the same step
-            stats = torch.stack([loss.detach().float(), *(v.detach().float() for v in terms.values())])
-            loss_value, *term_values = D.all_reduce_mean(stats).tolist()
-            if not math.isfinite(loss_value):
-                where = f" (mean over {world} processes)" if world > 1 else ""
-                raise RunFailed(f"non-finite loss ({loss_value}) at epoch {epoch + 1}, step {step + 1}{where}; "
-                                f"terms: {', '.join(f'{k}={v:.4g}' for k, v in zip(terms, term_values))}")
+                images, targets = mixup(images, targets)  # the whole per-device batch, before any micro split
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
+            try:
+                loss_value, terms = forward_backward(
+                    net, model, method, teacher, images, targets, micro_batches=micro, task_loss=task_loss,
+                    scaler=scaler, amp_dtype=amp_dtype, world=world, where=f"epoch {epoch + 1}, step {step + 1}")
+            except torch.cuda.OutOfMemoryError:
+                size = -(-images.shape[0] // micro)
+                raise RunFailed(f"out of GPU memory at a per-device micro-batch of {size} images "
+                                f"(global batch {global_batch} on {world} device(s)); cap it in the profile: "
+                                f"device_batch: {max(1, size // 2)} (or snakemake --config device_batch="
+                                f"{max(1, size // 2)}), gradients are then accumulated to the same batch") from None
             if recipe["clip_grad"]:
                 scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(net.parameters(), recipe["clip_grad"])
@@ -304,7 +256,7 @@ def train_model(model: nn.Module, method: Method, train_ds: Dataset, recipe: dic
             if ema is not None:
                 ema.update(model, step=step)
             step += 1
-            for k, v in zip(terms, term_values):
+            for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
         n = max(1, min(steps_per_epoch, len(loader)))
@@ -313,7 +265,8 @@ def train_model(model: nn.Module, method: Method, train_ds: Dataset, recipe: dic
             record = {"epoch": epoch + 1, "step": step, "lr": schedule.scheduled_lr(step - 1, epoch),
                       **{f"lr_{g['name']}": g["lr"] for g in optimizer.param_groups},
                       "loss": sum(sums.values()) / n, **{f"loss_{k}": v / n for k, v in sums.items()},
-                      "elapsed_s": round(time.time() - t0, 2), **method.train_metrics()}
+                      "elapsed_s": round(time.time() - t0, 2), "epoch_s": round(time.time() - t_epoch, 2),
+                      "epochs_total": epochs, **method.train_metrics()}
             log(json.dumps(record))
             _append_log(out_dir / LOG_FILE, record)
             atomic_torch_save(state_path, {
@@ -326,7 +279,8 @@ def train_model(model: nn.Module, method: Method, train_ds: Dataset, recipe: dic
                        peak_mem_mb=D.all_reduce_max(_peak_mem_mb(device), device), resumed_from_epoch=resumed,
                        world_size=world, per_device_batch_size=local_batch, global_batch_size=global_batch,
                        lr=float(recipe["lr"]), lr_effective=lr, method_metrics=method.train_metrics() or None,
-                       optimizer_groups=group_record,
+                       optimizer_groups=group_record, accumulation_steps=micro,
+                       micro_batch_size=-(-local_batch // micro), runtime=runtime.record(in_memory(train_ds)),
                        ema_state={k: v.detach().cpu() for k, v in ema.module.state_dict().items()} if ema else None)
 
 

@@ -1,0 +1,89 @@
+"""Runtime settings: how a step runs on the hardware it got, never what it computes.
+
+They come from the Snakemake profile (``loader_workers``, ``prefetch_factor``, ``device_batch``,
+``channels_last``, ``compile`` in its config file; ``snakemake --config device_batch=128`` overrides one) and
+reach ``bench train`` / ``bench evaluate`` as command-line options. None of them is part of a run's identity,
+so changing one re-runs nothing; each run record states the values it ran with.
+
+* ``loader_workers``: DataLoader worker processes; ``auto`` (the default) is the job's CPUs minus one for the
+  training process (``SLURM_CPUS_PER_TASK``, else the process's CPU affinity), at most ``MAX_AUTO_WORKERS``,
+  and none for data already decoded in memory (the embedded set), which workers would only slow down.
+* ``prefetch_factor``: batches each worker keeps ready.
+* ``device_batch``: the largest per-device micro-batch; a larger per-device batch is reached by accumulating
+  gradients, so the suite's batch size (the science) is unchanged.
+* ``channels_last``, ``compile``: memory format of the patch embedding's input and ``torch.compile`` (true, or
+  a backend name); off by default until measured on the target GPU.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from bench.errors import UsageError
+
+MAX_AUTO_WORKERS = 16
+AUTO = "auto"
+#: the profile config keys and the bench CLI option each becomes
+PROFILE_KEYS = {"loader_workers": "--workers", "prefetch_factor": "--prefetch-factor", "device_batch": "--device-batch",
+                "channels_last": "--channels-last", "compile": "--compile"}
+
+
+def job_cpus() -> int:
+    """CPUs this process may use: SLURM's per-task allocation when inside a job, else the CPU affinity."""
+    env = os.environ.get("SLURM_CPUS_PER_TASK", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Runtime:
+    workers: int | None = None     # None: auto
+    prefetch_factor: int = 4
+    device_batch: int | None = None
+    channels_last: bool = False
+    compile: bool | str = False
+
+    def __post_init__(self) -> None:
+        if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 0):
+            raise UsageError(f"loader_workers must be 'auto' or an integer >= 0, got {self.workers!r}")
+        if not isinstance(self.prefetch_factor, int) or self.prefetch_factor < 1:
+            raise UsageError(f"prefetch_factor must be an integer >= 1, got {self.prefetch_factor!r}")
+        if self.device_batch is not None and (not isinstance(self.device_batch, int) or self.device_batch < 1):
+            raise UsageError(f"device_batch must be a positive integer (or unset), got {self.device_batch!r}")
+
+    def loader_workers(self, in_memory: bool = False) -> int:
+        if self.workers is not None:
+            return self.workers
+        return 0 if in_memory else max(0, min(MAX_AUTO_WORKERS, job_cpus() - 1))
+
+    def record(self, in_memory: bool = False) -> dict[str, Any]:
+        """The settings a run used, for its record (workers resolved)."""
+        return {**asdict(self), "workers": self.loader_workers(in_memory), "workers_setting": self.workers or AUTO,
+                "job_cpus": job_cpus()}
+
+
+def parse_workers(value: str | int | None) -> int | None:
+    if value is None or value == AUTO:
+        return None
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"loader_workers must be 'auto' or an integer >= 0, got {value!r}") from None
+    if n < 0:
+        raise UsageError(f"loader_workers must be 'auto' or an integer >= 0, got {value!r}")
+    return n
+
+
+def micro_batches(local_batch: int, cap: int | None) -> int:
+    """How many micro-batches a per-device batch is cut into: the fewest whose equal size fits under ``cap``."""
+    if cap is None or local_batch <= cap:
+        return 1
+    for n in range(-(-local_batch // cap), local_batch + 1):
+        if local_batch % n == 0:
+            return n
+    return local_batch
