@@ -12,17 +12,22 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
-unknown = sorted(set(config) - {"suite", "results", "launcher"})
-if unknown:
-    raise WorkflowError(f"unknown config key {unknown[0]!r} (this workflow takes: suite, results, launcher)")
+from bench.errors import UsageError
+from bench.workflow import check_config, runtime_args
+
+try:
+    # what to run (suite, results) and how (launcher, runtime settings), checked against a schema up front
+    check_config(config)
+except UsageError as e:
+    print(f"bench: error: {e}", file=sys.stderr)
+    sys.exit(2)
 # none: steps run as plain local processes; local / slurm: each step is a submitit job (bench.launch),
 # set by a profile (slurm/config.yaml), never by a suite
 LAUNCHER = str(config.get("launcher", "none"))
-if LAUNCHER not in ("none", "local", "slurm"):
-    raise WorkflowError(f"config launcher={LAUNCHER!r}: choose none, local or slurm")
+# loader workers, device batch cap, channels_last, compile: passed to every compute step, never a rerun trigger
+RUNTIME_ARGS = runtime_args(config)
 
 from bench.config import load_suite
-from bench.errors import UsageError
 
 try:
     SUITE = load_suite(config.get("suite", "smoke"), reuse_checks=True)
@@ -63,7 +68,8 @@ def run_step(step, key, bench_args, resources, threads, log, folder, output, fai
         for path in output:
             prefix += ["--output", path]
         prefix.append("--")
-    cmd = shlex.join(str(a) for a in [*prefix, *bench_args, "--results", ROOT, "--threads", torch_threads])
+    cmd = shlex.join(str(a) for a in [*prefix, *bench_args, "--results", ROOT, "--threads", torch_threads,
+                                      *(RUNTIME_ARGS if bench_args[0] in ("train", "evaluate") else [])])
     shell((cmd + f" > {shlex.quote(str(log))} 2>&1").replace("{", "{{").replace("}", "}}"))
 
 
@@ -71,7 +77,19 @@ def run_spec(run_id):
     """Everything that defines a run's result: a change re-runs it (params are a rerun trigger)."""
     r = RUNS[run_id]
     return json.dumps({"method": r.method_name, "params": r.method_params, "keep": r.keep_ratio, "seed": r.seed,
-                       "recipe": r.finetune, "weights": r.weights, "data": SUITE.data}, sort_keys=True)
+                       "recipe": r.finetune, "weights": r.weights, "data": data_spec()}, sort_keys=True)
+
+
+# a local image folder is listed once, by its own step; every job reads the index (bench.data.index)
+INDEX = f"{OUT}/data/index.parquet" if SUITE.data.get("source") == "imagefolder" else None
+DATA_INPUT = [INDEX] if INDEX else []
+
+
+def data_spec():
+    """The data config without its runtime keys (cache_dir, num_proc): what a result depends on."""
+    from bench.data.sources import identity
+
+    return identity(SUITE.data)
 
 
 def trained_model(wc):
@@ -88,7 +106,7 @@ wildcard_constraints:
     backbone="[^/]+",
 
 
-localrules: all, collect, report
+localrules: all, collect, report, index
 
 
 rule all:
@@ -100,12 +118,30 @@ rule all:
         f"{OUT}/.collected",
 
 
+if INDEX:
+
+    rule index:
+        output:
+            INDEX,
+        params:
+            # the tree's fingerprint now (a stat per directory the index recorded): files added or removed
+            # change it, so the index is rebuilt, and with it every result that read the folder
+            tree=lambda wc: __import__("bench.data.index", fromlist=["state"]).state(INDEX, SUITE.data["path"]),
+            spec=lambda wc: json.dumps(data_spec(), sort_keys=True),
+        log:
+            f"{OUT}/logs/index.log",
+        shell:
+            "{BENCH} index {SUITE_FILE} --results {ROOT} > {log} 2>&1"
+
+
 rule pretrain:
+    input:
+        DATA_INPUT,
     output:
         f"{OUT}/pretrain/{{backbone}}/model.pth",
     params:
         spec=lambda wc: json.dumps({"backbone": SUITE.backbone(wc.backbone).__dict__, "recipe": SUITE.pretrain_recipe,
-                                    "seed": SUITE.pretrain_seed, "data": SUITE.data}, sort_keys=True),
+                                    "seed": SUITE.pretrain_seed, "data": data_spec()}, sort_keys=True),
     resources:
         **COMPUTE_RESOURCES,
     log:
@@ -118,6 +154,7 @@ rule pretrain:
 rule finetune:
     input:
         lambda wc: f"{OUT}/pretrain/{RUNS[wc.run].backbone}/model.pth",
+        DATA_INPUT,
     output:
         f"{OUT}/runs/{{run}}/model.pth",
     params:
@@ -134,6 +171,7 @@ rule finetune:
 rule evaluate:
     input:
         trained_model,
+        DATA_INPUT,
     output:
         f"{OUT}/runs/{{run}}/run.json",
     params:

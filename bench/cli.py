@@ -78,20 +78,30 @@ def ls(what: str) -> None:
 
 @cli.command()
 @click.argument("suite")
-@click.option("--runs", "show_runs", is_flag=True, help="Also list every run id.")
+@click.option("--runs", "show_runs", is_flag=True,
+              help="Also list every run id, with how its batch runs (devices x accumulated micro-batches).")
 @click.option("--recipe", "show_recipe", is_flag=True,
               help="Print the resolved training recipe of every run with where each value came from.")
-def validate(suite: str, show_runs: bool, show_recipe: bool) -> None:
+@click.option("--profile", default=None,
+              help="Snakemake profile whose GPUs and device_batch cap --runs applies (e.g. slurm).")
+def validate(suite: str, show_runs: bool, show_recipe: bool, profile: str | None) -> None:
     """Validate SUITE (a name under suites/ or a YAML path) and show its grid."""
     from bench.config import load_suite
+    from bench.workflow import batch_plan_line, read_profile
 
     s = load_suite(suite)
+    resources, config, where = read_profile(profile) if profile else ({}, {}, None)
     methods = sorted({r.method for r in s.runs})
     click.echo(f"{s.path}: ok: {len(s.runs)} runs ({len(methods)} methods x {len(s.backbones)} backbones "
                f"x keep ratios x {len(s.raw['seeds'])} seeds) on {s.data.get('name') or s.data.get('path')}")
     if show_runs:
+        gpus = int((resources.get("finetune") or {}).get("gpus", 0))
+        cap = config.get("device_batch")
+        if where:
+            click.echo(f"profile {where}: finetune on {gpus} GPU(s) per job, device_batch {cap or 'none'}")
         for r in s.runs:
-            click.echo(r.run_id)
+            plan = batch_plan_line(int(r.finetune["batch_size"]), gpus, cap) if r.finetune else "not fine-tuned"
+            click.echo(f"{r.run_id}  [{plan}]")
     if show_recipe:
         _print_recipes(s)
 

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 import submitit
 
 LAUNCH_RECORD = "launch.json"
+SUBMITIT_MAX_TIMEOUTS = 10_000
 ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
                  "SUSPENDED", "RESIZING", "PREEMPTED", "UNKNOWN", "READY", "SIGNALING", "STAGE_OUT"}
 
@@ -34,16 +35,40 @@ class BenchStep(submitit.helpers.Checkpointable):
     """
 
     def __init__(self, argv: Sequence[str], threads: int | None = None, outputs: Sequence[str] = (),
-                 folder: str | None = None):
+                 folder: str | None = None, time_min: int | None = None, max_requeues: int | None = None):
         self.argv = list(argv)
         self.threads = threads
         self.outputs = list(outputs)
         self.folder = folder
+        self.time_min = time_min
+        self.max_requeues = max_requeues  # None: the budget follows from the run's measured epoch time
+        self._attempt: tuple[float, int] | None = None  # (start time, epochs done) of this attempt
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        """Called by submitit on the time-limit warning (and on preemption): requeue unless the budget says no."""
+        reason = requeue_refusal(self, _restarts())
+        if reason:
+            print(f"bench.launch: not requeuing: {reason}", file=sys.stderr, flush=True)
+            raise RequeueRefused(reason)  # ends the step as failed, with this reason in its failure record
+        return super().checkpoint(*args, **kwargs)
+
+    def progress(self) -> dict[str, Any] | None:
+        """The last record of the step's training log (epochs done, epochs in all, epoch time), if it trains."""
+        if not self.outputs:
+            return None
+        log = Path(self.outputs[0]).parent / TRAIN_LOG
+        try:
+            lines = log.read_text().splitlines()
+            return json.loads(lines[-1]) | {"epoch_s_all": [json.loads(ln).get("epoch_s") for ln in lines]}
+        except (OSError, ValueError, IndexError):
+            return None
 
     def __call__(self) -> int:
         # every task of a multi-task job runs the step: the training code sets up torch.distributed
         # from this job environment, and only rank 0 writes outputs
         env = submitit.JobEnvironment()
+        done = (self.progress() or {}).get("epoch", 0)
+        self._attempt = (time.time(), int(done))
         argv = list(self.argv)
         if self.threads and "--threads" not in argv and argv and argv[0] in ("train", "evaluate"):
             argv += ["--threads", str(self.threads)]
@@ -60,6 +85,54 @@ class BenchStep(submitit.helpers.Checkpointable):
         if env.global_rank == 0 and self.folder:
             keep_outputs(Path(self.folder), self.outputs)
         return code
+
+
+class RequeueRefused(RuntimeError):
+    """The step would not finish within its requeue budget."""
+
+
+TRAIN_LOG = "train_log.jsonl"  # bench.train.loop.LOG_FILE, not imported: this module stays free of torch
+#: requeues beyond the estimate, for slower epochs (a cold page cache, a busy file system) and a preemption
+REQUEUE_SLACK = 2
+#: without a training log (evaluation, or no epoch done yet) a time-limited step is requeued this often
+REQUEUES_WITHOUT_LOG = 3
+
+
+def _restarts() -> int:
+    value = os.environ.get("SLURM_RESTART_COUNT", "0").strip()
+    return int(value) if value.isdigit() else 0
+
+
+def requeue_budget(epochs: int, epoch_s: float, time_min: int) -> int:
+    """Requeues a run of ``epochs`` epochs of ``epoch_s`` seconds needs under a time limit of ``time_min``
+    minutes (each attempt loses the epoch it was in), plus slack."""
+    per_attempt = max(1, int(time_min * 60 // max(epoch_s, 1e-3)) - 1)
+    return -(-epochs // per_attempt) - 1 + REQUEUE_SLACK
+
+
+def requeue_refusal(step: BenchStep, restarts: int) -> str | None:
+    """Why the step should not be requeued now, or None. A time-limited attempt that finished no epoch
+    cannot finish by requeuing; otherwise the budget is the explicit ``max_requeues`` or the estimate from
+    the measured epoch time (``requeue_budget``)."""
+    progress = step.progress()
+    started, done_at_start = step._attempt or (time.time(), 0)
+    timed_out = step.time_min is not None and time.time() - started > 0.5 * step.time_min * 60
+    if step.max_requeues is not None:
+        budget, how = step.max_requeues, "the profile's max_requeues"
+    elif progress and progress.get("epochs_total"):
+        times = sorted(t for t in progress["epoch_s_all"] if t)
+        epoch_s = times[len(times) // 2] if times else 0.0
+        budget = requeue_budget(int(progress["epochs_total"]), epoch_s, step.time_min or 60)
+        how = (f"{progress['epochs_total']} epochs x {epoch_s:.0f} s per epoch under a {step.time_min}-minute limit, "
+               f"+{REQUEUE_SLACK}")
+    else:
+        budget, how = REQUEUES_WITHOUT_LOG, "no training log"
+    if timed_out and progress is not None and int(progress.get("epoch", 0)) <= done_at_start:
+        return (f"no epoch finished within the job's {step.time_min}-minute time limit (still at epoch "
+                f"{done_at_start}); raise runtime for this step in the profile or give it more GPUs")
+    if restarts >= budget:
+        return f"requeued {restarts} times, the budget ({how}) is {budget}; raise runtime in the profile"
+    return None
 
 
 def _kept(folder: Path, i: int, output: str) -> Path:
@@ -119,13 +192,21 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--constraint", default="")
     p.add_argument("--extra", default="", help="extra sbatch options, e.g. '--exclusive --reservation=x'")
     p.add_argument("--signal-delay-s", type=int, default=90, help="warning before the time limit (requeue)")
-    p.add_argument("--max-requeues", type=int, default=20,
-                   help="time-limit requeues before the step counts as failed (preemptions are not counted)")
+    p.add_argument("--max-requeues", default="auto",
+                   help="requeues before the step counts as failed: 'auto' (from the run's epochs and measured "
+                        "epoch time against --time-min) or a number")
     p.add_argument("--failure-record", type=Path, default=None,
                    help="failure.json to write when the job dies without recording its own failure")
     p.add_argument("--output", action="append", default=[], help="a file the step writes (repeatable)")
     p.add_argument("--poll-s", type=float, default=0.5)
     args = p.parse_args(argv[:split])
+    if args.max_requeues == "auto":
+        args.max_requeues = None
+    else:
+        try:
+            args.max_requeues = int(args.max_requeues)
+        except ValueError:
+            p.error(f"--max-requeues: 'auto' or a number, got {args.max_requeues!r}")
     cmd = argv[split + 1:]
     if not cmd:
         p.error("no bench command after `--`")
@@ -150,8 +231,9 @@ def n_tasks(args: argparse.Namespace) -> int:
 def make_executor(args: argparse.Namespace) -> submitit.Executor:
     tasks = n_tasks(args)
     slurm = args.launcher == "slurm"
+    # submitit's own count is a backstop far above any budget: BenchStep.checkpoint decides
     ex = submitit.AutoExecutor(folder=args.folder, cluster="slurm" if slurm else "local",
-                               **({"slurm_max_num_timeout": args.max_requeues} if slurm else {}))
+                               **({"slurm_max_num_timeout": SUBMITIT_MAX_TIMEOUTS} if slurm else {}))
     params: dict[str, Any] = dict(name=args.name, timeout_min=args.time_min, cpus_per_task=args.cpus,
                                   tasks_per_node=tasks, nodes=1)
     if args.launcher == "slurm":
@@ -198,7 +280,8 @@ def attach_or_submit(args: argparse.Namespace, cmd: list[str], log=print) -> sub
             return job
         log(f"bench.launch: earlier SLURM job {job.job_id} ended {state}; submitting again")
     ex = make_executor(args)
-    job = ex.submit(BenchStep(cmd, threads=args.cpus, outputs=args.output, folder=str(args.folder)))
+    job = ex.submit(BenchStep(cmd, threads=args.cpus, outputs=args.output, folder=str(args.folder),
+                              time_min=args.time_min, max_requeues=args.max_requeues))
     _write_record(args.folder, {"job_id": job.job_id, "launcher": args.launcher, "cmd": cmd, "name": args.name,
                                 "tasks": n_tasks(args), "submitted_at": _now(),
                                 "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)})

@@ -42,11 +42,13 @@ _COMMON = {"source", "name", "image_key", "label_key", "train_split", "val_split
            "in_chans", "image_size", "fixed_size"}
 _KEYS: dict[str, set[str]] = {
     "embedded": {"source", "name", "options"},
-    "hub": _COMMON | {"subset", "revision"},
+    "hub": _COMMON | {"subset", "revision", "cache_dir", "num_proc"},
     "imagefolder": (_COMMON - {"image_key", "label_key"}) | {"path"},  # a folder's columns are its own
     "disk": _COMMON | {"path"},
 }
-_STR_KEYS = ("name", "image_key", "label_key", "train_split", "val_split", "subset", "revision", "path")
+_STR_KEYS = ("name", "image_key", "label_key", "train_split", "val_split", "subset", "revision", "path", "cache_dir")
+#: keys that say how data is fetched, not what it is: left out of a run's identity (a change re-runs nothing)
+RUNTIME_DATA_KEYS = ("cache_dir", "num_proc")
 
 
 def normalize(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -94,6 +96,9 @@ def normalize(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     out.setdefault("in_chans", 3)
     out.setdefault("image_size", DEFAULT_IMAGE_SIZE)
     out.setdefault("fixed_size", False)
+    if "num_proc" in out and (not isinstance(out["num_proc"], int) or isinstance(out["num_proc"], bool)
+                              or out["num_proc"] < 1):
+        raise UsageError(f"data: num_proc must be a positive integer, got {out['num_proc']!r}")
     if out["in_chans"] not in (1, 3) or isinstance(out["in_chans"], bool):
         raise UsageError(f"data: in_chans must be 1 or 3, got {out['in_chans']!r}")
     size = out["image_size"]
@@ -102,6 +107,12 @@ def normalize(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     if not isinstance(out["fixed_size"], bool):
         raise UsageError(f"data: fixed_size must be true or false, got {out['fixed_size']!r}")
     return out
+
+
+def identity(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The data config a result depends on: without where the hub's files are cached or how many processes
+    prepare them."""
+    return {k: v for k, v in (cfg or {}).items() if k not in RUNTIME_DATA_KEYS}
 
 
 def embedded_config(cfg: Mapping[str, Any]) -> embedded.CanvasDigitsConfig:
@@ -238,7 +249,7 @@ def load_imagefolder(cfg: Mapping[str, Any], index_path: str | Path | None = Non
     path = _local_path(cfg)
     where = f"imagefolder {str(path)!r}"
     index = build_index(path) if index_path is None else ensure_index(path, index_path)
-    val_split = cfg.get("val_split") or next((s for s in FOLDER_VAL_SPLITS if s in index.counts), FOLDER_VAL_SPLITS[0])
+    val_split = cfg.get("val_split") or next((s for s in FOLDER_VAL_SPLITS if s in index.splits()), FOLDER_VAL_SPLITS[0])
     train, val = (_folder_split(index, s, where) for s in (cfg["train_split"], val_split))
     return DataBundle(name=short_name(cfg), train=train, val=val, num_classes=len(index.classes),
                       image_key="image", label_key="label", image_size=cfg["image_size"], in_chans=cfg["in_chans"],
@@ -347,17 +358,51 @@ def load_hub(cfg: Mapping[str, Any]) -> DataBundle:
                 f"cannot be loaded; {_LOCAL_HINT}, or set HF_HUB_OFFLINE=1 to use a cached copy"
             )
     guard = _offline_mode() if offline else contextlib.nullcontext()
+    # the token from the environment (HF_TOKEN, as huggingface_hub reads it), else huggingface_hub's own lookup
+    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN") or None
+    cache_dir = str(Path(cfg["cache_dir"]).expanduser()) if cfg.get("cache_dir") else None
     splits = {}
     try:
         with guard:
             for split in dict.fromkeys((cfg["train_split"], cfg["val_split"])):
                 splits[split] = datasets.load_dataset(
-                    name, cfg.get("subset"), split=split, revision=cfg.get("revision")
-                )
-    except (FileNotFoundError, ValueError, ConnectionError) as e:
-        # DatasetNotFoundError is a FileNotFoundError; unknown splits raise ValueError.
-        raise UsageError(f"data: cannot load hub dataset {name!r}: {_one_line(e)}") from None
+                    name, cfg.get("subset"), split=split, revision=cfg.get("revision"), cache_dir=cache_dir,
+                    num_proc=cfg.get("num_proc"), token=token)
+    except (OSError, ValueError, RuntimeError) as e:  # FileNotFoundError, ConnectionError and HTTPError are OSErrors
+        raise UsageError(f"data: cannot load hub dataset {name!r}: {hub_error_fix(e, name, cfg)}") from None
     return bundle_from_splits(splits, cfg, f"hub dataset {name!r}")
+
+
+def hub_error_fix(e: BaseException, name: str, cfg: Mapping[str, Any]) -> str:
+    """``datasets``' error (it re-raises the hub's with its cause dropped, so the text is what there is to go
+    by) as one line that names the fix."""
+    text = _one_line(e)
+    page = f"{hub_endpoint().rstrip('/')}/datasets/{name}"
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    if isinstance(e, RuntimeError) and "scripts are no longer supported" in text:
+        return (f"{text}: datasets >= 4 cannot run loading scripts; use a repository with data files "
+                f"(imagenet-1k: name: ILSVRC/imagenet-1k, parquet), its parquet conversion "
+                f"(revision: refs/convert/parquet), or a local copy ({_LOCAL_HINT})")
+    if "gated dataset" in text and "authenticated" in text:
+        return (f"{text} Set HF_TOKEN to a token of an account that accepted the terms at {page} "
+                f"(or run `hf auth login`)")
+    if "gated dataset" in text or "Cannot access gated repo" in text:
+        return f"{text} Your token's account has no access yet: accept the terms at {page}"
+    if status == 401 or "Invalid credentials" in text or "401" in text.split("For more information")[0]:
+        return "the hub refused the token (401 Unauthorized); renew HF_TOKEN (or `hf auth login`)"
+    if "Revision" in text and "doesn't exist" in text:
+        return f"{text} Check data.revision (a branch, tag or commit of {page})"
+    if "doesn't exist on the Hub" in text:
+        return f"{text} Check data.name; a private dataset also needs HF_TOKEN"
+    if text.startswith("Unknown split"):
+        return f"{text} Set data.train_split / data.val_split to one of those"
+    if "BuilderConfig" in text and "not found" in text:
+        return f"{text} Set data.subset to one of those"
+    if "OfflineModeIsEnabled" in text:
+        return f"offline mode (HF_HUB_OFFLINE=1) and {name!r} is not cached; unset HF_HUB_OFFLINE or {_LOCAL_HINT}"
+    if isinstance(e, ConnectionError) or "Internet connection" in text:
+        return f"{text}; the hub is unreachable from here: {_LOCAL_HINT}, or set HF_HUB_OFFLINE=1 to use a cached copy"
+    return text
 
 
 LOADERS = {"embedded": load_embedded, "hub": load_hub, "imagefolder": load_imagefolder, "disk": load_disk}

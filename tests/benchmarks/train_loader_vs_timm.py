@@ -7,11 +7,14 @@ What is measured: images/s delivered by the training DataLoader, with the full D
 (RandomResizedCrop bicubic, flip, RandAugment rand-m9-mstd0.5-inc1, colour jitter 0.3, random erasing
 0.25), on the same image folder with the same worker count and batch size, for
 
-* the harness, built exactly as a fine-tune job builds it: ``bench.data.load_data`` (imagefolder, i.e. a
-  Hugging Face ``datasets`` Arrow table), ``make_torch_datasets`` with the resolved ``finetune: deit``
-  recipe, and ``bench.train.loop._loader`` (a DataLoader over EpochBatches, repeated augmentation on);
+* the harness, built exactly as a fine-tune job builds it: ``bench.data.load_data`` (imagefolder read
+  through its folder index, ``bench.data.index``: one parquet file listing every image, built once; items
+  are opened by path), ``make_torch_datasets`` with the resolved ``finetune: deit`` recipe, and
+  ``bench.train.loaders.train_loader`` over ``EpochBatches`` (repeated augmentation on, per-sample seeds,
+  ``Runtime(workers=N)``: persistent workers, prefetch 4);
 * timm: ``timm.data.create_dataset`` on DIR/train and ``timm.data.create_loader`` with the same transform
-  settings, taken from the recipe (no prefetcher: the batches come out as the harness's do).
+  settings, taken from the recipe (no prefetcher: the batches come out as the harness's do; timm's
+  DataLoader keeps torch's default prefetch of 2).
 
 Each round builds a fresh loader per side (the harness's for epoch = round, as successive epochs of a job),
 lets it warm up (workers start, the first batches are not timed), then times a fixed number of batches;
@@ -20,7 +23,7 @@ is the ratio of the two medians, harness / timm; images per CPU second (workers 
 is printed next to it, as other load on the machine disturbs it less than wall-clock time. Mixup/CutMix run
 on the whole batch in the training loop (on the device), so they are excluded from both sides.
 ``--profile-items`` adds a single-process breakdown (CPU ms per item, RNGs reseeded so both sides draw the
-same augmentations): the Arrow row access alone, fetch + decode, and the whole ``__getitem__``.
+same augmentations): the index's path lookup alone, path + open + decode, and the whole ``__getitem__``.
 
 Recent Pillow (13.0.0 checked) raises on ``ImageOps.posterize(img, 0)``, and timm's RandAugment asks for
 0 bits when the sampled magnitude clips at 10 (m9, mstd0.5: ~0.15% of images), so timm's loader dies now and
@@ -28,9 +31,10 @@ then; the harness guards against it (``bench.data.transforms.guard_timm_posteriz
 as older Pillow did), and the script installs that guard before either side builds its transform, so both
 run the same ops.
 
-Without ``--folder`` a folder of smooth random JPEGs of ImageNet-like size (about 400-500 x 350-400 px,
-quality 90) is generated under ``--workdir`` (a temp dir by default) and reused when already there. The
-harness's Arrow cache goes to ``--workdir``/cache unless ``TOKENBENCH_CACHE`` is set.
+Without ``--folder`` a folder of smooth random JPEGs of ImageNet-like size and weight (400-500 x 330-400 px,
+quality 90, about 100 KiB each) is generated under ``--workdir`` (a temp dir by default; each image from its
+own seed, in parallel) and reused when already there. The harness's folder index is written to
+``--workdir``/<folder name>.index.parquet (rebuilt when the folder changed), as the pipeline's index step does.
 Prints figures; asserts nothing (timings depend on the machine).
 """
 from __future__ import annotations
@@ -64,49 +68,73 @@ def guard_posterize() -> str | None:
             f"PosterizeIncreasing asks for at magnitude 10 (~0.15% of images); done as older Pillow did it (black)")
 
 
-def generate_folder(root: Path, n_classes: int, n_train: int, n_val: int, seed: int) -> Path:
-    """FOLDER/train/<class>/*.jpg and FOLDER/validation/<class>/*.jpg, smooth random content."""
-    tag = f"imgs-c{n_classes}-t{n_train}-v{n_val}-s{seed}"
-    folder = root / tag
+#: the octaves of smooth content (cells across the width, amplitude), then luma noise: JPEGs of about 100 KiB
+OCTAVES = ((4, 90.0), (16, 45.0), (64, 20.0))
+LUMA_NOISE = 30.0
+
+
+def make_image(seed: tuple[int, ...]) -> Image.Image:
+    """One smooth random image of ImageNet-like size: upsampled noise at a few octaves (shapes + mid-frequency
+    texture) and a little luma noise, so the JPEG is neither trivially compressible nor pure noise."""
+    rng = np.random.default_rng(seed)
+    w, h = int(rng.integers(400, 501)), int(rng.integers(330, 401))
+    acc = np.full((h, w, 3), 128.0 - sum(a for _, a in OCTAVES), np.float32)
+    for cells, amp in OCTAVES:
+        small = rng.integers(0, 256, (max(2, cells * h // w), cells, 3), dtype=np.uint8)
+        acc += np.asarray(Image.fromarray(small).resize((w, h), Image.BICUBIC)) * np.float32(amp / 127.5)
+    acc += rng.standard_normal((h, w, 1), dtype=np.float32) * np.float32(LUMA_NOISE)  # chroma is subsampled anyway
+    return Image.fromarray(np.clip(acc, 0, 255, out=acc).astype(np.uint8))
+
+
+def _write_image(job: tuple[str, tuple[int, ...]]) -> None:
+    make_image(job[1]).save(job[0], quality=90)
+
+
+def generate_folder(root: Path, n_classes: int, n_train: int, n_val: int, seed: int, val_split: str = "validation",
+                    processes: int | None = None) -> Path:
+    """FOLDER/train/<class>/*.jpg and FOLDER/<val_split>/<class>/*.jpg; image i of a split is drawn from the seed
+    (seed, split, i), so the folder is the same whatever the number of ``processes`` (default: all CPUs)."""
+    import multiprocessing
+
+    folder = root / f"jpeg-c{n_classes}-train{n_train}-{val_split}{n_val}-s{seed}"
     done = folder / ".complete"
     if done.exists():
         return folder
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", n_train), ("validation", n_val)):
-        for i in range(n):
-            d = folder / split / f"class{i % n_classes:03d}"
-            d.mkdir(parents=True, exist_ok=True)
-            w, h = int(rng.integers(400, 501)), int(rng.integers(350, 401))
-            # octaves of upsampled noise (smooth shapes + mid-frequency texture) and a little pixel noise,
-            # so the JPEGs are neither trivially compressible nor pure noise
-            img = np.zeros((h, w, 3), np.float32)
-            for cells, amp in ((4, 90.0), (16, 45.0), (64, 20.0)):
-                small = rng.uniform(-1, 1, (max(2, cells * h // w), cells, 3)).astype(np.float32)
-                up = Image.fromarray(((small + 1) * 127.5).astype(np.uint8)).resize((w, h), Image.BICUBIC)
-                img += (np.asarray(up, np.float32) / 127.5 - 1) * amp
-            img += 128 + rng.normal(0, 6, (h, w, 3)).astype(np.float32)
-            Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(d / f"{split}_{i:05d}.jpg", quality=90)
+    jobs = []
+    for k, (split, n) in enumerate((("train", n_train), (val_split, n_val))):
+        for c in range(min(n, n_classes)):
+            (folder / split / f"class{c:03d}").mkdir(parents=True, exist_ok=True)
+        jobs += [(str(folder / split / f"class{i % n_classes:03d}" / f"{split}_{i:06d}.jpg"), (seed, k, i))
+                 for i in range(n)]
+    with multiprocessing.get_context("fork").Pool(processes or os.cpu_count()) as pool:
+        for _ in pool.imap_unordered(_write_image, jobs, chunksize=64):
+            pass
     done.write_text("ok\n")
     return folder
 
 
-def harness_side(folder: Path, image_size: int) -> tuple[Any, dict[str, Any], Callable[..., Any]]:
+def harness_side(folder: Path, image_size: int, index_path: Path) -> tuple[Any, dict[str, Any], Callable[..., Any]]:
+    """The training dataset and loader factory as a fine-tune job builds them (bench.train.loop.train_model),
+    the folder read through its index at ``index_path`` (built there when missing or stale)."""
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
     from bench.config import resolve_recipe
     from bench.data import load_data
     from bench.data.transforms import make_torch_datasets
-    from bench.train.loop import _loader
+    from bench.runtime import Runtime
+    from bench.train.loaders import EpochBatches, random_transform, train_loader
 
     recipe, _ = resolve_recipe(("finetune", "deit"))
-    bundle = load_data({"source": "imagefolder", "path": str(folder)})
+    bundle = load_data({"source": "imagefolder", "path": str(folder)}, index_path)
     train_ds, _val = make_torch_datasets(bundle, image_size=image_size, in_chans=3, mean=IMAGENET_DEFAULT_MEAN,
                                          std=IMAGENET_DEFAULT_STD, recipe=recipe)
 
     def make(batch_size: int, workers: int, epoch: int = 0) -> Any:
         # epoch e of a job (seed 0): round r times epoch r, so rounds draw different batches, as timm's do
-        return _loader(train_ds, batch_size, seed=0, epoch=epoch, workers=workers,
-                       repeats=int(recipe["repeated_aug"]))
+        sampler = EpochBatches(len(train_ds), batch_size, 0, 0, 1, int(recipe["repeated_aug"]),
+                               sample_seeds=random_transform(train_ds))
+        sampler.set_epoch(epoch)
+        return train_loader(train_ds, sampler, Runtime(workers=workers))
 
     return train_ds, recipe, make
 
@@ -130,7 +158,7 @@ def timm_side(folder: Path, image_size: int, recipe: dict[str, Any]) -> tuple[An
         hflip=recipe["hflip"] if recipe["hflip"] is not None else 0.5,
         color_jitter=recipe["color_jitter"], auto_augment=recipe["auto_augment"],
         interpolation=recipe["interpolation"], mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
-        distributed=False, pin_memory=torch.cuda.is_available(),  # as the harness's _loader: False on CPU
+        distributed=False, pin_memory=torch.cuda.is_available(),  # as the harness's train_loader: False on CPU
     )
     if supported and repeats > 1:
         kwargs["num_aug_repeats"] = repeats
@@ -157,10 +185,10 @@ def _cpu_s(pids: list[int]) -> float:
     return total
 
 
-def time_loader(loader: Any, warmup: int, batches: int) -> tuple[float, float]:
-    """(images per wall second, images per CPU second of the workers and this process) over ``batches`` batches
-    after ``warmup`` untimed ones (worker start-up falls there). The CPU figure is what other load on the
-    machine disturbs least."""
+def time_loader(loader: Any, warmup: int, batches: int) -> tuple[float, float, float]:
+    """(images per wall second, images per CPU second of the workers and this process, images per CPU second of
+    the workers alone (nan without workers)) over ``batches`` batches after ``warmup`` untimed ones (worker
+    start-up falls there). The CPU figures are what other load on the machine disturbs least."""
     it = iter(loader)
     try:
         for _ in range(warmup):
@@ -172,11 +200,12 @@ def time_loader(loader: Any, warmup: int, batches: int) -> tuple[float, float]:
             x, _y = next(it)
             n += x.shape[0]
         dt = time.perf_counter() - t0
-        cpu = _cpu_s(pids) - c0 + time.process_time() - p0
+        workers_cpu = _cpu_s(pids) - c0
+        cpu = workers_cpu + time.process_time() - p0
     finally:
         del it
         gc.collect()
-    return n / dt, n / cpu
+    return n / dt, n / cpu, (n / workers_cpu if pids and workers_cpu > 0 else float("nan"))
 
 
 def profile_items(fns: dict[str, Callable[[int], Any]], idx: list[int], reps: int = 3) -> dict[str, float]:
@@ -204,7 +233,7 @@ def profile_items(fns: dict[str, Callable[[int], Any]], idx: list[int], reps: in
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--folder", type=Path, default=None, help="DIR/train/<class>/*, DIR/validation/<class>/*")
+    ap.add_argument("--folder", type=Path, default=None, help="DIR/train/<class>/*, DIR/validation (or val)/<class>/*")
     ap.add_argument("--workdir", type=Path, default=None, help="where to generate the folder (default: a temp dir)")
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--train-images", type=int, default=1000)
@@ -221,13 +250,9 @@ def main() -> None:
 
     workdir = args.workdir or Path(tempfile.gettempdir()) / "tokenbench-loader-bench"
     workdir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("TOKENBENCH_CACHE", str(workdir / "cache"))
 
-    import datasets
     import timm
     import torch
-
-    datasets.disable_progress_bars()
 
     torch.set_num_threads(1)
     guard = guard_posterize()
@@ -243,7 +268,7 @@ def main() -> None:
     print(f"train images: {len(files)}, mean file {np.mean([f.stat().st_size for f in files]) / 1024:.0f} KiB, "
           f"mean size {np.mean([s[0] for s in sizes]):.0f}x{np.mean([s[1] for s in sizes]):.0f} px", flush=True)
 
-    h_ds, recipe, h_make = harness_side(folder, args.image_size)
+    h_ds, recipe, h_make = harness_side(folder, args.image_size, workdir / f"{folder.name}.index.parquet")
     t_ds, t_make, note = timm_side(folder, args.image_size, recipe)
     t_make(args.batch_size, 0)  # create_loader installs the transform on the dataset
     h_tf = [repr(t) for t in h_ds.transform.transforms[1:]]  # [0] is the harness's ConvertMode("RGB")
@@ -270,10 +295,9 @@ def main() -> None:
 
     if args.profile_items:
         n = min(args.profile_items, len(h_ds))
-        raw = h_ds.hf.cast_column(h_ds.image_key, datasets.Image(decode=False))  # the Arrow row alone
         ms = profile_items({
-            "harness: HF row, no decode": lambda i: raw[i][h_ds.image_key],
-            "harness: HF row + decode": lambda i: h_ds.hf[i][h_ds.image_key],
+            "harness: index path, no open": lambda i: os.path.join(h_ds.image_root, h_ds.paths[i].as_py()),
+            "harness: path + open + decode": h_ds._image,
             "timm: reader + open + convert": lambda i: Image.open(t_ds.reader[i][0]).convert("RGB"),
             "harness: __getitem__": lambda i: h_ds[i],
             "timm: __getitem__": lambda i: t_ds[i],
@@ -281,7 +305,7 @@ def main() -> None:
         print(f"__getitem__ in one process, {n} items, same augmentation draws, best of 3 (CPU ms/item):")
         for k, v in ms.items():
             print(f"  {k:<31} {v:7.3f}")
-        fetch = ms["harness: HF row + decode"] / ms["timm: reader + open + convert"]
+        fetch = ms["harness: path + open + decode"] / ms["timm: reader + open + convert"]
         item = ms["harness: __getitem__"] / ms["timm: __getitem__"]
         print(f"  harness / timm: fetch+decode {fetch:.3f}, __getitem__ {item:.3f}", flush=True)
 
@@ -291,7 +315,7 @@ def main() -> None:
         order = (("harness", h_make), ("timm", t_make))
         for side, make in order if r % 2 == 0 else order[::-1]:  # H T, T H, H T, ...: cancels drift
             loader = make(args.batch_size, args.workers, r)
-            rate, rate_cpu = time_loader(loader, args.warmup, args.batches)
+            rate, rate_cpu, _ = time_loader(loader, args.warmup, args.batches)
             del loader
             gc.collect()
             rates[side].append(rate)
