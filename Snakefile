@@ -17,7 +17,7 @@ from bench.workflow import check_config, runtime_args
 
 try:
     # what to run (suite, results) and how (launcher, runtime settings), checked against a schema up front
-    check_config(config)
+    config.update(check_config(config))
 except UsageError as e:
     print(f"bench: error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -83,6 +83,14 @@ def run_spec(run_id):
 # a local image folder is listed once, by its own step; every job reads the index (bench.data.index)
 INDEX = f"{OUT}/data/index.parquet" if SUITE.data.get("source") == "imagefolder" else None
 DATA_INPUT = [INDEX] if INDEX else []
+if INDEX:
+    from bench.data.index import drop_if_stale
+
+    # files added or removed (a stat per directory the index recorded, nothing listed): the index goes, so its
+    # step rebuilds it and every result that read the folder follows
+    if drop_if_stale(INDEX, SUITE.data["path"]):
+        print(f"tokenbench: {SUITE.data['path']} changed since {INDEX} was built; rebuilding it and what read it",
+              file=sys.stderr)
 
 
 def data_spec():
@@ -116,6 +124,8 @@ rule all:
         expand(f"{OUT}/runs/{{run}}/run.json", run=sorted(RUNS)),
         f"{OUT}/report/report.md",
         f"{OUT}/.collected",
+        # the folder index too: a stale one is removed at parse time, and must then be rebuilt (with what read it)
+        DATA_INPUT,
 
 
 if INDEX:
@@ -124,9 +134,6 @@ if INDEX:
         output:
             INDEX,
         params:
-            # the tree's fingerprint now (a stat per directory the index recorded): files added or removed
-            # change it, so the index is rebuilt, and with it every result that read the folder
-            tree=lambda wc: __import__("bench.data.index", fromlist=["state"]).state(INDEX, SUITE.data["path"]),
             spec=lambda wc: json.dumps(data_spec(), sort_keys=True),
         log:
             f"{OUT}/logs/index.log",

@@ -18,10 +18,22 @@ def _schema() -> dict[str, Any]:
     return json.loads(resources.files("bench").joinpath("schemas/workflow.schema.json").read_text())
 
 
-def check_config(config: Mapping[str, Any]) -> None:
-    """One line naming the key for the first thing wrong in a workflow config."""
+_WORDS = {"true": True, "on": True, "yes": True, "false": False, "off": False, "no": False, "null": None, "none": None}
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """``snakemake --config channels_last=true`` gives the string 'true': read it as YAML would."""
+    if isinstance(value, str) and value.lower() in _WORDS and key in ("channels_last", "compile", "device_batch"):
+        return _WORDS[value.lower()]
+    return value
+
+
+def check_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The workflow config with command-line words read as values; one line naming the key for the first thing
+    wrong in it."""
     import jsonschema
 
+    config = {k: _coerce(k, v) for k, v in config.items()}
     schema = _schema()
     known = sorted(schema["properties"])
     for key in config:
@@ -34,6 +46,7 @@ def check_config(config: Mapping[str, Any]) -> None:
         key = ".".join(str(p) for p in e.path) or "(config)"
         allowed = schema["properties"].get(key, {})
         raise UsageError(f"config {key}={e.instance!r}: not allowed ({_describe(allowed) or e.message})")
+    return config
 
 
 def _describe(prop: Mapping[str, Any]) -> str:
@@ -84,7 +97,7 @@ def read_profile(profile: str) -> tuple[dict[str, Any], dict[str, Any], str]:
     files = settings.get("configfile") or settings.get("configfiles") or []
     for name in [files] if isinstance(files, str) else files:
         config.update(yaml.safe_load(Path(name).read_text()) or {})
-    check_config(config)
+    config = check_config(config)
     where = str(folder / "config.yaml") + (f" + {files}" if files else "")
     return settings.get("set-resources") or {}, config, where
 

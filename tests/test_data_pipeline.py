@@ -55,19 +55,22 @@ def test_index_lists_splits_classes_and_labels(tmp_path):
 def test_a_changed_tree_invalidates_the_index_and_an_unchanged_one_does_not(tmp_path):
     root = write_folder(tmp_path / "pets")
     path = I.write_index(I.build_index(root), tmp_path / "index.parquet")
-    state = I.state(path, root)
-    assert state == I.read_meta(path)["fingerprint"] and I.state(path, root) == state  # stable: never re-listed
+    fingerprint = I.read_meta(path)["fingerprint"]
+    assert I.current_fingerprint(I.read_meta(path)) == fingerprint and not I.drop_if_stale(path, root)
+    assert path.exists()  # unchanged: kept, never re-listed
     time.sleep(0.01)
     (root / "train" / "dog" / "new.png").write_bytes((root / "train" / "dog" / "0.png").read_bytes())
-    assert I.state(path, root) != state and not I.is_fresh(I.read_meta(path), root)
+    assert I.current_fingerprint(I.read_meta(path)) != fingerprint and not I.is_fresh(I.read_meta(path), root)
     with pytest.raises(UsageError, match="is stale.*bench index"):
         I.ensure_index(root, path, build=False)
+    assert I.drop_if_stale(path, root) and not path.exists()
     path = I.write_index(I.build_index(root), path)
-    state = I.state(path, root)
     time.sleep(0.01)
     (root / "val" / "eel" / "1.png").unlink()
-    assert I.state(path, root) != state
-    assert I.state(tmp_path / "absent.parquet", root) == "unindexed"
+    assert I.drop_if_stale(path, root)
+    other = write_folder(tmp_path / "other")
+    path = I.write_index(I.build_index(root), path)
+    assert I.drop_if_stale(path, other)  # an index of another folder
 
 
 def test_a_job_with_the_index_never_lists_a_directory(tmp_path, monkeypatch):

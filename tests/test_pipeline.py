@@ -129,3 +129,49 @@ def test_finetune_none_schedules_no_finetune_job(tmp_path):
         weights_only=False)["meta"]["val_top1"]))
     dense = next(r for r in records if r["method"] == "dense")
     assert dense["top1"] == pytest.approx(pretrained)  # the dense run is the pretrained backbone itself
+
+
+FOLDER_SUITE = """
+name: folder
+data: {{source: imagefolder, path: {path}, name: pets}}
+backbones: [{{name: tb_vit_pico_patch4_32, kwargs: {{}}}}]
+methods: [dense]
+keep_ratios: [1.0]
+seeds: [0]
+pretrain: {{init: scratch, recipe: {{epochs: 1, batch_size: 8}}}}
+finetune: {{epochs: 1, batch_size: 8}}
+evaluate: {{max_val_images: 8, flops_images: 2, throughput: {{batch_sizes: [2], repeats: 1, warmup: 0}}}}
+"""
+
+
+@pytest.mark.slow
+def test_folder_is_indexed_once_and_runtime_settings_rerun_nothing(tmp_path):
+    """The index step runs once; runtime settings (workers, device batch cap, channels_last) re-run nothing;
+    a file added to the folder rebuilds the index and every result that read it."""
+    from tests.test_data_pipeline import write_folder
+
+    root = write_folder(tmp_path / "pets", splits=(("train", 6), ("val", 3)), size=(32, 32))
+    suite = tmp_path / "folder.yaml"
+    suite.write_text(FOLDER_SUITE.format(path=root))
+    out = tmp_path / "results" / "folder"
+    p = snakemake(tmp_path, suite)
+    assert p.returncode == 0, p.stderr[-3000:]
+    log = p.stdout + p.stderr
+    assert log.count("rule index:") == 1 and "18 images (train 18, val 9)" not in log  # listed once, by its step
+    assert "27 images (train 18, val 9), 3 classes" in (out / "logs" / "index.log").read_text()
+    record = json.loads((out / "runs" / "dense__tb_vit_pico_patch4_32__k1.00__s0" / "run.json").read_text())
+    assert record["dataset"] == "pets" and record["data_index"]["images"] == {"train": 18, "val": 9}
+    assert record["train_runtime"]["device_batch"] is None and record["accumulation_steps"] == 1
+
+    p = snakemake(tmp_path, suite, "loader_workers=2", "device_batch=4", "prefetch_factor=2", "channels_last=true")
+    assert p.returncode == 0 and "Nothing to be done" in p.stdout + p.stderr, p.stdout[-2000:]
+
+    (root / "train" / "dog" / "extra.png").write_bytes((root / "train" / "dog" / "0.png").read_bytes())
+    p = snakemake(tmp_path, suite, "device_batch=4")
+    assert p.returncode == 0, p.stderr[-3000:]
+    log = p.stdout + p.stderr
+    assert all(f"rule {r}:" in log for r in ("index", "pretrain", "finetune", "evaluate")), log[-2000:]
+    record = json.loads((out / "runs" / "dense__tb_vit_pico_patch4_32__k1.00__s0" / "run.json").read_text())
+    assert record["data_index"]["images"]["train"] == 19
+    assert (record["accumulation_steps"], record["micro_batch_size"]) == (2, 4)
+    assert record["train_runtime"]["device_batch"] == 4

@@ -186,13 +186,14 @@ def is_fresh(meta: dict[str, Any] | None, root: str | Path) -> bool:
             and current_fingerprint(meta) == meta["fingerprint"])
 
 
-def state(index_path: str | Path, root: str | Path) -> str:
-    """What the pipeline's index step depends on: the fingerprint of the tree the index describes when it is
-    still fresh, else a value that differs from it (so the step reruns). Costs a stat per directory."""
+def drop_if_stale(index_path: str | Path, root: str | Path) -> bool:
+    """Remove an index that no longer describes ``root`` (files added or removed, or another folder), so the
+    pipeline's index step runs again; True when it did. Costs a stat per directory the index recorded."""
     meta = read_meta(index_path)
-    if meta is None or meta["root"] != str(Path(root).expanduser().resolve()):
-        return "unindexed"
-    return current_fingerprint(meta) or "changed"
+    if meta is None or is_fresh(meta, root):
+        return False
+    Path(index_path).unlink(missing_ok=True)
+    return True
 
 
 def ensure_index(root: str | Path, path: str | Path, *, build: bool = True) -> FolderIndex:

@@ -248,7 +248,10 @@ def load_imagefolder(cfg: Mapping[str, Any], index_path: str | Path | None = Non
 
     path = _local_path(cfg)
     where = f"imagefolder {str(path)!r}"
-    index = build_index(path) if index_path is None else ensure_index(path, index_path)
+    # a job builds a missing index (``bench train`` run by hand) but never replaces one: a folder that changed
+    # under a running suite is an error, so one suite's runs never read two versions of it
+    index = build_index(path) if index_path is None else ensure_index(path, index_path,
+                                                                       build=not Path(index_path).exists())
     val_split = cfg.get("val_split") or next((s for s in FOLDER_VAL_SPLITS if s in index.splits()), FOLDER_VAL_SPLITS[0])
     train, val = (_folder_split(index, s, where) for s in (cfg["train_split"], val_split))
     return DataBundle(name=short_name(cfg), train=train, val=val, num_classes=len(index.classes),
