@@ -23,6 +23,8 @@ from bench.train import distributed as D
 from bench.train import train_model
 from bench.train.loaders import EpochBatches
 from bench.train.loop import LOG_FILE, STATE_FILE
+from bench.runtime import Runtime
+from tests.test_data_pipeline import keep_by_score
 
 RECIPE = {**DEFAULT_RECIPE, "epochs": 2, "batch_size": 32, "lr": 1e-3, "warmup_epochs": 1, "drop_path": 0.0,
           "label_smoothing": 0.0}
@@ -80,6 +82,23 @@ def _train_scenario(rank: int, tmp: Path) -> dict[str, Any]:
     return report
 
 
+def _dynamicvit_fit(out: Path, device_batch: int | None) -> dict[str, torch.Tensor]:
+    net = model()
+    method = create_method("dynamicvit", 0.5)
+    method.apply(net)
+    # keep where the keep score wins: counts vary per image, so the token term's batch-wide count matters
+    method.sampler = keep_by_score
+    recipe = {**RECIPE, "epochs": 1, "opt": "sgd", "lr": 0.05, "warmup_epochs": 0}
+    train_model(net, method, data(64), recipe, seed=0, out_dir=out, device=CPU, teacher=model(),
+                runtime=Runtime(device_batch=device_batch), log=lambda s: None)
+    return net.state_dict()
+
+
+def _accumulate_scenario(rank: int, tmp: Path) -> dict[str, Any]:
+    # per-device batch 16: one batch, then 4 accumulated micro-batches of 4 (no_sync on the first three)
+    return {"big": _dynamicvit_fit(tmp / "big", None), "micro": _dynamicvit_fit(tmp / "micro", 4)}
+
+
 def _nan_scenario(rank: int, tmp: Path) -> dict[str, Any]:
     try:  # only rank 1 sees non-finite images
         _fit(tmp / "nan", ds=data(nan=rank == 1))
@@ -96,7 +115,7 @@ def _worker(rank: int, port: int, tmp: Path, scenario: str) -> None:
     assert (env.rank, env.world_size, env.backend) == (rank, WORLD, "gloo")
     assert D.init_distributed("cpu") == env  # idempotent
     try:
-        report = {"train": _train_scenario, "nan": _nan_scenario}[scenario](rank, tmp)
+        report = {"train": _train_scenario, "nan": _nan_scenario, "accumulate": _accumulate_scenario}[scenario](rank, tmp)
     finally:
         D.cleanup()
     torch.save(report, tmp / f"report{rank}.pt")
@@ -167,6 +186,13 @@ def test_non_finite_loss_on_one_rank_stops_every_rank(tmp_path):
     for r in reports:
         assert r["error"] is not None and "non-finite loss" in r["error"] and "step 1" in r["error"]
     assert not (tmp_path / "nan" / STATE_FILE).exists()
+
+
+def test_accumulation_under_ddp_gives_the_weights_of_the_whole_per_device_batch(tmp_path):
+    r0, r1 = _spawn("accumulate", tmp_path)
+    _assert_close(r0["micro"], r0["big"])
+    for k, v in r0["micro"].items():  # the accumulated gradients are all-reduced once, at the last micro-batch
+        assert torch.equal(v, r1["micro"][k]), k
 
 
 def test_epoch_batches_split_the_single_process_batches():

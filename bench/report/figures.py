@@ -108,7 +108,8 @@ def _published(ax: Any, ctx: FigureContext, backbone: str, methods: set[str], x:
     """Hollow markers for published points of these registry methods on this backbone (ImageNet-1k only).
     ``x``: a column of published.csv (gmacs, keep_ratio, weight_sparsity_pct); ``colors`` overrides the
     report's per-method colours (figures that colour by method family)."""
-    datasets = set(ctx.table.loc[ctx.table["backbone"] == backbone, "dataset"].dropna())
+    # the hub's current repository is ILSVRC/imagenet-1k; a local copy says name: imagenet-1k
+    datasets = {str(d).rsplit("/", 1)[-1] for d in ctx.table.loc[ctx.table["backbone"] == backbone, "dataset"].dropna()}
     if PUBLISHED_DATASET not in datasets or x not in ctx.published:
         return False
     pub = ctx.published
