@@ -122,6 +122,8 @@ def _assert_resumed_to_reference(tmp_path, env, suite, proc, run_dir, folder, ru
     assert proc.returncode == 0, err[-3000:]
     log = Path(json.loads((folder / "launch.json").read_text())["stderr"]).read_text()
     assert "resuming from the checkpoint of epoch" in log
+    # the record states how many times SLURM requeued the job (SLURM_RESTART_COUNT of the last attempt)
+    assert torch.load(run_dir / "model.pth", weights_only=False)["meta"]["train_requeues"] >= 1
     _assert_same_weights(run_dir, _reference_weights(tmp_path, env, suite, run_id))
 
 
