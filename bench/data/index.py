@@ -66,69 +66,118 @@ def tree_fingerprint(dirs: dict[str, int]) -> str:
     return h.hexdigest()[:16]
 
 
+_EXTENSIONS = tuple(IMAGE_EXTENSIONS)
+_IMAGE_SUFFIX = r"\.(" + "|".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS)) + r")$"
+
+
 def _is_image(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS and not name.startswith(".")
+    return name.lower().endswith(_EXTENSIONS) and not name.startswith(".")
 
 
 def build_index(root: str | Path) -> FolderIndex:
     """List ``root`` once: every split folder, every class folder under it, every image under those (nested
-    folders inside a class folder count as that class)."""
+    folders inside a class folder count as that class).
+
+    Python touches each directory, not each file: a flat class folder (ImageNet's layout) is read with
+    ``os.listdir`` and sorted, and the names are filtered and joined to paths by pyarrow, all folders at once, so the
+    index costs about what one plain walk of the tree costs."""
+    import numpy as np
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     top = Path(root).expanduser().resolve()
     if not top.is_dir():
         raise UsageError(f"data: imagefolder path {str(top)!r} is not a directory")
     dirs: dict[str, int] = {".": top.stat().st_mtime_ns}
-    splits, paths, labels_by_name = [], [], []
-    counts: dict[str, int] = {}
+    folders: list[tuple[str, str, list[str], bool]] = []  # (split, class, names or paths, already paths)
     loose: dict[str, int] = {}
-    class_names: set[str] = set()
     with os.scandir(top) as it:
-        split_entries = sorted((e for e in it if e.is_dir() and not e.name.startswith(".")), key=lambda e: e.name)
-    for split in split_entries:
-        dirs[split.name] = split.stat().st_mtime_ns
-        n_loose = 0
-        with os.scandir(split.path) as it:
-            entries = sorted(it, key=lambda e: e.name)
-        for entry in entries:
-            if entry.is_dir() and not entry.name.startswith("."):
-                n = _walk_class(top, f"{split.name}/{entry.name}", entry.path, dirs, paths)
-                if n:
-                    splits.extend([split.name] * n)
-                    labels_by_name.extend([entry.name] * n)
-                    counts[split.name] = counts.get(split.name, 0) + n
-                    class_names.add(entry.name)
-            elif entry.is_file() and _is_image(entry.name):
-                n_loose += 1
+        split_names = sorted(e.name for e in it if e.is_dir() and not e.name.startswith("."))
+    for split in split_names:
+        split_dir = os.path.join(top, split)
+        dirs[split] = os.stat(split_dir).st_mtime_ns
+        class_dirs, n_loose = [], 0
+        with os.scandir(split_dir) as it:
+            for entry in it:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir():
+                    class_dirs.append(entry.name)
+                elif _is_image(entry.name):
+                    n_loose += 1
+        for cls in sorted(class_dirs):
+            rel, path = f"{split}/{cls}", os.path.join(split_dir, cls)
+            st = os.stat(path)
+            dirs[rel] = st.st_mtime_ns
+            if st.st_nlink == 2:
+                # POSIX file systems count a directory's links as 2 + its sub-directories: none here, so every
+                # entry is a file and the names alone will do
+                names = os.listdir(path)
+                names.sort()
+                folders.append((split, cls, names, False))
+            else:  # file systems without that convention (btrfs), or nested folders
+                found: list[str] = []
+                _walk_class(rel, path, dirs, found, listed=True)
+                folders.append((split, cls, found, True))
         if n_loose:
-            loose[split.name] = n_loose
+            loose[split] = n_loose
+    # the flat folders' names (each folder's sorted), all at once: images only, prefixed with the folder's path
+    flat = [i for i, f in enumerate(folders) if not f[3]]
+    names = pa.array([n for i in flat for n in folders[i][2]], pa.string())
+    owner = np.repeat(np.arange(len(flat), dtype=np.int32), [len(folders[i][2]) for i in flat])
+    keep = pc.and_(pc.match_substring_regex(names, _IMAGE_SUFFIX, ignore_case=True),
+                   pc.invert(pc.starts_with(names, ".")))
+    names, owner = names.filter(keep), pa.array(owner).filter(keep)
+    prefixes = pa.array([f"{folders[i][0]}/{folders[i][1]}/" for i in flat], pa.string())
+    flat_paths = pc.binary_join_element_wise(prefixes.take(owner), names, "")
+    per_flat = np.bincount(owner.to_numpy(), minlength=len(flat))
+    starts = dict(zip(flat, np.concatenate([[0], np.cumsum(per_flat)[:-1]]).tolist()))
+    sizes = dict(zip(flat, per_flat.tolist()))
+    chunks, runs, counts = [], [], {}
+    for i, (split, cls, found, done) in enumerate(folders):
+        chunk = pa.array(found, pa.string()) if done else flat_paths.slice(starts[i], sizes[i])
+        if len(chunk):
+            chunks.append(chunk)
+            runs.append((split, cls, len(chunk)))
+            counts[split] = counts.get(split, 0) + len(chunk)
     if not counts and not loose:
         raise UsageError(f"data: imagefolder {str(top)!r} holds no images in SPLIT/CLASS/ folders "
                          f"(e.g. {top}/train/<class>/*.JPEG)")
-    classes = sorted(class_names)
+    classes = sorted({cls for _, cls, _ in runs})
     label_of = {c: i for i, c in enumerate(classes)}
+    run_sizes = np.array([n for _, _, n in runs], dtype=np.int64)
+    split_of = {s: i for i, s in enumerate(split_names)}
     table = pa.table({
-        "split": pa.array(splits, pa.string()).dictionary_encode(),
-        "path": pa.array(paths, pa.string()),
-        "label": pa.array([label_of[c] for c in labels_by_name], pa.int64()),
+        "split": pa.DictionaryArray.from_arrays(
+            pa.array(np.repeat(np.array([split_of[s] for s, _, _ in runs], dtype=np.int32), run_sizes)),
+            pa.array(split_names, pa.string())),
+        "path": pa.chunked_array(chunks, pa.string()).combine_chunks() if chunks else pa.array([], pa.string()),
+        "label": pa.array(np.repeat(np.array([label_of[c] for _, c, _ in runs], dtype=np.int64), run_sizes)),
     })
     return FolderIndex(str(top), classes, counts, loose, dirs, table)
 
 
-def _walk_class(top: Path, rel: str, path: str, dirs: dict[str, int], out: list[str]) -> int:
-    """Append the images under one class folder (sorted, recursing into sub-folders); returns how many."""
-    dirs[rel] = os.stat(path).st_mtime_ns
-    n = 0
+def _walk_class(rel: str, path: str, dirs: dict[str, int], out: list[str], listed: bool = False) -> int:
+    """Append the images under one class folder (sorted by name, recursing into sub-folders in place);
+    returns how many. ``listed``: its mtime is already recorded."""
+    if not listed:
+        dirs[rel] = os.stat(path).st_mtime_ns
+    files, subdirs = [], []
     with os.scandir(path) as it:
-        entries = sorted(it, key=lambda e: e.name)
-    for entry in entries:
-        if entry.name.startswith("."):
-            continue
-        if entry.is_dir():
-            n += _walk_class(top, f"{rel}/{entry.name}", entry.path, dirs, out)
-        elif _is_image(entry.name):
-            out.append(f"{rel}/{entry.name}")
+        for entry in it:
+            name = entry.name
+            if entry.is_dir():
+                if not name.startswith("."):
+                    subdirs.append(name)
+            elif _is_image(name):
+                files.append(name)
+    prefix, n, is_file = rel + "/", 0, set(files)
+    for name in sorted(files + subdirs):
+        if name in is_file:
+            out.append(prefix + name)
             n += 1
+        else:
+            n += _walk_class(prefix + name, os.path.join(path, name), dirs, out)
     return n
 
 
@@ -141,7 +190,9 @@ def write_index(index: FolderIndex, path: str | Path) -> Path:
     meta = {"format": INDEX_FORMAT, "root": index.root, "classes": index.classes, "counts": index.counts,
             "loose": index.loose, "dirs": index.dirs, "fingerprint": index.fingerprint}
     table = index.table.replace_schema_metadata({_META_KEY: json.dumps(meta).encode()})
-    return atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+    # paths are unique: a dictionary for them would be wasted work; snappy writes twice as fast as zstd
+    return atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="snappy", use_dictionary=["split"],
+                                                         write_statistics=False))
 
 
 def read_meta(path: str | Path) -> dict[str, Any] | None:

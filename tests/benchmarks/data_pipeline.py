@@ -76,6 +76,11 @@ def walk(top: str) -> list[str]:
     return out
 
 
+def size(path: Path) -> tuple[int, int]:
+    with Image.open(path) as im:
+        return im.size
+
+
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
     t0 = time.perf_counter()
     out = fn()
@@ -199,7 +204,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--warmup", type=int, default=3, help="untimed batches per loader")
     ap.add_argument("--batches", type=int, default=20, help="timed batches per loader")
-    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the loader comparison")
+    ap.add_argument("--rounds", type=int, default=5, help="rounds of the loader comparison (0: skip (c), (d))")
     ap.add_argument("--reps", type=int, default=5, help="repetitions of the listing and job-start timings")
     args = ap.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
@@ -221,11 +226,12 @@ def main() -> None:
         raise SystemExit(f"{folder} holds {index.files} images, not {args.files}: delete it to regenerate")
     sample = np.random.default_rng(0).choice(index.table["path"].to_pylist(), min(300, index.files), replace=False)
     kib = np.mean([os.path.getsize(folder / p) for p in sample]) / 1024
-    px = np.mean([Image.open(folder / p).size for p in sample], axis=0)
+    px = np.mean([size(folder / p) for p in sample], axis=0)
     print(f"    images: {dict(sorted(index.counts.items()))}, {len(index.classes)} classes, mean file {kib:.0f} KiB, "
           f"mean size {px[0]:.0f}x{px[1]:.0f} px (a sample of {len(sample)})", flush=True)
     job_start(folder, index_path, args.reps)
-    loaders(folder, index_path, args)
+    if args.rounds:
+        loaders(folder, index_path, args)
 
 
 if __name__ == "__main__":

@@ -159,9 +159,10 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     folder = args.folder
     if folder is None:
-        from tests.benchmarks.data_pipeline import generate_folder
+        from tests.benchmarks.train_loader_vs_timm import generate_folder
 
-        folder = generate_folder(args.workdir / "images", args.files)
+        n_val = max(100, args.files // 50)
+        folder = generate_folder(args.workdir / "images", 100, args.files - n_val, n_val, seed=0, val_split="val")
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(f"{args.model} on {name}, batch {args.batch_size}, {args.steps} steps ({args.warmup} warm-up), folder {folder}")
     reference = timm_benchmark(args, args.workdir)
