@@ -92,7 +92,7 @@ def train_harness(args: argparse.Namespace, method_name: str, folder: Path, work
     recipe, _ = resolve_recipe(("finetune", {"recipe": "dynamicvit", "epochs": 1, "batch_size": args.batch_size,
                                              "max_steps_per_epoch": args.steps, "model_ema": False,
                                              "amp": device.type == "cuda"}))
-    kwargs = {"img_size": args.image_size} if args.image_size else {}
+    kwargs = {"in_chans": 3, **({"img_size": args.image_size} if args.image_size else {})}
     model = build_backbone(args.model, num_classes=bundle.num_classes, pretrained=False, **kwargs)
     method = create_method(method_name, 0.7) if method_name != "dense" else create_method("dense")
     method.apply(model)
@@ -108,7 +108,8 @@ def train_harness(args: argparse.Namespace, method_name: str, folder: Path, work
         prof.start()
     clock = StepClock(method, prof, sync=device.type == "cuda")
     runtime = Runtime(workers=args.workers, prefetch_factor=args.prefetch_factor, device_batch=args.device_batch)
-    result = train_model(model, method, train, recipe, seed=0, out_dir=work / method_name, device=device,
+    out = Path(tempfile.mkdtemp(prefix=f"{method_name}-", dir=work))  # fresh: never resume an earlier run
+    result = train_model(model, method, train, recipe, seed=0, out_dir=out, device=device,
                          teacher=teacher, runtime=runtime, log=lambda s: None)
     if prof is not None:
         prof.stop()
@@ -128,7 +129,7 @@ def timm_benchmark(args: argparse.Namespace, work: Path) -> float | None:
     if args.device.startswith("cuda"):
         cmd += ["--amp", "--amp-dtype", "bfloat16"]
     if args.image_size:
-        cmd += ["--img-size", str(args.image_size)]
+        cmd += ["--img-size", str(args.image_size), "--model-kwargs", f"img_size={args.image_size}"]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0 or not out.exists():
         print(f"timm benchmark.py failed: {done.stderr.strip().splitlines()[-1:] or done.returncode}")
