@@ -54,7 +54,7 @@ class BenchStep(submitit.helpers.Checkpointable):
 
     def progress(self) -> dict[str, Any] | None:
         """The last record of the step's training log (epochs done, epochs in all, epoch time), if it trains."""
-        if not self.outputs:
+        if not self.outputs or self.argv[:1] != ["train"]:  # evaluation leaves no log of its own
             return None
         log = Path(self.outputs[0]).parent / TRAIN_LOG
         try:

@@ -222,6 +222,20 @@ def test_accumulation_keeps_mixup_on_the_whole_batch(tiny_vit, tmp_path):
         torch.testing.assert_close(small[k], v, rtol=1e-4, atol=1e-6, msg=lambda m: f"{k}: {m}")
 
 
+def test_out_of_gpu_memory_names_the_cap_to_set(tiny_vit, tmp_path, monkeypatch):
+    import bench.train.loop as loop
+    from bench.errors import RunFailed
+
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(loop, "forward_backward", oom)
+    data = TensorDataset(torch.randn(16, 1, 32, 32), torch.randint(0, 10, (16,)))
+    with pytest.raises(RunFailed, match=r"out of GPU memory at a per-device micro-batch of 4 images \(global batch 8 on 1 "
+                                        r"device\(s\)\); cap it in the profile: device_batch: 2"):
+        _fit(tiny_vit, tmp_path, "oom", "dense", 4, data)
+
+
 # ---------------------------------------------------------------- long runs: the requeue budget
 
 
