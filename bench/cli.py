@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from bench.errors import RunFailed, UsageError
+from bench.runtime import from_cli as runtime_from_cli
 
 RESULTS = click.option("--results", "root", default="results", show_default=True, type=click.Path(file_okay=False),
                        help="Results root folder.")
@@ -16,29 +17,10 @@ DEVICE = click.option("--device", default=None, help="torch device (default: cud
 THREADS = click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")
 
 
-def runtime_options(f):
-    """How a step runs (bench.runtime); the pipeline passes the profile's values. Never part of a run's identity."""
-    options = [
-        click.option("--workers", default="auto", show_default=True,
-                     help="DataLoader workers: 'auto' (the job's CPUs minus one) or a number."),
-        click.option("--prefetch-factor", type=click.IntRange(min=1), default=4, show_default=True,
-                     help="Batches each loader worker keeps ready."),
-        click.option("--device-batch", type=click.IntRange(min=1), default=None,
-                     help="Largest per-device training micro-batch; larger batches accumulate gradients."),
-        click.option("--channels-last/--no-channels-last", default=False, help="channels_last input memory format."),
-        click.option("--compile", "compile_", default="off", show_default=True,
-                     help="torch.compile the training model: off, on, or a backend name (e.g. inductor)."),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+def RUNTIME(f):  # noqa: N802 (a decorator, like the options above)
+    from bench.runtime import click_options
 
-
-def _runtime(workers: str, prefetch_factor: int, device_batch: int | None, channels_last: bool, compile_: str):
-    from bench.runtime import Runtime, parse_workers
-
-    compile_value: bool | str = {"off": False, "false": False, "on": True, "true": True}.get(compile_.lower(), compile_)
-    return Runtime(parse_workers(workers), prefetch_factor, device_batch, channels_last, compile_value)
+    return click_options(f)
 
 
 def _threads(n: int | None) -> None:
@@ -131,11 +113,9 @@ def index(suite: str, root: str) -> None:
 
     Rebuilt only when files were added or removed since (every directory's mtime is compared, nothing listed).
     """
-    import time
-
     from bench import runner
     from bench.config import load_suite
-    from bench.data.index import build_index, is_fresh, read_meta, write_index
+    from bench.data.index import refresh
     from bench.data.sources import validate
 
     s = load_suite(suite, check_names=False)
@@ -143,16 +123,7 @@ def index(suite: str, root: str) -> None:
     if path is None:
         raise UsageError(f"suite {s.name!r} reads {s.data.get('source', 'embedded')!r} data, which has no folder "
                          f"index (only source: imagefolder)")
-    folder = validate(s.data)["path"]
-    if is_fresh(read_meta(path), folder):
-        click.echo(f"{path}: up to date")
-        return
-    t0 = time.perf_counter()
-    built = build_index(folder)
-    write_index(built, path)
-    counts = ", ".join(f"{k} {v}" for k, v in sorted(built.counts.items()))
-    click.echo(f"{path}: {built.files} images ({counts}), {len(built.classes)} classes, "
-               f"fingerprint {built.fingerprint}, listed in {time.perf_counter() - t0:.1f} s")
+    click.echo(refresh(validate(s.data)["path"], path))
 
 
 @cli.command()
@@ -162,7 +133,7 @@ def index(suite: str, root: str) -> None:
 @RESULTS
 @DEVICE
 @THREADS
-@runtime_options
+@RUNTIME
 def train(suite: str, run_id: str | None, backbone: str | None, root: str, device: str | None, threads: int | None,
           **runtime_args) -> None:
     """Pretrain a backbone or fine-tune one run of SUITE (resumes from its last checkpoint)."""
@@ -171,7 +142,7 @@ def train(suite: str, run_id: str | None, backbone: str | None, root: str, devic
 
     if (run_id is None) == (backbone is None):
         raise UsageError("give exactly one of --run RUN_ID or --pretrain BACKBONE")
-    runtime = _runtime(**runtime_args)
+    runtime = runtime_from_cli(**runtime_args)
     _threads(threads)
     s = load_suite(suite)
     if backbone:
@@ -187,13 +158,13 @@ def train(suite: str, run_id: str | None, backbone: str | None, root: str, devic
 @RESULTS
 @DEVICE
 @THREADS
-@runtime_options
+@RUNTIME
 def evaluate(suite: str, run_id: str, root: str, device: str | None, threads: int | None, **runtime_args) -> None:
     """Evaluate and measure one fine-tuned run; writes its run.json."""
     from bench import runner
     from bench.config import load_suite
 
-    runtime = _runtime(**runtime_args)
+    runtime = runtime_from_cli(**runtime_args)
     _threads(threads)
     s = load_suite(suite)
     run = s.run(run_id)

@@ -20,6 +20,8 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import click
+
 from bench.errors import UsageError
 
 MAX_AUTO_WORKERS = 16
@@ -87,3 +89,30 @@ def micro_batches(local_batch: int, cap: int | None) -> int:
         if local_batch % n == 0:
             return n
     return local_batch
+
+
+# ---------------------------------------------------------------- the bench CLI's options for them
+
+
+def click_options(f: Any) -> Any:
+    """How a step runs (bench.runtime); the pipeline passes the profile's values. Never part of a run's identity."""
+    options = [
+        click.option("--workers", default="auto", show_default=True,
+                     help="DataLoader workers: 'auto' (the job's CPUs minus one) or a number."),
+        click.option("--prefetch-factor", type=click.IntRange(min=1), default=4, show_default=True,
+                     help="Batches each loader worker keeps ready."),
+        click.option("--device-batch", type=click.IntRange(min=1), default=None,
+                     help="Largest per-device training micro-batch; larger batches accumulate gradients."),
+        click.option("--channels-last/--no-channels-last", default=False, help="channels_last input memory format."),
+        click.option("--compile", "compile_", default="off", show_default=True,
+                     help="torch.compile the training model: off, on, or a backend name (e.g. inductor)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def from_cli(workers: str, prefetch_factor: int, device_batch: int | None, channels_last: bool,
+             compile_: str) -> Runtime:
+    compile_value: bool | str = {"off": False, "false": False, "on": True, "true": True}.get(compile_.lower(), compile_)
+    return Runtime(parse_workers(workers), prefetch_factor, device_batch, channels_last, compile_value)

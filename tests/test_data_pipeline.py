@@ -281,11 +281,11 @@ def test_hub_failures_are_one_line_naming_the_fix(monkeypatch, error, needle):
     import datasets
     from datasets.exceptions import DatasetNotFoundError
 
-    from bench.data import sources
+    from bench.data import hub
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
-    monkeypatch.setattr(sources, "probe_hub", lambda endpoint: None)
+    monkeypatch.setattr(hub, "probe_hub", lambda endpoint: None)
     named = {"gated-401": DatasetNotFoundError("Dataset 'imagenet-1k' is a gated dataset on the Hub. You must be "
                                                "authenticated to access it."),
              "gated-403": DatasetNotFoundError("Dataset 'imagenet-1k' is a gated dataset on the Hub. Visit the dataset "
