@@ -162,6 +162,28 @@ def test_loader_workers_change_no_weight(tiny_vit, tmp_path):
         assert torch.equal(v, models[1][k]), k
 
 
+def test_compile_and_channels_last_act_and_change_no_weight(tiny_vit, tmp_path):
+    from torch._dynamo.utils import counters
+
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(16, 3, 32, 32, generator=g), torch.randint(0, 10, (16,), generator=g))
+    recipe = {**DEFAULT_RECIPE, "epochs": 1, "batch_size": 8, "opt": "sgd", "lr": 0.05}
+    states = []
+    for runtime in (Runtime(), Runtime(compile="eager", channels_last=True)):  # eager: no compiler on CI
+        model = tiny_vit(in_chans=3)
+        method = create_method("static", 0.5)
+        method.apply(model)
+        frames = counters["frames"]["ok"]
+        res = train_model(model, method, data, recipe, seed=0, out_dir=tmp_path / str(runtime.compile),
+                          device=torch.device("cpu"), runtime=runtime, log=lambda s: None)
+        assert (counters["frames"]["ok"] > frames) == bool(runtime.compile)  # dynamo traced the step
+        assert model.patch_embed.proj.weight.is_contiguous(memory_format=torch.channels_last) == runtime.channels_last
+        assert (res.runtime["compile"], res.runtime["channels_last"]) == (runtime.compile, runtime.channels_last)
+        states.append(model.state_dict())
+    for k, v in states[0].items():
+        torch.testing.assert_close(states[1][k], v, rtol=1e-5, atol=1e-6, msg=lambda m: f"{k}: {m}")
+
+
 # ---------------------------------------------------------------- gradient accumulation
 
 

@@ -136,7 +136,6 @@ def train_model(model: nn.Module, method: Method, train_ds: Dataset, recipe: dic
     from bench.config import DEFAULT_RECIPE
 
     runtime = runtime or Runtime()
-
     if any(k not in recipe for k in DEFAULT_RECIPE):  # a partial recipe (tests, old records): defaults for the rest
         recipe = {**DEFAULT_RECIPE, **recipe}
     rank, world = D.rank(), D.world_size()
@@ -198,14 +197,14 @@ def train_model(model: nn.Module, method: Method, train_ds: Dataset, recipe: dic
             log(f"resuming from the checkpoint of epoch {start_epoch - 1} ({state_path})")
     if len(set(D.all_gather_object(start_epoch))) > 1:
         raise RunFailed(f"ranks disagree on the epoch to resume from ({state_path} not visible to all?)")
+    if runtime.channels_last:  # the patch embedding's convolution is the only 4-D op of a ViT; before DDP's buckets
+        model.to(memory_format=torch.channels_last)
     net: nn.Module = model
     if world > 1:
         # hooks were registered on ``model`` by method.apply; DDP calls its forward, so they still fire
         ids = [device.index if device.index is not None else torch.cuda.current_device()] \
             if device.type == "cuda" else None
         net = DistributedDataParallel(model, device_ids=ids)
-    if runtime.channels_last:  # the patch embedding's convolution is the only 4-D op of a ViT
-        model.to(memory_format=torch.channels_last)
     if runtime.compile:
         net = torch.compile(net, **({"backend": runtime.compile} if isinstance(runtime.compile, str) else {}))
     if device.type == "cuda":
