@@ -35,13 +35,15 @@ class BenchStep(submitit.helpers.Checkpointable):
     """
 
     def __init__(self, argv: Sequence[str], threads: int | None = None, outputs: Sequence[str] = (),
-                 folder: str | None = None, time_min: int | None = None, max_requeues: int | None = None):
+                 folder: str | None = None, time_min: int | None = None, max_requeues: int | None = None,
+                 signal_delay_s: int = 0):
         self.argv = list(argv)
         self.threads = threads
         self.outputs = list(outputs)
         self.folder = folder
         self.time_min = time_min
         self.max_requeues = max_requeues  # None: the budget follows from the run's measured epoch time
+        self.signal_delay_s = signal_delay_s
         self._attempt: tuple[float, int] | None = None  # (start time, epochs done) of this attempt
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
@@ -54,9 +56,9 @@ class BenchStep(submitit.helpers.Checkpointable):
 
     def progress(self) -> dict[str, Any] | None:
         """The last record of the step's training log (epochs done, epochs in all, epoch time), if it trains."""
-        if not self.outputs or self.argv[:1] != ["train"]:  # evaluation leaves no log of its own
+        log = train_log_path(self.argv, self.outputs)
+        if log is None:
             return None
-        log = Path(self.outputs[0]).parent / TRAIN_LOG
         try:
             lines = log.read_text().splitlines()
             return json.loads(lines[-1]) | {"epoch_s_all": [json.loads(ln).get("epoch_s") for ln in lines]}
@@ -98,15 +100,42 @@ REQUEUE_SLACK = 2
 REQUEUES_WITHOUT_LOG = 3
 
 
+def train_log_path(argv: Sequence[str], outputs: Sequence[str] = ()) -> Path | None:
+    """Where a ``bench train`` step logs its epochs: next to its output, else where the runner puts it
+    (RESULTS/<suite name>/runs/<run> or .../pretrain/<backbone>); None for other steps."""
+    if argv[:1] != ["train"] or len(argv) < 2:  # evaluation leaves no log of its own
+        return None
+    if outputs:
+        return Path(outputs[0]).parent / TRAIN_LOG
+    args = list(argv)
+
+    def value(flag: str, default: str | None = None) -> str | None:
+        return args[args.index(flag) + 1] if flag in args[:-1] else default
+
+    try:
+        import yaml
+
+        name = yaml.safe_load(Path(args[1]).read_text())["name"]
+    except (OSError, ValueError, TypeError, KeyError, yaml.YAMLError):
+        return None
+    root = Path(value("--results", "results") or "results") / str(name)
+    if value("--run"):
+        return root / "runs" / str(value("--run")) / TRAIN_LOG
+    if value("--pretrain"):
+        return root / "pretrain" / str(value("--pretrain")) / TRAIN_LOG
+    return None
+
+
 def _restarts() -> int:
     value = os.environ.get("SLURM_RESTART_COUNT", "0").strip()
     return int(value) if value.isdigit() else 0
 
 
-def requeue_budget(epochs: int, epoch_s: float, time_min: int) -> int:
+def requeue_budget(epochs: int, epoch_s: float, time_min: int, signal_delay_s: int = 0) -> int:
     """Requeues a run of ``epochs`` epochs of ``epoch_s`` seconds needs under a time limit of ``time_min``
-    minutes (each attempt loses the epoch it was in), plus slack."""
-    per_attempt = max(1, int(time_min * 60 // max(epoch_s, 1e-3)) - 1)
+    minutes, warned ``signal_delay_s`` ahead (each attempt loses the epoch it was in), plus slack."""
+    usable_s = max(epoch_s, time_min * 60 - signal_delay_s)
+    per_attempt = max(1, int(usable_s // max(epoch_s, 1e-3)) - 1)
     return -(-epochs // per_attempt) - 1 + REQUEUE_SLACK
 
 
@@ -122,7 +151,7 @@ def requeue_refusal(step: BenchStep, restarts: int) -> str | None:
     elif progress and progress.get("epochs_total"):
         times = sorted(t for t in progress["epoch_s_all"] if t)
         epoch_s = times[len(times) // 2] if times else 0.0
-        budget = requeue_budget(int(progress["epochs_total"]), epoch_s, step.time_min or 60)
+        budget = requeue_budget(int(progress["epochs_total"]), epoch_s, step.time_min or 60, step.signal_delay_s)
         how = (f"{progress['epochs_total']} epochs x {epoch_s:.0f} s per epoch under a {step.time_min}-minute limit, "
                f"+{REQUEUE_SLACK}")
     else:
@@ -281,7 +310,8 @@ def attach_or_submit(args: argparse.Namespace, cmd: list[str], log=print) -> sub
         log(f"bench.launch: earlier SLURM job {job.job_id} ended {state}; submitting again")
     ex = make_executor(args)
     job = ex.submit(BenchStep(cmd, threads=args.cpus, outputs=args.output, folder=str(args.folder),
-                              time_min=args.time_min, max_requeues=args.max_requeues))
+                              time_min=args.time_min, max_requeues=args.max_requeues,
+                              signal_delay_s=args.signal_delay_s if args.launcher == "slurm" else 0))
     _write_record(args.folder, {"job_id": job.job_id, "launcher": args.launcher, "cmd": cmd, "name": args.name,
                                 "tasks": n_tasks(args), "submitted_at": _now(),
                                 "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)})

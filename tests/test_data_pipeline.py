@@ -5,6 +5,7 @@ import json
 import os
 import pathlib
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -267,6 +268,8 @@ def test_requeue_budget_follows_epochs_and_epoch_time(tmp_path):
     # SViTE: 600 epochs at ~85 min each under 24 h limits needs ~40 requeues, twice the old fixed 20
     assert requeue_budget(600, 85 * 60, 24 * 60) == 40 - 1 + REQUEUE_SLACK
     assert requeue_budget(30, 600, 24 * 60) == REQUEUE_SLACK  # fits in one job
+    # warned 120 s before a 3-minute limit: 60 s of each attempt train, 12 epochs of 4.5 s, 4 attempts
+    assert requeue_budget(45, 4.5, 3, signal_delay_s=120) == 3 + REQUEUE_SLACK
     out = tmp_path / "run" / "model.pth"
     out.parent.mkdir()
     step = BenchStep(["train", "s.yaml", "--run", "r"], outputs=[str(out)], time_min=60)
@@ -276,12 +279,21 @@ def test_requeue_budget_follows_epochs_and_epoch_time(tmp_path):
     log.write_text("".join(json.dumps({"epoch": e, "epochs_total": 100, "epoch_s": 900.0}) + "\n" for e in (1, 2, 3)))
     budget = requeue_budget(100, 900, 60)
     assert requeue_refusal(step, budget - 1) is None
-    assert f"budget (100 epochs x 900 s" in requeue_refusal(step, budget)
+    assert "budget (100 epochs x 900 s" in requeue_refusal(step, budget)
     step._attempt = (time.time() - 3600, 3)  # this attempt ran its whole hour and finished no epoch
     assert "no epoch finished within the job's 60-minute time limit" in requeue_refusal(step, 1)
     step.max_requeues = 1
     step._attempt = (time.time() - 3600, 2)
     assert "the profile's max_requeues" in requeue_refusal(step, 1)
+    # launched without --output (by hand): the log is found where the runner writes it
+    from bench.launch import train_log_path
+
+    suite = tmp_path / "s.yaml"
+    suite.write_text("name: mine\n")
+    argv = ["train", str(suite), "--run", "r1", "--results", str(tmp_path / "res")]
+    assert train_log_path(argv) == tmp_path / "res" / "mine" / "runs" / "r1" / "train_log.jsonl"
+    assert train_log_path(["train", str(suite), "--pretrain", "b"]) == Path("results/mine/pretrain/b/train_log.jsonl")
+    assert train_log_path(["evaluate", str(suite), "r1"]) is None
 
 
 # ---------------------------------------------------------------- the hub
