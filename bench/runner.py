@@ -6,7 +6,6 @@ evaluate (runs/<id>/model.pth -> runs/<id>/run.json). A step that fails writes r
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 import traceback
@@ -22,6 +21,7 @@ from bench.io import atomic_torch_save, atomic_write_json
 from bench.methods import Method, create_method
 from bench.models import build_backbone
 from bench.provenance import pick_device, provenance
+from bench.requeue import slurm_restarts
 from bench.runtime import Runtime
 from bench.train import TrainResult, train_model
 from bench.train import distributed as D
@@ -56,12 +56,6 @@ def _data(suite: Suite, root: str | Path):
     from bench.data import load_data
 
     return load_data(suite.data, index_path(suite, root))
-
-
-def _requeues() -> int:
-    """How many times SLURM requeued this job (time limit or preemption) before this attempt."""
-    value = os.environ.get("SLURM_RESTART_COUNT", "0").strip()
-    return int(value) if value.isdigit() else 0
 
 
 def _model(suite: Suite, backbone: Backbone, bundle, pretrained: bool | str | None,
@@ -146,7 +140,7 @@ def pretrain(suite: Suite, backbone_name: str, *, root: str | Path = "results", 
             "recipe_sources": suite.pretrain_sources, "seed": suite.pretrain_seed,
             "wall_s": time.time() - t0, "train_peak_mem_mb": result.peak_mem_mb if result else None,
             "val_top1": acc.top1, "val_top5": acc.top5, "dataset": bundle.name, "data_index": bundle.index,
-            "train_requeues": _requeues(), **_train_meta(result),
+            "train_requeues": slurm_restarts(), **_train_meta(result),
             **provenance(dev)}
     _save_trained(out / MODEL_FILE, model.cpu(), result, meta)
     (out / "train_state.pth").unlink(missing_ok=True)
@@ -188,7 +182,7 @@ def finetune(suite: Suite, run: Run, *, root: str | Path = "results", device: st
             "train_epochs": result.epochs, "train_steps": result.steps,
             "train_wall_s": result.wall_s, "train_final_loss": result.final_loss,
             "train_peak_mem_mb": result.peak_mem_mb, "resumed_from_epoch": result.resumed_from_epoch,
-            "batch_size": run.finetune["batch_size"], "device": dev.type, "train_requeues": _requeues(),
+            "batch_size": run.finetune["batch_size"], "device": dev.type, "train_requeues": slurm_restarts(),
             "data_index": bundle.index, **_train_meta(result),
             "method_train_metrics": result.method_metrics}
     if env.is_main:

@@ -65,7 +65,7 @@ class Runtime:
 
     def record(self, in_memory: bool = False) -> dict[str, Any]:
         """The settings a run used, for its record (workers resolved)."""
-        return {**asdict(self), "workers": self.loader_workers(in_memory), "workers_setting": self.workers or AUTO,
+        return {**asdict(self), "workers": self.loader_workers(in_memory), "workers_setting": AUTO if self.workers is None else self.workers,
                 "job_cpus": job_cpus()}
 
 

@@ -263,7 +263,8 @@ def test_out_of_gpu_memory_names_the_cap_to_set(tiny_vit, tmp_path, monkeypatch)
 
 
 def test_requeue_budget_follows_epochs_and_epoch_time(tmp_path):
-    from bench.launch import REQUEUE_SLACK, BenchStep, requeue_budget, requeue_refusal
+    from bench.launch import BenchStep
+    from bench.requeue import REQUEUE_SLACK, requeue_budget, requeue_refusal
 
     # SViTE: 600 epochs at ~85 min each under 24 h limits needs ~40 requeues, twice the old fixed 20
     assert requeue_budget(600, 85 * 60, 24 * 60) == 40 - 1 + REQUEUE_SLACK
@@ -286,7 +287,7 @@ def test_requeue_budget_follows_epochs_and_epoch_time(tmp_path):
     step._attempt = (time.time() - 3600, 2)
     assert "the profile's max_requeues" in requeue_refusal(step, 1)
     # launched without --output (by hand): the log is found where the runner writes it
-    from bench.launch import train_log_path
+    from bench.requeue import train_log_path
 
     suite = tmp_path / "s.yaml"
     suite.write_text("name: mine\n")

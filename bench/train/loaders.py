@@ -108,17 +108,21 @@ class SeededItems(Dataset):
             random.setstate(saved[2])
 
 
-def random_transform(ds: Dataset) -> bool:
-    """Whether a dataset's items are random (a training augmentation); unknown datasets are taken to be."""
+def _unwrapped(ds: Dataset) -> Dataset:
     while isinstance(ds, torch.utils.data.Subset):
         ds = ds.dataset
+    return ds
+
+
+def random_transform(ds: Dataset) -> bool:
+    """Whether a dataset's items are random (a training augmentation); unknown datasets are taken to be."""
+    ds = _unwrapped(ds)
     return not isinstance(ds, torch.utils.data.TensorDataset) and bool(getattr(ds, "random_transform", True))
 
 
 def in_memory(ds: Dataset) -> bool:
     """Whether the images are already decoded in memory (nothing for a worker to do)."""
-    while isinstance(ds, torch.utils.data.Subset):
-        ds = ds.dataset
+    ds = _unwrapped(ds)
     return getattr(ds, "images", None) is not None or isinstance(ds, torch.utils.data.TensorDataset)
 
 
