@@ -5,6 +5,7 @@
 import json
 import os
 import shlex
+import subprocess
 import sys
 
 from snakemake.exceptions import WorkflowError
@@ -27,7 +28,7 @@ LAUNCHER = str(config.get("launcher", "none"))
 # loader workers, device batch cap, channels_last, compile: passed to every compute step, never a rerun trigger
 RUNTIME_ARGS = runtime_args(config)
 
-from bench.config import load_suite
+from bench.config import load_suite, pretrain_spec
 
 try:
     SUITE = load_suite(config.get("suite", "smoke"), reuse_checks=True)
@@ -40,7 +41,7 @@ ROOT = str(config.get("results", "results"))
 OUT = f"{ROOT}/{SUITE.name}"
 SUITE_FILE = str(SUITE.path)
 RUNS = {r.run_id: r for r in SUITE.runs}
-BENCH = f"{sys.executable} -m bench"
+BENCH = [sys.executable, "-m", "bench"]
 print(f"tokenbench: suite {SUITE.name} ({SUITE_FILE}), {len(RUNS)} runs, launcher {LAUNCHER}", file=sys.stderr)
 
 # Compute rules declare these; profiles override them per rule (set-resources). Under a launcher they
@@ -68,16 +69,31 @@ def run_step(step, key, bench_args, resources, threads, log, folder, output, fai
         for path in output:
             prefix += ["--output", path]
         prefix.append("--")
-    cmd = shlex.join(str(a) for a in [*prefix, *bench_args, "--results", ROOT, "--threads", torch_threads,
-                                      *(RUNTIME_ARGS if bench_args[0] in ("train", "evaluate") else [])])
-    shell((cmd + f" > {shlex.quote(str(log))} 2>&1").replace("{", "{{").replace("}", "}}"))
+    run_logged([*prefix, *bench_args, "--results", ROOT, "--threads", torch_threads,
+                *(RUNTIME_ARGS if bench_args[0] in ("train", "evaluate") else [])], log[0])
+
+
+def run_logged(argv, log=None, check=True):
+    """Run a command without a shell (paths from the config reach it as arguments, never as shell text),
+    its output appended to ``log`` (or to this terminal)."""
+    argv = [str(a) for a in argv]
+    print(shlex.join(argv) + (f" > {shlex.quote(str(log))} 2>&1" if log else ""), file=sys.stderr, flush=True)
+    if log is None:
+        code = subprocess.run(argv).returncode
+    else:
+        os.makedirs(os.path.dirname(str(log)) or ".", exist_ok=True)
+        with open(str(log), "w") as f:
+            code = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT).returncode
+    if check and code != 0:
+        raise WorkflowError(f"{shlex.join(argv[:4])} ... exited with code {code}" + (f" (log: {log})" if log else ""))
+    return code
 
 
 def run_spec(run_id):
     """Everything that defines a run's result: a change re-runs it (params are a rerun trigger)."""
-    r = RUNS[run_id]
-    return json.dumps({"method": r.method_name, "params": r.method_params, "keep": r.keep_ratio, "seed": r.seed,
-                       "recipe": r.finetune, "weights": r.weights, "data": data_spec()}, sort_keys=True)
+    from bench.config import run_spec as spec
+
+    return json.dumps(spec(SUITE, RUNS[run_id]), sort_keys=True)
 
 
 # a local image folder is listed once, by its own step; every job reads the index (bench.data.index)
@@ -137,8 +153,8 @@ if INDEX:
             spec=lambda wc: json.dumps(data_spec(), sort_keys=True),
         log:
             f"{OUT}/logs/index.log",
-        shell:
-            "{BENCH} index {SUITE_FILE} --results {ROOT} > {log} 2>&1"
+        run:
+            run_logged([*BENCH, "index", SUITE_FILE, "--results", ROOT], log[0])
 
 
 rule pretrain:
@@ -147,8 +163,7 @@ rule pretrain:
     output:
         f"{OUT}/pretrain/{{backbone}}/model.pth",
     params:
-        spec=lambda wc: json.dumps({"backbone": SUITE.backbone(wc.backbone).__dict__, "recipe": SUITE.pretrain_recipe,
-                                    "seed": SUITE.pretrain_seed, "data": data_spec()}, sort_keys=True),
+        spec=lambda wc: json.dumps(pretrain_spec(SUITE, wc.backbone), sort_keys=True),
     resources:
         **COMPUTE_RESOURCES,
     log:
@@ -200,8 +215,8 @@ rule collect:
         f"{OUT}/table.csv",
         # written only here, never on error: its absence makes the next run rebuild table and report
         touch(f"{OUT}/.collected"),
-    shell:
-        "{BENCH} collect {SUITE_FILE} --results {ROOT}"
+    run:
+        run_logged([*BENCH, "collect", SUITE_FILE, "--results", ROOT])
 
 
 rule report:
@@ -213,14 +228,16 @@ rule report:
         f"{OUT}/report/index.md",
         f"{OUT}/report/tradeoff_top1_vs_gmacs.png",
         f"{OUT}/report/tradeoff_top1_vs_gmacs.pdf",
-    shell:
-        "{BENCH} figures {SUITE_FILE} --results {ROOT} && {BENCH} report {SUITE_FILE} --results {ROOT}"
+    run:
+        run_logged([*BENCH, "figures", SUITE_FILE, "--results", ROOT])
+        run_logged([*BENCH, "report", SUITE_FILE, "--results", ROOT])
 
 
 onerror:
     # failed runs never hide: the table and report still show every finished run and list the holes;
     # removing the collect marker makes the next run rebuild them once the holes are filled
-    shell(f"{BENCH} collect {SUITE_FILE} --results {ROOT} && {BENCH} figures {SUITE_FILE} --results {ROOT} && "
-          f"{BENCH} report {SUITE_FILE} --results {ROOT} || true")
+    for step in ("collect", "figures", "report"):
+        if run_logged([*BENCH, step, SUITE_FILE, "--results", ROOT], check=False) != 0:
+            break
     if os.path.exists(f"{OUT}/.collected"):
         os.remove(f"{OUT}/.collected")

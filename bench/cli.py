@@ -15,6 +15,8 @@ RESULTS = click.option("--results", "root", default="results", show_default=True
                        help="Results root folder.")
 DEVICE = click.option("--device", default=None, help="torch device (default: cuda when present, else cpu).")
 THREADS = click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")
+FORCE = click.option("--force", is_flag=True,
+                     help="Redo the step even if its result is there (the old result is replaced only on success).")
 
 
 def RUNTIME(f):  # noqa: N802 (a decorator, like the options above)
@@ -133,23 +135,36 @@ def index(suite: str, root: str) -> None:
 @RESULTS
 @DEVICE
 @THREADS
+@FORCE
 @RUNTIME
 def train(suite: str, run_id: str | None, backbone: str | None, root: str, device: str | None, threads: int | None,
-          **runtime_args) -> None:
+          force: bool, **runtime_args) -> None:
     """Pretrain a backbone or fine-tune one run of SUITE (resumes from its last checkpoint)."""
     from bench import runner
     from bench.config import load_suite
 
+    from bench.outputs import run_step
+    from bench.provenance import pick_device
+
     if (run_id is None) == (backbone is None):
         raise UsageError("give exactly one of --run RUN_ID or --pretrain BACKBONE")
     runtime = runtime_from_cli(**runtime_args)
+    pick_device(device)  # a device this machine lacks is bad input, before anything is read or written
     _threads(threads)
     s = load_suite(suite)
     if backbone:
-        click.echo(runner.pretrain(s, backbone, root=root, device=device, runtime=runtime))
+        s.backbone(backbone)
+        out = runner.pretrain_output(s, backbone, root)
+        run_step(out, f"pretrain {backbone}",
+                 lambda: runner.pretrain(s, backbone, root=root, device=device, runtime=runtime), force=force)
+        click.echo(out.output)
         return
     run = s.run(run_id)
-    _recorded(s, run, "finetune", root, lambda: runner.finetune(s, run, root=root, device=device, runtime=runtime))
+    out = runner.step_output(s, run, "finetune", root)
+    run_step(out, f"finetune {run_id}", lambda: _recorded(
+        s, run, "finetune", root, lambda: runner.finetune(s, run, root=root, device=device, runtime=runtime)),
+        force=force)
+    click.echo(out.output)
 
 
 @cli.command()
@@ -158,18 +173,27 @@ def train(suite: str, run_id: str | None, backbone: str | None, root: str, devic
 @RESULTS
 @DEVICE
 @THREADS
+@FORCE
 @RUNTIME
-def evaluate(suite: str, run_id: str, root: str, device: str | None, threads: int | None, **runtime_args) -> None:
+def evaluate(suite: str, run_id: str, root: str, device: str | None, threads: int | None, force: bool,
+             **runtime_args) -> None:
     """Evaluate and measure one fine-tuned run; writes its run.json."""
     from bench import runner
     from bench.config import load_suite
 
+    from bench.outputs import run_step
+    from bench.provenance import pick_device
+
     runtime = runtime_from_cli(**runtime_args)
+    pick_device(device)
     _threads(threads)
     s = load_suite(suite)
     run = s.run(run_id)
-    rec = _recorded(s, run, "evaluate", root,
-                    lambda: runner.evaluate_run(s, run, root=root, device=device, runtime=runtime))
+    rec = run_step(runner.step_output(s, run, "evaluate", root), f"evaluate {run_id}", lambda: _recorded(
+        s, run, "evaluate", root, lambda: runner.evaluate_run(s, run, root=root, device=device, runtime=runtime)),
+        force=force)
+    if rec is None:
+        return
     click.echo(f"{run_id}: top-1 {rec['top1']:.2f}%  GMACs {rec['gmacs_fvcore_1mac_eq_1flop']:.4f}  "
                f"{rec['throughput_img_s']:.1f} img/s (batch {rec['throughput_batch_size']}, {rec['device']})")
 

@@ -172,6 +172,8 @@ def validate_raw(raw: Any, where: str) -> None:
             e = deeper
         if e.validator == "additionalProperties":
             msg = e.message.replace("Additional properties are not allowed", "unknown field(s)")
+        elif e.validator == "pattern":
+            msg = f"{e.instance!r} is not a valid name (letters, digits and _ . - only; not . or ..): it names a folder"
         elif e.validator == "oneOf" and isinstance(e.instance, dict):
             best = min(e.context, key=lambda c: len(c.message)) if e.context else e
             msg = best.message
@@ -188,12 +190,7 @@ def load_suite(name_or_path: str | Path, *, check_names: bool = True, reuse_chec
     Snakefile on every call, `-n` included).
     """
     path = resolve_suite_path(name_or_path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise UsageError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+    raw = read_yaml(path)
     validate_raw(raw, str(path))
     if not (check_names and reuse_checks):
         return expand(raw, path, check_names=check_names)
@@ -206,6 +203,61 @@ def load_suite(name_or_path: str | Path, *, check_names: bool = True, reuse_chec
     marker.parent.mkdir(parents=True, exist_ok=True)
     marker.touch()
     return suite
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+
+def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    loader.flatten_mapping(node)
+    seen: dict[Any, Any] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            mark = key_node.start_mark
+            raise UsageError(f"key {key!r} appears twice in one mapping (line {seen[key]} and line "
+                             f"{mark.line + 1}); keep one")
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file as plain data; every way it can be unreadable is one UsageError naming the file."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
+                         f"save it as UTF-8 YAML") from None
+    except OSError as e:
+        raise UsageError(f"{path}: cannot be read ({e.strerror})") from None
+    if "\x00" in text:
+        raise UsageError(f"{path}: a binary file, not YAML text")
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except UsageError as e:
+        raise UsageError(f"{path}: {e}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise UsageError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+    _refuse_non_finite(raw, str(path), "")
+    return raw
+
+
+def _refuse_non_finite(value: Any, where: str, field_name: str) -> None:
+    """YAML's .nan and .inf pass every schema bound (comparisons with NaN are false): refuse them by field."""
+    import math
+
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UsageError(f"{where}: field {field_name or '(top level)'}: {value!r} is not a finite number")
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        _refuse_non_finite(v, where, f"{field_name}[{k}]" if isinstance(k, int) else
+                           f"{field_name}.{k}" if field_name else str(k))
 
 
 def _checks_marker(raw: dict[str, Any]) -> Path:
@@ -297,9 +349,22 @@ def expand(raw: dict[str, Any], path: Path, *, check_names: bool = True) -> Suit
                 for s in raw["seeds"]:
                     suite.runs.append(Run(suite.name, label, m["name"], dict(m.get("params", {})), b.name,
                                           float(k), int(s), recipe, sources, m.get("weights")))
+    _refuse_id_collisions(suite, where)
     if check_names:
         _check_names(suite, raw, where)
     return suite
+
+
+def _refuse_id_collisions(suite: Suite, where: str) -> None:
+    """Run ids name folders and keep ratios appear in them to 2 decimals: two grid points with one id
+    would share a folder and one would silently vanish from the results."""
+    seen: dict[str, Run] = {}
+    for r in suite.runs:
+        other = seen.setdefault(r.run_id, r)
+        if other is not r:
+            raise UsageError(f"{where}: field keep_ratios: {other.method} at keep ratios {other.keep_ratio!r} and "
+                             f"{r.keep_ratio!r} share the run id {r.run_id!r} (ids keep 2 decimals); use keep "
+                             f"ratios that differ at 2 decimals")
 
 
 def _check_paths(suite: Suite, where: str) -> None:
@@ -343,6 +408,9 @@ def _check_names(suite: Suite, raw: dict[str, Any], where: str) -> None:
             raise UsageError(f"{where}: field methods[{i}]: method {m['name']!r} learns parameters and would be "
                              f"scored untrained ({how}); give its trained weights (weights: path/to/model.pth) "
                              f"or fine-tune it")
+    from bench.preflight import preflight
+
+    preflight(suite, where)  # every run's method on its backbone, and every recipe's optimiser, built cheaply
 
 
 def run_identity(suite: Suite, run: Run, dataset: str) -> dict[str, Any]:
@@ -350,3 +418,19 @@ def run_identity(suite: Suite, run: Run, dataset: str) -> dict[str, Any]:
     return {"suite": suite.name, "run_id": run.run_id, "method": run.method, "method_name": run.method_name,
             "method_params": run.method_params, "backbone": run.backbone, "keep_ratio": run.keep_ratio,
             "seed": run.seed, "dataset": dataset}
+
+
+def run_spec(suite: Suite, run: Run) -> dict[str, Any]:
+    """Everything that defines a fine-tuned run's result (the Snakefile's rerun trigger, and what a kept or
+    concurrently written result must match to be taken as this run's)."""
+    from bench.data.sources import identity
+
+    return {"method": run.method_name, "params": run.method_params, "keep": run.keep_ratio, "seed": run.seed,
+            "recipe": run.finetune, "weights": run.weights, "data": identity(suite.data)}
+
+
+def pretrain_spec(suite: Suite, backbone: str) -> dict[str, Any]:
+    from bench.data.sources import identity
+
+    return {"backbone": suite.backbone(backbone).__dict__, "recipe": suite.pretrain_recipe,
+            "seed": suite.pretrain_seed, "data": identity(suite.data)}

@@ -7,3 +7,7 @@ class UsageError(Exception):
 
 class RunFailed(Exception):
     """A run could not produce a result (non-finite loss, data error, ...); recorded as failed."""
+
+
+class ArtifactError(UsageError):
+    """A results file is unreadable or unsafe (truncated, another format, a planted pickle): named in one line."""

@@ -59,5 +59,22 @@ def provenance(device: torch.device) -> dict[str, Any]:
 def pick_device(requested: str | None = None) -> torch.device:
     import os
 
+    from bench.errors import UsageError
+
     name = requested or os.environ.get("TOKENBENCH_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    where = "--device" if requested else "TOKENBENCH_DEVICE"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UsageError(f"{where} {name!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps)") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UsageError(f"{where} {name!r}: this machine has no usable CUDA GPU (use cpu)")
+        if device.index is not None and device.index >= count:
+            raise UsageError(f"{where} {name!r}: this machine has {count} CUDA GPU(s) (cuda:0..cuda:{count - 1})")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(f"{where} {name!r}: MPS is not available on this machine")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise UsageError(f"{where} {name!r}: unsupported device type {device.type!r} (cpu, cuda or mps)")
+    return device

@@ -15,11 +15,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.config import Backbone, Run, Suite, run_identity
+from bench.config import Backbone, Run, Suite, pretrain_spec, run_identity, run_spec
 from bench.errors import UsageError
-from bench.io import atomic_torch_save, atomic_write_json
+from bench.io import atomic_torch_save, atomic_write_json, load_torch
 from bench.methods import Method, create_method
 from bench.models import build_backbone
+from bench.outputs import StepOutput, step_key
 from bench.provenance import pick_device, provenance
 from bench.requeue import slurm_restarts
 from bench.runtime import Runtime
@@ -41,6 +42,35 @@ def pretrain_dir(suite: Suite, backbone: str, root: str | Path = "results") -> P
 
 def run_dir(suite: Suite, run: Run, root: str | Path = "results") -> Path:
     return suite.results_dir(root) / "runs" / run.run_id
+
+
+def _data_inputs(suite: Suite, root: str | Path) -> list[Path]:
+    index = index_path(suite, root)
+    return [index] if index else []
+
+
+def pretrain_output(suite: Suite, backbone: str, root: str | Path = "results") -> StepOutput:
+    """The pretrain step's model.pth, keyed by its spec and the folder index it read."""
+    return StepOutput(pretrain_dir(suite, backbone, root) / MODEL_FILE,
+                      step_key(pretrain_spec(suite, backbone), _data_inputs(suite, root)))
+
+
+def evaluated_inputs(suite: Suite, run: Run, root: str | Path = "results") -> list[Path]:
+    """The files an evaluation reads: the fine-tuned model, or (finetune: none) the backbone and given weights."""
+    if run.finetune is not None:
+        return [run_dir(suite, run, root) / MODEL_FILE]
+    return [pretrain_dir(suite, run.backbone, root) / MODEL_FILE, *([Path(run.weights)] if run.weights else [])]
+
+
+def step_output(suite: Suite, run: Run, step: str, root: str | Path = "results") -> StepOutput:
+    """A run's finetune (model.pth) or evaluate (run.json) output, keyed by the run's spec and its inputs."""
+    spec = run_spec(suite, run)
+    if step == "finetune":
+        inputs = [pretrain_dir(suite, run.backbone, root) / MODEL_FILE]
+        return StepOutput(run_dir(suite, run, root) / MODEL_FILE, step_key(spec, inputs + _data_inputs(suite, root)))
+    inputs = evaluated_inputs(suite, run, root) + _data_inputs(suite, root)
+    return StepOutput(run_dir(suite, run, root) / RECORD_FILE, step_key({**spec, "evaluate": suite.evaluate}, inputs),
+                      run.run_id)
 
 
 def _log(msg: str) -> None:
@@ -271,7 +301,7 @@ def _state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
     ``weights_only``: a checkpoint in a shared folder must not run code when loaded.
     """
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = load_torch(path)
     sd = obj.get("model", obj) if isinstance(obj, dict) else None
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise UsageError(f"{path}: not a state_dict or a checkpoint holding one under 'model'")
@@ -282,7 +312,11 @@ def _trained_model(suite: Suite, run: Run, bundle, root: str | Path) -> tuple[di
     """(saved checkpoint, model ready for inference, method) of a run: its fine-tuned model.pth, or with
     ``finetune: none`` the pretrained backbone with the method applied (and the method's given weights)."""
     if run.finetune is not None:
-        saved = torch.load(run_dir(suite, run, root) / MODEL_FILE, map_location="cpu", weights_only=False)
+        path = run_dir(suite, run, root) / MODEL_FILE
+        if not path.is_file():
+            raise UsageError(f"run {run.run_id!r} is not trained yet (no {path}); run its finetune step first "
+                             f"(bench train SUITE --run {run.run_id})")
+        saved = load_torch(path)
         model, method = build_run_model(suite, run, bundle, None)
         model.load_state_dict(saved["model"])
     else:
@@ -338,6 +372,11 @@ def record_failure(suite: Suite, run: Run, step: str, exc: BaseException, *, roo
     path = run_dir(suite, run, root) / FAILURE_FILE
     if not is_main():  # in a multi-process run rank 0 speaks for all
         return path
+    result = step_output(suite, run, "evaluate", root)
+    if result.matches():  # a failed re-attempt (wrong --device, a --force) never hides the good result
+        _log(f"bench: {run.run_id}: {step} failed, but {result.output} holds a valid result; not recording the "
+             f"failure over it")
+        return result.output
     from bench.data import describe_data
 
     try:

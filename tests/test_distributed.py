@@ -176,7 +176,7 @@ def test_two_processes_train_what_one_process_trains(tmp_path):
     assert any("resuming from the checkpoint of epoch 0" in ln for ln in r0["resume_log"])
     assert r1["resume_log"] == []  # only rank 0 logs
     assert len((tmp_path / "resume" / LOG_FILE).read_text().splitlines()) == 2
-    state = torch.load(tmp_path / "resume" / STATE_FILE, weights_only=False)
+    state = torch.load(tmp_path / "resume" / STATE_FILE, weights_only=True)
     assert state["world_size"] == 2 and len(state["ranks"]) == 2
     assert "33" in r0["odd_batch_error"] and "2 processes" in r0["odd_batch_error"]
 

@@ -84,6 +84,6 @@ def test_two_task_job_trains_with_ddp_over_gloo(tmp_path):
                         str(tmp_path / "job"), "--output", str(model), "--", "train", str(suite), "--run", run_id,
                         "--results", str(results)], capture_output=True, text=True, env=env, timeout=300)
     assert p.returncode == 0, p.stderr
-    meta = torch.load(model, weights_only=False)["meta"]
+    meta = torch.load(model, weights_only=True)["meta"]
     assert (meta["world_size"], meta["per_device_batch_size"], meta["global_batch_size"]) == (2, 32, 64)
     assert (tmp_path / "job" / "outputs" / "0_model.pth").exists()  # kept for a re-attach after a crash

@@ -153,7 +153,7 @@ def test_frozen_group_is_held_at_lr_zero_and_stepped_without_changing(tiny_vit, 
     train_model(model, method, ds, recipe, seed=0, out_dir=tmp_path, device=torch.device("cpu"), log=lambda s: None)
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
     assert changed and all(k.startswith("dynamicvit_predictors.") for k in changed)
-    state = torch.load(tmp_path / STATE_FILE, weights_only=False)["optimizer"]
+    state = torch.load(tmp_path / STATE_FILE, weights_only=True)["optimizer"]
     frozen = [g for g in state["param_groups"] if g["name"].startswith("backbone")]
     # the optimiser stepped the frozen groups (AdamW moments move), as the official lr-0 groups
     assert frozen and all(g["lr"] == 0.0 for g in frozen)
@@ -359,7 +359,7 @@ evaluate: {max_val_images: 64, flops_images: 2, throughput: {batch_sizes: [2], r
     root = tmp_path / "results"
     runner.pretrain(suite, run.backbone, root=root)
     runner.finetune(suite, run, root=root)
-    saved = torch.load(runner.run_dir(suite, run, root) / runner.MODEL_FILE, weights_only=False)
+    saved = torch.load(runner.run_dir(suite, run, root) / runner.MODEL_FILE, weights_only=True)
     assert set(saved["model_ema"]) == set(saved["model"])
     assert any(not torch.equal(saved["model_ema"][k], v) for k, v in saved["model"].items())
     bundle = runner._data(suite, tmp_path)

@@ -35,7 +35,7 @@ def test_resume_is_exact(tiny_vit, tmp_path, dying_log):
     # the process dies at the end of epoch 2, before its checkpoint is written
     with pytest.raises(dying_log.Killed):
         fit(tiny_vit, tmp_path / "b", log=dying_log(2))
-    state = torch.load(tmp_path / "b" / STATE_FILE, weights_only=False)
+    state = torch.load(tmp_path / "b" / STATE_FILE, weights_only=True)
     assert state["epoch"] == 0
     assert not list((tmp_path / "b").glob(".*.tmp"))  # no half-written file left behind
     resumed, res = fit(tiny_vit, tmp_path / "b")

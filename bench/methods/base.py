@@ -6,6 +6,7 @@ not forks of timm's code), ``token_schedule`` says how many tokens enter each bl
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -25,6 +26,7 @@ class Param:
     types: tuple[type, ...] = (float, int)
     choices: tuple[Any, ...] | None = None
     nullable: bool = False
+    minimum: float | None = None  # inclusive lower bound of a number
 
     def check(self, method: str, name: str, value: Any) -> Any:
         if value is None and self.nullable:
@@ -35,6 +37,10 @@ class Param:
             raise UsageError(f"method {method!r}: parameter {name!r} must be {self._type_names()}, got {value!r}")
         if self.choices is not None and value not in self.choices:
             raise UsageError(f"method {method!r}: parameter {name!r} must be one of {list(self.choices)}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"method {method!r}: parameter {name!r} must be a finite number, got {value!r}")
+        if self.minimum is not None and isinstance(value, (int, float)) and value < self.minimum:
+            raise UsageError(f"method {method!r}: parameter {name!r} must be at least {self.minimum:g}, got {value!r}")
         return value
 
     def _type_names(self) -> str:

@@ -45,9 +45,10 @@ class DynamicViT(StagedPruning):
     overhead_modules = (PREDICTORS,)
     params = {
         **StagedPruning.params,
-        "ratio_weight": Param(2.0, "weight of the keep-ratio loss"),
-        "distill_weight": Param(0.5, "weight of the KL divergence to the dense teacher's logits"),
-        "token_distill_weight": Param(0.5, "weight of the MSE to the teacher's final patch tokens (kept tokens)"),
+        "ratio_weight": Param(2.0, "weight of the keep-ratio loss", minimum=0),
+        "distill_weight": Param(0.5, "weight of the KL divergence to the dense teacher's logits", minimum=0),
+        "token_distill_weight": Param(0.5, "weight of the MSE to the teacher's final patch tokens (kept tokens)",
+                                      minimum=0),
         "tau": Param(1.0, "Gumbel-Softmax temperature"),
     }
 

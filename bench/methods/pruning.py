@@ -38,7 +38,8 @@ class StagedPruning(Method):
     params = {
         "stage_blocks": Param(None, "blocks before which tokens are pruned (default: 3/6/9 of 12, proportional)",
                               types=(list,), nullable=True),
-        "num_stages": Param(3, "number of pruning stages when stage_blocks is not given", types=(int,)),
+        "num_stages": Param(3, "number of pruning stages when stage_blocks is not given", types=(int,),
+                            minimum=1),
         "schedule": Param("stages", "'stages': reduce before stage_blocks keeping rho^k (DynamicViT); 'every_block': "
                           "reduce before every block from 1 on, geometrically down to rho^num_stages",
                           types=(str,), choices=("stages", "every_block")),

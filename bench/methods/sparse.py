@@ -33,9 +33,12 @@ SPARSE_SUFFIXES = ("patch_embed.proj", "attn.qkv", "attn.proj", "mlp.fc1", "mlp.
 
 SCHEDULE_PARAMS = {
     "density": Param(0.5, "fraction of weights (SViTE) or of heads and neurons (S2ViTE) kept"),
-    "update_interval": Param(100, "optimiser steps between prune-and-grow updates (delta T)", types=(int,)),
-    "drop_start": Param(0.5, "fraction of active weights dropped and regrown at the first update"),
-    "drop_end": Param(0.005, "the fraction the cosine schedule anneals towards (reached at the end of training)"),
+    "update_interval": Param(100, "optimiser steps between prune-and-grow updates (delta T)", types=(int,),
+                             minimum=1),
+    "drop_start": Param(0.5, "fraction of active weights dropped and regrown at the first update",
+                        minimum=0),
+    "drop_end": Param(0.005, "the fraction the cosine schedule anneals towards (reached at the end of training)",
+                      minimum=0),
     "stop_fraction": Param(0.8, "fraction of training after which the sparsity pattern is frozen"),
     "from_scratch": Param(False, "re-initialise the backbone before training (the paper's recipe) instead of "
                           "fine-tuning the dense one", types=(bool,)),

@@ -124,7 +124,7 @@ class TokenPooling(_SignificanceMethod):
         "clustering": Param("kmedoids", "'kmedoids' (outputs are input tokens) or 'kmeans' (cluster means)",
                             types=(str,), choices=("kmedoids", "kmeans")),
         "weighted": Param(True, "weight tokens by their significance (attention received)", types=(bool,)),
-        "iterations": Param(5, "clustering iterations per pooling layer", types=(int,)),
+        "iterations": Param(5, "clustering iterations per pooling layer", types=(int,), minimum=0),
         "init": Param("significance", "seeds: the K most significant tokens, or farthest-point from the most "
                       "significant", types=(str,), choices=("significance", "farthest")),
     }

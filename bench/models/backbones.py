@@ -9,7 +9,8 @@ import timm
 import torch
 from torch import nn
 
-from bench.errors import UsageError
+from bench.errors import ArtifactError, UsageError
+from bench.io import load_torch
 from bench.models import tiny_vits  # noqa: F401  (registers the small ViTs with timm)
 from bench.registry import did_you_mean
 
@@ -66,12 +67,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        sd = load_file(str(path))
-    else:
         try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # a pickle that is not plain tensors, or not a torch file at all
-            raise UsageError(f"cannot read checkpoint {str(path)!r}: {str(e).splitlines()[0][:200]}") from None
+            sd = load_file(str(path))
+        except Exception as e:  # truncated, or not a safetensors file
+            raise ArtifactError(f"{path}: unreadable (truncated or corrupt: {str(e).splitlines()[0][:200]}); "
+                                f"delete it and rebuild it") from None
+    else:
+        sd = load_torch(path)
     for key in ("model_ema", "model", "state_dict"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]

@@ -94,7 +94,13 @@ def _run_row(run_dir: Path, suite: str) -> dict[str, Any] | None:
         # Every file is corrupt: keep the first error (run.json's if present).
         return {"suite": suite, "run_id": run_dir.name, "status": "failed", "error": candidates[0][2]}
 
-    # Newest record wins; on a tie run.json (listed first) wins because max() keeps the first.
+    # Newest record wins; on a tie run.json (listed first) wins because max() keeps the first. A failed
+    # re-evaluation never hides a good evaluation: the model it scored is unchanged (a fine-tune that failed
+    # since, from a changed spec, does win: that result is stale).
+    good = [c for c in readable if c[0] == RUN_FILE and c[1].get("status", "ok") == "ok"]  # type: ignore[union-attr]
+    failed_eval = [c for c in readable if c[0] == FAILURE_FILE and c[1].get("failed_step") == "evaluate"]  # type: ignore[union-attr]
+    if good and failed_eval and len(readable) == 2:
+        readable = good
     name, record, _ = max(readable, key=lambda c: parse_created_at(c[1].get("created_at")))  # type: ignore[union-attr]
     assert record is not None
     row = {key: _encode(value) for key, value in record.items()}

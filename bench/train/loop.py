@@ -36,7 +36,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from bench.errors import RunFailed, UsageError
-from bench.io import atomic_torch_save, atomic_write_text
+from bench.io import atomic_torch_save, atomic_write_text, load_torch
 from bench.methods.base import Method
 from bench.runtime import Runtime, micro_batches
 from bench.train import distributed as D
@@ -115,8 +115,12 @@ def make_mixup(recipe: dict[str, Any], num_classes: int) -> Mixup | None:
 
 
 def _rng_state(method: Method, device: torch.device) -> dict[str, Any]:
+    # numpy's state as a tensor and plain ints: the checkpoint then loads with weights_only (no pickled objects)
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
     return {"method": method.train_state(), "torch_rng": torch.get_rng_state(),
-            "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
+            "numpy_rng": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                          "has_gauss": int(has_gauss), "gauss": float(gauss)},
+            "python_rng": random.getstate(),
             "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
 
@@ -124,7 +128,9 @@ def _load_rng_state(state: dict[str, Any], method: Method, device: torch.device)
     method.load_train_state(state["method"])
     torch.set_rng_state(state["torch_rng"])
     if "numpy_rng" in state:  # checkpoints written before Mixup and timm's transforms drew from them lack these
-        np.random.set_state(state["numpy_rng"])
+        np_state = state["numpy_rng"]
+        np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                             np_state["has_gauss"], np_state["gauss"]))
         random.setstate(state["python_rng"])
     if device.type == "cuda" and state.get("cuda_rng") is not None:
         torch.cuda.set_rng_state(state["cuda_rng"], device)
@@ -175,7 +181,7 @@ def train_model(model: nn.Module, method: Method, train_ds: Dataset, recipe: dic
     start_epoch, resumed = 0, None
     state_path = out_dir / STATE_FILE
     if state_path.exists():  # every rank loads it: optimizer state and RNG streams live in each process
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        state = load_torch(state_path)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])

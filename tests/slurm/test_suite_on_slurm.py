@@ -106,11 +106,11 @@ def _reference_weights(tmp_path, env, suite, run_id):
     (ref / "s" / "pretrain" / "tb_vit_pico_patch4_32" / "model.pth").write_bytes(src.read_bytes())
     p = run([PY, "-m", "bench", "train", str(suite), "--run", run_id, "--results", str(ref), "--threads", "1"], env)
     assert p.returncode == 0, p.stderr[-2000:]
-    return torch.load(ref / "s" / "runs" / run_id / "model.pth", weights_only=False)["model"]
+    return torch.load(ref / "s" / "runs" / run_id / "model.pth", weights_only=True)["model"]
 
 
 def _assert_same_weights(run_dir, reference):
-    got = torch.load(run_dir / "model.pth", weights_only=False)["model"]
+    got = torch.load(run_dir / "model.pth", weights_only=True)["model"]
     assert got.keys() == reference.keys()
     for k in got:
         assert torch.equal(got[k], reference[k]), k
@@ -123,7 +123,7 @@ def _assert_resumed_to_reference(tmp_path, env, suite, proc, run_dir, folder, ru
     log = Path(json.loads((folder / "launch.json").read_text())["stderr"]).read_text()
     assert "resuming from the checkpoint of epoch" in log
     # the record states how many times SLURM requeued the job (SLURM_RESTART_COUNT of the last attempt)
-    assert torch.load(run_dir / "model.pth", weights_only=False)["meta"]["train_requeues"] >= 1
+    assert torch.load(run_dir / "model.pth", weights_only=True)["meta"]["train_requeues"] >= 1
     _assert_same_weights(run_dir, _reference_weights(tmp_path, env, suite, run_id))
 
 

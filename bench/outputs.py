@@ -1,0 +1,125 @@
+"""A step's output: already done, restorable, or to be made, by one writer at a time.
+
+A compute step (pretrain, fine-tune, evaluate) is keyed by what defines its result: the run's spec (the
+Snakefile's rerun trigger) and the identity (size, mtime) of the files it reads. After a success its output is
+hard-linked into ``.kept/`` with that key. So:
+
+- a second writer of the same folder (a Snakemake restarted beside jobs its killed predecessor left running,
+  or a second pipeline on the same results) waits for the first and then finds the result: nothing trains
+  twice;
+- a result finished while Snakemake was down, which the restarted Snakemake deletes as incomplete before it
+  runs the step again, is put back from ``.kept/`` instead of being recomputed (its key still matches);
+- a result made for another spec or from other inputs never matches, and is made anew.
+
+Torch-free. Only single-process steps take the lock: a multi-task job's ranks cannot agree on waiting before
+their process group exists, and the launcher re-attaches to such jobs instead (``bench.launch``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from bench.artifacts import StepLock, problem
+
+KEPT_DIR = ".kept"
+
+
+def step_key(spec: dict[str, Any], inputs: list[Path]) -> str:
+    h = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode())
+    for p in inputs:
+        st = os.stat(p) if os.path.exists(p) else None
+        h.update(f"{p.name}:{st.st_size}:{st.st_mtime_ns}".encode() if st else f"{p.name}:-".encode())
+    return h.hexdigest()[:32]
+
+
+def _multi_process() -> bool:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return True
+    if "SUBMITIT_EXECUTOR" in os.environ or "SLURM_JOB_ID" in os.environ:
+        try:
+            import submitit
+
+            return submitit.JobEnvironment().num_tasks > 1
+        except Exception:  # noqa: BLE001 - not inside a submitit job
+            return False
+    return False
+
+
+class StepOutput:
+    def __init__(self, output: Path, key: str, run_id: str | None = None):
+        self.output, self.key, self.run_id = Path(output), key, run_id
+        self.kept = self.output.parent / KEPT_DIR / self.output.name
+        self.kept_key = self.kept.with_name(self.kept.name + ".key")
+
+    def valid(self, path: Path | None = None) -> bool:
+        path = path or self.output
+        return path.is_file() and problem(path, self.run_id if path.suffix == ".json" else None) is None
+
+    def _key_of_kept(self) -> str | None:
+        try:
+            return self.kept_key.read_text().strip()
+        except OSError:
+            return None
+
+    def matches(self) -> bool:
+        """The output is whole and was made by this very step (same spec, same inputs)."""
+        return (self.valid() and self.valid(self.kept) and self._key_of_kept() == self.key
+                and os.path.samefile(self.output, self.kept))
+
+    def restore(self) -> bool:
+        """Put back the kept output of this step (deleted by a restarted Snakemake as incomplete)."""
+        if self.output.exists() or self._key_of_kept() != self.key or not self.valid(self.kept):
+            return False
+        tmp = self.output.with_name(f".{self.output.name}.restore")
+        tmp.unlink(missing_ok=True)
+        os.link(self.kept, tmp)
+        os.replace(tmp, self.output)
+        return True
+
+    def keep(self) -> None:
+        """After a success: the output and its key into .kept/ (a hard link; no second copy on disk)."""
+        from bench.io import atomic_write_text
+
+        self.kept.parent.mkdir(exist_ok=True)
+        tmp = self.kept.with_name(f".{self.kept.name}.tmp")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(self.output, tmp)
+        except OSError:  # no hard links here: nothing kept, a deleted output is then recomputed
+            return
+        os.replace(tmp, self.kept)
+        atomic_write_text(self.kept_key, self.key + "\n")
+
+
+@contextmanager
+def single_writer(folder: Path, what: str) -> Iterator[None]:
+    if _multi_process():
+        yield
+        return
+    with StepLock(folder, what):
+        yield
+
+
+def run_step(out: StepOutput, what: str, make: Callable[[], Any], *, force: bool = False,
+             log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> Any:
+    """``make()`` unless this step's output is already there (or restorable); returns None when skipped."""
+    with single_writer(out.output.parent, what):
+        if not force:
+            if out.matches():
+                log(f"bench: {what}: already done ({out.output}); --force redoes it")
+                return None
+            if out.restore():
+                log(f"bench: {what}: restored {out.output}, which an earlier attempt finished (kept in {KEPT_DIR}/)")
+                return None
+            if out.valid() and not out.kept_key.exists():
+                log(f"bench: {what}: {out.output} exists; --force redoes it")
+                return None
+        result = make()
+        if out.valid() and not _multi_process():
+            out.keep()
+        return result

@@ -1,0 +1,128 @@
+"""Build every run's parts cheaply before anything runs, so a bad value fails in one line, not after pretraining.
+
+The schema checks each field alone; this pass checks what only the code can: the method's parameters on the
+actual backbone (stage blocks that exist, a schedule that fits its depth), each recipe's optimiser, lr schedule,
+Mixup and timm transform, and that ``init: hub`` names a backbone with hub weights. Models are built on the
+meta device (no memory, no init cost); methods whose ``apply`` reads weight values (SViTE's masks) get one real
+CPU model per backbone. The result is cached with the suite's other name checks (``bench.config``).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable
+
+from bench.errors import UsageError
+
+#: classes and image statistics stand-ins: the real ones come from the data, which is not read here
+_CLASSES, _MEAN, _STD = 10, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+
+
+def _at(where: str, field_name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run one check; any failure becomes one line naming the suite field."""
+    try:
+        return fn(*args, **kwargs)
+    except UsageError as e:
+        raise UsageError(f"{where}: field {field_name}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - an exception from a library on a bad value is bad input too
+        text = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise UsageError(f"{where}: field {field_name}: {type(e).__name__}: {text}") from None
+
+
+def check_hub_weights(name: str) -> None:
+    import timm
+
+    if not timm.is_model_pretrained(name):
+        raise UsageError(f"backbone {name!r} has no hub weights in timm (init: hub would train from random "
+                         f"weights); use init: scratch or a checkpoint file")
+
+
+def check_opt(name: str) -> None:
+    from timm.optim import list_optimizers
+
+    from bench.registry import did_you_mean
+
+    known = list_optimizers()
+    if name.lower().removeprefix("lookahead_") not in known:
+        raise UsageError(f"unknown optimizer {name!r}{did_you_mean(name.lower(), known)} (timm's optimizers)")
+
+
+def check_recipe(recipe: dict[str, Any], model: Any, lr_scales: dict[str, float]) -> None:
+    """The optimiser, lr schedule, Mixup and training transform the loop would build from ``recipe``."""
+    from bench.data.transforms import build_transform
+    from bench.train.loop import make_mixup
+    from bench.train.optim import GroupSchedule, build_optimizer, param_groups
+
+    optimizer = build_optimizer(param_groups(model, lr_scales, recipe), recipe, float(recipe["lr"]))
+    GroupSchedule(optimizer, recipe, steps_per_epoch=10)
+    make_mixup(recipe, _CLASSES)
+    size = int(model.patch_embed.img_size[0])
+    build_transform(train=True, image_size=size, in_chans=3, mean=_MEAN, std=_STD, native_size=None, recipe=recipe)
+
+
+def preflight(suite: Any, where: str) -> None:
+    """Raise a one-line UsageError for the first run whose method, backbone or recipe cannot be built."""
+    import torch
+
+    from bench.methods import create_method
+    from bench.models import build_backbone
+
+    meta_models: dict[str, Any] = {}
+    cpu_models: dict[str, Any] = {}
+    index = {b.name: i for i, b in enumerate(suite.backbones)}
+
+    def backbone(name: str, device: str) -> Any:
+        cache = meta_models if device == "meta" else cpu_models
+        if name not in cache:
+            b = suite.backbone(name)
+            with torch.device(device):
+                cache[name] = _at(where, f"backbones[{index[name]}]", build_backbone, b.name, num_classes=_CLASSES,
+                                  img_size=b.image_size, **b.kwargs)
+        return cache[name]
+
+    for i, b in enumerate(suite.backbones):
+        if b.init == "hub":
+            _at(where, f"backbones[{i}].init", check_hub_weights, b.name)
+        _at(where, "pretrain.recipe.opt", check_opt, suite.pretrain_recipe["opt"])
+        _at(where, "pretrain.recipe", check_recipe, suite.pretrain_recipe, backbone(b.name, "meta"), {})
+
+    labels = _method_fields(suite.raw)
+    checked: set[tuple] = set()
+    for run in suite.runs:
+        field_name = labels[run.method]
+        key = (run.method, run.backbone, run.keep_ratio)
+        if key in checked:
+            continue
+        checked.add(key)
+        method = _at(where, field_name, create_method, run.method_name, run.keep_ratio, run.seed, **run.method_params)
+        try:
+            model = copy.deepcopy(backbone(run.backbone, "meta"))
+            method.apply(model)
+        except NotImplementedError:  # the method reads weight values: a real (random) model
+            method = create_method(run.method_name, run.keep_ratio, run.seed, **run.method_params)
+            model = copy.deepcopy(backbone(run.backbone, "cpu"))
+            _at(where, f"{field_name}.params", method.apply, model)
+        except UsageError as e:
+            raise UsageError(f"{where}: field {field_name}.params: {e}") from None
+        except Exception as e:  # noqa: BLE001
+            raise UsageError(f"{where}: field {field_name}.params: do not fit {run.backbone}: "
+                             f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
+        _at(where, f"{field_name}.params", method.token_schedule, model)
+        if run.finetune is not None:
+            recipe_field = f"{field_name}.finetune" if _own_recipe(suite.raw, run.method) else "finetune"
+            _at(where, f"{recipe_field}.opt", check_opt, run.finetune["opt"])
+            _at(where, recipe_field, check_recipe, run.finetune, model, method.lr_scales())
+
+
+def _method_fields(raw: dict[str, Any]) -> dict[str, str]:
+    out = {}
+    for i, m in enumerate(raw["methods"]):
+        m = {"name": m} if isinstance(m, str) else m
+        out[m.get("label", m["name"])] = f"methods[{i}]"
+    return out
+
+
+def _own_recipe(raw: dict[str, Any], label: str) -> bool:
+    for m in raw["methods"]:
+        if isinstance(m, dict) and m.get("label", m["name"]) == label:
+            return "finetune" in m
+    return False
