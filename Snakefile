@@ -7,6 +7,7 @@ import os
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
@@ -107,6 +108,16 @@ if INDEX:
     if drop_if_stale(INDEX, SUITE.data["path"]):
         print(f"tokenbench: {SUITE.data['path']} changed since {INDEX} was built; rebuilding it and what read it",
               file=sys.stderr)
+
+
+# a damaged result (truncated, another format) is moved aside now, so that this run rebuilds exactly it and what
+# depends on it: a zip directory, JSON parse or parquet footer per file, nothing loaded
+from bench.artifacts import quarantine_damaged
+
+quarantine_damaged([(Path(f"{OUT}/pretrain/{b.name}/model.pth"), None) for b in SUITE.backbones]
+                   + [(Path(f"{OUT}/runs/{rid}/model.pth"), None) for rid in RUNS]
+                   + [(Path(f"{OUT}/runs/{rid}/run.json"), rid) for rid in RUNS]
+                   + [(Path(p), None) for p in [f"{OUT}/table.parquet", *DATA_INPUT]])
 
 
 def data_spec():

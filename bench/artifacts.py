@@ -94,7 +94,13 @@ class StepLock:
 
     def __enter__(self) -> "StepLock":
         self.folder.mkdir(parents=True, exist_ok=True)
-        f = open(self.folder / LOCK_FILE, "a+")
+        path = self.folder / LOCK_FILE
+        try:
+            f = open(path, "a+")
+            if path.stat().st_uid == os.getuid():  # results are shared: others may need to take it too
+                os.chmod(path, 0o666 & ~_umask())
+        except PermissionError:  # another user's lock file in a shared folder: flock works on a read-only fd
+            f = open(path, "r")
         t0, told = time.time(), False
         while True:
             try:
@@ -114,11 +120,12 @@ class StepLock:
                     told = True
                 time.sleep(self.poll_s)
         self.waited_s = time.time() - t0
-        f.seek(0)
-        f.truncate()
-        f.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "argv": sys.argv[1:6],
-                            "since": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
-        f.flush()
+        if f.writable():
+            f.seek(0)
+            f.truncate()
+            f.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "argv": sys.argv[1:6],
+                                "since": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+            f.flush()
         self._f = f
         return self
 
@@ -127,6 +134,12 @@ class StepLock:
             fcntl.flock(self._f, fcntl.LOCK_UN)
             self._f.close()
             self._f = None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _holder(f: IO[str]) -> str:

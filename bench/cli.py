@@ -202,10 +202,17 @@ def _recorded(suite, run, step: str, root: str, fn):
     """Run a step; on failure write failure.json, say so in one line and exit 1."""
     from bench import runner
 
+    from bench.errors import DiskFull
+
     try:
         return fn()
     except Exception as e:  # any crash of a run is recorded, never cached as success
-        path = runner.record_failure(suite, run, step, e, root=root)
+        try:
+            path = runner.record_failure(suite, run, step, e, root=root)
+        except DiskFull:
+            if isinstance(e, DiskFull):
+                raise RunFailed(f"{run.run_id}: {step} failed: {e} (no room for its failure record either)") from e
+            raise
         if isinstance(e, UsageError):
             raise
         hint = "" if isinstance(e, RunFailed) else f" (traceback in {path})"
@@ -422,8 +429,13 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a bug, not bad input: still one line unless asked for the traceback
         import os
 
+        from bench.io import disk_full_message, is_disk_full
+
         if os.environ.get("TOKENBENCH_DEBUG"):
             raise
+        if is_disk_full(e):
+            click.echo(f"bench: error: {disk_full_message(getattr(e, 'filename', None) or '.', 0)}", err=True)
+            return 1
         click.echo(f"bench: internal error: {type(e).__name__}: {e} (TOKENBENCH_DEBUG=1 shows the traceback)", err=True)
         return 1
     return 0

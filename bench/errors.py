@@ -11,3 +11,11 @@ class RunFailed(Exception):
 
 class ArtifactError(UsageError):
     """A results file is unreadable or unsafe (truncated, another format, a planted pickle): named in one line."""
+
+
+class UnsafeArtifact(ArtifactError):
+    """A file that would run code if unpickled: refused, never moved or rebuilt silently."""
+
+
+class DiskFull(RunFailed):
+    """No space left where a result is written: the path and the space needed, in one line."""

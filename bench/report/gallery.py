@@ -8,10 +8,9 @@ run, the input then each stage with dropped patches blanked; merged groups are o
 from __future__ import annotations
 
 import io
+import sys
 from pathlib import Path
-from typing import Sequence
-
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -63,7 +62,15 @@ def _outline(ax, groups: np.ndarray, ph: int, pw: int) -> None:
 def plot_gallery(entries: list[tuple[str, Path]], path: str | Path, image_index: int = 0,
                  panel_inches: float = 1.5) -> Path:
     """One row per (label, kept_tokens.npz): the input, then each stage's kept (or pooled) patches."""
-    data = [(label, np.load(p)) for label, p in entries]
+    data = []
+    for label, p in entries:
+        try:  # allow_pickle stays False: a planted object array is refused; a damaged file costs only its row
+            with np.load(p) as npz:
+                data.append((label, {k: npz[k] for k in ("images", "masks", "grid") if k in npz.files}
+                             | ({"groups": npz["groups"]} if "groups" in npz.files else {})))
+        except Exception as e:  # noqa: BLE001
+            print(f"bench: report: {p} is unreadable ({type(e).__name__}); left out of the gallery", file=sys.stderr)
+    data = [(label, d) for label, d in data if {"images", "masks", "grid"} <= set(d)]
     n_cols = 1 + max((len(d["masks"]) for _, d in data), default=0)
     fig = Figure(figsize=(panel_inches * n_cols + 1.8, panel_inches * max(1, len(data))))
     FigureCanvasAgg(fig)
@@ -90,7 +97,7 @@ def plot_gallery(entries: list[tuple[str, Path]], path: str | Path, image_index:
             ax.set_xticks([])
             ax.set_yticks([])
             ax.imshow(panel, interpolation="nearest")
-            if "groups" in d.files:
+            if "groups" in d:
                 ax.imshow(picture[: rows * ph, : cols * pw], interpolation="nearest")  # pooling drops nothing
                 _outline(ax, d["groups"][j][min(image_index, len(d["groups"][j]) - 1)], ph, pw)
                 ax.set_title(f"stage {j + 1}: {len(np.unique(d['groups'][j][0]))} tokens", fontsize=7)

@@ -35,7 +35,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from bench.errors import RunFailed, UsageError
+from bench.errors import ArtifactError, RunFailed, UnsafeArtifact, UsageError
 from bench.io import atomic_torch_save, atomic_write_text, load_torch
 from bench.methods.base import Method
 from bench.runtime import Runtime, micro_batches
@@ -180,8 +180,8 @@ def train_model(model: nn.Module, method: Method, train_ds: Dataset, recipe: dic
 
     start_epoch, resumed = 0, None
     state_path = out_dir / STATE_FILE
-    if state_path.exists():  # every rank loads it: optimizer state and RNG streams live in each process
-        state = load_torch(state_path)
+    state = _read_state(state_path, log if main else lambda s: None)
+    if state is not None:  # every rank loads it: optimizer state and RNG streams live in each process
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
@@ -287,6 +287,23 @@ def train_model(model: nn.Module, method: Method, train_ds: Dataset, recipe: dic
                        optimizer_groups=group_record, accumulation_steps=micro,
                        micro_batch_size=-(-local_batch // micro), runtime=runtime.record(in_memory(train_ds)),
                        ema_state={k: v.detach().cpu() for k, v in ema.module.state_dict().items()} if ema else None)
+
+
+def _read_state(path: Path, log: Callable[[str], None]) -> dict[str, Any] | None:
+    """The last epoch checkpoint, or None. A damaged one (truncated, another format) is moved aside and training
+    starts over; one holding pickled code is refused (loading it would run that code)."""
+    if not path.exists():
+        return None
+    try:
+        return load_torch(path)
+    except UnsafeArtifact:
+        raise
+    except ArtifactError as e:
+        from bench.artifacts import quarantine
+
+        log(f"{e}: the run starts again from its first epoch")
+        quarantine(path, "unreadable")
+        return None
 
 
 def _append_log(path: Path, record: dict[str, Any]) -> None:
