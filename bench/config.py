@@ -170,13 +170,15 @@ def validate_raw(raw: Any, where: str) -> None:
             if len(list(deeper.absolute_path)) <= len(list(e.absolute_path)):
                 break
             e = deeper
+        if e.validator in ("oneOf", "anyOf") and e.context:
+            # a value of the right type in the wrong shape: the error of the branch of its type, not "any of"
+            typed = [c for c in e.context if c.validator != "type"]
+            if typed:
+                e = min(typed, key=lambda c: (c.validator != "additionalProperties", len(c.message)))
         if e.validator == "additionalProperties":
             msg = e.message.replace("Additional properties are not allowed", "unknown field(s)")
         elif e.validator == "pattern":
             msg = f"{e.instance!r} is not a valid name (letters, digits and _ . - only; not . or ..): it names a folder"
-        elif e.validator == "oneOf" and isinstance(e.instance, dict):
-            best = min(e.context, key=lambda c: len(c.message)) if e.context else e
-            msg = best.message
         else:
             msg = e.message
         raise UsageError(f"{where}: field {_field_path(e)}: {msg}")
@@ -321,7 +323,10 @@ def expand(raw: dict[str, Any], path: Path, *, check_names: bool = True) -> Suit
         backbones.append(Backbone(b["name"], b.get("image_size"), b.get("init", default_init), b.get("kwargs", {})))
     if len({b.name for b in backbones}) != len(backbones):
         raise UsageError(f"{where}: field backbones: a backbone is listed twice")
-    pretrain_recipe, pretrain_sources = resolve_recipe(("pretrain.recipe", pre.get("recipe")))
+    try:
+        pretrain_recipe, pretrain_sources = resolve_recipe(("pretrain.recipe", pre.get("recipe")))
+    except UsageError as e:
+        raise UsageError(f"{where}: field {e}") from None
     suite = Suite(name=raw["name"], path=path, raw=raw, data=raw["data"], backbones=backbones,
                   pretrain_recipe=pretrain_recipe, pretrain_seed=int(pre.get("seed", 0)),
                   pretrain_sources=pretrain_sources, evaluate=evaluate)
@@ -340,7 +345,10 @@ def expand(raw: dict[str, Any], path: Path, *, check_names: bool = True) -> Suit
             recipe, sources = None, {}
         else:
             base = None if finetune_base == NO_FINETUNE else finetune_base
-            recipe, sources = resolve_recipe(("finetune", base), (f"methods[{i}].finetune", m.get("finetune")))
+            try:
+                recipe, sources = resolve_recipe(("finetune", base), (f"methods[{i}].finetune", m.get("finetune")))
+            except UsageError as e:
+                raise UsageError(f"{where}: field {e}") from None
         if m.get("weights") and recipe is not None:
             raise UsageError(f"{where}: field methods[{i}].weights: trained weights are evaluated as they are; "
                              f"set finetune: none for this method")

@@ -46,17 +46,31 @@ def check_opt(name: str) -> None:
         raise UsageError(f"unknown optimizer {name!r}{did_you_mean(name.lower(), known)} (timm's optimizers)")
 
 
-def check_recipe(recipe: dict[str, Any], model: Any, lr_scales: dict[str, float]) -> None:
-    """The optimiser, lr schedule, Mixup and training transform the loop would build from ``recipe``."""
+def recipe_checks(recipe: dict[str, Any], model: Any, lr_scales: dict[str, float]) -> list[tuple[str, Callable]]:
+    """(recipe key, check) for the parts the loop would build from ``recipe``: the optimiser, the lr schedule,
+    Mixup and the training transform."""
     from bench.data.transforms import build_transform
     from bench.train.loop import make_mixup
     from bench.train.optim import GroupSchedule, build_optimizer, param_groups
 
-    optimizer = build_optimizer(param_groups(model, lr_scales, recipe), recipe, float(recipe["lr"]))
-    GroupSchedule(optimizer, recipe, steps_per_epoch=10)
-    make_mixup(recipe, _CLASSES)
+    def schedule() -> None:
+        optimizer = build_optimizer(param_groups(model, lr_scales, recipe), recipe, float(recipe["lr"]))
+        GroupSchedule(optimizer, recipe, steps_per_epoch=10)
+
     size = int(model.patch_embed.img_size[0])
-    build_transform(train=True, image_size=size, in_chans=3, mean=_MEAN, std=_STD, native_size=None, recipe=recipe)
+    augment = next((k for k in ("auto_augment", "color_jitter", "re_mode", "scale", "ratio") if recipe.get(k)), "")
+    return [("opt", lambda: check_opt(recipe["opt"])),
+            ("frozen_params", lambda: param_groups(model, lr_scales, recipe)),
+            ("", schedule),
+            ("mixup", lambda: make_mixup(recipe, _CLASSES)),
+            (augment, lambda: build_transform(train=True, image_size=size, in_chans=3, mean=_MEAN, std=_STD,
+                                              native_size=None, recipe=recipe))]
+
+
+def check_recipe_at(where: str, field_name: str, recipe: dict[str, Any], model: Any,
+                    lr_scales: dict[str, float]) -> None:
+    for key, check in recipe_checks(recipe, model, lr_scales):
+        _at(where, f"{field_name}.{key}" if key else field_name, check)
 
 
 def preflight(suite: Any, where: str) -> None:
@@ -82,8 +96,7 @@ def preflight(suite: Any, where: str) -> None:
     for i, b in enumerate(suite.backbones):
         if b.init == "hub":
             _at(where, f"backbones[{i}].init", check_hub_weights, b.name)
-        _at(where, "pretrain.recipe.opt", check_opt, suite.pretrain_recipe["opt"])
-        _at(where, "pretrain.recipe", check_recipe, suite.pretrain_recipe, backbone(b.name, "meta"), {})
+        check_recipe_at(where, "pretrain.recipe", suite.pretrain_recipe, backbone(b.name, "meta"), {})
 
     labels = _method_fields(suite.raw)
     checked: set[tuple] = set()
@@ -109,8 +122,7 @@ def preflight(suite: Any, where: str) -> None:
         _at(where, f"{field_name}.params", method.token_schedule, model)
         if run.finetune is not None:
             recipe_field = f"{field_name}.finetune" if _own_recipe(suite.raw, run.method) else "finetune"
-            _at(where, f"{recipe_field}.opt", check_opt, run.finetune["opt"])
-            _at(where, recipe_field, check_recipe, run.finetune, model, method.lr_scales())
+            check_recipe_at(where, recipe_field, run.finetune, model, method.lr_scales())
 
 
 def _method_fields(raw: dict[str, Any]) -> dict[str, str]:
