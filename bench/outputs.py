@@ -97,29 +97,63 @@ class StepOutput:
 
 
 @contextmanager
-def single_writer(folder: Path, what: str) -> Iterator[None]:
+def single_writer(folder: Path, what: str, log: Callable[[str], None] | None = None) -> Iterator[None]:
     if _multi_process():
         yield
         return
-    with StepLock(folder, what):
+    with StepLock(folder, what, **({"log": log} if log else {})):
         yield
+
+
+ATTEMPTS = "attempts.jsonl"
+
+
+def note_attempt(out: StepOutput, outcome: str) -> None:
+    """One line per attempt at a step (made, already done, restored, failed) in ``.kept/attempts.jsonl``: how
+    often a result was computed, for the record and for the fault tests."""
+    import socket
+    import time
+
+    from bench.io import atomic_write_text
+
+    from bench.errors import DiskFull
+
+    path = out.kept.parent / ATTEMPTS
+    line = json.dumps({"output": out.output.name, "outcome": outcome, "key": out.key, "host": socket.gethostname(),
+                       "pid": os.getpid(), "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    try:
+        path.parent.mkdir(exist_ok=True)
+        old = path.read_text() if path.exists() else ""
+        atomic_write_text(path, old + line + "\n")
+    except (OSError, DiskFull):  # a note, never the reason a step fails (a full disk is reported by the step)
+        pass
 
 
 def run_step(out: StepOutput, what: str, make: Callable[[], Any], *, force: bool = False,
              log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> Any:
     """``make()`` unless this step's output is already there (or restorable); returns None when skipped."""
-    with single_writer(out.output.parent, what):
+    single = not _multi_process()
+    with single_writer(out.output.parent, what, log):
         if not force:
+            skip = None
             if out.matches():
-                log(f"bench: {what}: already done ({out.output}); --force redoes it")
+                skip, msg = "already done", f"already done ({out.output}); --force redoes it"
+            elif out.restore():
+                skip, msg = "restored", f"restored {out.output}, which an earlier attempt finished (kept in {KEPT_DIR}/)"
+            elif out.valid() and not out.kept_key.exists():
+                skip, msg = "exists", f"{out.output} exists; --force redoes it"
+            if skip:
+                log(f"bench: {what}: {msg}")
+                if single:
+                    note_attempt(out, skip)
                 return None
-            if out.restore():
-                log(f"bench: {what}: restored {out.output}, which an earlier attempt finished (kept in {KEPT_DIR}/)")
-                return None
-            if out.valid() and not out.kept_key.exists():
-                log(f"bench: {what}: {out.output} exists; --force redoes it")
-                return None
-        result = make()
-        if out.valid() and not _multi_process():
+        try:
+            result = make()
+        except BaseException:
+            if single:
+                note_attempt(out, "failed")
+            raise
+        if out.valid() and single:
             out.keep()
+            note_attempt(out, "made")
         return result
