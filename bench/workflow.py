@@ -40,6 +40,12 @@ def check_config(config: Mapping[str, Any]) -> dict[str, Any]:
         if key not in schema["properties"]:
             raise UsageError(f"unknown config key {key!r}{did_you_mean(str(key), known)} "
                              f"(this workflow takes: {', '.join(known)})")
+    for key in ("suite", "results"):
+        if "'" in str(config.get(key, "")):
+            # Snakemake spawns each run: job as `sh -c "... --config key=<repr(value)>"`; repr of a value holding
+            # a single quote uses double quotes, in which the shell expands $(...) and backticks
+            raise UsageError(f"config {key}={config[key]!r}: a single quote in this path cannot reach Snakemake's "
+                             f"jobs safely; rename the folder (spaces, parentheses, $ and double quotes are fine)")
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(dict(config)), key=lambda e: list(e.path))
     if errors:
         e = errors[0]

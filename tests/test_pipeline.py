@@ -176,3 +176,35 @@ def test_folder_is_indexed_once_and_runtime_settings_rerun_nothing(tmp_path):
     assert record["data_index"]["images"]["train"] == 19
     assert (record["accumulation_steps"], record["micro_batch_size"]) == (2, 4)
     assert record["train_runtime"]["device_batch"] == 4
+
+
+HOSTILE = """
+name: hostile
+data: {source: embedded, name: canvas-digits}
+backbones: [tb_vit_pico_patch4_32]
+methods: [dense]
+keep_ratios: [1.0]
+seeds: [0]
+pretrain: {init: scratch, recipe: {epochs: 1, batch_size: 64, max_steps_per_epoch: 1}}
+finetune: {epochs: 1, batch_size: 64, max_steps_per_epoch: 1}
+evaluate: {max_val_images: 32, flops_images: 2, throughput: {batch_sizes: [2], repeats: 1, warmup: 0}}
+"""
+
+
+def test_paths_with_spaces_quotes_and_shell_syntax_reach_commands_as_arguments(tmp_path):
+    """The suite and the results folder live under a name a shell would run: nothing runs, the pipeline works."""
+    weird = tmp_path / 'we ird (1) $(touch PWNED) `touch PWNED2` "q ;x & y|z'
+
+    weird.mkdir()
+    suite = weird / "s $(touch PWNED3).yaml"
+    suite.write_text(HOSTILE)
+    results = weird / "res (a) $(touch PWNED4)"
+    cmd = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--cores", "2",
+           "--workflow-profile", "none", "--set-threads", "pretrain=1", "finetune=1", "evaluate=1",
+           "--config", f"suite={suite}", f"results={results}"]
+    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600,
+                       cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert (results / "hostile" / "report" / "report.md").is_file()
+    assert (results / "hostile" / "runs" / "dense__tb_vit_pico_patch4_32__k1.00__s0" / "run.json").is_file()
+    assert not [f for f in tmp_path.rglob("PWNED*")] and not list(Path.cwd().glob("PWNED*"))

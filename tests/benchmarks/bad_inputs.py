@@ -199,6 +199,7 @@ CASES: list[Case] = [
     Case("snakemake suite missing", "not found", None, ["suite={tmp}/missing.yaml"], snakemake=True),
     Case("snakemake binary suite", "not UTF-8", b"\xff\xfe\x00\x01", [], snakemake=True),
     Case("snakemake repeated key", "appears twice", BASE + "name: tiny2\n", [], snakemake=True),
+    Case("snakemake results path with a single quote", "single quote", BASE, ["results={tmp}/it's"], snakemake=True),
 ]
 
 
@@ -220,7 +221,7 @@ def run_case(case: Case, tmp: Path) -> tuple[int, list[str]]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     if case.snakemake:
         cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp), "-n",
-               "--workflow-profile", "none", "--cores", "1", "--config", *argv, f"results={tmp / 'results'}"]
+               "--workflow-profile", "none", "--cores", "1", "--config", f"results={tmp / 'results'}", *argv]
     else:
         cmd = [sys.executable, "-m", "bench", *argv]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp, timeout=300)
