@@ -16,6 +16,11 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+#: outputs this process's step is making: absolute path -> hook(tmp path) called once the file is whole and before
+#: it takes its name (``bench.outputs`` keeps a hard link of it), so a finished result never lacks its kept copy
+ON_COMPLETE: dict[str, Callable[[str], None]] = {}
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None], needed: int | None = None) -> Path:
     """Call ``write(tmp_path)`` then rename the temporary file over ``path``. A full disk is one
     :class:`DiskFull` line naming the path and the space needed (``needed`` bytes, when the caller knows)."""
@@ -27,6 +32,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], needed: 
     full, written = False, 0
     try:
         write(tmp)
+        hook = ON_COMPLETE.get(os.path.abspath(path))
+        if hook is not None:
+            hook(tmp)
         os.replace(tmp, path)
     except BaseException as e:
         written = os.path.getsize(tmp) if os.path.exists(tmp) else 0

@@ -81,19 +81,27 @@ class StepOutput:
         os.replace(tmp, self.output)
         return True
 
-    def keep(self) -> None:
-        """After a success: the output and its key into .kept/ (a hard link; no second copy on disk)."""
+    def keep(self, source: str | os.PathLike | None = None) -> None:
+        """The finished output (``source``: its temporary name, before it takes the output's) and its key into
+        .kept/: a hard link, no second copy on disk."""
         from bench.io import atomic_write_text
 
+        if source is None and os.path.exists(self.kept) and os.path.samefile(self.kept, self.output):
+            return
         self.kept.parent.mkdir(exist_ok=True)
         tmp = self.kept.with_name(f".{self.kept.name}.tmp")
         tmp.unlink(missing_ok=True)
         try:
-            os.link(self.output, tmp)
+            os.link(source or self.output, tmp)
         except OSError:  # no hard links here: nothing kept, a deleted output is then recomputed
             return
         os.replace(tmp, self.kept)
         atomic_write_text(self.kept_key, self.key + "\n")
+
+    def forget(self) -> None:
+        """Before the step is made anew: a kept result of another spec must never be restored for this one."""
+        self.kept_key.unlink(missing_ok=True)
+        self.kept.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -147,12 +155,20 @@ def run_step(out: StepOutput, what: str, make: Callable[[], Any], *, force: bool
                 if single:
                     note_attempt(out, skip)
                 return None
+        from bench.io import ON_COMPLETE
+
+        if single:
+            if not force:
+                out.forget()
+            ON_COMPLETE[os.path.abspath(out.output)] = out.keep  # kept the moment it is whole, not after
         try:
             result = make()
         except BaseException:
             if single:
                 note_attempt(out, "failed")
             raise
+        finally:
+            ON_COMPLETE.pop(os.path.abspath(out.output), None)
         if out.valid() and single:
             out.keep()
             note_attempt(out, "made")

@@ -178,6 +178,7 @@ class SViTEPlus(_WeightSparse, StagedPruning):
             raise UsageError(f"method {self.name!r}: temperatures must be > 0")
         self.tau = float(self.config["tau_start"])
         self._gen = torch.Generator().manual_seed(self.seed)
+        self._step = 0  # optimiser steps taken: a resumed run's temperature continues from there
 
     def stages(self, model: nn.Module) -> list[tuple[int, int]]:
         return [(0, max(1, int(num_patches(model) * self.keep_ratio + 1e-6)))]
@@ -196,7 +197,7 @@ class SViTEPlus(_WeightSparse, StagedPruning):
 
     def on_train_start(self, model: nn.Module, total_steps: int) -> None:
         super().on_train_start(model, total_steps)
-        self._set_tau(0)
+        self._set_tau(self._step)  # 0, or the step a resumed run stopped at (train_state)
 
     def lr_scales(self) -> dict[str, float]:
         return {SELECTOR: float(self.config["selector_lr_scale"])}
@@ -207,16 +208,18 @@ class SViTEPlus(_WeightSparse, StagedPruning):
 
     def after_optimizer_step(self, model: nn.Module, step: int) -> None:
         super().after_optimizer_step(model, step)
-        self._set_tau(step + 1)
+        self._step = step + 1
+        self._set_tau(self._step)
 
     def train_state(self) -> dict[str, Any]:
-        return {**super().train_state(), "generator": self._gen.get_state(), "tau": self.tau}
+        return {**super().train_state(), "generator": self._gen.get_state(), "tau": self.tau, "step": self._step}
 
     def load_train_state(self, state: dict[str, Any]) -> None:
         super().load_train_state(state)
         if "generator" in state:
             self._gen.set_state(state["generator"])
             self.tau = state["tau"]
+            self._step = int(state.get("step", 0))
 
     def reduce(self, model: nn.Module, stage: int, patches: torch.Tensor, positions: torch.Tensor,
                keep: int) -> tuple[torch.Tensor, torch.Tensor]:
