@@ -12,12 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import shlex
 import sys
 import time
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import submitit
 
@@ -115,6 +117,33 @@ def restore_outputs(folder: Path, outputs: Sequence[str]) -> bool:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         os.link(kept, out)
     return True
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Plain values only (a job's result is its exit code or its traceback text): a result file planted in a
+    shared job folder cannot run code in this launcher when it is read back."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"refused to load {module}.{name}")
+
+
+@contextmanager
+def plain_results() -> Iterator[None]:
+    """Make submitit read job results with :class:`_PlainUnpickler` (it reads them with ``pickle.load``)."""
+    original = submitit.core.utils.pickle_load
+
+    def load(filename: str | Path) -> Any:
+        with open(filename, "rb") as f:
+            try:
+                return _PlainUnpickler(f).load()
+            except pickle.UnpicklingError as e:
+                raise RuntimeError(f"{filename}: refused: {e} (a job result holds only plain values)") from None
+
+    submitit.core.utils.pickle_load = load
+    try:
+        yield
+    finally:
+        submitit.core.utils.pickle_load = original
 
 
 def _now() -> str:
@@ -317,7 +346,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     submitted_at = (_read_record(args.folder) or {}).get("submitted_at", _now())
     try:
         wait(job, args.poll_s)
-        job.results()
+        with plain_results():
+            job.results()
         if not restore_outputs(args.folder, args.output):
             raise RuntimeError(f"the job finished but did not leave {', '.join(args.output)}")
     except KeyboardInterrupt:

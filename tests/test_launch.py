@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import submitit
 
 from bench.launch import LAUNCH_RECORD, BenchStep, _extra_params, _last_error_line
@@ -87,3 +88,25 @@ def test_two_task_job_trains_with_ddp_over_gloo(tmp_path):
     meta = torch.load(model, weights_only=True)["meta"]
     assert (meta["world_size"], meta["per_device_batch_size"], meta["global_batch_size"]) == (2, 32, 64)
     assert (tmp_path / "job" / "outputs" / "0_model.pth").exists()  # kept for a re-attach after a crash
+
+
+def test_job_results_are_read_without_running_code(tmp_path):
+    """A result pickle planted in a shared job folder is refused by the launcher, not executed."""
+    import pickle
+
+    import submitit
+
+    from bench.launch import plain_results
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(tmp_path / "PWNED"), "w"))
+
+    good, bad = tmp_path / "good_result.pkl", tmp_path / "bad_result.pkl"
+    good.write_bytes(pickle.dumps(("error", "Traceback ...\nValueError: x")))
+    bad.write_bytes(pickle.dumps(("success", Evil())))
+    with plain_results():
+        assert submitit.core.utils.pickle_load(good) == ("error", "Traceback ...\nValueError: x")
+        with pytest.raises(RuntimeError, match="refused"):
+            submitit.core.utils.pickle_load(bad)
+    assert not (tmp_path / "PWNED").exists()
