@@ -84,6 +84,22 @@ def test_pipeline_end_to_end(tmp_path):
     assert dense_json.stat().st_mtime_ns == before
     assert (out / "runs" / "static__tb_vit_pico_patch4_32__k0.50__s0" / "run.json").exists()
 
+    # 5. damaged files (a truncated model, a torn record) are named, moved aside and rebuilt with what depends
+    #    on them, nothing else
+    static_model = out / "runs" / "static__tb_vit_pico_patch4_32__k0.50__s0" / "model.pth"
+    static_model.write_bytes(static_model.read_bytes()[:1000])  # in place: its kept copy is damaged too
+    dense_json.write_text(dense_json.read_text()[:200])
+    pretrained = out / "pretrain" / "tb_vit_pico_patch4_32" / "model.pth"
+    pretrained_at = pretrained.stat().st_mtime_ns
+    p = snakemake(tmp_path, suite)
+    assert p.returncode == 0, p.stderr[-3000:]
+    log = p.stdout + p.stderr
+    assert f"{static_model} is truncated or corrupt" in log and f"{dense_json} is truncated or corrupt" in log
+    assert log.count("rule finetune:") == 1 and log.count("rule evaluate:") == 2 and "rule pretrain" not in log
+    assert pretrained.stat().st_mtime_ns == pretrained_at
+    assert json.loads(dense_json.read_text())["status"] == "ok" and static_model.with_suffix(".pth.corrupt").exists()
+    assert sorted(pd.read_parquet(out / "table.parquet")["status"]) == ["ok", "ok"]
+
 
 def test_bad_suite_fails_before_anything_runs(tmp_path):
     suite = tmp_path / "bad.yaml"

@@ -167,6 +167,12 @@ def train_model(model: nn.Module, method: Method, train_ds: Dataset, recipe: dic
         steps_per_epoch = min(steps_per_epoch, int(recipe["max_steps_per_epoch"]))
     total = max(1, epochs * steps_per_epoch)
     groups = param_groups(model, method.lr_scales(), recipe)
+    # frozen_params are in no optimiser group, so optimizer.zero_grad never clears their .grad: it would sum
+    # every step's gradient, enter clip_grad's norm and not be checkpointed (a resume would start it at zero).
+    # Not optimised, so no gradient either; set before DDP, which registers the parameters that need one.
+    for name, p in model.named_parameters():
+        if name in recipe["frozen_params"]:
+            p.requires_grad_(False)
     group_record = describe_groups(groups)
     optimizer = build_optimizer(groups, recipe, lr)
     schedule = GroupSchedule(optimizer, recipe, steps_per_epoch)
