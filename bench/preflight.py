@@ -3,8 +3,8 @@
 The schema checks each field alone; this pass checks what only the code can: the method's parameters on the
 actual backbone (stage blocks that exist, a schedule that fits its depth), each recipe's optimiser, lr schedule,
 Mixup and timm transform, and that ``init: hub`` names a backbone with hub weights. Models are built on the
-meta device (no memory, no init cost); methods whose ``apply`` reads weight values (SViTE's masks) get one real
-CPU model per backbone. The result is cached with the suite's other name checks (``bench.config``).
+meta device (no memory, no init cost); methods whose ``apply`` reads weight values (``reads_weights``: SViTE's
+masks) get a real two-block CPU model of the same widths, once per method and backbone. The result is cached with the suite's other name checks (``bench.config``).
 """
 from __future__ import annotations
 
@@ -69,6 +69,8 @@ def recipe_checks(recipe: dict[str, Any], model: Any, lr_scales: dict[str, float
 
 def check_recipe_at(where: str, field_name: str, recipe: dict[str, Any], model: Any,
                     lr_scales: dict[str, float]) -> None:
+    if int(recipe["epochs"]) == 0:  # nothing is built from a recipe that trains no epoch
+        return
     for key, check in recipe_checks(recipe, model, lr_scales):
         _at(where, f"{field_name}.{key}" if key else field_name, check)
 
@@ -88,9 +90,16 @@ def preflight(suite: Any, where: str) -> None:
         cache = meta_models if device == "meta" else cpu_models
         if name not in cache:
             b = suite.backbone(name)
+            # a real model only for methods that read weight values: two blocks of the same widths and patches
+            # (what their checks depend on) cost a fraction of the full depth's init and masks
+            shallow = {"depth": 2} if device != "meta" and "depth" not in b.kwargs else {}
             with torch.device(device):
-                cache[name] = _at(where, f"backbones[{index[name]}]", build_backbone, b.name, num_classes=_CLASSES,
-                                  img_size=b.image_size, **b.kwargs)
+                try:
+                    cache[name] = build_backbone(b.name, num_classes=_CLASSES, img_size=b.image_size, **b.kwargs,
+                                                 **shallow)
+                except Exception:  # noqa: BLE001 - e.g. a model that fixes its depth: built as it is
+                    cache[name] = _at(where, f"backbones[{index[name]}]", build_backbone, b.name,
+                                      num_classes=_CLASSES, img_size=b.image_size, **b.kwargs)
         return cache[name]
 
     for i, b in enumerate(suite.backbones):
@@ -100,6 +109,7 @@ def preflight(suite: Any, where: str) -> None:
 
     labels = _method_fields(suite.raw)
     checked: set[tuple] = set()
+    applied_for_real: set[tuple[str, str]] = set()
     for run in suite.runs:
         field_name = labels[run.method]
         key = (run.method, run.backbone, run.keep_ratio)
@@ -107,13 +117,13 @@ def preflight(suite: Any, where: str) -> None:
             continue
         checked.add(key)
         method = _at(where, field_name, create_method, run.method_name, run.keep_ratio, run.seed, **run.method_params)
+        if method.reads_weights:  # a real (random, shallow) model, once per method and backbone: masks cost
+            if (run.method_name, run.backbone) in applied_for_real:
+                continue
+            applied_for_real.add((run.method_name, run.backbone))
+        model = copy.deepcopy(backbone(run.backbone, "cpu" if method.reads_weights else "meta"))
         try:
-            model = copy.deepcopy(backbone(run.backbone, "meta"))
             method.apply(model)
-        except NotImplementedError:  # the method reads weight values: a real (random) model
-            method = create_method(run.method_name, run.keep_ratio, run.seed, **run.method_params)
-            model = copy.deepcopy(backbone(run.backbone, "cpu"))
-            _at(where, f"{field_name}.params", method.apply, model)
         except UsageError as e:
             raise UsageError(f"{where}: field {field_name}.params: {e}") from None
         except Exception as e:  # noqa: BLE001

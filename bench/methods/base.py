@@ -90,6 +90,8 @@ class Method:
     reduces_tokens: ClassVar[bool] = True
     #: True when the method zeroes individual weights (its theoretical sparse GMACs are reported)
     weight_sparse: ClassVar[bool] = False
+    #: True when ``apply`` reads weight values (SViTE's masks): validation then builds it on real weights, not meta
+    reads_weights: ClassVar[bool] = False
     #: parameters under which the method must compute exactly the dense model (checked by the contract tests)
     identity_params: ClassVar[dict[str, Any]] = {}
 

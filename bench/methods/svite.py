@@ -61,6 +61,8 @@ def _reinit(model: nn.Module) -> None:
 class _SparseTraining:
     """Mixin: the prune-and-grow training hooks around a ``self.sparsity`` (unstructured or structured)."""
 
+    reads_weights = True  # masks start from the weights' magnitudes
+
     def _init_sparsity(self, sparsity: Any) -> None:
         if not self.reduces_tokens and self.keep_ratio != 1.0:
             raise UsageError(f"method {self.name!r} keeps every token (keep_ratio 1.0); its budget is 'density'")
