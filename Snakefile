@@ -149,6 +149,9 @@ rule all:
     # whose consumers are up to date, and a deleted run must re-run
     input:
         expand(f"{OUT}/runs/{{run}}/run.json", run=sorted(RUNS)),
+        # and so is every checkpoint: one moved aside as damaged is rebuilt, and its newer copy reruns what read it
+        expand(f"{OUT}/pretrain/{{backbone}}/model.pth", backbone=sorted({r.backbone for r in SUITE.runs})),
+        [f"{OUT}/runs/{rid}/model.pth" for rid in sorted(RUNS) if RUNS[rid].finetune is not None],
         f"{OUT}/report/report.md",
         f"{OUT}/.collected",
         # the folder index too: a stale one is removed at parse time, and must then be rebuilt (with what read it)
