@@ -2,6 +2,7 @@
 
     python tests/benchmarks/kill_restart.py            # 3 moments x (snakemake process only, its process group)
     python tests/benchmarks/kill_restart.py --moment finetune --mode process
+    python tests/benchmarks/kill_restart.py --twin --moment finetune --mode group   # + two pipelines at once
 
 A small suite runs under the local launcher-less pipeline. At the chosen moment (the pretrain training, a fine-tune
 training, an evaluation) SIGKILL goes to the snakemake process alone (its jobs live on, orphaned) or to its whole
@@ -94,12 +95,43 @@ def scenario(work: Path, moment: str, mode: str, timeout: float = 900) -> dict:
             "report": (out / "report" / "report.md").is_file(), "stderr_tail": second.stderr[-1500:]}
 
 
+def twin_pipelines(work: Path, timeout: float = 900) -> dict:
+    """Two pipelines (two working directories, e.g. two checkouts) on one results folder at once."""
+    suite = work / "kill.yaml"
+    suite.write_text(SUITE)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = []
+    for side in ("a", "b"):
+        (work / side).mkdir()
+        cmd = snakemake_cmd(work / side, suite)
+        cmd[cmd.index(f"results={work / side / 'results'}")] = f"results={work / 'results'}"
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env))
+    codes = [p.wait(timeout=timeout) for p in procs]
+    made = {}
+    for attempts in (work / "results" / "kill").rglob(".kept/attempts.jsonl"):
+        for line in attempts.read_text().splitlines():
+            rec = json.loads(line)
+            if rec["output"] == "model.pth":
+                key = attempts.parent.parent.name
+                made[key] = made.get(key, 0) + (rec["outcome"] == "made")
+    return {"codes": codes, "trained": made}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--moment", choices=MOMENTS, action="append")
     ap.add_argument("--mode", choices=("process", "group"), action="append")
+    ap.add_argument("--twin", action="store_true", help="also run two pipelines on one results folder at once")
     args = ap.parse_args()
     bad = 0
+    if args.twin:
+        with tempfile.TemporaryDirectory() as d:
+            t0 = time.time()
+            r = twin_pipelines(Path(d))
+        ok = r["codes"] == [0, 0] and sorted(r["trained"].values()) == [1, 1, 1, 1]
+        bad += not ok
+        print(f"{'ok  ' if ok else 'FAIL'} two pipelines on one results folder: exit codes {r['codes']}, trained per "
+              f"model {sorted(r['trained'].values())} [{time.time() - t0:.0f} s]")
     for moment in args.moment or MOMENTS:
         for mode in args.mode or ("process", "group"):
             with tempfile.TemporaryDirectory() as d:
