@@ -219,25 +219,6 @@ def _recorded(suite, run, step: str, root: str, fn):
         raise RunFailed(f"{run.run_id}: {step} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}{hint}") from e
 
 
-def _standalone_model(backbone: str, method: str, keep_ratio: float, image_size: int | None, num_classes: int,
-                      in_chans: int | None, param: tuple[str, ...]):
-    import yaml
-
-    from bench.methods import create_method
-    from bench.models import build_backbone
-
-    params = {}
-    for p in param:
-        if "=" not in p:
-            raise UsageError(f"--param {p!r} is not KEY=VALUE")
-        k, v = p.split("=", 1)
-        params[k] = yaml.safe_load(v)
-    model = build_backbone(backbone, num_classes=num_classes, in_chans=in_chans, img_size=image_size)
-    m = create_method(method, keep_ratio, 0, **params)
-    m.apply(model)
-    return m.prepare_inference(model).eval(), m
-
-
 def _model_options(f):
     for opt in reversed([
         click.argument("backbone"),
@@ -260,7 +241,9 @@ def flops(backbone, method, keep_ratio, param, image_size, in_chans, num_classes
 
     from bench.measure import mean_flops
 
-    model, m = _standalone_model(backbone, method, keep_ratio, image_size, num_classes, in_chans, param)
+    from bench.measure.standalone import standalone_model
+
+    model, m = standalone_model(backbone, method, keep_ratio, image_size, num_classes, in_chans, param)
     size, chans = int(model.patch_embed.img_size[0]), int(model.patch_embed.proj.in_channels)
     x = torch.randn(8 if m.input_dependent else 1, chans, size, size, generator=torch.Generator().manual_seed(0))
     from bench.methods.sparse import sparse_layers, zero_weight_gmacs
@@ -293,7 +276,9 @@ def throughput(backbone, method, keep_ratio, param, image_size, in_chans, num_cl
         sizes = [int(b) for b in batch_sizes.split(",")]
     except ValueError:
         raise UsageError(f"--batch-sizes {batch_sizes!r} is not a comma-separated list of integers") from None
-    model, _ = _standalone_model(backbone, method, keep_ratio, image_size, num_classes, in_chans, param)
+    from bench.measure.standalone import standalone_model
+
+    model, _ = standalone_model(backbone, method, keep_ratio, image_size, num_classes, in_chans, param)
     dev = pick_device(device)
     rep = measure_throughput(model.to(dev), image_size=int(model.patch_embed.img_size[0]),
                              in_chans=int(model.patch_embed.proj.in_channels), device=dev, batch_sizes=sizes,

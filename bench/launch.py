@@ -257,6 +257,16 @@ def attach_or_submit(args: argparse.Namespace, cmd: list[str], log=print) -> sub
             log(f"bench.launch: re-attaching to SLURM job {job.job_id} ({state}) instead of submitting again")
             return job
         log(f"bench.launch: earlier SLURM job {job.job_id} ended {state}; submitting again")
+    elif old is None and args.launcher == "slurm":
+        # killed between sbatch and writing the record: the job is in the queue under this step's unique name
+        job_id = queued_job_named(args.name)
+        if job_id is not None:
+            job = submitit.SlurmJob(folder=args.folder, job_id=job_id, tasks=tuple(range(n_tasks(args))))
+            _write_record(args.folder, {"job_id": job_id, "launcher": "slurm", "cmd": cmd, "name": args.name,
+                                        "tasks": n_tasks(args), "submitted_at": _now(),
+                                        "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)})
+            log(f"bench.launch: re-attaching to SLURM job {job_id} (queued as {args.name}, no record of it)")
+            return job
     ex = make_executor(args)
     job = ex.submit(BenchStep(cmd, threads=args.cpus, outputs=args.output, folder=str(args.folder),
                               time_min=args.time_min, max_requeues=args.max_requeues,
@@ -266,6 +276,19 @@ def attach_or_submit(args: argparse.Namespace, cmd: list[str], log=print) -> sub
                                 "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)})
     log(f"bench.launch: submitted {args.launcher} job {job.job_id} ({args.name}); logs in {job.paths.folder}")
     return job
+
+
+def queued_job_named(name: str) -> str | None:
+    """The id of this user's one pending or running job of that name, if SLURM holds exactly one."""
+    import getpass
+    import subprocess
+
+    try:
+        out = subprocess.run(["squeue", "-h", "-u", getpass.getuser(), "-n", name, "-o", "%i"], capture_output=True,
+                             text=True, timeout=30).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out[0] if len(out) == 1 else None
 
 
 def squeue_state(job_id: str) -> str | None:
