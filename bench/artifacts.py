@@ -86,11 +86,10 @@ class StepLock:
     across hosts on NFSv4 and Lustre/GPFS mounted with flock; elsewhere it is per host.
     """
 
-    def __init__(self, folder: str | os.PathLike, what: str, *, wait: bool = True, poll_s: float = 2.0,
+    def __init__(self, folder: str | os.PathLike, what: str, *, poll_s: float = 2.0,
                  log=lambda s: print(s, file=sys.stderr, flush=True)):
-        self.folder, self.what, self.wait, self.poll_s, self.log = Path(folder), what, wait, poll_s, log
+        self.folder, self.what, self.poll_s, self.log = Path(folder), what, poll_s, log
         self._f: IO[str] | None = None
-        self.waited_s = 0.0
 
     def __enter__(self) -> "StepLock":
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -101,25 +100,17 @@ class StepLock:
                 os.chmod(path, 0o666 & ~_umask())
         except PermissionError:  # another user's lock file in a shared folder: flock works on a read-only fd
             f = open(path, "r")
-        t0, told = time.time(), False
+        told = False
         while True:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                holder = _holder(f)
-                if not self.wait:
-                    f.close()
-                    from bench.errors import UsageError
-
-                    raise UsageError(f"{self.folder} is being written by another process ({holder}); "
-                                     f"wait for it to finish or stop it") from None
                 if not told:
-                    self.log(f"bench: {self.what}: {self.folder} is being written by another process ({holder}); "
-                             f"waiting for it to finish")
+                    self.log(f"bench: {self.what}: {self.folder} is being written by another process "
+                             f"({_holder(f)}); waiting for it to finish")
                     told = True
                 time.sleep(self.poll_s)
-        self.waited_s = time.time() - t0
         if f.writable():
             f.seek(0)
             f.truncate()

@@ -245,6 +245,12 @@ def _write_record(folder: Path, record: dict[str, Any]) -> None:
     atomic_write_json(folder / LAUNCH_RECORD, record)
 
 
+def _record_submission(args: argparse.Namespace, cmd: list[str], job: submitit.Job) -> None:
+    _write_record(args.folder, {"job_id": job.job_id, "launcher": args.launcher, "cmd": cmd, "name": args.name,
+                                "tasks": n_tasks(args), "submitted_at": _now(),
+                                "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)})
+
+
 def attach_or_submit(args: argparse.Namespace, cmd: list[str], log=print) -> submitit.Job:
     """Re-attach to this step's SLURM job if it is still queued/running or finished well; else submit."""
     args.folder.mkdir(parents=True, exist_ok=True)
@@ -262,18 +268,14 @@ def attach_or_submit(args: argparse.Namespace, cmd: list[str], log=print) -> sub
         job_id = queued_job_named(args.name)
         if job_id is not None:
             job = submitit.SlurmJob(folder=args.folder, job_id=job_id, tasks=tuple(range(n_tasks(args))))
-            _write_record(args.folder, {"job_id": job_id, "launcher": "slurm", "cmd": cmd, "name": args.name,
-                                        "tasks": n_tasks(args), "submitted_at": _now(),
-                                        "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)})
+            _record_submission(args, cmd, job)
             log(f"bench.launch: re-attaching to SLURM job {job_id} (queued as {args.name}, no record of it)")
             return job
     ex = make_executor(args)
     job = ex.submit(BenchStep(cmd, threads=args.cpus, outputs=args.output, folder=str(args.folder),
                               time_min=args.time_min, max_requeues=args.max_requeues,
                               signal_delay_s=args.signal_delay_s if args.launcher == "slurm" else 0))
-    _write_record(args.folder, {"job_id": job.job_id, "launcher": args.launcher, "cmd": cmd, "name": args.name,
-                                "tasks": n_tasks(args), "submitted_at": _now(),
-                                "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)})
+    _record_submission(args, cmd, job)
     log(f"bench.launch: submitted {args.launcher} job {job.job_id} ({args.name}); logs in {job.paths.folder}")
     return job
 
