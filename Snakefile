@@ -1,4 +1,5 @@
-# tokenbench pipeline: pretrain -> fine-tune -> evaluate+measure -> collect -> report.
+# tokenbench pipeline: pretrain -> fine-tune -> evaluate (accuracy, FLOPs) -> timing (every run of a backbone
+# against dense, interleaved, in one job) -> collect -> report.
 #   snakemake                                  # the default suite (suites/smoke.yaml), profile profiles/default
 #   snakemake --config suite=suites/dynamicvit.yaml
 # Every rule turns files into files; what to run lives in the suite, how to run it in a profile.
@@ -29,7 +30,7 @@ LAUNCHER = str(config.get("launcher", "none"))
 # loader workers, device batch cap, channels_last, compile: passed to every compute step, never a rerun trigger
 RUNTIME_ARGS = runtime_args(config)
 
-from bench.config import load_suite, pretrain_spec
+from bench.config import evaluate_spec, load_suite, pretrain_spec
 
 try:
     SUITE = load_suite(config.get("suite", "smoke"), reuse_checks=True)
@@ -71,7 +72,7 @@ def run_step(step, key, bench_args, resources, threads, log, folder, output, fai
             prefix += ["--output", path]
         prefix.append("--")
     run_logged([*prefix, *bench_args, "--results", ROOT, "--threads", torch_threads,
-                *(RUNTIME_ARGS if bench_args[0] in ("train", "evaluate") else [])], log[0])
+                *(RUNTIME_ARGS if bench_args[0] in ("train", "evaluate", "time") else [])], log[0])
 
 
 def run_logged(argv, log=None, check=True):
@@ -117,7 +118,8 @@ from bench.artifacts import quarantine_damaged
 quarantine_damaged([(Path(f"{OUT}/pretrain/{b.name}/model.pth"), None) for b in SUITE.backbones]
                    + [(Path(f"{OUT}/runs/{rid}/model.pth"), None) for rid in RUNS]
                    + [(Path(f"{OUT}/runs/{rid}/run.json"), rid) for rid in RUNS]
-                   + [(Path(p), None) for p in [f"{OUT}/table.parquet", *DATA_INPUT]])
+                   + [(Path(p), None) for p in [f"{OUT}/table.parquet", *DATA_INPUT]]
+                   + [(Path(f"{OUT}/timing/{b.name}.json"), None) for b in SUITE.backbones])
 
 
 def data_spec():
@@ -151,6 +153,7 @@ rule all:
         expand(f"{OUT}/runs/{{run}}/run.json", run=sorted(RUNS)),
         # and so is every checkpoint: one moved aside as damaged is rebuilt, and its newer copy reruns what read it
         expand(f"{OUT}/pretrain/{{backbone}}/model.pth", backbone=sorted({r.backbone for r in SUITE.runs})),
+        expand(f"{OUT}/timing/{{backbone}}.json", backbone=sorted({r.backbone for r in SUITE.runs})),
         [f"{OUT}/runs/{rid}/model.pth" for rid in sorted(RUNS) if RUNS[rid].finetune is not None],
         f"{OUT}/report/report.md",
         f"{OUT}/.collected",
@@ -211,7 +214,7 @@ rule evaluate:
     output:
         f"{OUT}/runs/{{run}}/run.json",
     params:
-        spec=lambda wc: json.dumps(SUITE.evaluate, sort_keys=True) + ("" if RUNS[wc.run].finetune else run_spec(wc.run)),
+        spec=lambda wc: json.dumps(evaluate_spec(SUITE), sort_keys=True) + ("" if RUNS[wc.run].finetune else run_spec(wc.run)),
     resources:
         **COMPUTE_RESOURCES,
     log:
@@ -221,9 +224,42 @@ rule evaluate:
                  f"{OUT}/runs/{wildcards.run}/slurm/evaluate", output, f"{OUT}/runs/{wildcards.run}/failure.json")
 
 
+def backbone_records(wc):
+    return [f"{OUT}/runs/{rid}/run.json" for rid in sorted(RUNS) if RUNS[rid].backbone == wc.backbone]
+
+
+def timing_spec():
+    """What a timing depends on besides its runs: the suite's protocol and the profile's timing settings (a
+    change re-times; it never re-evaluates)."""
+    keys = ("channels_last", "compile", "timing_precision")
+    return json.dumps({"protocol": SUITE.evaluate["throughput"], **{k: config.get(k) for k in keys}}, sort_keys=True)
+
+
+BACKBONES = sorted({r.backbone for r in SUITE.runs})
+
+
+rule timing:
+    # the whole backbone group is timed again when any of its runs changes: a speed-up is only ever paired with
+    # the dense reference timed in the same job, on the same device
+    input:
+        backbone_records,
+    output:
+        f"{OUT}/timing/{{backbone}}.json",
+    params:
+        spec=lambda wc: timing_spec(),
+    resources:
+        **COMPUTE_RESOURCES,
+    log:
+        f"{OUT}/logs/timing/{{backbone}}.log",
+    run:
+        run_step("timing", wildcards.backbone, ["time", SUITE_FILE, wildcards.backbone], resources, threads, log,
+                 f"{OUT}/timing/slurm/{wildcards.backbone}", output)
+
+
 rule collect:
     input:
         expand(f"{OUT}/runs/{{run}}/run.json", run=sorted(RUNS)),
+        expand(f"{OUT}/timing/{{backbone}}.json", backbone=BACKBONES),
     output:
         f"{OUT}/table.parquet",
         f"{OUT}/table.csv",

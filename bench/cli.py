@@ -177,7 +177,7 @@ def train(suite: str, run_id: str | None, backbone: str | None, root: str, devic
 @RUNTIME
 def evaluate(suite: str, run_id: str, root: str, device: str | None, threads: int | None, force: bool,
              **runtime_args) -> None:
-    """Evaluate and measure one fine-tuned run; writes its run.json."""
+    """Accuracy, tokens and FLOPs of one fine-tuned run; writes its run.json (throughput: `bench time`)."""
     from bench import runner
     from bench.config import load_suite
 
@@ -194,8 +194,40 @@ def evaluate(suite: str, run_id: str, root: str, device: str | None, threads: in
         force=force)
     if rec is None:
         return
-    click.echo(f"{run_id}: top-1 {rec['top1']:.2f}%  GMACs {rec['gmacs_fvcore_1mac_eq_1flop']:.4f}  "
-               f"{rec['throughput_img_s']:.1f} img/s (batch {rec['throughput_batch_size']}, {rec['device']})")
+    click.echo(f"{run_id}: top-1 {rec['top1']:.2f}%  GMACs {rec['gmacs_fvcore_1mac_eq_1flop']:.4f} "
+               f"(fvcore, 1 MAC = 1 flop) on {rec['device']}")
+
+
+@cli.command("time")
+@click.argument("suite")
+@click.argument("backbone")
+@RESULTS
+@DEVICE
+@THREADS
+@RUNTIME
+def time_(suite: str, backbone: str, root: str, device: str | None, threads: int | None, **runtime_args) -> None:
+    """Time every evaluated run of BACKBONE against its dense run, interleaved, in this one process.
+
+    Writes timing/BACKBONE.json: img/s per batch size (median, IQR, CV) and each run's paired speed-up over
+    dense with its confidence interval; noisy ones are re-timed, then marked unreliable."""
+    from bench.config import load_suite
+    from bench.measure.repeats import img_per_s_text
+    from bench.provenance import pick_device
+    from bench.timing import time_backbone_once, timing_path
+
+    runtime = runtime_from_cli(**runtime_args)
+    pick_device(device)
+    _threads(threads)
+    s = load_suite(suite)
+    result = time_backbone_once(s, backbone, root=root, device=device, runtime=runtime)
+    click.echo(f"{timing_path(s, backbone, root)}: {len(result['runs'])} runs on {result['device_key']}")
+    for entry in result["runs"].values():
+        head = max(entry["sweep"], key=lambda r: r["batch_size"])
+        speed = "" if head["speedup"] is None else (
+            f"  x{head['speedup']:.3f} [{head['speedup_ci_low']:.3f}, {head['speedup_ci_high']:.3f}]"
+            + ("  UNRELIABLE" if head["speedup_unreliable"] else ""))
+        click.echo(f"  {entry['run_id']}: {img_per_s_text(head['img_per_s_median'])} img/s "
+                   f"(CV {head['img_per_s_cv']:.1%}, batch {head['batch_size']}){speed}")
 
 
 def _recorded(suite, run, step: str, root: str, fn):
@@ -263,12 +295,16 @@ def flops(backbone, method, keep_ratio, param, image_size, in_chans, num_classes
 @click.option("--batch-sizes", default="1,32", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
 @click.option("--repeats", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--min-time", type=click.FloatRange(min=0), default=0.25, show_default=True,
+              help="Seconds each repeat runs forward passes for (its iteration count is calibrated to it).")
 @DEVICE
 @THREADS
 def throughput(backbone, method, keep_ratio, param, image_size, in_chans, num_classes, batch_sizes, precision,
-               repeats, device, threads) -> None:
-    """Model-only throughput (img/s) of BACKBONE patched by a method on random inputs."""
+               repeats, min_time, device, threads) -> None:
+    """Model-only throughput (img/s) of BACKBONE patched by a method on random inputs (one model alone; the
+    pipeline's speed-ups come from `bench time`, which pairs every run with dense)."""
     from bench.measure import measure_throughput
+    from bench.measure.repeats import img_per_s_text
     from bench.provenance import pick_device
 
     _threads(threads)
@@ -282,11 +318,13 @@ def throughput(backbone, method, keep_ratio, param, image_size, in_chans, num_cl
     dev = pick_device(device)
     rep = measure_throughput(model.to(dev), image_size=int(model.patch_embed.img_size[0]),
                              in_chans=int(model.patch_embed.proj.in_channels), device=dev, batch_sizes=sizes,
-                             precision=precision, repeats=repeats)
+                             precision=precision, repeats=repeats, min_time_s=min_time)
     click.echo(f"{backbone} {method} keep={keep_ratio:g} on {rep.device_name} ({precision}, {rep.num_threads} threads):")
     for row in rep.rows:
-        click.echo(f"  batch {row['batch_size']:4d}: {row['img_per_s_median']:10.1f} img/s (IQR {row['img_per_s_iqr']:.1f}), "
-                   f"{row['latency_ms_median']:.2f} ms/batch, peak mem {row['peak_mem_mb']:.0f} MB")
+        click.echo(f"  batch {row['batch_size']:4d}: {img_per_s_text(row['img_per_s_median']):>10s} img/s "
+                   f"(IQR {img_per_s_text(row['img_per_s_iqr'])}, CV {row['img_per_s_cv']:.1%}; {repeats} repeats x "
+                   f"{row['iters_per_repeat']} passes), {row['latency_ms_median']:.2f} ms/batch, "
+                   f"peak mem {row['peak_mem_mb']:.0f} MB")
 
 
 @cli.command()

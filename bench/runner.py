@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.config import Backbone, Run, Suite, pretrain_spec, run_identity, run_spec
+from bench.config import Backbone, Run, Suite, evaluate_spec, pretrain_spec, run_identity, run_spec
 from bench.errors import UsageError
 from bench.io import atomic_torch_save, atomic_write_json, load_torch
 from bench.methods import Method, create_method
@@ -69,7 +69,7 @@ def step_output(suite: Suite, run: Run, step: str, root: str | Path = "results")
         inputs = [pretrain_dir(suite, run.backbone, root) / MODEL_FILE]
         return StepOutput(run_dir(suite, run, root) / MODEL_FILE, step_key(spec, inputs + _data_inputs(suite, root)))
     inputs = evaluated_inputs(suite, run, root) + _data_inputs(suite, root)
-    return StepOutput(run_dir(suite, run, root) / RECORD_FILE, step_key({**spec, "evaluate": suite.evaluate}, inputs),
+    return StepOutput(run_dir(suite, run, root) / RECORD_FILE, step_key({**spec, "evaluate": evaluate_spec(suite)}, inputs),
                       run.run_id)
 
 
@@ -224,9 +224,10 @@ def finetune(suite: Suite, run: Run, *, root: str | Path = "results", device: st
 
 def evaluate_run(suite: Suite, run: Run, *, root: str | Path = "results", device: str | None = None,
                  runtime: Runtime | None = None) -> dict[str, Any]:
-    """Accuracy, tokens, FLOPs and throughput of a fine-tuned run, written as its run.json record."""
+    """Accuracy, tokens and FLOPs of a fine-tuned run, written as its run.json record. Throughput is measured
+    by the timing step (bench.timing), every run of a backbone against dense in one job."""
     from bench.evaluate import evaluate
-    from bench.measure import mean_flops, measure_throughput
+    from bench.measure import mean_flops
     from bench.methods.sparse import sparse_layers, zero_weight_gmacs
     from bench.train.loaders import in_memory
 
@@ -255,12 +256,6 @@ def evaluate_run(suite: Suite, run: Run, *, root: str | Path = "results", device
     theoretical = flops.gmacs - zero_weight_gmacs(model, flops.by_layer) if method.weight_sparse else None
     _kept_tokens_figure(model, method, val_ds, out)
 
-    tp_cfg = ev_cfg["throughput"]
-    img = int(model.patch_embed.img_size[0])
-    tp = measure_throughput(model.to(dev), image_size=img, in_chans=int(model.patch_embed.proj.in_channels), device=dev,
-                            batch_sizes=tp_cfg["batch_sizes"], precision=tp_cfg["precision"], warmup=tp_cfg["warmup"],
-                            repeats=tp_cfg["repeats"])
-    head = tp.headline()
     meta = saved.get("meta", {})
     record = {
         **run_identity(suite, run, bundle.name),
@@ -278,10 +273,6 @@ def evaluate_run(suite: Suite, run: Run, *, root: str | Path = "results", device
         "params_m": flops.params / 1e6,
         "mean_tokens": acc.mean_tokens, "tokens_per_block": acc.tokens_per_block,
         "token_schedule": method.token_schedule(model),
-        "throughput_img_s": head["img_per_s_median"], "throughput_img_s_iqr": head["img_per_s_iqr"],
-        "throughput_batch_size": head["batch_size"], "throughput_latency_ms": head["latency_ms_median"],
-        "throughput_device": tp.device_name, "precision": tp.precision, "peak_mem_mb": head["peak_mem_mb"],
-        "throughput_sweep": tp.rows,
         "train_epochs": meta.get("train_epochs"), "train_wall_s": meta.get("train_wall_s"),
         "train_peak_mem_mb": meta.get("train_peak_mem_mb"), "batch_size": meta.get("batch_size"),
         "method_train_metrics": meta.get("method_train_metrics"),

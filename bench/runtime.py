@@ -12,7 +12,9 @@ so changing one re-runs nothing; each run record states the values it ran with.
 * ``device_batch``: the largest per-device micro-batch; a larger per-device batch is reached by accumulating
   gradients, so the suite's batch size (the science) is unchanged.
 * ``channels_last``, ``compile``: memory format of the patch embedding's input and ``torch.compile`` (true, or
-  a backend name); off by default until measured on the target GPU.
+  a backend name); off by default until measured on the target GPU. The timing step uses them too.
+* ``timing_precision``: fp32, bf16 or fp16 (autocast) for the timing step; unset: the suite's
+  ``evaluate.throughput.precision``. Every timed row records the precision it ran with.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ MAX_AUTO_WORKERS = 16
 AUTO = "auto"
 #: the profile config keys and the bench CLI option each becomes
 PROFILE_KEYS = {"loader_workers": "--workers", "prefetch_factor": "--prefetch-factor", "device_batch": "--device-batch",
-                "channels_last": "--channels-last", "compile": "--compile"}
+                "channels_last": "--channels-last", "compile": "--compile", "timing_precision": "--timing-precision"}
 
 
 def job_cpus() -> int:
@@ -49,6 +51,7 @@ class Runtime:
     device_batch: int | None = None
     channels_last: bool = False
     compile: bool | str = False
+    timing_precision: str | None = None
 
     def __post_init__(self) -> None:
         if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 0):
@@ -106,6 +109,8 @@ def click_options(f: Any) -> Any:
         click.option("--channels-last/--no-channels-last", default=False, help="channels_last input memory format."),
         click.option("--compile", "compile_", default="off", show_default=True,
                      help="torch.compile the training model: off, on, or a backend name (e.g. inductor)."),
+        click.option("--timing-precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
+                     help="Precision of the timing step (autocast); default: the suite's throughput precision."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -113,6 +118,7 @@ def click_options(f: Any) -> Any:
 
 
 def from_cli(workers: str, prefetch_factor: int, device_batch: int | None, channels_last: bool,
-             compile_: str) -> Runtime:
+             compile_: str, timing_precision: str | None = None) -> Runtime:
     compile_value: bool | str = {"off": False, "false": False, "on": True, "true": True}.get(compile_.lower(), compile_)
-    return Runtime(parse_workers(workers), prefetch_factor, device_batch, channels_last, compile_value)
+    return Runtime(parse_workers(workers), prefetch_factor, device_batch, channels_last, compile_value,
+                   timing_precision)

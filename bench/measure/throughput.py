@@ -2,17 +2,16 @@
 
 Per batch size: warm-up, then ``repeats`` timed repeats of ``iters_per_repeat`` forward passes
 (enough to last ``min_time_s``; at least one). Each repeat gives one img/s figure; the report
-keeps the median and the inter-quartile range so noise is visible next to the number.
+keeps the median, the inter-quartile range and the coefficient of variation so noise is visible next to the
+number. One model alone; speed-ups between models come from :mod:`bench.measure.paired`, which times them
+interleaved in one process.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 import resource
-import statistics
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, ContextManager, Sequence
 
@@ -20,10 +19,13 @@ import torch
 from torch import nn
 
 from bench.errors import UsageError
+from bench.measure.repeats import Clock, spread
 from bench.provenance import cpu_name
 from bench.measure.flops import eval_mode
 
 PRECISIONS = ("fp32", "fp16", "bf16")
+#: each timed repeat lasts at least this long: one forward of a small model is shorter than scheduler noise
+DEFAULT_MIN_TIME_S = 0.25
 _AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -103,7 +105,7 @@ def _validate(precision: str, batch_sizes: Sequence[int], warmup: int, repeats: 
         raise UsageError(f"image_size and in_chans must be positive (got {image_size}, {in_chans})")
 
 
-def _autocast(precision: str, dev: torch.device) -> ContextManager[Any]:
+def autocast(precision: str, dev: torch.device) -> ContextManager[Any]:
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=dev.type, dtype=_AUTOCAST_DTYPES[precision])
@@ -115,51 +117,32 @@ def _max_rss_mb() -> float:
     return rss / (2**20 if sys.platform == "darwin" else 2**10)
 
 
-def _percentile(sorted_vals: list[float], q: float) -> float:
-    """Linear-interpolated percentile (numpy's default), q in [0, 1]."""
-    pos = (len(sorted_vals) - 1) * q
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return sorted_vals[lo] + (sorted_vals[hi] - sorted_vals[lo]) * (pos - lo)
-
-
 def _first_tensor_device(model: nn.Module) -> torch.device | None:
     for tensor in list(model.parameters()) + list(model.buffers()):
         return tensor.device
     return None
 
 
-def _measure_batch(forward: Callable[[], Any], sync: Callable[[], None], batch_size: int,
+def _measure_batch(forward: Callable[[], Any], clock: Clock, batch_size: int,
                    warmup: int, repeats: int, min_time_s: float) -> dict[str, Any]:
     for _ in range(warmup):
         forward()
-    sync()
-    # Calibrate iterations per repeat once, so every repeat does the same amount of work.
-    iters = 1
-    if min_time_s > 0:
-        start = time.perf_counter()
-        forward()
-        sync()
-        one = max(time.perf_counter() - start, 1e-9)
-        iters = max(1, math.ceil(min_time_s / one))
+    clock.sync()
+    # Calibrated once, so every repeat does the same amount of work and lasts at least min_time_s.
+    iters = clock.calibrate(forward, min_time_s)
     rates: list[float] = []
-    latencies: list[float] = []
     for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        for _ in range(iters):
-            forward()
-        sync()
-        elapsed = max(time.perf_counter() - start, 1e-12)
-        rates.append(batch_size * iters / elapsed)
-        latencies.append(elapsed / iters * 1e3)
-    rates.sort()
+        rates.append(batch_size * iters / clock.interval(forward, iters))
+    s = spread(rates)
     return {
         "batch_size": batch_size,
-        "img_per_s_median": statistics.median(rates),
-        "img_per_s_iqr": _percentile(rates, 0.75) - _percentile(rates, 0.25),
-        "latency_ms_median": statistics.median(latencies),
+        "img_per_s_median": s["median"],
+        "img_per_s_iqr": s["iqr"],
+        "img_per_s_cv": s["cv"],
+        "latency_ms_median": batch_size / s["median"] * 1e3,
         "repeats": repeats,
         "iters_per_repeat": iters,
+        "min_time_s": min_time_s,
     }
 
 
@@ -173,7 +156,7 @@ def measure_throughput(
     precision: str = "fp32",
     warmup: int = 5,
     repeats: int = 20,
-    min_time_s: float = 0.0,
+    min_time_s: float = DEFAULT_MIN_TIME_S,
     channels_last: bool = False,
 ) -> ThroughputReport:
     """Time forward passes of ``model`` on random ``[B, in_chans, S, S]`` inputs.
@@ -186,10 +169,7 @@ def measure_throughput(
     dev = _resolve_device(device)
     _validate(precision, batch_sizes, warmup, repeats, min_time_s, image_size, in_chans, dev)
     is_cuda = dev.type == "cuda"
-
-    def sync() -> None:
-        if is_cuda:
-            torch.cuda.synchronize(dev)
+    clock = Clock(dev)
 
     original_device = _first_tensor_device(model)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -204,7 +184,7 @@ def measure_throughput(
                 x = x.contiguous(memory_format=memory_format)
 
                 def forward(x: torch.Tensor = x) -> Any:
-                    with _autocast(precision, dev):
+                    with autocast(precision, dev):
                         return model(x)
 
                 if is_cuda:
@@ -213,7 +193,7 @@ def measure_throughput(
                     base = 0.0
                 else:
                     base = _max_rss_mb()
-                row = _measure_batch(forward, sync, bs, warmup, repeats, min_time_s)
+                row = _measure_batch(forward, clock, bs, warmup, repeats, min_time_s)
                 if is_cuda:
                     row["peak_mem_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
                 else:

@@ -111,9 +111,13 @@ def _write_tables(table: pd.DataFrame, summary: pd.DataFrame, matched: pd.DataFr
              "matched_budget.csv": atomic_write_text(out_dir / "matched_budget.csv",
                                                      matched.to_csv(index=False, float_format="%.6g")),
              "ablation.csv": atomic_write_text(out_dir / "ablation.csv", abl.to_csv(index=False, float_format="%.6g"))}
+    from bench.report.timing_section import speedup_by_batch_markdown, what_was_timed_markdown
+
     figures = [("top-1 vs GMACs", "tradeoff_top1_vs_gmacs.png"),
-               ("top-1 vs throughput", "tradeoff_top1_vs_throughput.png")]
-    extra = ["## Matched-budget comparison", matched_markdown(matched), "![matched budgets](matched_budget.png)",
+               ("top-1 vs throughput", "tradeoff_top1_vs_throughput.png"),
+               ("top-1 vs paired speed-up over dense", "tradeoff_top1_vs_speedup.png")]
+    extra = ["## What was timed", what_was_timed_markdown(table),
+             "## Speed-up by batch size", speedup_by_batch_markdown(table, summary), "## Matched-budget comparison", matched_markdown(matched), "![matched budgets](matched_budget.png)",
              "## Ablation: learned vs static vs random at equal keep ratios", ablation_markdown(abl),
              "![ablation](ablation.png)"]
     holes, provenance = _holes_section(table), _provenance_section(table)
@@ -137,10 +141,12 @@ def build_report(suite_dir: Path, out_dir: Path | None = None, workers: int | No
     title = f"Suite {suite} — {dataset}"
     names = FIGURES.names() if paper_figures else []
     # Figures are submitted as soon as their data exists, so workers draw while this process computes.
-    with _Renderer(workers, 5 + len(names)) as renderer:
+    with _Renderer(workers, 6 + len(names)) as renderer:
         renderer.submit(plot_tradeoff, summary, f"{title}: top-1 vs compute", out_dir, styles=styles)
         renderer.submit(plot_tradeoff, summary, f"{title}: top-1 vs throughput", out_dir,
                         stem="tradeoff_top1_vs_throughput", x="throughput", styles=styles)
+        renderer.submit(plot_tradeoff, summary, f"{title}: top-1 vs paired speed-up", out_dir,
+                        stem="tradeoff_top1_vs_speedup", x="speedup", styles=styles)
         renderer.submit(_gallery, table, suite_dir, out_dir)
         matched = matched_budget(table)
         renderer.submit(plot_matched, matched, out_dir, styles=styles)

@@ -37,7 +37,13 @@ PDF_METADATA: dict[str, Any] = {"CreationDate": None, "ModDate": None, "Producer
 GMACS_LABEL = "GMACs per image (fvcore, 1 MAC = 1 flop)"
 THROUGHPUT_LABEL = "Throughput (images/s, median; model only)"
 #: x axes a trade-off figure can use: summary column, axis label, whether larger is better
-AXES = {"gmacs": ("gmacs", GMACS_LABEL, False), "throughput": ("throughput", THROUGHPUT_LABEL, True)}
+SPEEDUP_LABEL = "Speed-up over dense (paired timing, median; bars: 95 % CI)"
+AXES = {"gmacs": ("gmacs", GMACS_LABEL, False), "throughput": ("throughput", THROUGHPUT_LABEL, True),
+        "speedup": ("speedup", SPEEDUP_LABEL, True)}
+#: which flag marks a point's x value unreliable (spread above the noise threshold after the retries)
+UNRELIABLE_FLAGS = {"throughput": ("throughput_unreliable", "speedup_unreliable"), "speedup": ("speedup_unreliable",)}
+UNRELIABLE_STYLE = {"marker": "o", "markersize": 15, "markerfacecolor": "none", "markeredgecolor": "#d62728",
+                    "markeredgewidth": 1.4, "linestyle": "none"}
 
 
 def pareto_front(x: pd.Series, y: pd.Series, larger_x_better: bool) -> pd.Index:
@@ -108,8 +114,27 @@ def _draw_panel(ax: Any, data: pd.DataFrame, styles: dict[str, dict[str, Any]], 
     ax.set_xlabel(label)
     ax.set_ylabel("Top-1 accuracy (%)")
     ax.margins(x=0.08, y=0.15)
+    if x == "speedup" and "speedup_ci_low" in data:  # horizontal bars: the paired timing's confidence interval
+        lo, hi = data["speedup_ci_low"].to_numpy(dtype=float), data["speedup_ci_high"].to_numpy(dtype=float)
+        keep = np.flatnonzero(np.isfinite(lo) & np.isfinite(hi) & (hi > lo))
+        if len(keep):
+            segs = np.stack([np.column_stack([lo[keep], ys[keep]]), np.column_stack([hi[keep], ys[keep]])], axis=1)
+            ax.add_collection(LineCollection(segs, colors=[styles[methods[i]]["color"] for i in keep],
+                                             linewidths=1.2, zorder=2.8))
+    flagged = unreliable_mask(data, x)
+    if flagged.any():
+        ax.plot(xs[flagged], ys[flagged], zorder=5, **UNRELIABLE_STYLE)
     if x == "gmacs":
         _label_keep_ratios(ax, xs, ys - errs, data["keep_ratio"].to_numpy(dtype=float), methods != DENSE_METHOD)
+
+
+def unreliable_mask(data: pd.DataFrame, x: str) -> np.ndarray:
+    """Points whose x value is marked unreliable by the timing step."""
+    mask = np.zeros(len(data), dtype=bool)
+    for col in UNRELIABLE_FLAGS.get(x, ()):
+        if col in data:
+            mask |= data[col].map(lambda v: v is True or v == 1).to_numpy(dtype=bool)
+    return mask
 
 
 def _label_keep_ratios(ax: Any, xs: np.ndarray, bottoms: np.ndarray, ratios: np.ndarray, use: np.ndarray) -> None:
@@ -177,7 +202,10 @@ def tradeoff_figure(summary: pd.DataFrame, title: str, x: str = "gmacs",
                 if n_panels > 1:
                     ax.set_title(backbone)
             # Legend right of the panels, so it can never sit on a data point.
-            fig.legend(handles=_legend_handles(methods, styles), title="method",
+            handles = _legend_handles(methods, styles)
+            if any(unreliable_mask(data[data["backbone"] == b], x).any() for b in backbones):
+                handles.append(Line2D([], [], label="unreliable timing\n(spread above threshold)", **UNRELIABLE_STYLE))
+            fig.legend(handles=handles, title="method",
                        loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
             if n_panels == 1:
                 title = f"{title}\nbackbone: {backbones[0]}"

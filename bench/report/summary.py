@@ -18,13 +18,21 @@ THEORY = "theoretical_gmacs_nonzero_weights_fvcore_1mac_eq_1flop"
 SUMMARY_COLUMNS = [
     "backbone", "method", "keep_ratio", "n_ok", "n_runs", "seeds_ok", "top1_mean", "top1_std", "top5_mean",
     "top5_std", "top1_ema_mean", "top1_ema_std", "gmacs", "theoretical_gmacs", "method_gmacs", "params_m", "nonzero_params_m", "throughput",
-    "throughput_iqr", "throughput_batch", "throughput_device", "mean_tokens", "train_peak_mem_mb", "speedup",
+    "throughput_iqr", "throughput_cv", "throughput_unreliable", "throughput_batch", "throughput_device",
+    "mean_tokens", "train_peak_mem_mb", "speedup", "speedup_ci_low", "speedup_ci_high", "speedup_unreliable",
     "flops_reduction_pct", "theoretical_flops_reduction_pct", "flops_implied_speedup",
 ]
 
 
 def _col(table: pd.DataFrame, name: str) -> pd.Series:
     return table[name] if name in table else pd.Series(np.nan, index=table.index)
+
+
+def _flag(table: pd.DataFrame, name: str) -> pd.Series:
+    """A boolean column as 1.0 / 0.0 / NaN, so that a group's max says 'any'."""
+    if name not in table:
+        return pd.Series(np.nan, index=table.index)
+    return table[name].map(lambda v: np.nan if pd.isna(v) else float(bool(v)))
 
 
 def value_text(v: object) -> str:
@@ -48,16 +56,37 @@ def _joined(frame: pd.DataFrame, column: str, sep: str = "/") -> pd.Series:
                      dtype=object)
 
 
+def check_one_device(table: pd.DataFrame) -> None:
+    """Refuse a table whose speed-ups on one backbone were timed on different devices (or software stacks):
+    dividing them would compare machines, not methods."""
+    if "throughput_device_key" not in table or "speedup_vs_dense" not in table:
+        return
+    timed = table[(table["status"] == "ok") & table["throughput_device_key"].notna() & table["speedup_vs_dense"].notna()]
+    for backbone, group in timed.groupby("backbone", sort=True):
+        keys = sorted(group["throughput_device_key"].astype(str).unique())
+        if len(keys) > 1:
+            from bench.errors import UsageError
+
+            runs = {k: group.loc[group["throughput_device_key"] == k, "run_id"].iloc[0] for k in keys}
+            raise UsageError(f"backbone {backbone}: speed-ups were timed on different devices ("
+                             + "; ".join(f"{k!r} e.g. {runs[k]}" for k in keys)
+                             + "); they are never compared across devices: re-run its timing step "
+                             "(bench time SUITE BACKBONE) so one job times them all")
+
+
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
     """Seed statistics (mean, sample std) and deltas to dense on the same backbone.
 
-    Throughput is the median over seeds of each run's median img/s (IQR likewise), so one slow seed does
-    not drag the figure. ``speedup`` is measured throughput / dense throughput; ``flops_implied_speedup``
-    is dense GMACs / GMACs: their ratio says how much of the FLOPs saving became wall-clock saving.
+    Throughput is the median over seeds of each run's median img/s (IQR and CV likewise). ``speedup`` is the
+    median over seeds of each run's paired speed-up over dense (timed interleaved in one job, see
+    :mod:`bench.measure.paired`); its interval spans the seeds' confidence intervals, and it is unreliable if any
+    seed's is. ``flops_implied_speedup`` is dense GMACs / GMACs: the ratio of the two says how much of the FLOPs
+    saving became wall-clock saving. A backbone whose runs were timed on different devices is refused.
     """
     keyed = table.dropna(subset=GROUP_KEYS).copy()
     if keyed.empty:
         return pd.DataFrame(columns=SUMMARY_COLUMNS)
+    check_one_device(keyed)
     keyed["keep_ratio"] = keyed["keep_ratio"].astype(float).round(6)  # 0.7 and 0.7000000001 are one group
     ok = keyed[keyed["status"] == "ok"]
     numeric = pd.DataFrame({
@@ -65,6 +94,9 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
         "theoretical_gmacs": _col(ok, THEORY), "method_gmacs": _col(ok, "method_gmacs_fvcore_1mac_eq_1flop"),
         "params_m": _col(ok, "params_m"), "nonzero_params_m": _col(ok, "nonzero_params_m"),
         "throughput": _col(ok, "throughput_img_s"), "throughput_iqr": _col(ok, "throughput_img_s_iqr"),
+        "throughput_cv": _col(ok, "throughput_img_s_cv"), "speedup": _col(ok, "speedup_vs_dense"),
+        "speedup_ci_low": _col(ok, "speedup_ci_low"), "speedup_ci_high": _col(ok, "speedup_ci_high"),
+        "throughput_unreliable": _flag(ok, "throughput_unreliable"), "speedup_unreliable": _flag(ok, "speedup_unreliable"),
         "mean_tokens": _col(ok, "mean_tokens"), "train_peak_mem_mb": _col(ok, "train_peak_mem_mb"),
     }).apply(pd.to_numeric, errors="coerce")
     for k in GROUP_KEYS:
@@ -78,6 +110,9 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
         **{c: means[c] for c in ("gmacs", "theoretical_gmacs", "method_gmacs", "params_m", "nonzero_params_m",
                                  "mean_tokens", "train_peak_mem_mb")},
         "throughput": g["throughput"].median(), "throughput_iqr": g["throughput_iqr"].median(),
+        "throughput_cv": g["throughput_cv"].median(), "speedup": g["speedup"].median(),
+        "speedup_ci_low": g["speedup_ci_low"].min(), "speedup_ci_high": g["speedup_ci_high"].max(),
+        "throughput_unreliable": g["throughput_unreliable"].max(), "speedup_unreliable": g["speedup_unreliable"].max(),
     })
     text = ok[GROUP_KEYS].assign(seed=_col(ok, "seed"), batch=_col(ok, "throughput_batch_size"),
                                  device=_col(ok, "throughput_device"))
@@ -92,9 +127,9 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
         summary[col] = summary[col].astype(object).where(summary[col].notna(), "")
     dense = summary[(summary["method"] == DENSE_METHOD) & (summary["keep_ratio"] == 1.0) & (summary["n_ok"] > 0)]
     dense = dense.drop_duplicates("backbone").set_index("backbone")
-    ref_thr = summary["backbone"].map(dense["throughput"])
     ref_gmacs = summary["backbone"].map(dense["gmacs"])
-    summary["speedup"] = summary["throughput"] / ref_thr
+    for col in ("throughput_unreliable", "speedup_unreliable"):  # NaN (never timed) stays unknown, not False
+        summary[col] = summary[col].map(lambda v: None if pd.isna(v) else bool(v)).astype(object)
     summary["flops_reduction_pct"] = 100.0 * (1.0 - summary["gmacs"] / ref_gmacs)
     summary["theoretical_flops_reduction_pct"] = 100.0 * (1.0 - summary["theoretical_gmacs"] / ref_gmacs)
     summary["flops_implied_speedup"] = ref_gmacs / summary["gmacs"]

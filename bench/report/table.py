@@ -72,15 +72,15 @@ def table_rows(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], str]:
     if theory:
         header += ["Theoretical GMACs (nonzero weights only)"]
         align += "r"
-    header += ["Params (M)", "Throughput img/s, median (IQR)", "Throughput batch @ device", "Mean tokens",
-               "Speed-up vs dense (measured)", "FLOPs-implied speed-up", "FLOPs reduction vs dense"]
+    header += ["Params (M)", "Throughput img/s, median (IQR; CV)", "Throughput batch @ device", "Mean tokens",
+               "Speed-up vs dense (paired, 95% CI)", "FLOPs-implied speed-up", "FLOPs reduction vs dense"]
     align += "rrlrrrr"
     if theory:
         header += ["Theoretical FLOPs reduction"]
         align += "r"
     rows = []
     for r in summary.itertuples(index=False):
-        thr = f"{r.throughput:.1f} ({r.throughput_iqr:.1f})" if _finite(r.throughput_iqr) else _num(r.throughput, 1)
+        thr = _throughput_cell(r)
         setup = f"{r.throughput_batch or '?'} @ {r.throughput_device or '?'}" if r.n_ok else _DASH
         row = [r.backbone, r.method, str(round(r.keep_ratio, 6)), f"{r.n_ok}/{r.n_runs}",
                _mean_std(r.top1_mean, r.top1_std), _mean_std(r.top5_mean, r.top5_std),
@@ -88,13 +88,33 @@ def table_rows(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], str]:
         if theory:
             row.append(_num(r.theoretical_gmacs, 3))
         row += [_num(r.params_m, 2), thr, setup, _num(r.mean_tokens, 1),
-                f"{r.speedup:.2f}×" if _finite(r.speedup) else _DASH,
+                _speedup_cell(r),
                 f"{r.flops_implied_speedup:.2f}×" if _finite(r.flops_implied_speedup) else _DASH,
                 _pct(r.flops_reduction_pct)]
         if theory:
             row.append(_pct(r.theoretical_flops_reduction_pct))
         rows.append(row)
     return header, rows, align
+
+
+UNRELIABLE_MARK = "†"
+
+
+def _throughput_cell(r: Any) -> str:
+    """img/s to five significant digits (resolves 0.5 %), its IQR and CV; † when its spread passed the threshold."""
+    from bench.measure.repeats import img_per_s_text
+
+    if not _finite(r.throughput):
+        return _DASH
+    spread = f" ({img_per_s_text(r.throughput_iqr)}; {100 * r.throughput_cv:.1f} %)" if _finite(r.throughput_cv) else ""
+    return img_per_s_text(r.throughput) + spread + (f" {UNRELIABLE_MARK}" if r.throughput_unreliable is True else "")
+
+
+def _speedup_cell(r: Any) -> str:
+    if not _finite(r.speedup):
+        return _DASH
+    ci = f" [{r.speedup_ci_low:.3f}, {r.speedup_ci_high:.3f}]" if _finite(r.speedup_ci_low) else ""
+    return f"{r.speedup:.3f}×{ci}" + (f" {UNRELIABLE_MARK}" if r.speedup_unreliable is True else "")
 
 
 def _results_section(summary: pd.DataFrame) -> str:
@@ -137,7 +157,8 @@ def render_csv(summary: pd.DataFrame) -> str:
     out = summary.rename(columns={"gmacs": "gmacs_fvcore_1mac_eq_1flop",
                                   "theoretical_gmacs": "theoretical_gmacs_nonzero_weights_fvcore_1mac_eq_1flop",
                                   "method_gmacs": "method_gmacs_fvcore_1mac_eq_1flop",
-                                  "throughput": "throughput_img_s", "throughput_iqr": "throughput_img_s_iqr"})
+                                  "throughput": "throughput_img_s", "throughput_iqr": "throughput_img_s_iqr",
+                                  "throughput_cv": "throughput_img_s_cv", "speedup": "speedup_vs_dense_paired"})
     return out.to_csv(index=False, float_format="%.6g", lineterminator="\n")
 
 
@@ -191,7 +212,7 @@ def _provenance_section(table: pd.DataFrame) -> str:
         ("torch", _values(table, "torch_version")), ("timm", _values(table, "timm_version")),
         ("Python", _values(table, "python_version")),
         ("Device (train/eval)", _values(table, "device")),
-        ("Throughput device", _values(table, "throughput_device")),
+        ("Throughput device", _values(table, "throughput_device_key")),
         ("Precision", _values(table, "precision")),
         ("Throughput batch size", _values(table, "throughput_batch_size")),
         ("CPU threads", _values(table, "cpu_threads")),
@@ -222,8 +243,12 @@ def render_markdown(table: pd.DataFrame, summary: pd.DataFrame, suite: str, data
         "Top-1/top-5: mean ± sample std over ok seeds (no ± with a single seed). "
         "GMACs: per image, counted by fvcore, where one multiply-add counts as one flop. "
         "Theoretical GMACs count only nonzero weights (what sparse kernels could at best run). "
-        "Throughput: median over seeds of each run's median img/s, IQR in parentheses. "
-        "Speed-up: throughput / throughput of method `dense` at keep ratio 1.0 on the same backbone; "
+        "Throughput: model-only img/s at the largest batch size timed, median over seeds of each run's median "
+        "over repeats, with its IQR and coefficient of variation. "
+        "Speed-up: median of paired ratios to method `dense` at keep ratio 1.0 on the same backbone, timed "
+        "interleaved with it in one job on one device (see *What was timed*), with a distribution-free 95 % "
+        f"confidence interval of the median; {UNRELIABLE_MARK}: its spread (IQR / median) stayed above the noise "
+        "threshold after the retries, so treat it as unreliable. "
         "FLOPs-implied speed-up: dense GMACs / GMACs; FLOPs reduction: 1 − GMACs / dense GMACs. "
         "Mean tokens: tokens entering a block, averaged over blocks.",
     ]

@@ -29,7 +29,12 @@ RESULT_COLUMNS: list[str] = [
     "top1", "top5", "top1_ema", "top5_ema", "gmacs_fvcore_1mac_eq_1flop", "method_gmacs_fvcore_1mac_eq_1flop",
     "theoretical_gmacs_nonzero_weights_fvcore_1mac_eq_1flop", "params_m", "nonzero_params_m",
     "mean_tokens", "tokens_per_block",
-    "throughput_img_s", "throughput_img_s_iqr", "throughput_batch_size", "throughput_device",
+    "throughput_img_s", "throughput_img_s_iqr", "throughput_img_s_cv", "throughput_unreliable",
+    "throughput_batch_size", "throughput_device", "throughput_device_key",
+    "speedup_vs_dense", "speedup_ci_low", "speedup_ci_high", "speedup_ci_level", "speedup_rel_iqr",
+    "speedup_unreliable", "timing_attempts", "timing_repeats", "timing_iters_per_repeat", "timing_min_time_s",
+    "timing_warmup", "timing_threads", "timing_channels_last", "timing_compile", "fused_attention",
+    "timing_reference_run", "timing_created_at",
     "precision", "cpu_threads", "peak_mem_mb",
     "train_epochs", "train_wall_s", "eval_wall_s", "batch_size", "device",
     "git_sha", "git_dirty", "torch_version", "timm_version", "python_version", "hostname",
@@ -42,11 +47,15 @@ _FLOAT_COLUMNS = {
     "keep_ratio", "top1", "top5", "top1_ema", "top5_ema", "gmacs_fvcore_1mac_eq_1flop", "method_gmacs_fvcore_1mac_eq_1flop", "params_m",
     "theoretical_gmacs_nonzero_weights_fvcore_1mac_eq_1flop", "nonzero_params_m", "train_peak_mem_mb",
     "mean_tokens",
-    "throughput_img_s", "throughput_img_s_iqr", "peak_mem_mb", "train_epochs",
+    "throughput_img_s", "throughput_img_s_iqr", "throughput_img_s_cv", "peak_mem_mb", "train_epochs",
+    "speedup_vs_dense", "speedup_ci_low", "speedup_ci_high", "speedup_ci_level", "speedup_rel_iqr",
+    "timing_min_time_s", "throughput_latency_ms", "timing_noise_threshold",
     "train_wall_s", "eval_wall_s",
 }
-_INT_COLUMNS = {"seed", "throughput_batch_size", "cpu_threads", "batch_size"}
-_BOOL_COLUMNS = {"git_dirty", "finetuned"}
+_INT_COLUMNS = {"seed", "throughput_batch_size", "cpu_threads", "batch_size", "timing_attempts", "timing_repeats",
+                "timing_iters_per_repeat", "timing_warmup", "timing_threads", "throughput_batch_size_requested",
+                "timing_max_attempts"}
+_BOOL_COLUMNS = {"git_dirty", "finetuned", "throughput_unreliable", "speedup_unreliable", "timing_channels_last"}
 # pandas >= 3 has a dedicated string dtype; on pandas 2 "str" would stringify None.
 _STR_DTYPE: Any = "str" if int(pd.__version__.split(".")[0]) >= 3 else object
 
@@ -185,6 +194,9 @@ def collect(suite_dir: Path, expected: Sequence[Mapping[str, Any]] | None = None
         wanted = {e["run_id"] for e in expected}
         run_dirs = [d for d in run_dirs if d.name in wanted]
     rows = [row for row in (_run_row(d, suite_dir.name) for d in run_dirs) if row is not None]
+    from bench.results.timing_columns import merge_timing
+
+    merge_timing(rows, suite_dir)
     if expected is not None:
         by_id = {e["run_id"]: e for e in expected}
         for row in rows:  # a record written by the launcher (job cancelled, OOM) names only the run

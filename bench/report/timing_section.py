@@ -1,0 +1,105 @@
+"""The report's account of the timing: what was timed, how, where, and the speed-ups at every batch size.
+
+Read from the runs table only (the timing step's columns, :mod:`bench.results.timing_columns`).
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from typing import Any
+
+import pandas as pd
+
+from bench.report.summary import GMACS, GROUP_KEYS
+from bench.report.table import UNRELIABLE_MARK, _md_table, _uniq
+
+_DASH = "—"
+
+
+def _sweeps(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per ok run and batch size timed: backbone, method, keep ratio, seed, batch and the sweep row."""
+    if "throughput_sweep" not in table:
+        return pd.DataFrame()
+    rows = []
+    ok = table[(table["status"] == "ok") & table["throughput_sweep"].notna()]
+    for r in ok.itertuples(index=False):
+        for point in json.loads(r.throughput_sweep):
+            rows.append({"backbone": r.backbone, "method": r.method, "keep_ratio": round(float(r.keep_ratio), 6),
+                         "seed": r.seed, "gmacs": getattr(r, GMACS), **point})
+    return pd.DataFrame(rows)
+
+
+def what_was_timed_markdown(table: pd.DataFrame) -> str:
+    ok = table[table["status"] == "ok"]
+    if "throughput_device_key" not in ok or ok["throughput_device_key"].isna().all():
+        return "_Nothing timed yet: the timing step writes `timing/<backbone>.json` once a backbone's runs are evaluated._"
+    sweeps = _sweeps(table)
+    lines = []
+    for backbone, group in ok.groupby("backbone", sort=True):
+        timed = group[group["throughput_device_key"].notna()]
+        untimed = group[group["throughput_device_key"].isna()]
+        if timed.empty:
+            lines.append(f"- **{backbone}**: not timed yet ({len(untimed)} evaluated runs).")
+            continue
+        batches = sweeps[sweeps["backbone"] == backbone] if not sweeps.empty else sweeps
+        sizes = ", ".join(
+            f"{int(req)}" + (f"→{int(got)}" if int(got) != int(req) else "")
+            for req, got in sorted(set(zip(batches["batch_size_requested"], batches["batch_size"])))) or _DASH
+        iters = timed["timing_iters_per_repeat"].dropna()
+        fused = [f"{m} ({v})" for m, v in sorted(set(zip(timed["method"], timed["fused_attention"].astype(str))))
+                 if v not in ("on", "n/a")]
+        retried = timed[timed["timing_attempts"].fillna(1) > 1]
+        items = [
+            f"device `{_uniq(timed['throughput_device_key'])[0]}`",
+            f"precision {', '.join(_uniq(timed['precision']))}",
+            f"threads {', '.join(_uniq(timed['timing_threads'])) or _DASH}",
+            f"channels_last {', '.join(_uniq(timed['timing_channels_last']))}",
+            f"torch.compile {', '.join(_uniq(timed['timing_compile']))}",
+            f"batch sizes {sizes} (requested→fitted)",
+            f"{', '.join(_uniq(timed['timing_warmup']))} warm-up passes per model and batch size",
+            f"{', '.join(_uniq(timed['timing_repeats']))} paired repeats per run, each at least "
+            f"{', '.join(_uniq(timed['timing_min_time_s']))} s "
+            f"({int(iters.min()) if len(iters) else '?'}–{int(iters.max()) if len(iters) else '?'} forward passes)",
+            f"reference {', '.join(f'`{v}`' for v in _uniq(timed['timing_reference_run'])) or 'none (no speed-ups)'}",
+            f"noise threshold {', '.join(_uniq(timed['timing_noise_threshold']))} (IQR / median of the paired "
+            f"ratios), at most {', '.join(_uniq(timed['timing_max_attempts']))} attempts; "
+            f"{len(retried)} run(s) re-timed",
+            "fused attention (SDPA) on in every block" + (f" except: {', '.join(fused)}" if fused else ""),
+        ]
+        if len(untimed):
+            items.append(f"not timed (evaluated after the timing, or not evaluated then): "
+                         f"{', '.join(f'`{r}`' for r in sorted(untimed['run_id']))}")
+        lines.append(f"- **{backbone}**: " + "; ".join(items) + ".")
+    return ("Model forward only: random inputs already on the device, eval mode, `torch.inference_mode`, CUDA "
+            "events on a GPU; no data loading. Every run of a backbone was timed in one job, interleaved with its "
+            "dense run (R, A, R, B, R, ... in a random order per round): each speed-up is the median of ratios to "
+            "the two dense repeats beside it.\n\n" + "\n".join(lines))
+
+
+def speedup_by_batch_markdown(table: pd.DataFrame, summary: pd.DataFrame) -> str:
+    """Per backbone, method, keep ratio and batch size: the paired speed-up (median over seeds, CI envelope),
+    the FLOPs-implied one and their ratio (1.0: every FLOP saved became time saved)."""
+    sweeps = _sweeps(table)
+    if sweeps.empty or sweeps["speedup"].isna().all():
+        return "_No paired speed-ups yet._"
+    implied = summary.set_index(GROUP_KEYS)["flops_implied_speedup"]
+    rows = []
+    for key, group in sweeps.groupby(GROUP_KEYS + ["batch_size"], sort=True):
+        backbone, method, keep, batch = key
+        s = group["speedup"].dropna()
+        if s.empty:
+            continue
+        med = statistics.median(s)
+        low, high = group["speedup_ci_low"].min(), group["speedup_ci_high"].max()
+        flops = implied.get((backbone, method, keep), float("nan"))
+        mark = f" {UNRELIABLE_MARK}" if group["speedup_unreliable"].fillna(False).astype(bool).any() else ""
+        ratio = f"{med / flops:.3f}" if pd.notna(flops) and flops else _DASH
+        rows.append([backbone, method, f"{keep:g}", str(int(batch)), f"{med:.3f}× [{low:.3f}, {high:.3f}]{mark}",
+                     f"{flops:.3f}×" if pd.notna(flops) else _DASH, ratio])
+    return (_md_table(["Backbone", "Method", "Keep ratio", "Batch", "Speed-up (paired, 95% CI)",
+                       "FLOPs-implied", "Measured / FLOPs-implied"], rows, "llrrrrr")
+            + "\n\nMeasured / FLOPs-implied below 1: part of the FLOPs saving did not become wall-clock saving "
+              "(memory-bound or launch-bound kernels, the method's own overhead).")
+
+
+__all__: list[Any] = ["speedup_by_batch_markdown", "what_was_timed_markdown"]

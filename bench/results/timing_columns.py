@@ -1,0 +1,72 @@
+"""The timing step's figures (``timing/<backbone>.json``) as columns of the runs they timed.
+
+A run's throughput and speed-up come only from the timing of its backbone, never from its own evaluate job:
+img/s figures from separate jobs are not comparable. An entry is taken only for the very record it timed (the
+run record's ``created_at``): a run evaluated again since has no throughput until its backbone is re-timed.
+The headline is the largest batch size measured; the whole sweep is kept in ``throughput_sweep``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+TIMING_DIR = "timing"
+#: figures a run record of an older harness carried from its own evaluate job: never mixed with paired ones
+LEGACY_KEYS = ("throughput_img_s", "throughput_img_s_iqr", "throughput_batch_size", "throughput_latency_ms",
+               "throughput_device", "precision", "peak_mem_mb", "throughput_sweep")
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("runs"), dict) else None
+
+
+def _columns(timing: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    head = max(entry["sweep"], key=lambda r: r["batch_size"])
+    protocol, runtime = timing.get("protocol", {}), timing.get("runtime", {})
+    return {
+        "throughput_img_s": head["img_per_s_median"], "throughput_img_s_iqr": head["img_per_s_iqr"],
+        "throughput_img_s_cv": head["img_per_s_cv"], "throughput_unreliable": head["img_per_s_unreliable"],
+        "throughput_batch_size": head["batch_size"], "throughput_batch_size_requested": head["batch_size_requested"],
+        "throughput_latency_ms": head["latency_ms_median"],
+        "throughput_device": timing.get("device_fingerprint", {}).get("device_name"),
+        "throughput_device_key": timing.get("device_key"), "precision": runtime.get("precision"),
+        "peak_mem_mb": head.get("peak_mem_mb"),
+        "speedup_vs_dense": head["speedup"], "speedup_ci_low": head["speedup_ci_low"],
+        "speedup_ci_high": head["speedup_ci_high"], "speedup_ci_level": head["speedup_ci_level"],
+        "speedup_rel_iqr": head["speedup_rel_iqr"], "speedup_unreliable": head["speedup_unreliable"],
+        "timing_attempts": head["attempts"], "timing_repeats": head["repeats"],
+        "timing_iters_per_repeat": head["iters_per_repeat"], "timing_min_time_s": protocol.get("min_time_s"),
+        "timing_noise_threshold": protocol.get("noise_threshold"), "timing_max_attempts": protocol.get("max_attempts"),
+        "timing_warmup": protocol.get("warmup"), "timing_threads": runtime.get("threads"),
+        "timing_channels_last": runtime.get("channels_last"), "timing_compile": str(runtime.get("compile")),
+        "fused_attention": entry.get("fused_attention"), "timing_reference_run": timing.get("reference_run_id"),
+        "timing_created_at": timing.get("created_at"),
+        "throughput_sweep": json.dumps([{k: v for k, v in r.items() if k != "ratios"} for r in entry["sweep"]],
+                                       sort_keys=True),
+    }
+
+
+def merge_timing(rows: list[dict[str, Any]], suite_dir: Path) -> None:
+    """Fill the timing columns of ``rows`` (in place) from ``suite_dir/timing/*.json``."""
+    entries: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+    folder = Path(suite_dir) / TIMING_DIR
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        timing = _read(path)
+        for run_id, entry in (timing or {}).get("runs", {}).items():
+            if isinstance(entry, dict) and entry.get("sweep"):
+                entries[run_id] = (timing, entry)  # type: ignore[assignment]
+    for row in rows:
+        for key in LEGACY_KEYS:
+            row.pop(key, None)
+        found = entries.get(row.get("run_id", ""))
+        if row.get("status") != "ok" or found is None:
+            continue
+        timing, entry = found
+        if entry.get("run_record_created_at") != row.get("created_at"):
+            continue  # timed before the run was evaluated again: stale until its backbone is re-timed
+        row.update(_columns(timing, entry))
