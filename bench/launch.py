@@ -69,7 +69,7 @@ class BenchStep(submitit.helpers.Checkpointable):
         done = (self.progress() or {}).get("epoch", 0)
         self._attempt = (time.time(), int(done))
         argv = list(self.argv)
-        if self.threads and "--threads" not in argv and argv and argv[0] in ("train", "evaluate"):
+        if self.threads and "--threads" not in argv and argv and argv[0] in ("train", "evaluate", "time"):
             argv += ["--threads", str(self.threads)]
         from bench.cli import main
 

@@ -72,5 +72,5 @@ def test_flops_command_follows_keep_ratio(capsys):
 
 def test_throughput_command(capsys):
     code, out, _ = run_main(capsys, "throughput", "tb_vit_pico_patch4_32", "--batch-sizes", "1,4", "--repeats", "2",
-                            "--num-classes", "10")
+                            "--num-classes", "10", "--min-time", "0.01")
     assert code == 0 and "img/s" in out and "batch    4" in out

@@ -56,13 +56,45 @@ def _failed(method: str, ratio: float, seed: int, error: str, **over: Any) -> di
     return _record(method, ratio, seed, status="failed", error=error, **{**metrics, **over})
 
 
+DEVICE_KEY = "NVIDIA H100 80GB HBM3 | torch 2.4.0 | CUDA 12.4 | driver 12040"
+
+
+def _sweep_row(img_s: float, speedup: float, unreliable: bool = False) -> dict[str, Any]:
+    return {"batch_size": 256, "batch_size_requested": 256, "iters_per_repeat": 20, "repeats": 7,
+            "img_per_s_median": img_s, "img_per_s_iqr": 12.5, "img_per_s_rel_iqr": 12.5 / img_s, "img_per_s_cv": 0.004,
+            "img_per_s_ci_low": img_s - 5, "img_per_s_ci_high": img_s + 5, "img_per_s_unreliable": False,
+            "latency_ms_median": 256 / img_s * 1e3, "peak_mem_mb": 2048.0, "speedup": speedup,
+            "speedup_ci_low": speedup * 0.99, "speedup_ci_high": speedup * 1.01, "speedup_ci_level": 0.984,
+            "speedup_rel_iqr": 0.2 if unreliable else 0.004, "speedup_cv": 0.004, "speedup_unreliable": unreliable,
+            "attempts": 3 if unreliable else 1, "ratios": [speedup] * 7}
+
+
+def write_timing(suite: Path, records: list[dict[str, Any]], name: str = "deit_small_patch16_224",
+                 device_key: str = DEVICE_KEY, unreliable: tuple[str, ...] = ()) -> None:
+    """timing/<name>.json as the timing step writes it: each run paired with the dense run of its seed."""
+    ok = [r for r in records if r.get("status") == "ok" and r.get("throughput_img_s")]
+    dense = {r["seed"]: r["throughput_img_s"] for r in ok if r["method"] == "dense"}
+    runs = {r["run_id"]: {"run_id": r["run_id"], "run_record_created_at": r["created_at"], "fused_attention": "on",
+                          "sweep": [_sweep_row(r["throughput_img_s"], r["throughput_img_s"] / dense[r["seed"]],
+                                               r["run_id"] in unreliable)]} for r in ok}
+    timing = {"status": "ok", "device_key": device_key, "device_fingerprint": {"device_name": device_key.split(" |")[0]},
+              "reference_run_id": "dense-deit_small-k1.0-s0", "runs": runs, "created_at": "2024-05-03T10:00:00+00:00",
+              "protocol": {"min_time_s": 0.25, "warmup": 3, "noise_threshold": 0.1, "max_attempts": 3},
+              "runtime": {"threads": 8, "channels_last": False, "compile": False, "precision": "fp32"}}
+    (suite / "timing").mkdir(parents=True, exist_ok=True)
+    (suite / "timing" / f"{name}.json").write_text(json.dumps(timing))
+
+
 @pytest.fixture()
 def suite_dir(tmp_path: Path) -> Path:
     suite = tmp_path / "results" / SUITE
+    records = []
     for (method, ratio) in GRID:
         for seed in (0, 1):
             extra = {"router_temperature": 0.5} if method == "static" and ratio == 0.5 else {}
-            _write(suite, _record(method, ratio, seed, **extra))
+            records.append(_record(method, ratio, seed, **extra))
+            _write(suite, records[-1])
+    write_timing(suite, records, unreliable=("random-deit_small-k0.7-s1",))
     # A rerun that succeeded after an earlier failure: the newer run.json must win.
     _write(suite, _failed("random", 0.5, 1, "CUDA OOM", created_at="2024-04-01T00:00:00Z"), "failure.json")
     _write(suite, _failed("static", 0.3, 0, f"Traceback (most recent call last):\n  ...\n{FAIL_MSG}"), "failure.json")
@@ -135,7 +167,12 @@ def test_summary_numbers(suite_dir: Path) -> None:
     assert static["n_ok"] == 2
     assert static["top1_mean"] == pytest.approx(77.17)
     assert static["top1_std"] == pytest.approx(0.0707107, rel=1e-4)
-    assert static["speedup"] == pytest.approx(2880.5 / 1510.5)
+    assert static["speedup"] == pytest.approx((2880 / 1510 + 2881 / 1511) / 2)  # median over seeds of paired ratios
+    assert static["speedup_ci_low"] == pytest.approx(min(2880 / 1510, 2881 / 1511) * 0.99)  # the seeds' envelope
+    assert static["speedup_ci_high"] == pytest.approx(max(2880 / 1510, 2881 / 1511) * 1.01)
+    assert static["speedup_unreliable"] is False
+    noisy = summary[(summary["method"] == "random") & (summary["keep_ratio"] == 0.7)].iloc[0]
+    assert noisy["speedup_unreliable"] is True  # one seed's timing stayed noisy
     assert static["flops_reduction_pct"] == pytest.approx(50.0)
     failed_cfg = summary[(summary["method"] == "static") & (summary["keep_ratio"] == 0.3)].iloc[0]
     assert failed_cfg["n_ok"] == 0 and failed_cfg["n_runs"] == 1
@@ -162,7 +199,11 @@ def test_report(suite_dir: Path, tmp_path: Path) -> None:
     assert FAIL_MSG in md and "JSONDecodeError" in md
     assert "Failed or missing runs" in md
     static_row = next(ln for ln in md.splitlines() if "| static | 0.5 |" in ln)
-    assert "1.91×" in static_row and "50.0 %" in static_row and "77.17 ± 0.07" in static_row
+    assert "1.907× [1.888, 1.926]" in static_row and "50.0 %" in static_row and "77.17 ± 0.07" in static_row
+    assert "†" in next(ln for ln in md.splitlines() if "| random | 0.7 |" in ln)
+    assert "†" not in static_row
+    assert "What was timed" in md and DEVICE_KEY in md and "Speed-up by batch size" in md
+    assert "| deit_small_patch16_224 | static | 0.5 | 256 | 1.907× [1.888, 1.926] |" in md
     assert "`0123456789abcdef` (clean)" in md and "`2.4.0`" in md
     # Missing seed 1 of static 0.3 is inferred from the grid of seeds present.
     assert "1 run(s) with no record" in md
@@ -170,6 +211,40 @@ def test_report(suite_dir: Path, tmp_path: Path) -> None:
     again = build_report(suite_dir, out_dir=tmp_path / "again")
     for name, path in paths.items():
         assert path.read_bytes() == again[name].read_bytes(), f"{name} is not byte-stable"
+
+
+def test_timing_of_an_older_evaluation_is_not_used(tmp_path: Path) -> None:
+    suite = tmp_path / SUITE
+    dense, static = _record("dense", 1.0, 0), _record("static", 0.5, 0)
+    write_timing(suite, [dense, static])
+    _write(suite, dense)
+    _write(suite, {**static, "created_at": "2024-07-01T00:00:00+00:00"})  # evaluated again after the timing
+    table = collect(suite).set_index("method")
+    assert table.loc["dense", "speedup_vs_dense"] == 1.0 and table.loc["dense", "throughput_img_s"] == 1510.0
+    assert pd.isna(table.loc["static", "throughput_img_s"]) and pd.isna(table.loc["static", "speedup_vs_dense"])
+
+
+def test_run_records_never_bring_their_own_throughput(tmp_path: Path) -> None:
+    suite = tmp_path / SUITE
+    _write(suite, _record("dense", 1.0, 0))  # an older harness's record, timed in its own evaluate job
+    row = collect(suite).iloc[0]
+    assert pd.isna(row["throughput_img_s"]) and pd.isna(row["throughput_device"])
+
+
+def test_speedups_timed_on_different_devices_are_refused(tmp_path: Path) -> None:
+    suite = tmp_path / SUITE
+    dense, static = _record("dense", 1.0, 0), _record("static", 0.5, 0)
+    for rec in (dense, static):
+        _write(suite, rec)
+    write_timing(suite, [dense, static])
+    other = {**static, "throughput_img_s": 3000.0}
+    write_timing(suite, [dense, other], name="zz_other_job", device_key="Tesla V100-SXM2-32GB | torch 2.4.0")
+    for name, drop in (("deit_small_patch16_224", static), ("zz_other_job", dense)):  # dense from one job, static
+        path = suite / "timing" / f"{name}.json"                                        # from another
+        path.write_text(path.read_text().replace(drop["run_id"], "gone"))
+    with pytest.raises(UsageError, match="different devices") as err:
+        summarize(collect(suite))
+    assert "NVIDIA H100" in str(err.value) and "Tesla V100" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_report_only_failed_runs(tmp_path: Path) -> None:

@@ -21,13 +21,14 @@ keep_ratios: [0.5]
 seeds: [0]
 pretrain: {init: scratch, recipe: {epochs: 1, batch_size: 64, max_steps_per_epoch: 3}}
 finetune: {epochs: 1, batch_size: 64, max_steps_per_epoch: 2}
-evaluate: {max_val_images: 64, flops_images: 4, throughput: {batch_sizes: [2], repeats: 2, warmup: 1}}
+evaluate: {max_val_images: 64, flops_images: 4, throughput: {batch_sizes: [2], repeats: 2, warmup: 1, min_time_s: 0.01}}
 """
 
 
 def snakemake(workdir: Path, suite: Path, *extra: str) -> subprocess.CompletedProcess:
     cmd = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "2",
            "--workflow-profile", "none", "--keep-going", "--set-threads", "pretrain=1", "finetune=1", "evaluate=1",
+           "timing=1",
            "--config", f"suite={suite}", f"results={workdir / 'results'}", *extra]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
@@ -63,6 +64,15 @@ def test_pipeline_end_to_end(tmp_path):
     static = table.set_index("method").loc["static"]
     assert static["gmacs_fvcore_1mac_eq_1flop"] < dense["gmacs_fvcore_1mac_eq_1flop"]
     assert dense["git_sha"] and dense["torch_version"] and dense["throughput_img_s"] > 0
+    # throughput and speed-ups come from the one timing job of the backbone, paired with dense
+    timing = json.loads((out / "timing" / "tb_vit_pico_patch4_32.json").read_text())
+    assert set(timing["runs"]) == {"dense__tb_vit_pico_patch4_32__k1.00__s0", "static__tb_vit_pico_patch4_32__k0.50__s0"}
+    assert timing["reference_run_id"] == "dense__tb_vit_pico_patch4_32__k1.00__s0"
+    assert dense["speedup_vs_dense"] == 1.0 and static["speedup_vs_dense"] > 0
+    assert static["speedup_ci_low"] <= static["speedup_vs_dense"] <= static["speedup_ci_high"]
+    assert dense["throughput_device_key"] == static["throughput_device_key"] == timing["device_key"]
+    assert static["timing_repeats"] == 2 and static["throughput_batch_size"] == 2
+    assert "What was timed" in (out / "report" / "report.md").read_text()
     for name in ("report.md", "tradeoff_top1_vs_gmacs.png", "tradeoff_top1_vs_gmacs.pdf"):
         assert (out / "report" / name).stat().st_size > 0
     # the kept-token figure sits next to a pruning run's results (not the dense one's)
@@ -81,6 +91,7 @@ def test_pipeline_end_to_end(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     log = p.stdout + p.stderr
     assert "rule finetune" in log and log.count("rule finetune:") == 1 and "rule pretrain" not in log
+    assert log.count("rule timing:") == 1  # the backbone group is re-timed with the new run
     assert dense_json.stat().st_mtime_ns == before
     assert (out / "runs" / "static__tb_vit_pico_patch4_32__k0.50__s0" / "run.json").exists()
 
@@ -99,6 +110,16 @@ def test_pipeline_end_to_end(tmp_path):
     assert pretrained.stat().st_mtime_ns == pretrained_at
     assert json.loads(dense_json.read_text())["status"] == "ok" and static_model.with_suffix(".pth.corrupt").exists()
     assert sorted(pd.read_parquet(out / "table.parquet")["status"]) == ["ok", "ok"]
+
+    # 6. a new timing protocol re-times the backbone and re-evaluates nothing
+    suite.write_text(suite.read_text().replace("repeats: 2", "repeats: 3"))
+    p = snakemake(tmp_path, suite)
+    assert p.returncode == 0, p.stderr[-3000:]
+    log = p.stdout + p.stderr
+    assert log.count("rule timing:") == 1 and "rule evaluate" not in log and "rule finetune" not in log
+    table = pd.read_parquet(out / "table.parquet").set_index("method")
+    assert table.loc["static", "timing_repeats"] == 3  # paired repeats; dense, the reference, is timed around each
+    assert table.loc["dense", "timing_repeats"] == 6
 
 
 def test_bad_suite_fails_before_anything_runs(tmp_path):
@@ -157,7 +178,7 @@ keep_ratios: [1.0]
 seeds: [0]
 pretrain: {{init: scratch, recipe: {{epochs: 1, batch_size: 8}}}}
 finetune: {{epochs: 1, batch_size: 8}}
-evaluate: {{max_val_images: 8, flops_images: 2, throughput: {{batch_sizes: [2], repeats: 1, warmup: 0}}}}
+evaluate: {{max_val_images: 8, flops_images: 2, throughput: {{batch_sizes: [2], repeats: 1, warmup: 0, min_time_s: 0.01}}}}
 """
 
 
@@ -203,7 +224,7 @@ keep_ratios: [1.0]
 seeds: [0]
 pretrain: {init: scratch, recipe: {epochs: 1, batch_size: 64, max_steps_per_epoch: 1}}
 finetune: {epochs: 1, batch_size: 64, max_steps_per_epoch: 1}
-evaluate: {max_val_images: 32, flops_images: 2, throughput: {batch_sizes: [2], repeats: 1, warmup: 0}}
+evaluate: {max_val_images: 32, flops_images: 2, throughput: {batch_sizes: [2], repeats: 1, warmup: 0, min_time_s: 0.01}}
 """
 
 
@@ -217,6 +238,7 @@ def test_paths_with_spaces_quotes_and_shell_syntax_reach_commands_as_arguments(t
     results = weird / "res (a) $(touch PWNED4)"
     cmd = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--cores", "2",
            "--workflow-profile", "none", "--set-threads", "pretrain=1", "finetune=1", "evaluate=1",
+           "timing=1",
            "--config", f"suite={suite}", f"results={results}"]
     p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600,
                        cwd=tmp_path)

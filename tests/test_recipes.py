@@ -352,7 +352,7 @@ def test_ema_is_trained_saved_and_scored_as_its_own_metrics_keeping_the_weight_b
     path = _suite(tmp_path, BASE.replace("keep_ratios: [0.5]", "keep_ratios: [1.0]") + """
 methods: [{name: s2vite, params: {density: 0.5, update_interval: 1}}]
 finetune: {epochs: 1, batch_size: 64, max_steps_per_epoch: 3, model_ema: true, model_ema_decay: 0.5}
-evaluate: {max_val_images: 64, flops_images: 2, throughput: {batch_sizes: [2], repeats: 1, warmup: 0}}
+evaluate: {max_val_images: 64, flops_images: 2, throughput: {batch_sizes: [2], repeats: 1, warmup: 0, min_time_s: 0.01}}
 """)
     suite = load_suite(path)
     run = suite.runs[0]

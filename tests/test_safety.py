@@ -21,7 +21,7 @@ keep_ratios: [0.5]
 seeds: [0]
 pretrain: {init: INIT, recipe: {epochs: 0}}
 finetune: {epochs: 2, batch_size: 64, max_steps_per_epoch: 1}
-evaluate: {max_val_images: 32, flops_images: 2, throughput: {batch_sizes: [2], repeats: 1, warmup: 0}}
+evaluate: {max_val_images: 32, flops_images: 2, throughput: {batch_sizes: [2], repeats: 1, warmup: 0, min_time_s: 0.01}}
 """
 STATIC = "static__tb_vit_pico_patch4_32__k0.50__s0"
 BACKBONE = "tb_vit_pico_patch4_32"

@@ -33,7 +33,7 @@ keep_ratios: [0.5]
 seeds: [0]
 pretrain: {init: scratch, recipe: {epochs: 3, batch_size: 64, max_steps_per_epoch: 6}}
 finetune: {epochs: 3, batch_size: 64, max_steps_per_epoch: 4}
-evaluate: {max_val_images: 64, flops_images: 2, throughput: {batch_sizes: [2], repeats: 2, warmup: 1}}
+evaluate: {max_val_images: 64, flops_images: 2, throughput: {batch_sizes: [2], repeats: 2, warmup: 1, min_time_s: 0.01}}
 """
 MOMENTS = ("pretrain", "finetune", "evaluate")
 
@@ -41,7 +41,7 @@ MOMENTS = ("pretrain", "finetune", "evaluate")
 def snakemake_cmd(work: Path, suite: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(work),
             "--cores", "2", "--workflow-profile", "none", "--keep-going", "--rerun-incomplete",
-            "--set-threads", "pretrain=1", "finetune=1", "evaluate=1",
+            "--set-threads", "pretrain=1", "finetune=1", "evaluate=1", "timing=1",
             "--config", f"suite={suite}", f"results={work / 'results'}", *extra]
 
 

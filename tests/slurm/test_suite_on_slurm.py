@@ -27,9 +27,9 @@ keep_ratios: [0.5]
 seeds: [0]
 pretrain: {{init: scratch, recipe: {{epochs: 1, batch_size: 64, max_steps_per_epoch: 3}}}}
 finetune: {{epochs: {epochs}, batch_size: 32, max_steps_per_epoch: {steps}}}
-evaluate: {{max_val_images: 64, flops_images: 4, throughput: {{batch_sizes: [2], repeats: 2, warmup: 1}}}}
+evaluate: {{max_val_images: 64, flops_images: 4, throughput: {{batch_sizes: [2], repeats: 2, warmup: 1, min_time_s: 0.01}}}}
 """
-CPU_RESOURCES = [f"{rule}:{key}={value}" for rule in ("pretrain", "finetune", "evaluate")
+CPU_RESOURCES = [f"{rule}:{key}={value}" for rule in ("pretrain", "finetune", "evaluate", "timing")
                  for key, value in (("gpus", 0), ("cpus_per_task", 1), ("mem_mb", 0), ("runtime", 10),
                                     ("slurm_partition", "debug"))]
 METRICS = ["run_id", "top1", "top5", "gmacs_fvcore_1mac_eq_1flop", "params_m", "mean_tokens", "tokens_per_block"]
@@ -46,7 +46,7 @@ def snakemake_cmd(tmp_path, suite, *, slurm=True):
            f"results={tmp_path / 'results'}"]
     if slurm:
         return cmd + ["--profile", "slurm", "--set-resources", *CPU_RESOURCES]
-    return cmd + ["--cores", "2", "--set-threads", "pretrain=1", "finetune=1", "evaluate=1"]
+    return cmd + ["--cores", "2", "--set-threads", "pretrain=1", "finetune=1", "evaluate=1", "timing=1"]
 
 
 def run(cmd, env, timeout=600):
@@ -78,7 +78,7 @@ def test_suite_on_slurm_gives_the_local_table(slurm_cluster, tmp_path):
     pd.testing.assert_frame_equal(local, on_slurm)
     # every compute step was a SLURM job that completed; collect and report stayed local
     jobs = launched(slurm_dir / "results")
-    assert len(jobs) == 5 and {j["launcher"] for j in jobs} == {"slurm"}
+    assert len(jobs) == 6 and {j["launcher"] for j in jobs} == {"slurm"}  # + the timing job
     assert set(sacct(slurm_cluster.env, *[j["job_id"] for j in jobs]).values()) == {"COMPLETED"}
 
 
@@ -180,7 +180,7 @@ def test_snakemake_killed_and_restarted_submits_nothing_twice(slurm_cluster, tmp
     names = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobName", "-S", "now-1hour"], env=slurm_cluster.env,
                            capture_output=True, text=True, check=True).stdout.split()
     mine = [n for n in names if n.startswith(f"tb.{name}.")]
-    assert len(mine) == 7 and len(set(mine)) == 7, mine  # 1 pretrain + 3 fine-tunes + 3 evaluations, once each
+    assert len(mine) == 8 and len(set(mine)) == 8, mine  # 1 pretrain, 3 fine-tunes, 3 evaluations, 1 timing, once each
 
 
 @pytest.mark.slurm
