@@ -135,12 +135,15 @@ class _Subject:
 
 
 def _time(clock: Clock, s: _Subject) -> float:
-    """img/s of one repeat of ``s``; on CUDA its peak memory is tracked too."""
+    """img/s of one repeat of ``s``; on CUDA its peak memory is tracked too: its own weights and the peak its
+    forward adds (the other models resident on the device are not counted)."""
     if clock.cuda:
+        base = torch.cuda.memory_allocated(clock.device)
         torch.cuda.reset_peak_memory_stats(clock.device)
     seconds = clock.interval(s.forward, s.iters)
     if clock.cuda:
-        peak = torch.cuda.max_memory_allocated(clock.device) / 2**20
+        weights = sum(t.numel() * t.element_size() for t in [*s.model.parameters(), *s.model.buffers()])
+        peak = (torch.cuda.max_memory_allocated(clock.device) - base + weights) / 2**20
         s.peak_mem_mb = max(s.peak_mem_mb or 0.0, peak)
     return s.x.shape[0] * s.iters / seconds
 
@@ -263,6 +266,7 @@ def time_paired(models: Mapping[str, nn.Module], reference: str | None, *, image
         others = [s for label, s in subjects.items() if label != reference]
         rates, ratios, ref_rates = _rounds(clock, ref, others, protocol.rounds, rng)
         best = {s.label: (rates[s.label], ratios[s.label] if ref else None, 1) for s in others}
+        tried = {s.label: [spread(ratios[s.label])["rel_iqr"]] if ref else [] for s in others}
         for attempt in range(2, protocol.max_attempts + 1):
             noisy = [s for s in others if ref is not None
                      and spread(best[s.label][1])["rel_iqr"] > protocol.noise_threshold]  # type: ignore[arg-type]
@@ -274,15 +278,17 @@ def time_paired(models: Mapping[str, nn.Module], reference: str | None, *, image
             for s in noisy:
                 old = spread(best[s.label][1])["rel_iqr"]  # type: ignore[arg-type]
                 new = spread(again_ratios[s.label])["rel_iqr"]
+                tried[s.label].append(new)
                 keep = (again[s.label], again_ratios[s.label]) if new < old else best[s.label][:2]
                 best[s.label] = (keep[0], keep[1], attempt)
         if ref is not None:
             row = _row(ref.label, ref, requested, ref_rates, [1.0] * len(ref_rates), 1, protocol.noise_threshold)
-            row.update(speedup_ci_level=None, speedup_unreliable=False, ratios=None)
+            row.update(speedup_ci_level=None, speedup_unreliable=False, ratios=None, attempt_rel_iqrs=[])
             rows.append(row)
         for s in others:
             r, q, attempts = best[s.label]
-            rows.append(_row(s.label, s, requested, r, q, attempts, protocol.noise_threshold))
+            rows.append({**_row(s.label, s, requested, r, q, attempts, protocol.noise_threshold),
+                         "attempt_rel_iqrs": tried[s.label]})
         say(f"batch {batch}: " + ", ".join(
             f"{row['label']} {row['img_per_s_median']:.5g} img/s"
             + (f" x{row['speedup']:.3f}" if row["speedup"] is not None else "") for row in rows
