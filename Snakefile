@@ -231,7 +231,7 @@ def backbone_records(wc):
 def timing_spec():
     """What a timing depends on besides its runs: the suite's protocol and the profile's timing settings (a
     change re-times; it never re-evaluates)."""
-    keys = ("channels_last", "compile", "timing_precision")
+    keys = ("channels_last", "compile", "timing_precision", "timing_threads")
     return json.dumps({"protocol": SUITE.evaluate["throughput"], **{k: config.get(k) for k in keys}}, sort_keys=True)
 
 

@@ -26,7 +26,7 @@ def time_(suite: str, backbone: str, root: str, device: str | None, threads: int
 
     runtime = runtime_from_cli(**runtime_args)
     pick_device(device)
-    _threads(threads)
+    _threads(runtime.timing_threads or threads)
     s = load_suite(suite)
     result = time_backbone_once(s, backbone, root=root, device=device, runtime=runtime)
     click.echo(f"{timing_path(s, backbone, root)}: {len(result['runs'])} runs on {result['device_key']}")

@@ -13,6 +13,9 @@ so changing one re-runs nothing; each run record states the values it ran with.
   gradients, so the suite's batch size (the science) is unchanged.
 * ``channels_last``, ``compile``: memory format of the patch embedding's input and ``torch.compile`` (true, or
   a backend name); off by default until measured on the target GPU. The timing step uses them too.
+* ``timing_threads``: torch threads of the timing step on a CPU (unset: the step's threads). The step can reserve
+  the whole machine (``set-threads``) and still time on one thread: a timing that spans every core is at the
+  mercy of any other process on the machine.
 * ``timing_precision``: fp32, bf16 or fp16 (autocast) for the timing step; unset: the suite's
   ``evaluate.throughput.precision``. Every timed row records the precision it ran with.
 """
@@ -30,7 +33,8 @@ MAX_AUTO_WORKERS = 16
 AUTO = "auto"
 #: the profile config keys and the bench CLI option each becomes
 PROFILE_KEYS = {"loader_workers": "--workers", "prefetch_factor": "--prefetch-factor", "device_batch": "--device-batch",
-                "channels_last": "--channels-last", "compile": "--compile", "timing_precision": "--timing-precision"}
+                "channels_last": "--channels-last", "compile": "--compile", "timing_precision": "--timing-precision",
+                "timing_threads": "--timing-threads"}
 
 
 def job_cpus() -> int:
@@ -52,6 +56,7 @@ class Runtime:
     channels_last: bool = False
     compile: bool | str = False
     timing_precision: str | None = None
+    timing_threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 0):
@@ -111,6 +116,8 @@ def click_options(f: Any) -> Any:
                      help="torch.compile the training model: off, on, or a backend name (e.g. inductor)."),
         click.option("--timing-precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
                      help="Precision of the timing step (autocast); default: the suite's throughput precision."),
+        click.option("--timing-threads", type=click.IntRange(min=1), default=None,
+                     help="torch threads of the timing step on a CPU; default: --threads."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -118,7 +125,7 @@ def click_options(f: Any) -> Any:
 
 
 def from_cli(workers: str, prefetch_factor: int, device_batch: int | None, channels_last: bool,
-             compile_: str, timing_precision: str | None = None) -> Runtime:
+             compile_: str, timing_precision: str | None = None, timing_threads: int | None = None) -> Runtime:
     compile_value: bool | str = {"off": False, "false": False, "on": True, "true": True}.get(compile_.lower(), compile_)
     return Runtime(parse_workers(workers), prefetch_factor, device_batch, channels_last, compile_value,
-                   timing_precision)
+                   timing_precision, timing_threads)

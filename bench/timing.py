@@ -116,7 +116,10 @@ def time_backbone(suite: Suite, backbone: str, *, root: str | Path = "results", 
 def time_backbone_once(suite: Suite, backbone: str, **kwargs: Any) -> dict[str, Any]:
     """:func:`time_backbone` by one writer at a time (a second waits for the first, then times again: a timing
     is cheap, and the waiting one may have newer runs)."""
-    from bench.outputs import single_writer
+    from bench.outputs import _multi_process, single_writer
 
+    if _multi_process():
+        raise UsageError("the timing step times every run on one device in one process: give its rule one task "
+                         "(set-resources timing: gpus 1, tasks 1)")
     with single_writer(timing_path(suite, backbone, kwargs.get("root", "results")).parent, f"timing {backbone}"):
         return time_backbone(suite, backbone, **kwargs)

@@ -23,7 +23,8 @@ _WORDS = {"true": True, "on": True, "yes": True, "false": False, "off": False, "
 
 def _coerce(key: str, value: Any) -> Any:
     """``snakemake --config channels_last=true`` gives the string 'true': read it as YAML would."""
-    if isinstance(value, str) and value.lower() in _WORDS and key in ("channels_last", "compile", "device_batch", "timing_precision"):
+    if isinstance(value, str) and value.lower() in _WORDS and key in ("channels_last", "compile", "device_batch", "timing_precision",
+                                                                        "timing_threads"):
         return _WORDS[value.lower()]
     return value
 

@@ -362,6 +362,12 @@ def test_workflow_config_is_checked_and_runtime_settings_become_options():
     assert runtime_args({"suite": "x", "loader_workers": 6, "device_batch": 64, "channels_last": True,
                          "compile": False}) == ["--workers", "6", "--device-batch", "64", "--channels-last",
                                                 "--compile", "off"]
+    # the timing step's settings: threads and precision, from the profile; words read as YAML would
+    config = check_config({"timing_threads": 1, "timing_precision": "bf16"})
+    assert runtime_args(config) == ["--timing-precision", "bf16", "--timing-threads", "1"]
+    assert check_config({"timing_precision": "null"})["timing_precision"] is None
+    with pytest.raises(UsageError, match="timing_threads=0"):
+        check_config({"timing_threads": 0})
 
 
 def test_dynamicvit_suite_states_its_batch_plan_on_the_slurm_profile(capsys):

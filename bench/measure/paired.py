@@ -20,6 +20,7 @@ for all models together, so every pair is timed at one batch size.
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import random
 from dataclasses import asdict, dataclass
@@ -155,6 +156,7 @@ def _rounds(clock: Clock, ref: _Subject | None, subjects: list[_Subject], rounds
     ratios: dict[str, list[float]] = {s.label: [] for s in subjects}
     ref_rates: list[float] = []
     for _ in range(rounds):
+        gc.collect()  # between rounds, never inside a repeat (the collector is off while timing)
         order = list(subjects)
         rng.shuffle(order)
         before = _time(clock, ref) if ref is not None else None
@@ -240,6 +242,18 @@ def time_paired(models: Mapping[str, nn.Module], reference: str | None, *, image
     clock = clock or Clock(dev)
     rng = random.Random(protocol.seed)
     ready = _prepare(models, protocol, dev)
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _sweep(ready, reference, image_size, in_chans, dev, protocol, clock, rng, say)
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _sweep(ready: Mapping[str, nn.Module], reference: str | None, image_size: int, in_chans: int,
+           dev: torch.device, protocol: TimingProtocol, clock: Clock, rng: random.Random,
+           say: Callable[[str], None]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for requested in protocol.batch_sizes:
         batch = int(requested)
