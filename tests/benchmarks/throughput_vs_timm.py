@@ -73,7 +73,7 @@ def main() -> None:
     p.add_argument("--model", default="deit_small_patch16_224")
     p.add_argument("--batch-sizes", default="1,32,64")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--iters", type=int, default=8, help="timed forward passes per tool and round")
+    p.add_argument("--iters", type=int, default=8, help="timed forward passes per tool and round (timm needs >= 5)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
