@@ -49,6 +49,8 @@ def what_was_timed_markdown(table: pd.DataFrame) -> str:
         fused = [f"{m} ({v})" for m, v in sorted(set(zip(timed["method"], timed["fused_attention"].astype(str))))
                  if v not in ("on", "n/a")]
         retried = timed[timed["timing_attempts"].fillna(1) > 1]
+        is_paired = timed["run_id"] != timed["timing_reference_run"]
+        paired = timed[is_paired]
         items = [
             f"device `{_uniq(timed['throughput_device_key'])[0]}`",
             f"precision {', '.join(_uniq(timed['precision']))}",
@@ -57,7 +59,8 @@ def what_was_timed_markdown(table: pd.DataFrame) -> str:
             f"torch.compile {', '.join(_uniq(timed['timing_compile']))}",
             f"batch sizes {sizes} (requested→fitted)",
             f"{', '.join(_uniq(timed['timing_warmup']))} warm-up passes per model and batch size",
-            f"{', '.join(_uniq(timed['timing_repeats']))} paired repeats per run, each at least "
+            f"{', '.join(_uniq(paired['timing_repeats'])) or '?'} paired repeats per run (the reference: "
+            f"{', '.join(_uniq(timed.loc[~is_paired, 'timing_repeats'])) or '?'}, one beside each), each at least "
             f"{', '.join(_uniq(timed['timing_min_time_s']))} s "
             f"({int(iters.min()) if len(iters) else '?'}–{int(iters.max()) if len(iters) else '?'} forward passes)",
             f"reference {', '.join(f'`{v}`' for v in _uniq(timed['timing_reference_run'])) or 'none (no speed-ups)'}",
