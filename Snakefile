@@ -229,10 +229,9 @@ def backbone_records(wc):
 
 
 def timing_spec():
-    """What a timing depends on besides its runs: the suite's protocol and the profile's timing settings (a
-    change re-times; it never re-evaluates)."""
-    keys = ("channels_last", "compile", "timing_precision", "timing_threads")
-    return json.dumps({"protocol": SUITE.evaluate["throughput"], **{k: config.get(k) for k in keys}}, sort_keys=True)
+    """What a timing depends on besides its runs: the suite's protocol (a change re-times and re-evaluates nothing).
+    Runtime settings re-run nothing, as everywhere; the timing records the ones it ran with."""
+    return json.dumps(SUITE.evaluate["throughput"], sort_keys=True)
 
 
 BACKBONES = sorted({r.backbone for r in SUITE.runs})

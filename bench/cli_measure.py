@@ -25,8 +25,11 @@ def time_(suite: str, backbone: str, root: str, device: str | None, threads: int
     from bench.timing import time_backbone_once, timing_path
 
     runtime = runtime_from_cli(**runtime_args)
-    pick_device(device)
-    _threads(runtime.timing_threads or threads)
+    if pick_device(device).type == "cpu":
+        # one thread unless the profile says otherwise: a timing that spans every core is at the mercy of any other
+        # process on the machine (on 2 cores, one busy core slowed the smoke suite's dense model 10x)
+        threads = runtime.timing_threads or 1
+    _threads(threads)
     s = load_suite(suite)
     result = time_backbone_once(s, backbone, root=root, device=device, runtime=runtime)
     click.echo(f"{timing_path(s, backbone, root)}: {len(result['runs'])} runs on {result['device_key']}")

@@ -13,9 +13,9 @@ so changing one re-runs nothing; each run record states the values it ran with.
   gradients, so the suite's batch size (the science) is unchanged.
 * ``channels_last``, ``compile``: memory format of the patch embedding's input and ``torch.compile`` (true, or
   a backend name); off by default until measured on the target GPU. The timing step uses them too.
-* ``timing_threads``: torch threads of the timing step on a CPU (unset: the step's threads). The step can reserve
-  the whole machine (``set-threads``) and still time on one thread: a timing that spans every core is at the
-  mercy of any other process on the machine.
+* ``timing_threads``: torch threads of the timing step on a CPU (unset: 1). The step can reserve the whole
+  machine (``set-threads``) and still time on one thread: a timing that spans every core is at the mercy of any
+  other process on the machine.
 * ``timing_precision``: fp32, bf16 or fp16 (autocast) for the timing step; unset: the suite's
   ``evaluate.throughput.precision``. Every timed row records the precision it ran with.
 """
@@ -117,7 +117,7 @@ def click_options(f: Any) -> Any:
         click.option("--timing-precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
                      help="Precision of the timing step (autocast); default: the suite's throughput precision."),
         click.option("--timing-threads", type=click.IntRange(min=1), default=None,
-                     help="torch threads of the timing step on a CPU; default: --threads."),
+                     help="torch threads of the timing step on a CPU (default 1; --threads does not apply)."),
     ]
     for option in reversed(options):
         f = option(f)

@@ -20,7 +20,7 @@ BUSY = "while True: pass"
 
 
 def time_once(suite: str, backbone: str, root: str, threads: int, path: Path) -> dict:
-    cmd = [sys.executable, "-m", "bench", "time", suite, backbone, "--results", root, "--threads", str(threads)]
+    cmd = [sys.executable, "-m", "bench", "time", suite, backbone, "--results", root, "--timing-threads", str(threads)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"bench time failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
@@ -36,7 +36,7 @@ def main() -> None:
     p.add_argument("--suite", default="suites/smoke.yaml")
     p.add_argument("--backbone", default=None, help="default: the suite's first backbone")
     p.add_argument("--results", default="results")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the timing (its timing_threads)")
     args = p.parse_args()
     from bench.config import load_suite
     from bench.timing import timing_path
