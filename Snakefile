@@ -43,6 +43,7 @@ ROOT = str(config.get("results", "results"))
 OUT = f"{ROOT}/{SUITE.name}"
 SUITE_FILE = str(SUITE.path)
 RUNS = {r.run_id: r for r in SUITE.runs}
+BACKBONES = sorted({r.backbone for r in SUITE.runs})
 BENCH = [sys.executable, "-m", "bench"]
 print(f"tokenbench: suite {SUITE.name} ({SUITE_FILE}), {len(RUNS)} runs, launcher {LAUNCHER}", file=sys.stderr)
 
@@ -152,8 +153,8 @@ rule all:
     input:
         expand(f"{OUT}/runs/{{run}}/run.json", run=sorted(RUNS)),
         # and so is every checkpoint: one moved aside as damaged is rebuilt, and its newer copy reruns what read it
-        expand(f"{OUT}/pretrain/{{backbone}}/model.pth", backbone=sorted({r.backbone for r in SUITE.runs})),
-        expand(f"{OUT}/timing/{{backbone}}.json", backbone=sorted({r.backbone for r in SUITE.runs})),
+        expand(f"{OUT}/pretrain/{{backbone}}/model.pth", backbone=BACKBONES),
+        expand(f"{OUT}/timing/{{backbone}}.json", backbone=BACKBONES),
         [f"{OUT}/runs/{rid}/model.pth" for rid in sorted(RUNS) if RUNS[rid].finetune is not None],
         f"{OUT}/report/report.md",
         f"{OUT}/.collected",
@@ -232,9 +233,6 @@ def timing_spec():
     """What a timing depends on besides its runs: the suite's protocol (a change re-times and re-evaluates nothing).
     Runtime settings re-run nothing, as everywhere; the timing records the ones it ran with."""
     return json.dumps(SUITE.evaluate["throughput"], sort_keys=True)
-
-
-BACKBONES = sorted({r.backbone for r in SUITE.runs})
 
 
 rule timing:

@@ -22,6 +22,7 @@ def time_(suite: str, backbone: str, root: str, device: str | None, threads: int
     from bench.config import load_suite
     from bench.measure.repeats import img_per_s_text
     from bench.provenance import pick_device
+    from bench.results.timing_columns import headline
     from bench.timing import time_backbone_once, timing_path
 
     runtime = runtime_from_cli(**runtime_args)
@@ -34,7 +35,7 @@ def time_(suite: str, backbone: str, root: str, device: str | None, threads: int
     result = time_backbone_once(s, backbone, root=root, device=device, runtime=runtime)
     click.echo(f"{timing_path(s, backbone, root)}: {len(result['runs'])} runs on {result['device_key']}")
     for entry in result["runs"].values():
-        head = max(entry["sweep"], key=lambda r: r["batch_size"])
+        head = headline(entry["sweep"])
         speed = "" if head["speedup"] is None else (
             f"  x{head['speedup']:.3f} [{head['speedup_ci_low']:.3f}, {head['speedup_ci_high']:.3f}]"
             + ("  UNRELIABLE" if head["speedup_unreliable"] else ""))

@@ -24,9 +24,9 @@ from bench.io import atomic_write_json
 from bench.measure.paired import (TimingProtocol, device_fingerprint, device_key, fused_attention,
                                   resolve_batch_sizes, time_paired)
 from bench.provenance import pick_device, provenance
+from bench.results.timing_columns import TIMING_DIR
 from bench.runtime import Runtime
 
-TIMING_DIR = "timing"
 REFERENCE_METHOD = "dense"
 
 

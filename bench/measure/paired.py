@@ -31,7 +31,7 @@ from torch import nn
 
 from bench.errors import UsageError
 from bench.measure.repeats import CI_LEVEL, Clock, median_ci, spread
-from bench.measure.throughput import PRECISIONS, autocast
+from bench.measure.throughput import autocast, validate
 
 #: batch sizes swept by default (``batch_sizes: auto``): the field's GPU protocol, and its part a CPU can run
 AUTO_BATCH_SIZES = {"cuda": (1, 32, 64, 256), "cpu": (1, 32, 64)}
@@ -53,15 +53,9 @@ class TimingProtocol:
     seed: int = 0              # the visiting order of each round
 
     def check(self, device: torch.device) -> None:
-        if self.precision not in PRECISIONS:
-            raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.precision == "fp16" and device.type == "cpu":
-            raise UsageError("fp16 throughput on CPU is not meaningful; use fp32 or bf16")
-        if not self.batch_sizes or any(int(b) < 1 for b in self.batch_sizes):
-            raise UsageError(f"batch sizes must be positive integers, got {list(self.batch_sizes)}")
-        if self.warmup < 0 or self.rounds < 1 or self.min_time_s < 0 or self.max_attempts < 1:
-            raise UsageError(f"need warmup >= 0, rounds >= 1, min_time_s >= 0, max_attempts >= 1 (got "
-                             f"{self.warmup}, {self.rounds}, {self.min_time_s}, {self.max_attempts})")
+        validate(self.precision, self.batch_sizes, self.warmup, self.rounds, self.min_time_s, 1, 1, device)
+        if self.max_attempts < 1:
+            raise UsageError(f"max_attempts must be >= 1, got {self.max_attempts}")
         if not self.noise_threshold > 0:
             raise UsageError(f"noise_threshold must be > 0, got {self.noise_threshold}")
 
@@ -128,6 +122,7 @@ class _Subject:
         self.device = device
         self.iters = 1
         self.peak_mem_mb: float | None = None
+        self.weight_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
 
     @torch.inference_mode()
     def forward(self) -> Any:
@@ -143,8 +138,7 @@ def _time(clock: Clock, s: _Subject) -> float:
         torch.cuda.reset_peak_memory_stats(clock.device)
     seconds = clock.interval(s.forward, s.iters)
     if clock.cuda:
-        weights = sum(t.numel() * t.element_size() for t in [*s.model.parameters(), *s.model.buffers()])
-        peak = (torch.cuda.max_memory_allocated(clock.device) - base + weights) / 2**20
+        peak = (torch.cuda.max_memory_allocated(clock.device) - base + s.weight_bytes) / 2**20
         s.peak_mem_mb = max(s.peak_mem_mb or 0.0, peak)
     return s.x.shape[0] * s.iters / seconds
 
@@ -279,29 +273,29 @@ def _sweep(ready: Mapping[str, nn.Module], reference: str | None, image_size: in
         ref = subjects.get(reference) if reference is not None else None
         others = [s for label, s in subjects.items() if label != reference]
         rates, ratios, ref_rates = _rounds(clock, ref, others, protocol.rounds, rng)
-        best = {s.label: (rates[s.label], ratios[s.label] if ref else None, 1) for s in others}
+        best = {s.label: (rates[s.label], ratios[s.label] if ref else None) for s in others}
+        # the spread of each attempt's ratios: how many attempts were made, and which one is kept (the least noisy)
         tried = {s.label: [spread(ratios[s.label])["rel_iqr"]] if ref else [] for s in others}
         for attempt in range(2, protocol.max_attempts + 1):
-            noisy = [s for s in others if ref is not None
-                     and spread(best[s.label][1])["rel_iqr"] > protocol.noise_threshold]  # type: ignore[arg-type]
+            noisy = [s for s in others if tried[s.label] and min(tried[s.label]) > protocol.noise_threshold]
             if not noisy:
                 break
             say(f"batch {batch}: re-timing {', '.join(s.label for s in noisy)} (paired ratios spread more than "
                 f"{protocol.noise_threshold:.0%}; attempt {attempt} of {protocol.max_attempts})")
             again, again_ratios, _ = _rounds(clock, ref, noisy, protocol.rounds, rng)
             for s in noisy:
-                old = spread(best[s.label][1])["rel_iqr"]  # type: ignore[arg-type]
                 new = spread(again_ratios[s.label])["rel_iqr"]
+                if new < min(tried[s.label]):
+                    best[s.label] = (again[s.label], again_ratios[s.label])
                 tried[s.label].append(new)
-                keep = (again[s.label], again_ratios[s.label]) if new < old else best[s.label][:2]
-                best[s.label] = (keep[0], keep[1], attempt)
         if ref is not None:
-            row = _row(ref.label, ref, requested, ref_rates, [1.0] * len(ref_rates), 1, protocol.noise_threshold)
-            row.update(speedup_ci_level=None, speedup_unreliable=False, ratios=None, attempt_rel_iqrs=[])
+            row = _row(ref.label, ref, requested, ref_rates, None, 1, protocol.noise_threshold)
+            row.update(speedup=1.0, speedup_ci_low=1.0, speedup_ci_high=1.0, speedup_rel_iqr=0.0, speedup_cv=0.0,
+                       speedup_unreliable=False, attempt_rel_iqrs=[])
             rows.append(row)
         for s in others:
-            r, q, attempts = best[s.label]
-            rows.append({**_row(s.label, s, requested, r, q, attempts, protocol.noise_threshold),
+            r, q = best[s.label]
+            rows.append({**_row(s.label, s, requested, r, q, max(1, len(tried[s.label])), protocol.noise_threshold),
                          "attempt_rel_iqrs": tried[s.label]})
         say(f"batch {batch}: " + ", ".join(
             f"{row['label']} {row['img_per_s_median']:.5g} img/s"

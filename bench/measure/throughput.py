@@ -90,8 +90,9 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def _validate(precision: str, batch_sizes: Sequence[int], warmup: int, repeats: int,
-              min_time_s: float, image_size: int, in_chans: int, dev: torch.device) -> None:
+def validate(precision: str, batch_sizes: Sequence[int], warmup: int, repeats: int,
+             min_time_s: float, image_size: int, in_chans: int, dev: torch.device) -> None:
+    """One line naming what is wrong with a throughput protocol (shared with :mod:`bench.measure.paired`)."""
     if precision not in PRECISIONS:
         raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "fp16" and dev.type == "cpu":
@@ -167,7 +168,7 @@ def measure_throughput(
     which stays 0 when an earlier phase already peaked higher (``peak_mem_kind`` says which).
     """
     dev = _resolve_device(device)
-    _validate(precision, batch_sizes, warmup, repeats, min_time_s, image_size, in_chans, dev)
+    validate(precision, batch_sizes, warmup, repeats, min_time_s, image_size, in_chans, dev)
     is_cuda = dev.type == "cuda"
     clock = Clock(dev)
 

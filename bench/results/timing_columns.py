@@ -25,8 +25,13 @@ def _read(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) and isinstance(data.get("runs"), dict) else None
 
 
+def headline(sweep: list[dict[str, Any]]) -> dict[str, Any]:
+    """The row a run's table columns show: the largest batch size timed."""
+    return max(sweep, key=lambda r: r["batch_size"])
+
+
 def _columns(timing: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
-    head = max(entry["sweep"], key=lambda r: r["batch_size"])
+    head = headline(entry["sweep"])
     protocol, runtime = timing.get("protocol", {}), timing.get("runtime", {})
     return {
         "throughput_img_s": head["img_per_s_median"], "throughput_img_s_iqr": head["img_per_s_iqr"],

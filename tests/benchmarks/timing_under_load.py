@@ -28,7 +28,9 @@ def time_once(suite: str, backbone: str, root: str, threads: int, path: Path) ->
 
 
 def headline(timing: dict) -> dict[str, dict]:
-    return {rid: max(e["sweep"], key=lambda r: r["batch_size"]) for rid, e in timing["runs"].items()}
+    from bench.results.timing_columns import headline as head
+
+    return {rid: head(e["sweep"]) for rid, e in timing["runs"].items()}
 
 
 def main() -> None:
