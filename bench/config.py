@@ -112,7 +112,11 @@ class Suite:
 
 
 def _schema() -> dict[str, Any]:
-    return json.loads(resources.files("bench").joinpath("schemas/suite.schema.json").read_text())
+    from bench.data.sources import data_schema
+
+    schema = json.loads(resources.files("bench").joinpath("schemas/suite.schema.json").read_text())
+    schema["properties"]["data"] = data_schema()  # generated from the data sources' declared keys
+    return schema
 
 
 def resolve_suite_path(name_or_path: str | Path) -> Path:

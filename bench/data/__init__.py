@@ -2,8 +2,9 @@
 
 Sources: ``embedded`` (canvas-digits, built locally, the default), ``hub`` (Hugging Face),
 ``imagefolder`` (DIR/train/<class>/*, DIR/validation/<class>/*) and ``disk``
-(a ``DatasetDict.save_to_disk`` folder). The torch side (transforms, TorchImageDataset)
-is imported lazily so validating a suite does not pay for torchvision.
+(a ``DatasetDict.save_to_disk`` folder); each declares its keys in ``bench.data.sources``. The embedded
+build (numpy) and the torch side (transforms, TorchImageDataset) are imported lazily, so validating a suite
+pays for neither.
 """
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from bench.data import sources
 from bench.data.bundle import DEFAULT_IMAGE_SIZE, DataBundle, cache_root
-from bench.data.embedded import CanvasDigitsConfig, load_canvas_digits
 
 if TYPE_CHECKING:
+    from bench.data.embedded import CanvasDigitsConfig, load_canvas_digits
     from bench.data.transforms import TorchImageDataset, build_transform, make_torch_datasets
 
 SOURCES = sources.SOURCES
@@ -34,7 +35,8 @@ __all__ = [
     "validate_data_config",
 ]
 
-_LAZY = {"TorchImageDataset", "build_transform", "make_torch_datasets"}
+_LAZY = {"TorchImageDataset": "transforms", "build_transform": "transforms", "make_torch_datasets": "transforms",
+         "CanvasDigitsConfig": "embedded", "load_canvas_digits": "embedded"}
 
 
 def load_data(cfg: Mapping[str, Any] | None, index_path: str | Path | None = None) -> DataBundle:
@@ -55,7 +57,7 @@ def validate_data_config(cfg: Mapping[str, Any] | None) -> None:
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        from bench.data import transforms
+        import importlib
 
-        return getattr(transforms, name)
+        return getattr(importlib.import_module(f"bench.data.{_LAZY[name]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

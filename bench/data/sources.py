@@ -1,26 +1,36 @@
 """The four data sources behind a suite's ``data:`` mapping: embedded, hub (``bench.data.hub``), imagefolder, disk.
 
-Each turns its config into a DataBundle. Everything the user can get wrong (unknown source or
-key, missing path, absent split, unreachable hub) becomes a one-line UsageError, raised as
-early and as cheaply as possible.
+Each source is an entry of ``REGISTRY`` (``bench.data.source_registry``) declaring its keys (JSON type, one-line
+doc, required, runtime, bounds, default) beside the loader that turns its config into a DataBundle. The key
+checks here and the ``data`` part of the suite schema (``data_schema``, which ``bench.config`` injects when it
+loads the schema) are both derived from those declarations. A new source is one entry and its loader, here.
+
+Everything the user can get wrong (unknown source or key, wrong type, missing path, absent split, unreachable
+hub) becomes a one-line UsageError, raised as early and as cheaply as possible. Importing this module imports
+neither torch nor datasets (nor numpy): loaders import what they need.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from bench.data import embedded
 from bench.data.bundle import DEFAULT_IMAGE_SIZE, DataBundle
+from bench.data.source_registry import SOURCE_KEY, DataSource, Key, SourceRegistry
+from bench.data.source_registry import data_schema as _data_schema
+from bench.data.source_registry import markdown_table as _markdown_table
 from bench.errors import UsageError
 from bench.registry import did_you_mean
 
 if TYPE_CHECKING:
     import datasets
 
+    from bench.data.embedded import CanvasDigitsConfig
     from bench.data.index import FolderIndex
 
-SOURCES = ("embedded", "hub", "imagefolder", "disk")
-EMBEDDED_NAMES = (embedded.NAME,)
+#: the data sources by name, in the order below; the first (embedded) is the default
+REGISTRY = SourceRegistry("data source")
+#: the embedded datasets (``bench.data.embedded.NAME``; written out so declaring it imports no numpy)
+EMBEDDED_NAMES = ("canvas-digits",)
 #: the validation split of a local folder when the suite names none: the first of these on disk
 FOLDER_VAL_SPLITS = ("validation", "val")
 LOCAL_HINT = (
@@ -28,86 +38,55 @@ LOCAL_HINT = (
     "DIR/validation/<class>/*.png) or {source: disk, path: DIR} (a DatasetDict.save_to_disk folder)"
 )
 
-# Keys every non-embedded source accepts: column names and how to treat the images.
-_COMMON = {"source", "name", "image_key", "label_key", "train_split", "val_split",
-           "in_chans", "image_size", "fixed_size"}
-_KEYS: dict[str, set[str]] = {
-    "embedded": {"source", "name", "options"},
-    "hub": _COMMON | {"subset", "revision", "cache_dir", "num_proc"},
-    "imagefolder": (_COMMON - {"image_key", "label_key"}) | {"path"},  # a folder's columns are its own
-    "disk": _COMMON | {"path"},
-}
-_STR_KEYS = ("name", "image_key", "label_key", "train_split", "val_split", "subset", "revision", "path", "cache_dir")
-#: keys that say how data is fetched, not what it is: left out of a run's identity (a change re-runs nothing)
-RUNTIME_DATA_KEYS = ("cache_dir", "num_proc")
+# ---------------------------------------------------------------- keys several sources declare
+
+_RESULTS_NAME = Key("name", "string", "the dataset's name in results (default: the folder's name)")
+_TRAIN_SPLIT = Key("train_split", "string", "the split to train on", default="train")
+_VAL_SPLIT = Key("val_split", "string", "the split to evaluate on", default="validation")
+_COLUMNS = (
+    Key("image_key", "string", "the column holding the images", default="image"),
+    Key("label_key", "string", "the column holding the class ids (ClassLabel or integers)", default="label"),
+)
+_IMAGES = (
+    Key("in_chans", "integer", "the channels the model takes (1: images converted to grayscale)", default=3,
+        choices=(1, 3)),
+    Key("image_size", "integer", "the images' native size in pixels, used with fixed_size (the model's input "
+        "size is the backbone's)", default=DEFAULT_IMAGE_SIZE, minimum=8),
+    Key("fixed_size", "boolean", "whether every image already is image_size x image_size: transforms then only "
+        "convert and resize, no random crop or flip unless the recipe asks for augmentation", default=False),
+)
 
 
 def normalize(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Check a ``data:`` mapping and fill defaults; an empty one means embedded canvas-digits."""
+    """Check a ``data:`` mapping against its source's declared keys and fill defaults; an empty one means
+    embedded canvas-digits."""
     if cfg is None:
         cfg = {}
     if not isinstance(cfg, Mapping):
         raise UsageError(f"data: must be a mapping with a 'source' key, got {type(cfg).__name__}")
-    out = dict(cfg)
-    source = out.setdefault("source", "embedded")
-    if source not in SOURCES:
+    source = cfg.get(SOURCE_KEY, REGISTRY.in_order()[0])
+    if not isinstance(source, str) or source not in REGISTRY:
+        names = REGISTRY.in_order()
         raise UsageError(
-            f"unknown data source {source!r}{did_you_mean(str(source), list(SOURCES))} "
-            f"(valid: {', '.join(SOURCES)})"
+            f"unknown data source {source!r}{did_you_mean(str(source), names)} (valid: {', '.join(names)})"
         )
-    allowed = sorted(_KEYS[source])
-    for key in out:
-        if key not in allowed:
-            raise UsageError(
-                f"data: unknown key {key!r} for source {source!r}{did_you_mean(str(key), allowed)} "
-                f"(allowed: {', '.join(allowed)})"
-            )
-    for key in _STR_KEYS:
-        if key in out and (not isinstance(out[key], str) or not out[key]):
-            raise UsageError(f"data: {key} must be a non-empty string, got {out[key]!r}")
-    if source == "embedded":
-        name = out.setdefault("name", embedded.NAME)
-        if name not in EMBEDDED_NAMES:
-            raise UsageError(
-                f"unknown embedded dataset {name!r}{did_you_mean(name, list(EMBEDDED_NAMES))} "
-                f"(known: {', '.join(EMBEDDED_NAMES)})"
-            )
-        if not isinstance(out.get("options") or {}, Mapping):
-            raise UsageError(f"data: options must be a mapping, got {out['options']!r}")
-        return out
-    if source == "hub" and "name" not in out:
-        raise UsageError("data: source 'hub' needs a dataset name, e.g. name: imagenet-1k")
-    if source in ("imagefolder", "disk") and "path" not in out:
-        raise UsageError(f"data: source {source!r} needs a path: to a local directory")
-    out.setdefault("train_split", "train")
-    if source != "imagefolder":  # a folder's default is whichever of validation/ and val/ it has
-        out.setdefault("val_split", "validation")
-    out.setdefault("image_key", "image")
-    out.setdefault("label_key", "label")
-    out.setdefault("in_chans", 3)
-    out.setdefault("image_size", DEFAULT_IMAGE_SIZE)
-    out.setdefault("fixed_size", False)
-    if "num_proc" in out and (not isinstance(out["num_proc"], int) or isinstance(out["num_proc"], bool)
-                              or out["num_proc"] < 1):
-        raise UsageError(f"data: num_proc must be a positive integer, got {out['num_proc']!r}")
-    if out["in_chans"] not in (1, 3) or isinstance(out["in_chans"], bool):
-        raise UsageError(f"data: in_chans must be 1 or 3, got {out['in_chans']!r}")
-    size = out["image_size"]
-    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        raise UsageError(f"data: image_size must be a positive integer, got {size!r}")
-    if not isinstance(out["fixed_size"], bool):
-        raise UsageError(f"data: fixed_size must be true or false, got {out['fixed_size']!r}")
-    return out
+    return REGISTRY.get(source).normalize(cfg)
+
+
+def data_schema() -> dict[str, Any]:
+    """The ``data`` part of the suite schema, generated from the declarations (``bench.config`` injects it)."""
+    return _data_schema(REGISTRY)
+
+
+def markdown_table() -> str:
+    """The sources and every key of every source as the README's Markdown tables."""
+    return _markdown_table(REGISTRY)
 
 
 def identity(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     """The data config a result depends on: without where the hub's files are cached or how many processes
     prepare them."""
     return {k: v for k, v in (cfg or {}).items() if k not in RUNTIME_DATA_KEYS}
-
-
-def embedded_config(cfg: Mapping[str, Any]) -> embedded.CanvasDigitsConfig:
-    return embedded.CanvasDigitsConfig.from_options(cfg.get("options"))
 
 
 def _local_path(cfg: Mapping[str, Any]) -> Path:
@@ -121,10 +100,9 @@ def _local_path(cfg: Mapping[str, Any]) -> Path:
 def validate(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     """Everything checkable without loading or touching the network; returns the normalized cfg."""
     out = normalize(cfg)
-    if out["source"] == "embedded":
-        embedded_config(out)
-    elif out["source"] in ("imagefolder", "disk"):
-        _local_path(out)
+    check = REGISTRY.get(out[SOURCE_KEY]).check
+    if check is not None:
+        check(out)
     return out
 
 
@@ -136,12 +114,18 @@ def short_name(cfg: Mapping[str, Any]) -> str:
 
 
 def describe(cfg: Mapping[str, Any] | None) -> str:
+    """Dataset label for result rows."""
     out = normalize(cfg)
-    if out["source"] == "embedded":
-        return embedded_config(out).describe()
-    if out["source"] == "hub" and "subset" in out:
-        return f"{out['name']}/{out['subset']}"
-    return short_name(out)
+    label = REGISTRY.get(out[SOURCE_KEY]).describe
+    return label(out) if label is not None else short_name(out)
+
+
+def load(cfg: Mapping[str, Any] | None, index_path: str | Path | None = None) -> DataBundle:
+    """The bundle a ``data:`` mapping names; a local folder is read through the index at ``index_path``."""
+    out = validate(cfg)
+    source = REGISTRY.get(out[SOURCE_KEY])
+    loader = source.load_function()
+    return loader(out, index_path) if source.indexed else loader(out)
 
 
 # ---------------------------------------------------------------- shared bundle construction
@@ -197,10 +181,18 @@ def bundle_from_splits(
     )
 
 
-# ---------------------------------------------------------------- the four sources
+# ---------------------------------------------------------------- the four sources, each beside its loader
+
+
+def embedded_config(cfg: Mapping[str, Any]) -> "CanvasDigitsConfig":
+    from bench.data.embedded import CanvasDigitsConfig
+
+    return CanvasDigitsConfig.from_options(cfg.get("options"))
 
 
 def load_embedded(cfg: Mapping[str, Any]) -> DataBundle:
+    from bench.data import embedded
+
     ecfg = embedded_config(cfg)
     dd = embedded.load_canvas_digits(ecfg)
     return DataBundle(
@@ -214,6 +206,37 @@ def load_embedded(cfg: Mapping[str, Any]) -> DataBundle:
         in_chans=1,
         fixed_size=True,
     )
+
+
+REGISTRY.add_source(DataSource(
+    "embedded",
+    "canvas-digits: scikit-learn's 1,797 real handwritten digits at seeded random positions on a 32x32 canvas "
+    "(64 patch tokens, mostly background), built locally with datasets and cached under $TOKENBENCH_CACHE",
+    keys=(
+        Key("name", "string", "the embedded dataset", default=EMBEDDED_NAMES[0], choices=EMBEDDED_NAMES),
+        Key("options", "object", "its build options: canvas, scale, val_fraction, train_placements, "
+            "val_placements, seed, align (bench.data.embedded.CanvasDigitsConfig)"),
+    ),
+    loader=load_embedded,
+    check=embedded_config,
+    describe=lambda cfg: embedded_config(cfg).describe(),
+))
+REGISTRY.add_source(DataSource(
+    "hub",
+    "the Hugging Face hub through datasets.load_dataset (parquet repositories; datasets >= 4 runs no loading "
+    "scripts), with the token from HF_TOKEN; fails in about a second when the hub cannot answer",
+    keys=(
+        Key("name", "string", "a dataset name on the hub, e.g. ILSVRC/imagenet-1k, also its name in results",
+            required=True),
+        Key("subset", "string", "the dataset's configuration (load_dataset's second argument)"),
+        Key("revision", "string", "a branch, tag or commit of the dataset repository, e.g. refs/convert/parquet"),
+        _TRAIN_SPLIT, _VAL_SPLIT, *_COLUMNS, *_IMAGES,
+        Key("cache_dir", "string", "where datasets caches the download (default: its own cache)", runtime=True),
+        Key("num_proc", "integer", "processes that download and prepare it", runtime=True, minimum=1),
+    ),
+    loader="bench.data.hub:load_hub",
+    describe=lambda cfg: f"{cfg['name']}/{cfg['subset']}" if "subset" in cfg else cfg["name"],
+))
 
 
 def _folder_split(index: "FolderIndex", split: str, where: str) -> "datasets.Dataset":
@@ -250,6 +273,23 @@ def load_imagefolder(cfg: Mapping[str, Any], index_path: str | Path | None = Non
                       fixed_size=cfg["fixed_size"], image_root=index.root, index=index.summary())
 
 
+REGISTRY.add_source(DataSource(
+    "imagefolder",
+    "local images in class folders, listed once per suite into results/<suite>/data/index.parquet",
+    keys=(
+        Key("path", "string", "a path to a folder with train/<class>/* and validation/<class>/* (or val/<class>/*)",
+            required=True),
+        _RESULTS_NAME,
+        _TRAIN_SPLIT,
+        Key("val_split", "string", "the split folder to evaluate on (default: validation/, else val/)"),
+        *_IMAGES,  # a folder's columns are its own: no image_key or label_key
+    ),
+    loader=load_imagefolder,
+    check=lambda cfg: _local_path(cfg),
+    indexed=True,
+))
+
+
 def load_disk(cfg: Mapping[str, Any]) -> DataBundle:
     import datasets
 
@@ -268,17 +308,23 @@ def load_disk(cfg: Mapping[str, Any]) -> DataBundle:
     return bundle_from_splits(dd, cfg, f"disk dataset {str(path)!r}")
 
 
-def load(cfg: Mapping[str, Any] | None, index_path: str | Path | None = None) -> DataBundle:
-    """The bundle a ``data:`` mapping names; a local folder is read through the index at ``index_path``."""
-    out = validate(cfg)
-    if out["source"] == "imagefolder":
-        return load_imagefolder(out, index_path)
-    if out["source"] == "hub":
-        from bench.data.hub import load_hub
-
-        return load_hub(out)
-    return {"embedded": load_embedded, "disk": load_disk}[out["source"]](out)
+REGISTRY.add_source(DataSource(
+    "disk",
+    "a DatasetDict saved with save_to_disk, loaded with datasets.load_from_disk",
+    keys=(
+        Key("path", "string", "a path to a DatasetDict.save_to_disk folder", required=True),
+        _RESULTS_NAME, _TRAIN_SPLIT, _VAL_SPLIT, *_COLUMNS, *_IMAGES,
+    ),
+    loader=load_disk,
+    check=lambda cfg: _local_path(cfg),
+))
 
 
 def _one_line(e: object) -> str:
     return " ".join(str(e).split())
+
+
+#: the source names, in registry order
+SOURCES = tuple(REGISTRY.in_order())
+#: keys that say how data is fetched, not what it is: left out of a run's identity (a change re-runs nothing)
+RUNTIME_DATA_KEYS = REGISTRY.runtime_keys()
