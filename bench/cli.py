@@ -291,7 +291,7 @@ def figures(suite: str | None, root: str, out: str | None, only: tuple[str, ...]
 
     if list_:
         for name in FIGURES.names():
-            click.echo(f"{name:<22} {FIGURES.get(name)[0]}")
+            click.echo(f"{name:<22} {FIGURES.get(name).description}")
         return
     if not suite:
         raise UsageError("bench figures needs a SUITE (or --list)")

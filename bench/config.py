@@ -15,10 +15,6 @@ from typing import Any
 
 from bench.errors import UsageError
 
-#: methods whose budget is a weight density, not a token count: they run at keep ratio 1.0 only. Kept here
-#: (not read from the registry) so loading a suite does not import torch; a contract test checks it.
-WEIGHT_BUDGET_METHODS = frozenset({"svite", "s2vite"})
-
 #: every recipe key and its default. The augmentation defaults are off: the embedded data's random
 #: placement is its augmentation; the named recipes (``bench/recipes``) turn on the papers' stacks.
 DEFAULT_RECIPE: dict[str, Any] = {
@@ -290,7 +286,8 @@ def expand(raw: dict[str, Any], path: Path, *, check_names: bool = True) -> Suit
         if label in seen:
             raise UsageError(f"{where}: field methods[{i}]: {label!r} appears twice (give one a distinct label)")
         seen.add(label)
-        full = m["name"] == "dense" or m["name"] in WEIGHT_BUDGET_METHODS
+        info = _method_info(where, i, m)
+        full = info.has("reference") or info.has("weight_budget")  # no token budget: keep ratio 1.0 only
         ratios = [1.0] if full else sorted(set(m.get("keep_ratios", raw["keep_ratios"])), reverse=True)
         spec = m.get("finetune", finetune_base)
         if spec == NO_FINETUNE:
@@ -313,6 +310,18 @@ def expand(raw: dict[str, Any], path: Path, *, check_names: bool = True) -> Suit
     if check_names:
         _check_names(suite, raw, where)
     return suite
+
+
+def _method_info(where: str, i: int, m: dict[str, Any]):
+    """The method's declarations, its name and parameters checked, without importing torch."""
+    from bench.methods.catalog import method_info
+
+    try:
+        info = method_info(m["name"])
+        info.check_params(dict(m.get("params", {})))
+    except UsageError as e:
+        raise UsageError(f"{where}: field methods[{i}]: {e}") from None
+    return info
 
 
 def _refuse_id_collisions(suite: Suite, where: str) -> None:
@@ -375,9 +384,13 @@ def _check_names(suite: Suite, raw: dict[str, Any], where: str) -> None:
 
 def run_identity(suite: Suite, run: Run, dataset: str) -> dict[str, Any]:
     """The columns that identify a run in every record (results, failures, missing rows)."""
+    from bench.methods.catalog import method_info
+
+    info = method_info(run.method_name)
     return {"suite": suite.name, "run_id": run.run_id, "method": run.method, "method_name": run.method_name,
-            "method_params": run.method_params, "backbone": run.backbone, "keep_ratio": run.keep_ratio,
-            "seed": run.seed, "dataset": dataset}
+            **info.record_columns(),
+            "method_params": info.check_params(run.method_params),  # defaults filled: the record says every value
+            "backbone": run.backbone, "keep_ratio": run.keep_ratio, "seed": run.seed, "dataset": dataset}
 
 
 def run_spec(suite: Suite, run: Run) -> dict[str, Any]:

@@ -23,13 +23,12 @@ from bench.models import build_backbone
 from bench.outputs import StepOutput, step_key
 from bench.provenance import pick_device, provenance
 from bench.requeue import slurm_restarts
+from bench.results.collect import FAILURE_FILE, KEPT_NPZ, RUN_FILE as RECORD_FILE
 from bench.runtime import Runtime
 from bench.train import TrainResult, train_model
 from bench.train import distributed as D
 
 MODEL_FILE = "model.pth"
-RECORD_FILE = "run.json"
-FAILURE_FILE = "failure.json"
 #: how a model was trained across processes: batch size and learning-rate scaling made explicit
 TRAIN_META_KEYS = ("world_size", "per_device_batch_size", "global_batch_size", "lr", "lr_effective",
                    "optimizer_groups", "lr_rule", "accumulation_steps", "micro_batch_size")
@@ -254,7 +253,7 @@ def evaluate_run(suite: Suite, run: Run, *, root: str | Path = "results", device
     layers = list(sparse_layers(model)) if method.weight_sparse else None
     flops = mean_flops(model, sample.split(16), max_images=n_flops, layers=layers)
     theoretical = flops.gmacs - zero_weight_gmacs(model, flops.by_layer) if method.weight_sparse else None
-    _kept_tokens_figure(model, method, val_ds, out)
+    _record_kept_tokens(model, method, val_ds, out)
 
     meta = saved.get("meta", {})
     record = {
@@ -336,23 +335,17 @@ def _ema_model(suite: Suite, run: Run, bundle, saved: dict[str, Any]) -> nn.Modu
     return method.prepare_inference(model)
 
 
-KEPT_TOKENS_FIGURE = "kept_tokens.png"
-
-
-def _kept_tokens_figure(model: nn.Module, method: Method, val_ds, out: Path, n_images: int = 6) -> None:
-    """For pruning methods: a few val images with each stage's dropped patches blanked (the papers' figure)."""
+def _record_kept_tokens(model: nn.Module, method: Method, val_ds, out: Path, n_images: int = 6) -> None:
+    """For pruning methods: a few val images and each stage's kept patches, which the report's gallery draws."""
     from timm.data import resolve_data_config
 
+    from bench.measure.kept_tokens import record_kept_tokens
     from bench.methods.pruning import StagedPruning
-    from bench.report.gallery import KEPT_NPZ, record_kept_tokens
-    from bench.report.kept_tokens import plot_kept_tokens
 
     if not isinstance(method, StagedPruning) or method.keep_ratio >= 1.0:
         return
     cfg = resolve_data_config(model=model)
     images = torch.stack([val_ds[i][0] for i in range(min(n_images, len(val_ds)))])
-    plot_kept_tokens(model, method, images, out / KEPT_TOKENS_FIGURE, mean=cfg["mean"], std=cfg["std"])
-    # what the report's gallery is drawn from, so it never needs the model
     record_kept_tokens(model, method, images, out / KEPT_NPZ, mean=cfg["mean"], std=cfg["std"])
 
 

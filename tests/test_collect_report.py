@@ -91,7 +91,7 @@ def suite_dir(tmp_path: Path) -> Path:
     records = []
     for (method, ratio) in GRID:
         for seed in (0, 1):
-            extra = {"router_temperature": 0.5} if method == "static" and ratio == 0.5 else {}
+            extra = {"method_train_metrics": {"router_temperature": 0.5}} if method == "static" and ratio == 0.5 else {}
             records.append(_record(method, ratio, seed, **extra))
             _write(suite, records[-1])
     write_timing(suite, records, unreliable=("random-deit_small-k0.7-s1",))
@@ -109,15 +109,18 @@ def test_collect_table(suite_dir: Path) -> None:
     table = collect(suite_dir)
     assert len(table) == 12  # 10 ok + 1 failed + 1 corrupt
     assert list(table.columns[: len(RESULT_COLUMNS)]) == RESULT_COLUMNS
-    assert "router_temperature" in table.columns  # extra keys are kept
+    assert table["train_metric_router_temperature"].dtype == "float64"  # open mappings become typed columns
     assert (table["status"] == "ok").sum() == 10
     for col in ("top1", "keep_ratio", "gmacs_fvcore_1mac_eq_1flop", "throughput_img_s"):
         assert table[col].dtype == "float64"
     assert table["seed"].dtype == "Int64"
     assert table["git_dirty"].dtype == "boolean"
     assert pd.api.types.is_string_dtype(table["method"])
-    assert json.loads(table.loc[table["method"] == "static", "method_params"].iloc[0])["layers"] == [3, 6, 9]
-    assert isinstance(table["tokens_per_block"].dropna().iloc[0], str)
+    assert list(table.loc[table["method"] == "static", "param_layers"].iloc[0]) == [3, 6, 9]
+    assert list(table["tokens_per_block"].dropna().iloc[0])[:1] == [197.0]  # a list column, not JSON text
+    assert table.loc[table["method"] == "dense", "role_reference"].all()
+    assert not table.loc[table["method"] == "static", "role_reference"].any()
+    assert table.loc[table["method"] == "static", "role_control"].all()
 
     keyed = table.dropna(subset=["method"])
     assert keyed.equals(keyed.sort_values(["method", "backbone", "keep_ratio", "seed"], kind="mergesort"))
@@ -131,6 +134,38 @@ def test_collect_table(suite_dir: Path) -> None:
     assert (suite_dir / "table.csv").is_file()
     pd.testing.assert_frame_equal(pd.read_parquet(suite_dir / "table.parquet"), table)
     assert not list(suite_dir.glob(".*.tmp"))  # atomic writes left no temp files
+
+
+def test_parquet_carries_schema_version_and_provenance(suite_dir: Path) -> None:
+    from bench.results.collect import table_metadata
+    from bench.results.record import SCHEMA_VERSION
+
+    collect(suite_dir)
+    meta = table_metadata(suite_dir / "table.parquet")
+    assert meta["schema_version"] == SCHEMA_VERSION and meta["suite"] == SUITE and meta["runs"] == 12
+    assert meta["torch_version"] and meta["git_sha"]
+
+
+def test_table_of_another_schema_version_is_refused(suite_dir: Path) -> None:
+    from bench.results.collect import write_parquet
+
+    table = collect(suite_dir)
+    write_parquet(table, suite_dir / "table.parquet", {"schema_version": 1})
+    with pytest.raises(UsageError, match="schema 1.*run `bench collect`"):
+        load_results(suite_dir)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"router_temperature": 0.5}, "unknown column 'router_temperature'"),
+    ({"top1": "high"}, "column 'top1' must be float"),
+    ({"seed": 1.5}, "column 'seed' must be int"),
+    ({"tokens_per_block": "197,197"}, "column 'tokens_per_block' must be list"),
+])
+def test_a_record_off_the_schema_fails_naming_the_run(tmp_path: Path, bad, message) -> None:
+    suite = tmp_path / SUITE
+    _write(suite, {**_record("dense", 1.0, 0), **bad})
+    with pytest.raises(UsageError, match=rf"run dense-deit_small-k1.0-s0: {message}"):
+        collect(suite)
 
 
 def test_newer_failure_wins(tmp_path: Path) -> None:

@@ -215,16 +215,18 @@ def test_two_step_training_freezes_backbone_then_scales_its_lr(tiny_vit, tmp_pat
     assert any(k.startswith("blocks.") for k in changed) and "pos_embed" not in changed
 
 
-def test_kept_tokens_figure(tiny_vit, tmp_path):
-    from bench.report.kept_tokens import kept_masks, plot_kept_tokens
+def test_kept_tokens_record(tiny_vit, tmp_path):
+    import numpy as np
+
+    from bench.measure.kept_tokens import kept_masks, record_kept_tokens
 
     model, method = patched(tiny_vit, 0.5)
     images = torch.randn(2, 1, 32, 32)
     masks = kept_masks(model, method, images)
     assert [int(m[0].sum()) for m in masks] == [32, 16, 8]
     assert all(bool((later <= earlier).all()) for earlier, later in zip(masks, masks[1:]))  # dropped stays dropped
-    path = plot_kept_tokens(model, method, images, tmp_path / "kept.png", mean=(0.5,), std=(0.5,))
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = np.load(record_kept_tokens(model, method, images, tmp_path / "kept.npz", mean=(0.5,), std=(0.5,)))
+    assert [int(m.sum()) for m in saved["masks"][:, 0]] == [32, 16, 8] and saved["images"].dtype == np.uint8
     assert not method.record_kept and not model.training
 
 

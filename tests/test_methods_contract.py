@@ -94,10 +94,56 @@ def test_method_params_validated(name):
         create_method(name, 0.0)
 
 
-def test_suite_loader_knows_the_weight_budget_methods():
-    from bench.config import WEIGHT_BUDGET_METHODS
+@pytest.mark.parametrize("name", ALL)
+def test_catalog_read_without_torch_equals_the_registry(name):
+    """The suite loader reads each method's declarations from its source; they must be what the class says."""
+    from bench.methods.catalog import catalog
 
-    assert WEIGHT_BUDGET_METHODS == {n for n in ALL if not METHODS.get(n).reduces_tokens}
+    cls, info = METHODS.get(name), catalog()[name]
+    assert (info.description, info.roles, info.family, info.params) == (
+        cls.description, frozenset(cls.roles), cls.family, dict(cls.params))
+    assert (info.learns_parameters, info.input_dependent, info.reduces_tokens) == (
+        cls.learns_parameters, cls.input_dependent, cls.reduces_tokens)
+
+
+def test_catalog_lists_exactly_the_registered_methods():
+    from bench.methods.catalog import catalog
+
+    assert sorted(catalog()) == ALL
+
+
+def test_roles_are_consistent():
+    from bench.methods.catalog import with_role
+
+    assert len(with_role("reference")) == 1, "exactly one method is the reference every speed-up is measured against"
+    for name in ALL:
+        roles = set(METHODS.get(name).roles)
+        assert not ({"reference", "control"} <= roles or {"control", "learned"} <= roles), name
+        if "weight_budget" in roles:
+            assert not METHODS.get(name).reduces_tokens
+
+
+def test_every_family_has_a_paper_figure():
+    from bench.report.figures import FIGURES
+
+    drawn = {FIGURES.get(name).family for name in FIGURES.names()}
+    assert {METHODS.get(n).family for n in ALL} - {""} <= drawn
+
+
+def test_an_undeclared_role_is_refused():
+    from bench.methods.base import Method
+
+    with pytest.raises(ValueError, match="unknown role 'contol'; did you mean 'control'"):
+        type("Typo", (Method,), {"name": "typo", "roles": ("contol",)})
+
+
+def test_importing_the_package_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, bench.methods, bench.methods.catalog as c; c.catalog(); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_unknown_method_suggests_close_name():

@@ -75,9 +75,9 @@ def test_pipeline_end_to_end(tmp_path):
     assert "What was timed" in (out / "report" / "report.md").read_text()
     for name in ("report.md", "tradeoff_top1_vs_gmacs.png", "tradeoff_top1_vs_gmacs.pdf"):
         assert (out / "report" / name).stat().st_size > 0
-    # the kept-token figure sits next to a pruning run's results (not the dense one's)
-    assert (out / "runs" / "static__tb_vit_pico_patch4_32__k0.50__s0" / "kept_tokens.png").stat().st_size > 0
-    assert not (out / "runs" / "dense__tb_vit_pico_patch4_32__k1.00__s0" / "kept_tokens.png").exists()
+    # the kept-token masks sit next to a pruning run's results (not the dense one's); the report draws them
+    assert (out / "runs" / "static__tb_vit_pico_patch4_32__k0.50__s0" / "kept_tokens.npz").stat().st_size > 0
+    assert not (out / "runs" / "dense__tb_vit_pico_patch4_32__k1.00__s0" / "kept_tokens.npz").exists()
 
     # 3. up to date: nothing runs
     p = snakemake(tmp_path, suite)

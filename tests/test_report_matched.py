@@ -23,8 +23,13 @@ CURVES = {
 }
 
 
+#: the roles the methods' records carry (the report selects by role, never by name)
+ROLES = {"dense": "reference", "learned": "learned", "static": "control", "random": "control"}
+
+
 def _row(method: str, ratio: float, seed: int, gmacs: float | None, top1: float | None, **over: Any) -> dict[str, Any]:
     row = {"suite": "t", "run_id": f"{method}-{ratio}-{seed}-{over.get('backbone', BB)}", "method": method,
+           **{f"role_{r}": ROLES.get(method) == r for r in ("reference", "control", "learned")},
            "backbone": BB, "keep_ratio": ratio, "seed": seed, "dataset": "synthetic", "top1": top1,
            "gmacs_fvcore_1mac_eq_1flop": gmacs, "status": "ok"}
     row.update(over)
@@ -176,6 +181,7 @@ def test_ten_thousand_runs_are_fast() -> None:
         "keep_ratio": kr.ravel(), "seed": sd.ravel(), "status": "ok",
         "gmacs_fvcore_1mac_eq_1flop": (bb.ravel() + 1) * kr.ravel() * (1 + 0.01 * rng.random(n)),
         "top1": 60 + 20 * kr.ravel() + meth.ravel() * 0.1 + rng.normal(0, 0.5, n),
+        "role_control": meth.ravel() < 2, "role_learned": meth.ravel() >= 2,
     })
     assert len(table) == 10_000
     start = time.perf_counter()

@@ -18,6 +18,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from bench.results.record import img_per_s_text  # noqa: F401  (re-exported: the display rule lives with the column)
+
 #: confidence of the interval reported with every median
 CI_LEVEL = 0.95
 
@@ -103,9 +105,3 @@ def spread(values: Sequence[float]) -> dict[str, float]:
     return {"median": med, "iqr": iqr, "rel_iqr": iqr / med if med else math.inf, "cv": cv}
 
 
-def img_per_s_text(value: float) -> str:
-    """img/s with five significant digits (at least one decimal): resolves 0.5 % at any magnitude."""
-    if not math.isfinite(value):
-        return "—"
-    decimals = max(1, 4 - int(math.floor(math.log10(abs(value)))) if value else 1)
-    return f"{value:.{decimals}f}"

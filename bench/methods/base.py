@@ -6,7 +6,6 @@ not forks of timm's code), ``token_schedule`` says how many tokens enter each bl
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -14,37 +13,9 @@ import torch
 from torch import nn
 
 from bench.errors import UsageError
+from bench.methods.params import Param
 from bench.registry import Registry, did_you_mean
-
-
-@dataclass(frozen=True)
-class Param:
-    """A declared method parameter: default value, accepted types and a one-line doc."""
-
-    default: Any
-    doc: str
-    types: tuple[type, ...] = (float, int)
-    choices: tuple[Any, ...] | None = None
-    nullable: bool = False
-    minimum: float | None = None  # inclusive lower bound of a number
-
-    def check(self, method: str, name: str, value: Any) -> Any:
-        if value is None and self.nullable:
-            return None
-        if isinstance(value, bool) and bool not in self.types:
-            raise UsageError(f"method {method!r}: parameter {name!r} must be {self._type_names()}, got {value!r}")
-        if not isinstance(value, self.types):
-            raise UsageError(f"method {method!r}: parameter {name!r} must be {self._type_names()}, got {value!r}")
-        if self.choices is not None and value not in self.choices:
-            raise UsageError(f"method {method!r}: parameter {name!r} must be one of {list(self.choices)}, got {value!r}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise UsageError(f"method {method!r}: parameter {name!r} must be a finite number, got {value!r}")
-        if self.minimum is not None and isinstance(value, (int, float)) and value < self.minimum:
-            raise UsageError(f"method {method!r}: parameter {name!r} must be at least {self.minimum:g}, got {value!r}")
-        return value
-
-    def _type_names(self) -> str:
-        return " or ".join(t.__name__ for t in self.types)
+from bench.roles import check_roles
 
 
 @dataclass
@@ -86,7 +57,14 @@ class Method:
     #: child modules of the patched model that hold the method's own compute (scorers, clustering):
     #: their fvcore count is reported on its own as well as within the total
     overhead_modules: ClassVar[tuple[str, ...]] = ()
-    #: False for methods whose budget is not a token count (weight sparsity): they run at keep ratio 1.0
+    #: how the harness and the report treat the method (see :data:`bench.roles.ROLES`): "reference" (dense),
+    #: "control" (static, random), "learned", "merging", "weight_budget". Literals only: the suite loader
+    #: reads them from this file's syntax tree without importing torch (:mod:`bench.methods.catalog`)
+    roles: ClassVar[tuple[str, ...]] = ()
+    #: the paper figures the method is drawn in (a figure names the family it draws); "" for none
+    family: ClassVar[str] = ""
+    #: False for methods whose budget is not a token count (weight sparsity): they run at keep ratio 1.0.
+    #: Follows the "weight_budget" role (set by ``__init_subclass__``, never declared)
     reduces_tokens: ClassVar[bool] = True
     #: True when the method zeroes individual weights (its theoretical sparse GMACs are reported)
     weight_sparse: ClassVar[bool] = False
@@ -94,6 +72,11 @@ class Method:
     reads_weights: ClassVar[bool] = False
     #: parameters under which the method must compute exactly the dense model (checked by the contract tests)
     identity_params: ClassVar[dict[str, Any]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        check_roles(cls.__name__, cls.roles)
+        cls.reduces_tokens = "weight_budget" not in cls.roles
 
     def __init__(self, keep_ratio: float = 1.0, seed: int = 0, **params: Any):
         if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, (int, float)) or not 0.0 < keep_ratio <= 1.0:

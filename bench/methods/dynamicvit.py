@@ -38,6 +38,8 @@ Sampler = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 @register_method
 class DynamicViT(StagedPruning):
     name = "dynamicvit"
+    roles = ("learned",)
+    family = "dynamicvit"
     description = ("learned per-stage token predictors (Gumbel-Softmax + attention masking in training, "
                    "top-k at inference)")
     learns_parameters = True

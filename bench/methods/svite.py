@@ -109,8 +109,9 @@ class _WeightSparse(_SparseTraining):
 @register_method
 class SViTE(_WeightSparse, Method):
     name = "svite"
+    roles = ("weight_budget",)
+    family = "svite"
     description = "SViTE: unstructured sparse training at a fixed density (ERK masks, magnitude drop, gradient regrowth)"
-    reduces_tokens = False
     identity_params = {"density": 1.0}
     params = dict(SCHEDULE_PARAMS)
 
@@ -127,9 +128,10 @@ class SViTE(_WeightSparse, Method):
 @register_method
 class S2ViTE(_SparseTraining, Method):
     name = "s2vite"
+    roles = ("weight_budget",)
+    family = "svite"
     description = ("S2ViTE: structured sparse training of attention heads and MLP neurons (Taylor / L1 drop, gradient "
                    "regrowth), cut structures removed after training")
-    reduces_tokens = False
     identity_params = {"density": 1.0}
     params = dict(SCHEDULE_PARAMS)
 
@@ -159,6 +161,8 @@ class S2ViTE(_SparseTraining, Method):
 @register_method
 class SViTEPlus(_WeightSparse, StagedPruning):
     name = "svite_plus"
+    roles = ("learned",)
+    family = "svite"
     description = ("SViTE+: SViTE weight sparsity plus a learnable top-k token selector after the position embedding "
                    "(hard Gumbel-Softmax, straight-through, in training)")
     learns_parameters = True

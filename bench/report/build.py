@@ -2,7 +2,7 @@
 
 Writes into ``results/<suite>/report/``: the results table (Markdown inside ``report.md``, LaTeX
 ``results.tex``, CSV ``results.csv``), the two trade-off figures (top-1 vs GMACs, top-1 vs throughput),
-the matched-budget comparison and the learned/static/random ablation (tables and figures), the paper
+the matched-budget comparison and the learned-vs-control ablation (tables and figures), the paper
 figures, the kept-token gallery, and ``index.md`` linking all of it with the provenance block and the
 list of failed or missing runs. Same input, same bytes; missing or failed runs are holes, never errors.
 """
@@ -19,8 +19,8 @@ from bench.io import atomic_write_text
 from bench.report.figures import FIGURES, FigureContext, build_figures, load_published
 from bench.report.gallery import KEPT_NPZ, plot_gallery
 from bench.report.plots import method_styles, plot_tradeoff
-from bench.report.summary import summarize
-from bench.report.table import (_holes_section, _provenance_section, _suite_and_dataset, render_csv, render_latex,
+from bench.report.summary import reference_methods, summarize
+from bench.report.table import (holes_section, provenance_section, suite_and_dataset, render_csv, render_latex,
                                 render_markdown)
 from bench.results.collect import TABLE_PARQUET, collect
 
@@ -118,9 +118,9 @@ def _write_tables(table: pd.DataFrame, summary: pd.DataFrame, matched: pd.DataFr
                ("top-1 vs paired speed-up over dense", "tradeoff_top1_vs_speedup.png")]
     extra = ["## What was timed", what_was_timed_markdown(table),
              "## Speed-up by batch size", speedup_by_batch_markdown(table, summary), "## Matched-budget comparison", matched_markdown(matched), "![matched budgets](matched_budget.png)",
-             "## Ablation: learned vs static vs random at equal keep ratios", ablation_markdown(abl),
+             "## Ablation: learned vs control token selection at equal keep ratios", ablation_markdown(abl),
              "![ablation](ablation.png)"]
-    holes, provenance = _holes_section(table), _provenance_section(table)
+    holes, provenance = holes_section(table), provenance_section(table)
     report_md = render_markdown(table, summary, suite, dataset, figures, extra, holes=holes, provenance=provenance)
     return paths, report_md, holes, provenance
 
@@ -136,8 +136,8 @@ def build_report(suite_dir: Path, out_dir: Path | None = None, workers: int | No
     out_dir = Path(out_dir) if out_dir is not None else suite_dir / "report"
     table = _load(suite_dir)
     summary = summarize(table)
-    suite, dataset = _suite_and_dataset(table, suite_dir)
-    styles = method_styles(sorted(table["method"].dropna().unique()))  # one style per method, every figure
+    suite, dataset = suite_and_dataset(table, suite_dir)
+    styles = method_styles(sorted(table["method"].dropna().unique()), reference_methods(table))  # one per method
     title = f"Suite {suite} — {dataset}"
     names = FIGURES.names() if paper_figures else []
     # Figures are submitted as soon as their data exists, so workers draw while this process computes.
@@ -150,9 +150,7 @@ def build_report(suite_dir: Path, out_dir: Path | None = None, workers: int | No
         renderer.submit(_gallery, table, suite_dir, out_dir)
         matched = matched_budget(table)
         renderer.submit(plot_matched, matched, out_dir, styles=styles)
-        # the ablation is about which tokens are kept: methods run only at keep 1.0 (weight sparsity) stay out
-        reducing = table.loc[table["keep_ratio"] < 1.0, "method"].dropna().unique()
-        abl = ablation(table, learned=sorted(set(reducing) - {"static", "random"}))
+        abl = ablation(table)  # learned vs controls, as the methods' roles say
         renderer.submit(plot_ablation, abl, out_dir, styles=styles)
         if names:
             ctx = FigureContext(table, summary, out_dir, styles, load_published())
@@ -188,6 +186,6 @@ def render_index(table: pd.DataFrame, suite: str, dataset: str, paths: dict[str,
     registered = ", ".join(f"`{n}`" for n in FIGURES.names())
     lines += [f"Paper figures registered: {registered} (each draws only when the suite has its methods).", "",
               "## Failed or missing runs", "",
-              _holes_section(table) if holes is None else holes, "", "## Provenance", "",
-              _provenance_section(table) if provenance is None else provenance, ""]
+              holes_section(table) if holes is None else holes, "", "## Provenance", "",
+              provenance_section(table) if provenance is None else provenance, ""]
     return "\n".join(lines)

@@ -13,7 +13,6 @@ backbone and dataset match theirs.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -27,7 +26,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from bench.registry import Registry
-from bench.report.plots import DENSE_METHOD, GMACS_LABEL, draw_error_bars, fixed_layout, save_figure
+from bench.report.plots import GMACS_LABEL, draw_error_bars, fixed_layout, is_reference, reference_first, save_figure
+from bench.report.summary import methods_with_role, reference_methods
 
 PUBLISHED_DATASET = "imagenet-1k"
 
@@ -42,12 +42,22 @@ class FigureContext:
 
 
 FigureFn = Callable[[FigureContext], list[Path]]
-FIGURES: Registry[tuple[str, FigureFn]] = Registry("figure")
 
 
-def register_figure(name: str, description: str) -> Callable[[FigureFn], FigureFn]:
+@dataclass(frozen=True)
+class PaperFigure:
+    description: str
+    fn: FigureFn
+    #: the methods it features: those declaring this ``Method.family`` ("" = selected by role only)
+    family: str = ""
+
+
+FIGURES: Registry[PaperFigure] = Registry("figure")
+
+
+def register_figure(name: str, description: str, family: str = "") -> Callable[[FigureFn], FigureFn]:
     def wrap(fn: FigureFn) -> FigureFn:
-        FIGURES.add(name, (description, fn))
+        FIGURES.add(name, PaperFigure(description, fn, family))
         return fn
 
     return wrap
@@ -65,20 +75,31 @@ def _registry_names(ctx: FigureContext) -> dict[str, str]:
     return dict(zip(t["method"], names.fillna(t["method"])))
 
 
-def _params(ctx: FigureContext) -> dict[str, dict[str, Any]]:
-    t = ctx.table.dropna(subset=["method"])
-    out: dict[str, dict[str, Any]] = {}
-    for label, raw in zip(t["method"], t.get("method_params", pd.Series([None] * len(t), index=t.index))):
-        if isinstance(raw, str):
-            try:
-                out[label] = json.loads(raw)
-            except ValueError:
-                out[label] = {}
-        elif isinstance(raw, dict):
-            out[label] = raw
-        else:
-            out.setdefault(label, {})
-    return out
+def _family(ctx: FigureContext, family: str) -> list[str]:
+    """Labels of the methods declaring ``family`` (the run record's ``method_family``)."""
+    t = ctx.table
+    if "method_family" not in t:
+        return []
+    return sorted(t.loc[t["method_family"] == family, "method"].dropna().unique())
+
+
+def _role(ctx: FigureContext, *roles: str) -> list[str]:
+    return sorted({label for role in roles for label in methods_with_role(ctx.table, role)})
+
+
+def _names(ctx: FigureContext, labels: list[str]) -> set[str]:
+    """Registry names of these labels: what published.csv's ``method`` column holds."""
+    names = _registry_names(ctx)
+    return {names.get(label, label) for label in labels}
+
+
+def _param(ctx: FigureContext, param: str) -> dict[str, float]:
+    """Label -> a method parameter's value (the record holds every parameter, defaults filled)."""
+    column = f"param_{param}"
+    if column not in ctx.table:
+        return {}
+    t = ctx.table.dropna(subset=["method", column])
+    return {label: float(v) for label, v in zip(t["method"], t[column])}
 
 
 def _ok(summary: pd.DataFrame, labels: list[str]) -> pd.DataFrame:
@@ -92,7 +113,7 @@ def _figure(n_panels: int) -> tuple[Figure, Any]:
 
 
 def _lines(ax: Any, data: pd.DataFrame, x: str, styles: dict[str, dict[str, Any]]) -> None:
-    for method in sorted(data["method"].unique(), key=lambda m: (m != DENSE_METHOD, m)):
+    for method in reference_first(styles, data["method"].unique()):
         rows = data[data["method"] == method].sort_values(x)
         st = styles.get(method, {"color": "grey", "marker": "o", "markersize": 7})
         xs, ys = rows[x].to_numpy(dtype=float), rows["top1_mean"].to_numpy(dtype=float)
@@ -100,7 +121,7 @@ def _lines(ax: Any, data: pd.DataFrame, x: str, styles: dict[str, dict[str, Any]
         draw_error_bars(ax, xs, ys - err, ys + err, [st["color"]] * len(rows))
         ax.plot(xs, ys, color=st["color"], marker=st["marker"], markersize=st["markersize"],
                 linestyle="-" if len(rows) > 1 else "none", label=method,
-                markeredgecolor="black" if method == DENSE_METHOD else "white", markeredgewidth=0.6)
+                markeredgecolor="black" if is_reference(styles, method) else "white", markeredgewidth=0.6)
 
 
 def _published(ax: Any, ctx: FigureContext, backbone: str, methods: set[str], x: str,
@@ -141,10 +162,6 @@ def _finish(fig: Figure, axes: Any, ctx: FigureContext, stem: str, title: str, p
     return list(paths.values())
 
 
-def _by_registry(ctx: FigureContext, names: set[str]) -> list[str]:
-    return sorted(label for label, name in _registry_names(ctx).items() if name in names)
-
-
 def _cost_accuracy(ctx: FigureContext, labels: list[str], published_methods: set[str], stem: str, title: str,
                    xlabel: str) -> list[Path]:
     """Top-1 vs GMACs, a panel per backbone, published points of ``published_methods`` as hollow markers."""
@@ -157,64 +174,69 @@ def _cost_accuracy(ctx: FigureContext, labels: list[str], published_methods: set
         published = False
         for ax, backbone in zip(axes, backbones):
             _lines(ax, data[data["backbone"] == backbone], "gmacs", ctx.styles)
-            published |= _published(ax, ctx, backbone, published_methods | {DENSE_METHOD}, "gmacs")
+            published |= _published(ax, ctx, backbone, published_methods | _names(ctx, _role(ctx, "reference")),
+                                    "gmacs")
             ax.set(title=backbone, xlabel=xlabel, ylabel="Top-1 accuracy (%)")
         return _finish(fig, axes, ctx, stem, title, published)
 
 
-@register_figure("dynamicvit_tradeoff", "DynamicViT-style top-1 vs GMACs across keep ratios (learned, static, random)")
+@register_figure("dynamicvit_tradeoff", "DynamicViT-style top-1 vs GMACs across keep ratios (learned, controls, "
+                 "reference)", family="dynamicvit")
 def dynamicvit_tradeoff(ctx: FigureContext) -> list[Path]:
-    labels = _by_registry(ctx, {"dynamicvit"})
+    labels = _family(ctx, "dynamicvit")
     if not labels:
         return []
-    return _cost_accuracy(ctx, labels + _by_registry(ctx, {"static", "random", DENSE_METHOD}), {"dynamicvit"},
+    return _cost_accuracy(ctx, labels + _role(ctx, "control", "reference"), _names(ctx, labels),
                           "paper_dynamicvit_tradeoff", "Top-1 vs GMACs (DynamicViT, Fig. 1 style)", GMACS_LABEL)
 
 
-@register_figure("pruning_ablation", "learned vs static vs random token pruning: top-1 against the keep ratio")
+@register_figure("pruning_ablation", "learned vs control token selection: top-1 against the keep ratio")
 def pruning_ablation(ctx: FigureContext) -> list[Path]:
-    controls = _by_registry(ctx, {"static", "random"})
-    learned = _by_registry(ctx, {"dynamicvit", "importance", "token_pooling", "svite_plus"})
+    controls, learned = _role(ctx, "control"), _role(ctx, "learned")
     if not controls or not learned:
         return []
-    data = _ok(ctx.summary, learned + controls + _by_registry(ctx, {DENSE_METHOD}))
+    references = _role(ctx, "reference")
+    data = _ok(ctx.summary, learned + controls + references)
     backbones = sorted(data["backbone"].unique())
     with sns.axes_style("whitegrid"), mpl.rc_context({"font.size": 10}):
         fig, axes = _figure(len(backbones))
         published = False
         for ax, backbone in zip(axes, backbones):
-            panel = data[(data["backbone"] == backbone) & (data["method"] != DENSE_METHOD)]
+            panel = data[(data["backbone"] == backbone) & ~data["method"].isin(references)]
             _lines(ax, panel, "keep_ratio", ctx.styles)
-            dense = data[(data["backbone"] == backbone) & (data["method"] == DENSE_METHOD)]
-            for y in dense["top1_mean"]:
-                ax.axhline(y, color="black", linestyle=":", linewidth=1, label="dense")
-            # DynamicViT's Table 1 ratios and its Table 4 static/random rows at rho 0.7's budget
-            published |= _published(ax, ctx, backbone, {"dynamicvit", "static", "random"}, "keep_ratio")
+            reference = data[(data["backbone"] == backbone) & data["method"].isin(references)]
+            for y in reference["top1_mean"]:
+                ax.axhline(y, color="black", linestyle=":", linewidth=1, label="reference")
+            # e.g. DynamicViT's Table 1 ratios and its Table 4 static/random rows at rho 0.7's budget
+            published |= _published(ax, ctx, backbone, _names(ctx, learned + controls), "keep_ratio")
             ax.set(title=backbone, xlabel="keep ratio rho (tokens kept per stage)", ylabel="Top-1 accuracy (%)")
-        return _finish(fig, axes, ctx, "paper_pruning_ablation", "Learned vs static vs random at equal keep ratios",
-                       published)
+        return _finish(fig, axes, ctx, "paper_pruning_ablation", "Learned vs control token selection at equal keep "
+                       "ratios", published)
 
 
-@register_figure("token_pooling_curves", "Token Pooling-style cost-accuracy curves of the pooling variants and baselines")
+@register_figure("token_pooling_curves", "Token Pooling-style cost-accuracy curves of the pooling variants and "
+                 "baselines", family="token_pooling")
 def token_pooling_curves(ctx: FigureContext) -> list[Path]:
-    pooling = _by_registry(ctx, {"token_pooling"})
+    pooling = _family(ctx, "token_pooling")
     if not pooling:
         return []
-    labels = pooling + _by_registry(ctx, {"importance", "random", "grid_pool", "dynamicvit", DENSE_METHOD})
-    return _cost_accuracy(ctx, labels, {"token_pooling"}, "paper_token_pooling_curves",
+    labels = sorted(set(pooling) | set(_role(ctx, "learned", "control", "reference")) - set(_role(ctx, "weight_budget")))
+    return _cost_accuracy(ctx, labels, _names(ctx, pooling), "paper_token_pooling_curves",
                           "Cost-accuracy of token downsampling (Token Pooling style)",
                           GMACS_LABEL + ", clustering included")
 
 
-@register_figure("svite_sparsity", "SViTE-style top-1 against sparsity, with measured and theoretical GMACs")
+@register_figure("svite_sparsity", "SViTE-style top-1 against sparsity, with measured and theoretical GMACs",
+                 family="svite")
 def svite_sparsity(ctx: FigureContext) -> list[Path]:
-    sparse = _by_registry(ctx, {"svite", "s2vite", "svite_plus"})
+    sparse = _family(ctx, "svite")
     if not sparse:
         return []
-    params = _params(ctx)
-    data = _ok(ctx.summary, sparse + _by_registry(ctx, {DENSE_METHOD})).copy()
-    data["sparsity_pct"] = [100.0 * (1.0 - float(params.get(m, {}).get("density", 1.0 if m == DENSE_METHOD else 0.5)))
-                            for m in data["method"]]
+    references = _role(ctx, "reference")
+    density = {**_param(ctx, "density"), **dict.fromkeys(references, 1.0)}
+    data = _ok(ctx.summary, sparse + references).copy()
+    data["sparsity_pct"] = [100.0 * (1.0 - density.get(m, float("nan"))) for m in data["method"]]
+    data = data[data["sparsity_pct"].notna()]
     # one line per registry method across its density labels (svite_d50, svite_d70 -> svite)
     names = _registry_names(ctx)
     data["family"] = [names.get(m, m) for m in data["method"]]
@@ -233,7 +255,7 @@ def svite_sparsity(ctx: FigureContext) -> list[Path]:
             panel = data[data["backbone"] == backbone]
             for family, rows in panel.groupby("family", sort=True):
                 rows = rows.sort_values(["sparsity_pct", "keep_ratio"])
-                c = "black" if family == DENSE_METHOD else palette[family]
+                c = "black" if set(rows["method"]) <= set(references) else palette[family]
                 xs, ys = rows["sparsity_pct"].to_numpy(dtype=float), rows["top1_mean"].to_numpy(dtype=float)
                 err = rows["top1_std"].to_numpy(dtype=float)
                 draw_error_bars(ax_s, xs, ys - err, ys + err, [c] * len(rows))
@@ -245,7 +267,7 @@ def svite_sparsity(ctx: FigureContext) -> list[Path]:
                 if rows["theoretical_gmacs"].notna().any():
                     ax_g.plot(rows["theoretical_gmacs"], rows["top1_mean"], marker="o", markerfacecolor="none",
                               linestyle="--", color=c, label=f"{family} (theoretical)")
-            published |= _published(ax_s, ctx, backbone, {"svite", "s2vite", "svite_plus"}, "weight_sparsity_pct",
+            published |= _published(ax_s, ctx, backbone, _names(ctx, sparse), "weight_sparsity_pct",
                                     colors=palette)
             ax_s.set(title=backbone, xlabel="sparsity (% of weights, heads or neurons removed)",
                      ylabel="Top-1 accuracy (%)")
@@ -259,6 +281,5 @@ def build_figures(ctx: FigureContext, only: list[str] | None = None) -> dict[str
     names = only or FIGURES.names()
     out = {}
     for name in names:
-        _, fn = FIGURES.get(name)
-        out[name] = fn(ctx)
+        out[name] = FIGURES.get(name).fn(ctx)
     return out

@@ -17,30 +17,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from bench.io import atomic_write
+from bench.results.collect import KEPT_NPZ
 
-KEPT_NPZ = "kept_tokens.npz"
 BLANK = 1.0  # dropped patches are painted white, as in the papers' figures
-
-
-def record_kept_tokens(model: Any, method: Any, images: Any, path: str | Path, *,
-                       mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> Path:
-    """Run one evaluation forward and save images, per-stage kept masks and pooling groups atomically."""
-    from bench.report.kept_tokens import _displayable, kept_masks  # torch: only where a model runs
-
-    grid = tuple(int(g) for g in model.patch_embed.grid_size)
-    masks = kept_masks(model, method, images, grid)
-    groups = [g.numpy().astype(np.int32) for g in getattr(method, "last_groups", [])]
-    pictures = (_displayable(images, mean, std).numpy() * 255).round().astype(np.uint8)
-    payload = {"images": pictures, "grid": np.array(grid, dtype=np.int32),
-               "masks": np.stack([m.numpy() for m in masks]) if masks else np.zeros((0,) + pictures.shape[:1] + grid,
-                                                                                   dtype=bool)}
-    if groups and len(groups) == len(masks):
-        payload["groups"] = np.stack([g.reshape(g.shape[0], *grid) for g in groups])
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **payload)
-    out = Path(path)
-    atomic_write(out, lambda tmp: Path(tmp).write_bytes(buf.getvalue()))
-    return out
 
 
 def _outline(ax, groups: np.ndarray, ph: int, pw: int) -> None:

@@ -19,8 +19,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from bench.report.plots import DENSE_METHOD, GMACS_LABEL, draw_error_bars, fixed_layout, method_styles, save_figure
-from bench.report.table import _DASH, _md_table
+from bench.report.plots import (GMACS_LABEL, draw_error_bars, fixed_layout, method_styles, reference_first,
+                                save_figure)
+from bench.report.summary import methods_with_role, reference_methods
+from bench.report.table import DASH, md_table
 
 GMACS = "gmacs_fvcore_1mac_eq_1flop"
 N_BUDGETS = 5
@@ -172,21 +174,23 @@ def matched_budget(table: pd.DataFrame, budgets: Sequence[float] | Mapping[str, 
 
 
 def ablation(table: pd.DataFrame, learned: Sequence[str] | None = None,
-             controls: Sequence[str] = ("static", "random"), n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """Learned selectors against static/random token selection at the same keep ratio.
+             controls: Sequence[str] | None = None, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Learned selectors against the controls (content-blind token selection) at the same keep ratio.
 
     Long format, one row per backbone x keep_ratio x method x control: ``role`` is "learned" or
     "control"; n_seeds/top1_mean/top1_ci_low/top1_ci_high are the method's top-1 over seeds (95 %
     bootstrap CI). Learned rows repeat once per control seen in the table, with ``control`` naming
     it, n_pairs the seeds both share, and diff_mean/diff_ci_* the paired top-1 difference
     (learned − control, points) and its CI; control rows (and learned ones when no control was
-    run) have control None, n_pairs 0 and NaN differences. ``learned`` defaults to every method
-    that is neither dense nor a control. Sorted by backbone, keep ratio (high first), role, method.
+    run) have control None, n_pairs 0 and NaN differences. ``learned`` defaults to the methods declaring
+    the "learned" role that run below keep ratio 1.0, ``controls`` to those declaring "control". Sorted by backbone, keep ratio (high first), role, method.
     """
-    controls = list(dict.fromkeys(controls))
+    controls = list(dict.fromkeys(methods_with_role(table, "control") if controls is None else controls))
     pts = _ok_points(table).dropna(subset=["keep_ratio"])
     if learned is None:
-        learned = sorted(m for m in pts["method"].unique() if m != DENSE_METHOD and m not in controls)
+        # which tokens are kept: methods run only at keep 1.0 (weight budgets, the reference) stay out
+        reducing = set(pts.loc[pts["keep_ratio"] < 1.0, "method"]) if len(pts) else set()
+        learned = [m for m in methods_with_role(table, "learned") if m in reducing]
     learned = [m for m in dict.fromkeys(learned) if m not in controls]
     pts = pts[pts["method"].isin(learned + controls)]
     if pts.empty:
@@ -220,11 +224,11 @@ def ablation(table: pd.DataFrame, learned: Sequence[str] | None = None,
 
 
 def _f(value: Any, signed: bool = False) -> str:
-    return _DASH if not np.isfinite(value) else f"{value:+.2f}" if signed else f"{value:.2f}"
+    return DASH if not np.isfinite(value) else f"{value:+.2f}" if signed else f"{value:.2f}"
 
 
 def _ci(lo: Any, hi: Any, signed: bool = False) -> str:
-    return f"[{_f(lo, signed)}, {_f(hi, signed)}]" if np.isfinite(lo) and np.isfinite(hi) else _DASH
+    return f"[{_f(lo, signed)}, {_f(hi, signed)}]" if np.isfinite(lo) and np.isfinite(hi) else DASH
 
 
 def _budget(x: float) -> str:
@@ -239,7 +243,7 @@ def matched_markdown(df: pd.DataFrame) -> str:
     rows = [[r.backbone, _budget(r.budget_gmacs), f"{r.method} (best)" if r.method == r.best_method else r.method,
              str(r.n_seeds), _f(r.top1_mean), _ci(r.top1_ci_low, r.top1_ci_high), _f(r.diff_to_best, True),
              _ci(r.diff_ci_low, r.diff_ci_high, True)] for r in df.itertuples(index=False)]
-    return _md_table(["Backbone", "Budget (GMACs)", "Method", "Seeds", "Top-1 (%)", "95% CI", "Δ vs best (pp)", "95% CI"],
+    return md_table(["Backbone", "Budget (GMACs)", "Method", "Seeds", "Top-1 (%)", "95% CI", "Δ vs best (pp)", "95% CI"],
                rows, "lrlrrrrr")
 
 
@@ -252,14 +256,14 @@ def ablation_markdown(df: pd.DataFrame) -> str:
                .itertuples(index=False, name=None))
     rows = [[r.backbone, f"{r.keep_ratio:g}", f"{r.method} (best)" if (r.backbone, r.keep_ratio, r.method) in best
              else r.method, r.role, str(r.n_seeds), _f(r.top1_mean), _ci(r.top1_ci_low, r.top1_ci_high),
-             r.control if r.control is not None else _DASH, str(r.n_pairs), _f(r.diff_mean, True),
+             r.control if r.control is not None else DASH, str(r.n_pairs), _f(r.diff_mean, True),
              _ci(r.diff_ci_low, r.diff_ci_high, True)] for r in df.itertuples(index=False)]
-    return _md_table(["Backbone", "Keep ratio", "Method", "Role", "Seeds", "Top-1 (%)", "95% CI", "vs control", "Pairs",
+    return md_table(["Backbone", "Keep ratio", "Method", "Role", "Seeds", "Top-1 (%)", "95% CI", "vs control", "Pairs",
                 "Δ top-1 (pp)", "95% CI"], rows, "lrllrrrlrrr")
 
 
-def _ordered(methods: Any) -> list[str]:
-    return sorted(set(methods), key=lambda m: (m != DENSE_METHOD, m))
+def _ordered(methods: Any, styles: dict[str, dict[str, Any]]) -> list[str]:
+    return reference_first(styles, methods)
 
 
 def _plot(df: pd.DataFrame, title: str, draw: Any, handles: Any, xlabel: str, out_dir: Path,
@@ -277,7 +281,7 @@ def _plot(df: pd.DataFrame, title: str, draw: Any, handles: Any, xlabel: str, ou
             axes[0].text(0.5, 0.5, "no data", ha="center", va="center", transform=axes[0].transAxes, fontsize=12)
             axes[0].set(xticks=[], yticks=[])
         else:
-            styles = styles or method_styles(list(data["method"].unique()))
+            styles = styles or method_styles(list(data["method"].unique()), reference_methods(data))
             for ax, backbone in zip(axes, backbones):
                 draw(ax, data[data["backbone"] == backbone], styles)
                 ax.set_title(backbone)
@@ -296,7 +300,7 @@ def _draw_matched(ax: Any, data: pd.DataFrame, styles: dict[str, dict[str, Any]]
     """Methods dodged around each budget so their CI bars do not overlap; best points ringed."""
     xs = np.unique(data["budget_gmacs"].to_numpy(dtype=float))
     gap = np.diff(xs).min() if len(xs) > 1 else max(abs(xs[0]), 1e-9)
-    methods = _ordered(data["method"])
+    methods = _ordered(data["method"], styles)
     for i, method in enumerate(methods):
         rows = data[data["method"] == method].sort_values("budget_gmacs")
         x = rows["budget_gmacs"].to_numpy() + (i - (len(methods) - 1) / 2) * 0.3 * gap / max(len(methods), 1)
@@ -316,7 +320,7 @@ def _draw_matched(ax: Any, data: pd.DataFrame, styles: dict[str, dict[str, Any]]
 
 def _matched_handles(data: pd.DataFrame, styles: dict[str, dict[str, Any]]) -> list[Any]:
     return [Line2D([], [], color=styles[m]["color"], marker=styles[m]["marker"], markersize=styles[m]["markersize"],
-                   label=m) for m in _ordered(data["method"])] + [
+                   label=m) for m in _ordered(data["method"], styles)] + [
         Line2D([], [], marker="o", markersize=13, markerfacecolor="none", markeredgecolor="black",
                linestyle="none", label="best at budget")]
 

@@ -13,7 +13,7 @@ table always gives identical PNG and PDF bytes.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import matplotlib as mpl
 import numpy as np
@@ -25,9 +25,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from bench.io import atomic_write
+from bench.report.summary import reference_methods
 
-DENSE_METHOD = "dense"
-DENSE_STYLE = {"color": "black", "marker": "*", "markersize": 15}
+REFERENCE_STYLE = {"color": "black", "marker": "*", "markersize": 15, "reference": True}
 _MARKERS = ["o", "s", "D", "^", "v", "P", "X", "<", ">", "h", "p", "d"]
 PNG_DPI = 150
 LABEL_FONTSIZE = 8  # keep-ratio labels next to points
@@ -57,20 +57,30 @@ def pareto_front(x: pd.Series, y: pd.Series, larger_x_better: bool) -> pd.Index:
     return pd.Index(front)
 
 
-def method_styles(methods: list[str]) -> dict[str, dict[str, Any]]:
+def method_styles(methods: list[str], references: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
     """Colour + marker per method, fixed by sorted name so every figure agrees.
 
-    Dense is the black star reference; other methods take the colour-blind palette in order.
+    The reference method (dense, see ``reference_methods``) is the black star; the others take the colour-blind
+    palette in order.
     """
-    others = sorted(m for m in set(methods) if m != DENSE_METHOD)
+    references = set(references)
+    others = sorted(m for m in set(methods) if m not in references)
     colors = sns.color_palette("colorblind", 10)
     if len(others) > len(colors):
         colors = sns.color_palette("husl", len(others))
     styles = {m: {"color": colors[i], "marker": _MARKERS[i % len(_MARKERS)], "markersize": 7}
               for i, m in enumerate(others)}
-    if DENSE_METHOD in methods:
-        styles[DENSE_METHOD] = dict(DENSE_STYLE)
+    styles.update({m: dict(REFERENCE_STYLE) for m in references & set(methods)})
     return styles
+
+
+def is_reference(styles: dict[str, dict[str, Any]], method: str) -> bool:
+    return bool(styles.get(method, {}).get("reference"))
+
+
+def reference_first(styles: dict[str, dict[str, Any]], methods: Iterable[str]) -> list[str]:
+    """Methods in drawing and legend order: the reference first, then by name."""
+    return sorted(set(methods), key=lambda m: (not is_reference(styles, m), m))
 
 
 def draw_error_bars(ax: Any, x: np.ndarray, low: np.ndarray, high: np.ndarray, colors: list[Any],
@@ -100,15 +110,15 @@ def _draw_panel(ax: Any, data: pd.DataFrame, styles: dict[str, dict[str, Any]], 
     xs, ys = data[column].to_numpy(dtype=float), data["top1_mean"].to_numpy(dtype=float)
     errs = np.where(data["n_ok"].to_numpy() > 1, np.nan_to_num(data["top1_std"].to_numpy(dtype=float)), 0.0)
     draw_error_bars(ax, xs, ys - errs, ys + errs, [styles[m]["color"] for m in methods], linewidth=1.6)
-    for method in sorted(set(methods), key=lambda m: (m != DENSE_METHOD, m)):
+    for method in reference_first(styles, methods):
+        ref = is_reference(styles, method)
         idx = np.flatnonzero(methods == method)
         idx = idx[np.argsort(xs[idx], kind="stable")]
         style = styles[method]
         ax.plot(xs[idx], ys[idx], color=style["color"], marker=style["marker"], markersize=style["markersize"],
                 linestyle="-" if len(idx) > 1 else "none", linewidth=1.6,
-                markeredgecolor="white" if method != DENSE_METHOD else "black", markeredgewidth=0.6,
-                zorder=4 if method == DENSE_METHOD else 3)
-        if method == DENSE_METHOD:
+                markeredgecolor="black" if ref else "white", markeredgewidth=0.6, zorder=4 if ref else 3)
+        if ref:
             for y in ys[idx]:
                 ax.axhline(y, color="black", linestyle=":", linewidth=0.9, alpha=0.5, zorder=1)
     ax.set_xlabel(label)
@@ -125,7 +135,8 @@ def _draw_panel(ax: Any, data: pd.DataFrame, styles: dict[str, dict[str, Any]], 
     if flagged.any():
         ax.plot(xs[flagged], ys[flagged], zorder=5, **UNRELIABLE_STYLE)
     if x == "gmacs":
-        _label_keep_ratios(ax, xs, ys - errs, data["keep_ratio"].to_numpy(dtype=float), methods != DENSE_METHOD)
+        not_ref = np.array([not is_reference(styles, m) for m in methods], dtype=bool)
+        _label_keep_ratios(ax, xs, ys - errs, data["keep_ratio"].to_numpy(dtype=float), not_ref)
 
 
 def unreliable_mask(data: pd.DataFrame, x: str) -> np.ndarray:
@@ -165,11 +176,11 @@ def _label_keep_ratios(ax: Any, xs: np.ndarray, bottoms: np.ndarray, ratios: np.
 
 def _legend_handles(methods: list[str], styles: dict[str, dict[str, Any]]) -> list[Line2D]:
     handles = [Line2D([], [], color="0.55", linewidth=5, alpha=0.35, label="Pareto front")]
-    for method in sorted(methods, key=lambda m: (m != DENSE_METHOD, m)):
-        style = styles[method]
-        label = f"{method} (reference)" if method == DENSE_METHOD else method
+    for method in reference_first(styles, methods):
+        style, ref = styles[method], is_reference(styles, method)
+        label = f"{method} (reference)" if ref else method
         handles.append(Line2D([], [], color=style["color"], marker=style["marker"],
-                              markersize=style["markersize"], linestyle="-" if method != DENSE_METHOD else "none",
+                              markersize=style["markersize"], linestyle="none" if ref else "-",
                               label=label))
     return handles
 
@@ -196,7 +207,7 @@ def tradeoff_figure(summary: pd.DataFrame, title: str, x: str = "gmacs",
             ax.set_ylabel("Top-1 accuracy (%)")
         else:
             methods = sorted(data["method"].unique())
-            styles = styles or method_styles(methods)
+            styles = styles or method_styles(methods, reference_methods(data))
             for ax, backbone in zip(axes, backbones):
                 _draw_panel(ax, data[data["backbone"] == backbone], styles, x)
                 if n_panels > 1:

@@ -1,4 +1,4 @@
-"""Aggregate the runs table over seeds: one row per backbone x method x keep ratio.
+"""Aggregate the runs table over seeds: one row per backbone x method x keep ratio, as the run record declares.
 
 Vectorised (one groupby, no Python loop over runs or groups) so a 10,000-run table summarises in
 milliseconds. Failed runs count in ``n_runs`` but not in the statistics.
@@ -10,18 +10,24 @@ import itertools
 import numpy as np
 import pandas as pd
 
-GROUP_KEYS = ["backbone", "method", "keep_ratio"]
-DENSE_METHOD = "dense"
+from bench.results.record import COLUMNS, DERIVED as DERIVED_COLUMNS, GROUP_KEYS
+from bench.roles import ROLES, role_column
+
+REFERENCE = role_column("reference")
 GMACS = "gmacs_fvcore_1mac_eq_1flop"
 THEORY = "theoretical_gmacs_nonzero_weights_fvcore_1mac_eq_1flop"
+_AGGREGATED = [c for c in COLUMNS if c.agg is not None]
+DERIVED = [c.name for c in DERIVED_COLUMNS]
 
-SUMMARY_COLUMNS = [
-    "backbone", "method", "keep_ratio", "n_ok", "n_runs", "seeds_ok", "top1_mean", "top1_std", "top5_mean",
-    "top5_std", "top1_ema_mean", "top1_ema_std", "gmacs", "theoretical_gmacs", "method_gmacs", "params_m", "nonzero_params_m", "throughput",
-    "throughput_iqr", "throughput_cv", "throughput_unreliable", "throughput_batch", "throughput_device",
-    "mean_tokens", "train_peak_mem_mb", "speedup", "speedup_ci_low", "speedup_ci_high", "speedup_unreliable",
-    "flops_reduction_pct", "theoretical_flops_reduction_pct", "flops_implied_speedup",
-]
+
+def _summary_names() -> list[str]:
+    names = [*GROUP_KEYS, "n_ok", "n_runs"]
+    for c in _AGGREGATED:
+        names += [f"{c.summary_name}_mean", f"{c.summary_name}_std"] if c.agg == "mean_std" else [c.summary_name]
+    return names + DERIVED
+
+
+SUMMARY_COLUMNS = _summary_names()
 
 
 def _col(table: pd.DataFrame, name: str) -> pd.Series:
@@ -75,13 +81,11 @@ def check_one_device(table: pd.DataFrame) -> None:
 
 
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
-    """Seed statistics (mean, sample std) and deltas to dense on the same backbone.
-
-    Throughput is the median over seeds of each run's median img/s (IQR and CV likewise). ``speedup`` is the
-    median over seeds of each run's paired speed-up over dense (timed interleaved in one job, see
-    :mod:`bench.measure.paired`); its interval spans the seeds' confidence intervals, and it is unreliable if any
-    seed's is. ``flops_implied_speedup`` is dense GMACs / GMACs: the ratio of the two says how much of the FLOPs
-    saving became wall-clock saving. A backbone whose runs were timed on different devices is refused.
+    """One row per backbone x method x keep ratio, each column aggregated over ok seeds as the run record declares
+    (:mod:`bench.results.record`): accuracy as mean and sample std, GMACs as the mean, img/s and the paired speed-up
+    as the median over seeds (the speed-up's interval spans the seeds' intervals; unreliable if any seed's is).
+    ``flops_implied_speedup`` is the reference's GMACs / GMACs: next to the measured speed-up it says how much of the
+    FLOPs saving became wall-clock saving. A backbone whose runs were timed on different devices is refused.
     """
     keyed = table.dropna(subset=GROUP_KEYS).copy()
     if keyed.empty:
@@ -89,58 +93,73 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     check_one_device(keyed)
     keyed["keep_ratio"] = keyed["keep_ratio"].astype(float).round(6)  # 0.7 and 0.7000000001 are one group
     ok = keyed[keyed["status"] == "ok"]
-    numeric = pd.DataFrame({
-        "top1": _col(ok, "top1"), "top5": _col(ok, "top5"), "top1_ema": _col(ok, "top1_ema"), "gmacs": _col(ok, GMACS),
-        "theoretical_gmacs": _col(ok, THEORY), "method_gmacs": _col(ok, "method_gmacs_fvcore_1mac_eq_1flop"),
-        "params_m": _col(ok, "params_m"), "nonzero_params_m": _col(ok, "nonzero_params_m"),
-        "throughput": _col(ok, "throughput_img_s"), "throughput_iqr": _col(ok, "throughput_img_s_iqr"),
-        "throughput_cv": _col(ok, "throughput_img_s_cv"), "speedup": _col(ok, "speedup_vs_dense"),
-        "speedup_ci_low": _col(ok, "speedup_ci_low"), "speedup_ci_high": _col(ok, "speedup_ci_high"),
-        "throughput_unreliable": _flag(ok, "throughput_unreliable"), "speedup_unreliable": _flag(ok, "speedup_unreliable"),
-        "mean_tokens": _col(ok, "mean_tokens"), "train_peak_mem_mb": _col(ok, "train_peak_mem_mb"),
-    }).apply(pd.to_numeric, errors="coerce")
+    numeric = {c.name: _flag(ok, c.name) if c.dtype == "bool" else _col(ok, c.name)
+               for c in _AGGREGATED if c.agg not in ("join", "first")}
+    frame = pd.DataFrame(numeric, index=ok.index).apply(pd.to_numeric, errors="coerce")
     for k in GROUP_KEYS:
-        numeric[k] = ok[k]
-    g = numeric.groupby(GROUP_KEYS, sort=True)
-    means = g.mean()
-    stats = pd.DataFrame({
-        "top1_mean": means["top1"], "top1_std": g["top1"].std(ddof=1),
-        "top5_mean": means["top5"], "top5_std": g["top5"].std(ddof=1),
-        "top1_ema_mean": means["top1_ema"], "top1_ema_std": g["top1_ema"].std(ddof=1),  # the recipe's EMA weights
-        **{c: means[c] for c in ("gmacs", "theoretical_gmacs", "method_gmacs", "params_m", "nonzero_params_m",
-                                 "mean_tokens", "train_peak_mem_mb")},
-        "throughput": g["throughput"].median(), "throughput_iqr": g["throughput_iqr"].median(),
-        "throughput_cv": g["throughput_cv"].median(), "speedup": g["speedup"].median(),
-        "speedup_ci_low": g["speedup_ci_low"].min(), "speedup_ci_high": g["speedup_ci_high"].max(),
-        "throughput_unreliable": g["throughput_unreliable"].max(), "speedup_unreliable": g["speedup_unreliable"].max(),
-    })
-    text = ok[GROUP_KEYS].assign(seed=_col(ok, "seed"), batch=_col(ok, "throughput_batch_size"),
-                                 device=_col(ok, "throughput_device"))
-    stats["seeds_ok"] = _joined(text, "seed", sep=",")
-    stats["throughput_batch"] = _joined(text, "batch")
-    stats["throughput_device"] = _joined(text, "device")
+        frame[k] = ok[k]
+    g = frame.groupby(GROUP_KEYS, sort=True)
+    stats: dict[str, pd.Series] = {}
+    for c in _AGGREGATED:
+        name = c.summary_name
+        if c.agg == "mean_std":
+            stats[f"{name}_mean"], stats[f"{name}_std"] = g[c.name].mean(), g[c.name].std(ddof=1)
+        elif c.agg == "any":
+            stats[name] = g[c.name].max()
+        elif c.agg in ("mean", "median", "min", "max"):
+            stats[name] = getattr(g[c.name], c.agg)()
+    stats_frame = pd.DataFrame(stats)
+    for c in _AGGREGATED:  # text: distinct values joined; per-method constants: the first
+        if c.agg in ("join", "first"):
+            text = ok[GROUP_KEYS].assign(value=_col(ok, c.name))
+            if c.agg == "join":
+                stats_frame[c.summary_name] = _joined(text, "value", sep="," if c.dtype == "int" and c.name == "seed"
+                                                      else "/")
+            else:
+                stats_frame[c.summary_name] = keyed.groupby(GROUP_KEYS, sort=True)[c.name].first() \
+                    if c.name in keyed else None
     counts = pd.DataFrame({"n_runs": keyed.groupby(GROUP_KEYS, sort=True).size(),
                            "n_ok": ok.groupby(GROUP_KEYS, sort=True).size()})
-    summary = counts.join(stats, how="left").reset_index()
+    summary = counts.join(stats_frame, how="left").reset_index()
     summary["n_ok"] = summary["n_ok"].fillna(0).astype(int)
-    for col in ("seeds_ok", "throughput_batch", "throughput_device"):  # text; empty when no run is ok
-        summary[col] = summary[col].astype(object).where(summary[col].notna(), "")
-    dense = summary[(summary["method"] == DENSE_METHOD) & (summary["keep_ratio"] == 1.0) & (summary["n_ok"] > 0)]
-    dense = dense.drop_duplicates("backbone").set_index("backbone")
-    ref_gmacs = summary["backbone"].map(dense["gmacs"])
-    for col in ("throughput_unreliable", "speedup_unreliable"):  # NaN (never timed) stays unknown, not False
-        summary[col] = summary[col].map(lambda v: None if pd.isna(v) else bool(v)).astype(object)
+    for c in _AGGREGATED:
+        if c.agg == "join":  # text; empty when no run is ok
+            summary[c.summary_name] = summary[c.summary_name].astype(object).where(summary[c.summary_name].notna(), "")
+        elif c.dtype == "bool" and c.agg == "any":  # NaN (never timed) stays unknown, not False
+            summary[c.name] = summary[c.name].map(lambda v: None if pd.isna(v) else bool(v)).astype(object)
+        elif c.dtype == "bool":
+            summary[c.name] = summary[c.name].map(lambda v: bool(v) if pd.notna(v) else False).astype(bool)
+    is_reference = summary[REFERENCE] if REFERENCE in summary else pd.Series(False, index=summary.index)
+    reference = summary[is_reference & (summary["keep_ratio"] == 1.0) & (summary["n_ok"] > 0)]
+    reference = reference.drop_duplicates("backbone").set_index("backbone")
+    ref_gmacs = summary["backbone"].map(reference["gmacs"])
     summary["flops_reduction_pct"] = 100.0 * (1.0 - summary["gmacs"] / ref_gmacs)
     summary["theoretical_flops_reduction_pct"] = 100.0 * (1.0 - summary["theoretical_gmacs"] / ref_gmacs)
     summary["flops_implied_speedup"] = ref_gmacs / summary["gmacs"]
-    # reading order: per backbone, dense first, then methods by name, high keep ratio first
-    summary["_dense_last"] = summary["method"] != DENSE_METHOD
-    summary = summary.sort_values(["backbone", "_dense_last", "method", "keep_ratio"],
+    # reading order: per backbone, the reference first, then methods by name, high keep ratio first
+    summary["_reference_last"] = ~is_reference
+    summary = summary.sort_values(["backbone", "_reference_last", "method", "keep_ratio"],
                                   ascending=[True, True, True, False], kind="mergesort")
     for col in SUMMARY_COLUMNS:
         if col not in summary:
             summary[col] = np.nan
     return summary.reset_index(drop=True)[SUMMARY_COLUMNS]
+
+
+def reference_methods(summary: pd.DataFrame) -> list[str]:
+    """Labels of the runs of the reference method (dense) in a summary or runs table."""
+    if REFERENCE not in summary:
+        return []
+    return sorted(summary.loc[summary[REFERENCE].fillna(False).astype(bool), "method"].dropna().unique())
+
+
+def methods_with_role(frame: pd.DataFrame, role: str) -> list[str]:
+    """Labels of the methods declaring ``role`` (a role column of the runs table or summary)."""
+    column = role_column(role)
+    assert role in ROLES, role
+    if column not in frame:
+        return []
+    return sorted(frame.loc[frame[column].fillna(False).astype(bool), "method"].dropna().unique())
 
 
 def missing_runs(table: pd.DataFrame) -> list[tuple[str, str, float, int]]:

@@ -13,9 +13,10 @@ import pandas as pd
 
 from bench.report.summary import missing_runs, value_text
 from bench.results.collect import TABLE_PARQUET, parse_created_at
+from bench.results.record import BY_NAME, COLUMNS, displayed, img_per_s_text
 
-GMACS_HEADER = "GMACs (fvcore, 1 MAC = 1 flop)"
-_DASH = "—"
+GMACS_HEADER = BY_NAME["gmacs_fvcore_1mac_eq_1flop"].label
+DASH = "—"
 _MAX_ERROR_CHARS = 300
 
 
@@ -33,12 +34,12 @@ def _uniq(values: pd.Series) -> list[str]:
 
 
 def _num(value: Any, decimals: int) -> str:
-    return f"{float(value):.{decimals}f}" if _finite(value) else _DASH
+    return f"{float(value):.{decimals}f}" if _finite(value) else DASH
 
 
 def _mean_std(mean: Any, std: Any, decimals: int = 2) -> str:
     if not _finite(mean):
-        return _DASH
+        return DASH
     return f"{mean:.{decimals}f} ± {std:.{decimals}f}" if _finite(std) else f"{mean:.{decimals}f}"
 
 
@@ -47,7 +48,7 @@ def _cell(value: Any) -> str:
     return " ".join(str(value).split()).replace("|", "\\|")
 
 
-def _md_table(header: list[str], rows: list[list[Any]], align: str) -> str:
+def md_table(header: list[str], rows: list[list[Any]], align: str) -> str:
     lines = ["| " + " | ".join(header) + " |",
              "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|"]
     lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
@@ -55,45 +56,50 @@ def _md_table(header: list[str], rows: list[list[Any]], align: str) -> str:
 
 
 def _pct(value: Any) -> str:
-    return f"{value:.1f} %" if _finite(value) else _DASH
+    return f"{value:.1f} %" if _finite(value) else DASH
 
 
 def _has(summary: pd.DataFrame, column: str) -> bool:
     return column in summary and bool(summary[column].notna().any())
 
 
+def _cell_text(kind: str, r: Any, name: str) -> str:
+    """One cell of the results table by its renderer (``Column.cell`` in bench.results.record)."""
+    if kind == "mean_std":
+        return _mean_std(getattr(r, f"{name}_mean"), getattr(r, f"{name}_std"))
+    if kind in ("num1", "num2", "num3"):
+        return _num(getattr(r, name), int(kind[-1]))
+    if kind == "pct":
+        return _pct(getattr(r, name))
+    if kind == "times":
+        value = getattr(r, name)
+        return f"{value:.2f}×" if _finite(value) else DASH
+    if kind == "throughput":
+        return _throughput_cell(r)
+    if kind == "speedup":
+        return _speedup_cell(r)
+    if kind == "batch_device":
+        return f"{r.throughput_batch or '?'} @ {r.throughput_device or '?'}" if r.n_ok else DASH
+    if kind == "text":
+        value = getattr(r, name)
+        return DASH if value is None or value == "" or (isinstance(value, float) and math.isnan(value)) else str(value)
+    raise ValueError(f"unknown cell renderer {kind!r} of column {name!r}")
+
+
 def table_rows(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], str]:
-    """(header, rows, alignment) of the results table; optional columns appear only when some run has them."""
-    ema = _has(summary, "top1_ema_mean")
-    header = ["Backbone", "Method", "Keep ratio", "Seeds ok", "Top-1 (%)", "Top-5 (%)",
-              *(["Top-1 EMA (%)"] if ema else []), GMACS_HEADER]
-    align = "llrrrr" + ("r" if ema else "") + "r"
-    theory = _has(summary, "theoretical_gmacs")
-    if theory:
-        header += ["Theoretical GMACs (nonzero weights only)"]
-        align += "r"
-    header += ["Params (M)", "Throughput img/s, median (IQR; CV)", "Throughput batch @ device", "Mean tokens",
-               "Speed-up vs dense (paired, 95% CI)", "FLOPs-implied speed-up", "FLOPs reduction vs dense"]
-    align += "rrlrrrr"
-    if theory:
-        header += ["Theoretical FLOPs reduction"]
-        align += "r"
-    rows = []
-    for r in summary.itertuples(index=False):
-        thr = _throughput_cell(r)
-        setup = f"{r.throughput_batch or '?'} @ {r.throughput_device or '?'}" if r.n_ok else _DASH
-        row = [r.backbone, r.method, str(round(r.keep_ratio, 6)), f"{r.n_ok}/{r.n_runs}",
-               _mean_std(r.top1_mean, r.top1_std), _mean_std(r.top5_mean, r.top5_std),
-               *([_mean_std(r.top1_ema_mean, r.top1_ema_std)] if ema else []), _num(r.gmacs, 3)]
-        if theory:
-            row.append(_num(r.theoretical_gmacs, 3))
-        row += [_num(r.params_m, 2), thr, setup, _num(r.mean_tokens, 1),
-                _speedup_cell(r),
-                f"{r.flops_implied_speedup:.2f}×" if _finite(r.flops_implied_speedup) else _DASH,
-                _pct(r.flops_reduction_pct)]
-        if theory:
-            row.append(_pct(r.theoretical_flops_reduction_pct))
-        rows.append(row)
+    """(header, rows, alignment) of the results table: the run record's displayed columns, in its order; an
+    optional column appears only when some run has a value."""
+    columns = []
+    for c in displayed():
+        name = c.summary_name
+        probe = f"{name}_mean" if c.cell == "mean_std" else name
+        if c.optional and not _has(summary, probe):
+            continue
+        columns.append((c, name))
+    header = ["Backbone", "Method", "Keep ratio", "Seeds ok"] + [c.label for c, _ in columns]
+    align = "llrr" + "".join("l" if c.cell in ("batch_device", "text") else "r" for c, _ in columns)
+    rows = [[r.backbone, r.method, str(round(r.keep_ratio, 6)), f"{r.n_ok}/{r.n_runs}",
+             *(_cell_text(c.cell, r, name) for c, name in columns)] for r in summary.itertuples(index=False)]
     return header, rows, align
 
 
@@ -102,17 +108,15 @@ UNRELIABLE_MARK = "†"
 
 def _throughput_cell(r: Any) -> str:
     """img/s to five significant digits (resolves 0.5 %), its IQR and CV; † when its spread passed the threshold."""
-    from bench.measure.repeats import img_per_s_text
-
     if not _finite(r.throughput):
-        return _DASH
+        return DASH
     spread = f" ({img_per_s_text(r.throughput_iqr)}; {100 * r.throughput_cv:.1f} %)" if _finite(r.throughput_cv) else ""
     return img_per_s_text(r.throughput) + spread + (f" {UNRELIABLE_MARK}" if r.throughput_unreliable is True else "")
 
 
 def _speedup_cell(r: Any) -> str:
     if not _finite(r.speedup):
-        return _DASH
+        return DASH
     ci = f" [{r.speedup_ci_low:.3f}, {r.speedup_ci_high:.3f}]" if _finite(r.speedup_ci_low) else ""
     return f"{r.speedup:.3f}×{ci}" + (f" {UNRELIABLE_MARK}" if r.speedup_unreliable is True else "")
 
@@ -121,7 +125,7 @@ def _results_section(summary: pd.DataFrame) -> str:
     header, rows, align = table_rows(summary)
     if not rows:
         return "_No run records with method, backbone and keep ratio._"
-    return _md_table(header, rows, align)
+    return md_table(header, rows, align)
 
 
 _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -136,7 +140,7 @@ def _latex(text: str) -> str:
 def render_latex(summary: pd.DataFrame, caption: str) -> str:
     """A booktabs ``table`` environment (needs ``\\usepackage{booktabs}``), ready to ``\\input``."""
     header, rows, align = table_rows(summary)
-    drop = header.index("Throughput batch @ device")  # provenance, stated in the caption's source instead
+    drop = header.index(BY_NAME["throughput_batch_size"].label)  # provenance, stated in the caption's source instead
     header = header[:drop] + header[drop + 1:]
     rows = [r[:drop] + r[drop + 1:] for r in rows]
     align = align[:drop] + align[drop + 1:]
@@ -153,13 +157,9 @@ def render_latex(summary: pd.DataFrame, caption: str) -> str:
 
 
 def render_csv(summary: pd.DataFrame) -> str:
-    """The summary with raw numbers (full precision, units in the column names)."""
-    out = summary.rename(columns={"gmacs": "gmacs_fvcore_1mac_eq_1flop",
-                                  "theoretical_gmacs": "theoretical_gmacs_nonzero_weights_fvcore_1mac_eq_1flop",
-                                  "method_gmacs": "method_gmacs_fvcore_1mac_eq_1flop",
-                                  "throughput": "throughput_img_s", "throughput_iqr": "throughput_img_s_iqr",
-                                  "throughput_cv": "throughput_img_s_cv", "speedup": "speedup_vs_dense_paired"})
-    return out.to_csv(index=False, float_format="%.6g", lineterminator="\n")
+    """The summary with raw numbers (full precision), under the run record's column names (units in them)."""
+    names = {c.summary_name: c.name for c in COLUMNS if c.agg not in (None, "mean_std", "join", "first")}
+    return summary.rename(columns=names).to_csv(index=False, float_format="%.6g", lineterminator="\n")
 
 
 def _short_error(error: Any) -> str:
@@ -170,34 +170,34 @@ def _short_error(error: Any) -> str:
     return line if len(line) <= _MAX_ERROR_CHARS else line[: _MAX_ERROR_CHARS - 1] + "…"
 
 
-def _holes_section(table: pd.DataFrame) -> str:
+def holes_section(table: pd.DataFrame) -> str:
     failed = table[table["status"] != "ok"]
     parts = []
     if failed.empty:
         parts.append("No failed runs.")
     else:
         rows = [[r.run_id, r.status, r.method, r.backbone,
-                 str(round(r.keep_ratio, 6)) if _finite(r.keep_ratio) else _DASH,
-                 r.seed if pd.notna(r.seed) else _DASH, _short_error(r.error)]
-                for r in failed.fillna({"method": _DASH, "backbone": _DASH}).itertuples(index=False)]
+                 str(round(r.keep_ratio, 6)) if _finite(r.keep_ratio) else DASH,
+                 r.seed if pd.notna(r.seed) else DASH, _short_error(r.error)]
+                for r in failed.fillna({"method": DASH, "backbone": DASH}).itertuples(index=False)]
         parts.append(f"{len(rows)} failed or missing run(s):\n\n"
-                     + _md_table(["Run id", "Status", "Method", "Backbone", "Keep ratio", "Seed", "Error"], rows,
+                     + md_table(["Run id", "Status", "Method", "Backbone", "Keep ratio", "Seed", "Error"], rows,
                                  "llllrrl"))
     missing = missing_runs(table)
     if missing:
         rows = [[b, m, str(k), s] for b, m, k, s in missing]
         parts.append(f"{len(rows)} run(s) with no record (grid inferred from the methods, keep ratios, "
                      "backbones and seeds present):\n\n"
-                     + _md_table(["Backbone", "Method", "Keep ratio", "Seed"], rows, "llrr"))
+                     + md_table(["Backbone", "Method", "Keep ratio", "Seed"], rows, "llrr"))
     return "\n\n".join(parts)
 
 
 def _values(table: pd.DataFrame, column: str) -> str:
     vals = _uniq(table[column]) if column in table else []
-    return ", ".join(f"`{v}`" for v in vals) if vals else _DASH
+    return ", ".join(f"`{v}`" for v in vals) if vals else DASH
 
 
-def _provenance_section(table: pd.DataFrame) -> str:
+def provenance_section(table: pd.DataFrame) -> str:
     shas = []
     if not table.empty:
         pairs = table[["git_sha", "git_dirty"]].drop_duplicates().dropna(subset=["git_sha"])
@@ -206,9 +206,9 @@ def _provenance_section(table: pd.DataFrame) -> str:
             shas.append(f"`{sha}` ({flag})")
     stamps = sorted((parse_created_at(v), v) for v in table["created_at"].dropna().unique())
     stamps = [s for s in stamps if s[0].year > 1]
-    dates = f"{stamps[0][1]} … {stamps[-1][1]}" if stamps else _DASH
+    dates = f"{stamps[0][1]} … {stamps[-1][1]}" if stamps else DASH
     items = [
-        ("Git commit(s)", ", ".join(shas) or _DASH),
+        ("Git commit(s)", ", ".join(shas) or DASH),
         ("torch", _values(table, "torch_version")), ("timm", _values(table, "timm_version")),
         ("Python", _values(table, "python_version")),
         ("Device (train/eval)", _values(table, "device")),
@@ -222,7 +222,7 @@ def _provenance_section(table: pd.DataFrame) -> str:
     return "\n".join(f"- **{k}:** {v}" for k, v in items)
 
 
-def _suite_and_dataset(table: pd.DataFrame, suite_dir: Path) -> tuple[str, str]:
+def suite_and_dataset(table: pd.DataFrame, suite_dir: Path) -> tuple[str, str]:
     suites = _uniq(table["suite"]) if not table.empty else []
     datasets = _uniq(table["dataset"]) if not table.empty else []
     return (", ".join(suites) or suite_dir.name), (", ".join(datasets) or "unknown dataset")
@@ -245,16 +245,17 @@ def render_markdown(table: pd.DataFrame, summary: pd.DataFrame, suite: str, data
         "Theoretical GMACs count only nonzero weights (what sparse kernels could at best run). "
         "Throughput: model-only img/s at the largest batch size timed, median over seeds of each run's median "
         "over repeats, with its IQR and coefficient of variation. "
-        "Speed-up: median of paired ratios to method `dense` at keep ratio 1.0 on the same backbone, timed "
+        "Speed-up: median of paired ratios to the reference method (dense) on the same backbone, timed "
         "interleaved with it in one job on one device (see *What was timed*), with a distribution-free 95 % "
         f"confidence interval of the median; {UNRELIABLE_MARK}: its spread (IQR / median) stayed above the noise "
         "threshold after the retries, so treat it as unreliable. "
-        "FLOPs-implied speed-up: dense GMACs / GMACs; FLOPs reduction: 1 − GMACs / dense GMACs. "
+        "FLOPs-implied speed-up: reference GMACs / GMACs; FLOPs reduction: 1 − GMACs / reference GMACs. "
+        "Ops fvcore skipped (if shown): operators fvcore has no count for and that multiply no tensors. "
         "Mean tokens: tokens entering a block, averaged over blocks.",
     ]
     for caption, name in figures or []:
         parts.append(f"![{caption}]({name})")
     parts += list(extra or [])
-    parts += ["## Failed or missing runs", _holes_section(table) if holes is None else holes,
-              "## Provenance", _provenance_section(table) if provenance is None else provenance]
+    parts += ["## Failed or missing runs", holes_section(table) if holes is None else holes,
+              "## Provenance", provenance_section(table) if provenance is None else provenance]
     return "\n\n".join(parts) + "\n"

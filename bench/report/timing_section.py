@@ -4,16 +4,15 @@ Read from the runs table only (the timing step's columns, :mod:`bench.results.ti
 """
 from __future__ import annotations
 
-import json
 import statistics
 from typing import Any
 
 import pandas as pd
 
 from bench.report.summary import GMACS, GROUP_KEYS
-from bench.report.table import UNRELIABLE_MARK, _md_table, _uniq
+from bench.report.table import UNRELIABLE_MARK, md_table, _uniq
 
-_DASH = "—"
+DASH = "—"
 
 
 def _sweeps(table: pd.DataFrame) -> pd.DataFrame:
@@ -23,7 +22,7 @@ def _sweeps(table: pd.DataFrame) -> pd.DataFrame:
     rows = []
     ok = table[(table["status"] == "ok") & table["throughput_sweep"].notna()]
     for r in ok.itertuples(index=False):
-        for point in json.loads(r.throughput_sweep):
+        for point in r.throughput_sweep:
             rows.append({"backbone": r.backbone, "method": r.method, "keep_ratio": round(float(r.keep_ratio), 6),
                          "seed": r.seed, "gmacs": getattr(r, GMACS), **point})
     return pd.DataFrame(rows)
@@ -44,7 +43,7 @@ def what_was_timed_markdown(table: pd.DataFrame) -> str:
         batches = sweeps[sweeps["backbone"] == backbone] if not sweeps.empty else sweeps
         sizes = ", ".join(
             f"{int(req)}" + (f"→{int(got)}" if int(got) != int(req) else "")
-            for req, got in sorted(set(zip(batches["batch_size_requested"], batches["batch_size"])))) or _DASH
+            for req, got in sorted(set(zip(batches["batch_size_requested"], batches["batch_size"])))) or DASH
         iters = timed["timing_iters_per_repeat"].dropna()
         fused = [f"{m} ({v})" for m, v in sorted(set(zip(timed["method"], timed["fused_attention"].astype(str))))
                  if v not in ("on", "n/a")]
@@ -54,7 +53,7 @@ def what_was_timed_markdown(table: pd.DataFrame) -> str:
         items = [
             f"device `{_uniq(timed['throughput_device_key'])[0]}`",
             f"precision {', '.join(_uniq(timed['precision']))}",
-            f"threads {', '.join(_uniq(timed['timing_threads'])) or _DASH}",
+            f"threads {', '.join(_uniq(timed['timing_threads'])) or DASH}",
             f"channels_last {', '.join(_uniq(timed['timing_channels_last']))}",
             f"torch.compile {', '.join(_uniq(timed['timing_compile']))}",
             f"batch sizes {sizes} (requested→fitted)",
@@ -96,10 +95,10 @@ def speedup_by_batch_markdown(table: pd.DataFrame, summary: pd.DataFrame) -> str
         low, high = group["speedup_ci_low"].min(), group["speedup_ci_high"].max()
         flops = implied.get((backbone, method, keep), float("nan"))
         mark = f" {UNRELIABLE_MARK}" if group["speedup_unreliable"].fillna(False).astype(bool).any() else ""
-        ratio = f"{med / flops:.3f}" if pd.notna(flops) and flops else _DASH
+        ratio = f"{med / flops:.3f}" if pd.notna(flops) and flops else DASH
         rows.append([backbone, method, f"{keep:g}", str(int(batch)), f"{med:.3f}× [{low:.3f}, {high:.3f}]{mark}",
-                     f"{flops:.3f}×" if pd.notna(flops) else _DASH, ratio])
-    return (_md_table(["Backbone", "Method", "Keep ratio", "Batch", "Speed-up (paired, 95% CI)",
+                     f"{flops:.3f}×" if pd.notna(flops) else DASH, ratio])
+    return (md_table(["Backbone", "Method", "Keep ratio", "Batch", "Speed-up (paired, 95% CI)",
                        "FLOPs-implied", "Measured / FLOPs-implied"], rows, "llrrrrr")
             + "\n\nMeasured / FLOPs-implied below 1: part of the FLOPs saving did not become wall-clock saving "
               "(memory-bound or launch-bound kernels, the method's own overhead).")

@@ -17,54 +17,22 @@ import pandas as pd
 
 from bench.errors import UsageError
 from bench.io import atomic_write
+from bench.results import record as record_mod
 
 RUN_FILE = "run.json"
 FAILURE_FILE = "failure.json"
+#: kept-token masks of a token-reducing run (bench.measure.kept_tokens), drawn by the report's gallery
+KEPT_NPZ = "kept_tokens.npz"
 TABLE_PARQUET = "table.parquet"
 TABLE_CSV = "table.csv"
 
-# Order of the table's leading columns; extra keys from records follow, sorted.
-RESULT_COLUMNS: list[str] = [
-    "suite", "run_id", "method", "backbone", "keep_ratio", "seed", "dataset", "method_params",
-    "top1", "top5", "top1_ema", "top5_ema", "gmacs_fvcore_1mac_eq_1flop", "method_gmacs_fvcore_1mac_eq_1flop",
-    "theoretical_gmacs_nonzero_weights_fvcore_1mac_eq_1flop", "params_m", "nonzero_params_m",
-    "mean_tokens", "tokens_per_block",
-    "throughput_img_s", "throughput_img_s_iqr", "throughput_img_s_cv", "throughput_unreliable",
-    "throughput_batch_size", "throughput_device", "throughput_device_key",
-    "speedup_vs_dense", "speedup_ci_low", "speedup_ci_high", "speedup_ci_level", "speedup_rel_iqr",
-    "speedup_unreliable", "timing_attempts", "timing_repeats", "timing_iters_per_repeat", "timing_min_time_s",
-    "timing_warmup", "timing_threads", "timing_channels_last", "timing_compile", "fused_attention",
-    "timing_reference_run", "timing_created_at",
-    "precision", "cpu_threads", "peak_mem_mb",
-    "train_epochs", "train_wall_s", "eval_wall_s", "batch_size", "device",
-    "git_sha", "git_dirty", "torch_version", "timm_version", "python_version", "hostname",
-    "status", "error", "created_at",
-]
-
-SORT_KEYS: list[str] = ["method", "backbone", "keep_ratio", "seed", "run_id"]
-
-_FLOAT_COLUMNS = {
-    "keep_ratio", "top1", "top5", "top1_ema", "top5_ema", "gmacs_fvcore_1mac_eq_1flop", "method_gmacs_fvcore_1mac_eq_1flop", "params_m",
-    "theoretical_gmacs_nonzero_weights_fvcore_1mac_eq_1flop", "nonzero_params_m", "train_peak_mem_mb",
-    "mean_tokens",
-    "throughput_img_s", "throughput_img_s_iqr", "throughput_img_s_cv", "peak_mem_mb", "train_epochs",
-    "speedup_vs_dense", "speedup_ci_low", "speedup_ci_high", "speedup_ci_level", "speedup_rel_iqr",
-    "timing_min_time_s", "throughput_latency_ms", "timing_noise_threshold",
-    "train_wall_s", "eval_wall_s",
-}
-_INT_COLUMNS = {"seed", "throughput_batch_size", "cpu_threads", "batch_size", "timing_attempts", "timing_repeats",
-                "timing_iters_per_repeat", "timing_warmup", "timing_threads", "throughput_batch_size_requested",
-                "timing_max_attempts"}
-_BOOL_COLUMNS = {"git_dirty", "finetuned", "throughput_unreliable", "speedup_unreliable", "timing_channels_last"}
+#: the table's columns, in the record's order (columns under a prefix, param_* etc., follow, sorted)
+RESULT_COLUMNS: list[str] = list(record_mod.ORDER)
+SORT_KEYS: list[str] = record_mod.SORT_KEYS
+#: parquet metadata key holding the schema version and the suite's provenance
+METADATA_KEY = b"tokenbench"
 # pandas >= 3 has a dedicated string dtype; on pandas 2 "str" would stringify None.
 _STR_DTYPE: Any = "str" if int(pd.__version__.split(".")[0]) >= 3 else object
-
-
-def _encode(value: Any) -> Any:
-    """Flatten containers to canonical JSON strings so every cell is a scalar."""
-    if isinstance(value, (dict, list, tuple)):
-        return json.dumps(value, sort_keys=True, default=str)
-    return value
 
 
 def parse_created_at(value: Any) -> datetime:
@@ -110,9 +78,12 @@ def _run_row(run_dir: Path, suite: str) -> dict[str, Any] | None:
     failed_eval = [c for c in readable if c[0] == FAILURE_FILE and c[1].get("failed_step") == "evaluate"]  # type: ignore[union-attr]
     if good and failed_eval and len(readable) == 2:
         readable = good
-    name, record, _ = max(readable, key=lambda c: parse_created_at(c[1].get("created_at")))  # type: ignore[union-attr]
-    assert record is not None
-    row = {key: _encode(value) for key, value in record.items()}
+    name, found, _ = max(readable, key=lambda c: parse_created_at(c[1].get("created_at")))  # type: ignore[union-attr]
+    assert found is not None
+    try:
+        row = record_mod.flatten(found, run_dir.name)
+    except record_mod.RecordError as e:
+        raise UsageError(f"{run_dir / name}: {e}") from None
     row.setdefault("suite", suite)
     row.setdefault("run_id", run_dir.name)
     if name == FAILURE_FILE:
@@ -124,48 +95,53 @@ def _run_row(run_dir: Path, suite: str) -> dict[str, Any] | None:
     return row
 
 
+def _fill_method_columns(row: dict[str, Any]) -> None:
+    """Roles and family of a record written before records carried them, from the method's declarations."""
+    from bench.methods.catalog import catalog
+
+    info = catalog().get(str(row.get("method_name") or row.get("method")))
+    if info is not None:
+        for key, value in info.record_columns().items():
+            if row.get(key) is None:
+                row[key] = value
+
+
 def _is_missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _typed_column(name: str, values: list[Any]) -> pd.Series:
-    """Give each known column a fixed dtype so parquet schemas match across suites."""
-    if name in _FLOAT_COLUMNS:
+    """Each declared column in its declared dtype, so parquet schemas match across suites and versions."""
+    column = record_mod.BY_NAME.get(name)
+    dtype = column.dtype if column else _infer(values)
+    if dtype == "float":
         return pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").astype("float64")
-    if name in _INT_COLUMNS:
-        nums = pd.to_numeric(pd.Series(values, dtype=object), errors="coerce")
-        # Non-integral values (e.g. 1.5) cannot be Int64; keep them as float instead of crashing.
-        if (nums.dropna() % 1 == 0).all():
-            return nums.astype("Int64")
-        return nums.astype("float64")
-    if name in _BOOL_COLUMNS:
-        if all(_is_missing(v) or isinstance(v, bool) for v in values):
-            return pd.Series(values, dtype="boolean")
+    if dtype == "int":
+        return pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").astype("Int64")
+    if dtype == "bool":
+        return pd.Series([None if _is_missing(v) else bool(v) for v in values], dtype="boolean")
+    if dtype == "str":
         return pd.Series([None if _is_missing(v) else str(v) for v in values], dtype=_STR_DTYPE)
-    if name in RESULT_COLUMNS:
-        return pd.Series([None if _is_missing(v) else str(v) for v in values], dtype=_STR_DTYPE)
-    return _infer_extra(values)
+    # list columns stay lists (parquet list and list<struct> types), never JSON text
+    return pd.Series([None if _is_missing(v) else list(v) for v in values], dtype=object)
 
 
-def _infer_extra(values: list[Any]) -> pd.Series:
-    """Extra keys from future methods: pick a single dtype, else JSON-encode (parquet needs one)."""
+def _infer(values: list[Any]) -> str:
+    """The dtype of a prefixed column (a method parameter, a runtime setting): one for all its values."""
     present = [v for v in values if not _is_missing(v)]
     if present and all(isinstance(v, bool) for v in present):
-        return pd.Series(values, dtype="boolean")
+        return "bool"
     if present and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
-        return pd.Series(values, dtype="Int64")
+        return "int"
     if present and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
-        return pd.Series([math.nan if v is None else float(v) for v in values], dtype="float64")
-    if all(isinstance(v, str) for v in present):
-        return pd.Series([None if _is_missing(v) else v for v in values], dtype=_STR_DTYPE)
-    return pd.Series(
-        [None if _is_missing(v) else json.dumps(v, sort_keys=True, default=str) for v in values],
-        dtype=_STR_DTYPE,
-    )
+        return "float"
+    if present and all(isinstance(v, list) for v in present):
+        return "list[float]" if all(isinstance(x, (int, float)) for v in present for x in v) else "str"
+    return "str"
 
 
 def build_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """Typed, deterministically ordered table from flat row dicts."""
+    """Typed, deterministically ordered table from flat rows (``record.flatten``'s output)."""
     extras = sorted({key for row in rows for key in row} - set(RESULT_COLUMNS))
     columns = RESULT_COLUMNS + extras
     data = {name: _typed_column(name, [row.get(name) for row in rows]) for name in columns}
@@ -173,6 +149,44 @@ def build_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
     if len(table):
         table = table.sort_values(SORT_KEYS, na_position="last", kind="mergesort")
     return table.reset_index(drop=True)
+
+
+def _metadata(table: pd.DataFrame, suite_dir: Path) -> dict[str, Any]:
+    """What the parquet file says about itself: schema version and the suite's provenance."""
+    def distinct(column: str) -> list[str]:
+        return sorted({str(v) for v in table[column].dropna().unique()}) if column in table else []
+
+    return {"schema_version": record_mod.SCHEMA_VERSION, "suite": suite_dir.name,
+            "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "runs": len(table), "ok": int((table["status"] == "ok").sum()) if len(table) else 0,
+            **{k: distinct(k) for k in ("git_sha", "torch_version", "timm_version", "python_version", "dataset",
+                                        "throughput_device_key")}}
+
+
+def write_parquet(table: pd.DataFrame, path: Path, metadata: Mapping[str, Any]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    merged = {**(arrow.schema.metadata or {}), METADATA_KEY: json.dumps(metadata, sort_keys=True).encode()}
+    atomic_write(path, lambda tmp: pq.write_table(arrow.replace_schema_metadata(merged), tmp))
+
+
+def table_metadata(path: Path) -> dict[str, Any]:
+    """The tokenbench metadata of a table.parquet ({} for a file written before it had any)."""
+    import pyarrow.parquet as pq
+
+    raw = (pq.read_schema(path).metadata or {}).get(METADATA_KEY)
+    return json.loads(raw) if raw else {}
+
+
+def _csv_cell(value: Any) -> Any:
+    """CSV is text: list columns are written as JSON there (the parquet keeps them typed)."""
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, sort_keys=True, default=str)
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        return json.dumps(value.tolist(), sort_keys=True, default=str)
+    return value
 
 
 MISSING_ERROR = "no record: not run yet, still running, or killed before it could record a failure"
@@ -200,15 +214,20 @@ def collect(suite_dir: Path, expected: Sequence[Mapping[str, Any]] | None = None
     if expected is not None:
         by_id = {e["run_id"]: e for e in expected}
         for row in rows:  # a record written by the launcher (job cancelled, OOM) names only the run
-            for key, value in by_id.get(row["run_id"], {}).items():
+            for key, value in record_mod.flatten(by_id.get(row["run_id"], {}), row["run_id"]).items():
                 if row.get(key) is None:
-                    row[key] = _encode(value)
+                    row[key] = value
         have = {row["run_id"] for row in rows}
-        rows += [{**{k: _encode(v) for k, v in e.items()}, "status": "missing", "error": MISSING_ERROR}
+        rows += [{**record_mod.flatten(e), "status": "missing", "error": MISSING_ERROR}
                  for e in expected if e["run_id"] not in have]
+    for row in rows:
+        _fill_method_columns(row)
     table = build_table(rows)
-    atomic_write(suite_dir / TABLE_PARQUET, lambda tmp: table.to_parquet(tmp, index=False))
-    atomic_write(suite_dir / TABLE_CSV, lambda tmp: table.to_csv(tmp, index=False))
+    write_parquet(table, suite_dir / TABLE_PARQUET, _metadata(table, suite_dir))
+    nested = [c for c in table.columns if table[c].dtype == object and table[c].map(
+        lambda v: isinstance(v, (list, tuple, dict))).any()]
+    text = table.assign(**{c: table[c].map(_csv_cell) for c in nested})
+    atomic_write(suite_dir / TABLE_CSV, lambda tmp: text.to_csv(tmp, index=False))
     return table
 
 
@@ -230,4 +249,8 @@ def load_results(path_or_suite: str | Path, results_root: str | Path = "results"
             f"no results table at {table_path} (from {str(path_or_suite)!r}); "
             "run `bench collect` for that suite first"
         )
+    version = table_metadata(table_path).get("schema_version", 1)
+    if version != record_mod.SCHEMA_VERSION:
+        raise UsageError(f"{table_path} was collected with run-record schema {version}, this harness reads schema "
+                         f"{record_mod.SCHEMA_VERSION}: run `bench collect` for that suite again")
     return pd.read_parquet(table_path)

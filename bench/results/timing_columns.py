@@ -11,6 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.results.record import flatten
+
 TIMING_DIR = "timing"
 #: figures a run record of an older harness carried from its own evaluate job: never mixed with paired ones
 LEGACY_KEYS = ("throughput_img_s", "throughput_img_s_iqr", "throughput_batch_size", "throughput_latency_ms",
@@ -51,8 +53,7 @@ def _columns(timing: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
         "timing_channels_last": runtime.get("channels_last"), "timing_compile": str(runtime.get("compile")),
         "fused_attention": entry.get("fused_attention"), "timing_reference_run": timing.get("reference_run_id"),
         "timing_created_at": timing.get("created_at"),
-        "throughput_sweep": json.dumps([{k: v for k, v in r.items() if k != "ratios"} for r in entry["sweep"]],
-                                       sort_keys=True),
+        "throughput_sweep": [{k: v for k, v in sorted(r.items()) if k != "ratios"} for r in entry["sweep"]],
     }
 
 
@@ -74,4 +75,4 @@ def merge_timing(rows: list[dict[str, Any]], suite_dir: Path) -> None:
         timing, entry = found
         if entry.get("run_record_created_at") != row.get("created_at"):
             continue  # timed before the run was evaluated again: stale until its backbone is re-timed
-        row.update(_columns(timing, entry))
+        row.update(flatten(_columns(timing, entry), row.get("run_id")))

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bench.methods.catalog import catalog
 from bench.report.build import build_report
 from bench.results.collect import TABLE_PARQUET
 
@@ -54,7 +55,7 @@ def synthetic_table(n_runs: int, seed: int = 0) -> pd.DataFrame:
         ok = rng.random() > 0.01
         rows.append({
             "suite": "synthetic", "run_id": f"{label}__{b}__k{k:.2f}__s{s}", "method": label, "method_name": name,
-            "method_params": json.dumps(params), "backbone": b, "keep_ratio": k, "seed": s, "dataset": "imagenet-1k",
+            **catalog()[name].record_columns(), **{f"param_{k}": v for k, v in params.items()}, "backbone": b, "keep_ratio": k, "seed": s, "dataset": "imagenet-1k",
             "top1": 80 - 10 * (1 - k) ** 2 + rng.normal(0, 0.2) if ok else np.nan,
             "top5": 95 - 5 * (1 - k) ** 2 if ok else np.nan,
             "gmacs_fvcore_1mac_eq_1flop": g if ok else np.nan, "params_m": 22.0,
