@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-
 import sys
 from pathlib import Path
 
@@ -41,16 +40,19 @@ def cli() -> None:
 @cli.command("ls")
 @click.argument("what", type=click.Choice(["methods", "backbones", "suites"]))
 def ls(what: str) -> None:
-    """List registered methods, tested backbones or available suites."""
-    if what == "methods":
-        from bench.methods import METHODS
+    """List registered methods (with their roles and where they come from), tested backbones or suites.
 
-        for name in METHODS.names():
-            cls = METHODS.get(name)
-            params = ", ".join(f"{k}={p.default!r}" for k, p in cls.params.items())
-            click.echo(f"{name:14s} {cls.description}" + (f"  [{params}]" if params else ""))
+    Answers without importing torch: methods are read from their declarations (bench.methods.catalog)."""
+    if what == "methods":
+        from bench.methods.catalog import catalog
+
+        for name, info in catalog().items():
+            params = ", ".join(f"{k}={p.default!r}" for k, p in info.params.items())
+            roles = ",".join(sorted(info.roles)) or "-"
+            click.echo(f"{name:14s} [{roles}] {info.description}" + (f"  [{params}]" if params else "")
+                       + f"  ({info.origin})")
     elif what == "backbones":
-        from bench.models import list_backbones
+        from bench.models.names import list_backbones
 
         click.echo("\n".join(list_backbones()))
         click.echo("(any other timm ViT name works too: timm.list_models('*vit*'))")
@@ -64,20 +66,26 @@ def ls(what: str) -> None:
 @click.argument("suite")
 @click.option("--runs", "show_runs", is_flag=True,
               help="Also list every run id, with how its batch runs (devices x accumulated micro-batches).")
+@click.option("--build", is_flag=True,
+              help="Also check backbone names and build every run's method on its backbone (imports torch and timm).")
 @click.option("--recipe", "show_recipe", is_flag=True,
               help="Print the resolved training recipe of every run with where each value came from.")
 @click.option("--profile", default=None,
               help="Snakemake profile whose GPUs and device_batch cap --runs applies (e.g. slurm).")
-def validate(suite: str, show_runs: bool, show_recipe: bool, profile: str | None) -> None:
-    """Validate SUITE (a name under suites/ or a YAML path) and show its grid."""
+def validate(suite: str, show_runs: bool, show_recipe: bool, profile: str | None, build: bool) -> None:
+    """Validate SUITE (a name under suites/ or a YAML path) and show its grid.
+
+    Without torch by default (schema, data keys, method names and parameters, files); --build also checks backbone
+    names and builds every run's method on its backbone, as the pipeline does before it runs anything."""
     from bench.config import load_suite
     from bench.workflow import batch_plan_line, read_profile
 
-    s = load_suite(suite)
+    s = load_suite(suite, build=build)
     resources, config, where = read_profile(profile) if profile else ({}, {}, None)
     methods = sorted({r.method for r in s.runs})
     click.echo(f"{s.path}: ok: {len(s.runs)} runs ({len(methods)} methods x {len(s.backbones)} backbones "
-               f"x keep ratios x {len(s.raw['seeds'])} seeds) on {s.data.get('name') or s.data.get('path')}")
+               f"x keep ratios x {len(s.raw['seeds'])} seeds) on {s.data.get('name') or s.data.get('path')}"
+               + ("" if build else "; static checks only (--build: every run built on its backbone)"))
     if show_runs:
         gpus = int((resources.get("finetune") or {}).get("gpus", 0))
         cap = config.get("device_batch")
@@ -233,30 +241,6 @@ def collect(suite: str, root: str) -> None:
                + ", ".join(f"{counts.get(k, 0)} {k}" for k in ("ok", "failed", "missing")) + ")")
 
 
-def _import_seaborn_for_reports() -> None:
-    """Import seaborn without scipy.stats/scipy.cluster, in the short-lived report commands only.
-
-    seaborn imports them eagerly (about 0.5 s, a fifth of a 10,000-run report) for KDE, ECDF and clustermap,
-    which reports never draw; without them it falls back to its bundled KDE. Other processes (a notebook
-    importing bench.report) get seaborn untouched, and scipy imports normally afterwards.
-    """
-    if "seaborn" in sys.modules:
-        return
-    blocked = [name for name in ("scipy.stats", "scipy.cluster") if name not in sys.modules]
-    sys.modules.update(dict.fromkeys(blocked))  # a None entry makes the import raise ImportError
-    try:
-        import seaborn  # noqa: F401
-    finally:
-        for name in blocked:
-            if name in sys.modules and sys.modules[name] is None:
-                del sys.modules[name]
-    import gc
-
-    # The imported modules live as long as the process: keep the cyclic collector from rescanning them
-    # (and the forked figure workers from touching, hence copying, their pages).
-    gc.freeze()
-
-
 @cli.command()
 @click.argument("suite")
 @RESULTS
@@ -264,7 +248,6 @@ def _import_seaborn_for_reports() -> None:
 @click.option("--paper-figures", is_flag=True, help="Also draw the paper figures (else: `bench figures`).")
 def report(suite: str, root: str, out: str | None, paper_figures: bool) -> None:
     """Every table (Markdown, LaTeX, CSV) and figure of SUITE's results, linked from report/index.md."""
-    _import_seaborn_for_reports()
     from bench.report import build_report
 
     suite_dir, _ = _suite_results(suite, root)
@@ -281,7 +264,6 @@ def report(suite: str, root: str, out: str | None, paper_figures: bool) -> None:
 @click.option("--list", "list_", is_flag=True, help="List the registered paper figures and exit.")
 def figures(suite: str | None, root: str, out: str | None, only: tuple[str, ...], list_: bool) -> None:
     """Regenerate the seed papers' figures from SUITE's results table (never trains)."""
-    _import_seaborn_for_reports()
     import pandas as pd
 
     from bench.report.figures import FIGURES, FigureContext, build_figures, load_published

@@ -185,8 +185,13 @@ def validate_raw(raw: Any, where: str) -> None:
         raise UsageError(f"{where}: field {_field_path(e)}: {msg}")
 
 
-def load_suite(name_or_path: str | Path, *, check_names: bool = True, reuse_checks: bool = False) -> Suite:
+def load_suite(name_or_path: str | Path, *, check_names: bool = True, reuse_checks: bool = False,
+               build: bool = True) -> Suite:
     """Read, validate and expand a suite. Every error is a one-line UsageError naming the field.
+
+    ``check_names``: check the names, parameters and local files the suite refers to. Without ``build`` only what
+    needs no torch (schema, data keys, method names and parameters from :mod:`bench.methods.catalog`, files);
+    with it also backbone names and every run's method built on its backbone (torch and timm imported).
 
     ``reuse_checks``: skip the name checks (which import torch and timm, ~4 s) when this exact suite
     already passed them with this exact code and these library versions (Snakemake parses the
@@ -197,8 +202,8 @@ def load_suite(name_or_path: str | Path, *, check_names: bool = True, reuse_chec
     path = resolve_suite_path(name_or_path)
     raw = read_yaml(path)
     validate_raw(raw, str(path))
-    if not (check_names and reuse_checks):
-        return expand(raw, path, check_names=check_names)
+    if not (check_names and build and reuse_checks):
+        return expand(raw, path, check_names=check_names, build=build)
     marker = _checks_marker(raw)
     if marker.exists():
         suite = expand(raw, path, check_names=False)
@@ -255,7 +260,7 @@ def resolve_recipe(*layers: tuple[str, Any]) -> tuple[dict[str, Any], dict[str, 
     return out, sources
 
 
-def expand(raw: dict[str, Any], path: Path, *, check_names: bool = True) -> Suite:
+def expand(raw: dict[str, Any], path: Path, *, check_names: bool = True, build: bool = True) -> Suite:
     where = str(path)
     evaluate = copy.deepcopy(DEFAULT_EVALUATE)
     for k, v in (raw.get("evaluate") or {}).items():
@@ -308,7 +313,9 @@ def expand(raw: dict[str, Any], path: Path, *, check_names: bool = True) -> Suit
                                           float(k), int(s), recipe, sources, m.get("weights")))
     _refuse_id_collisions(suite, where)
     if check_names:
-        _check_names(suite, raw, where)
+        _check_static(suite, raw, where)
+        if build:
+            _check_build(suite, where)
     return suite
 
 
@@ -352,33 +359,33 @@ def _check_paths(suite: Suite, where: str) -> None:
             raise UsageError(f"{where}: field methods[{i}].weights: {m['weights']!r} is not an existing checkpoint file")
 
 
-def _check_names(suite: Suite, raw: dict[str, Any], where: str) -> None:
-    """Names and parameters must resolve before anything runs."""
-    from bench.methods import create_method
-    from bench.models.backbones import check_backbone_name
-
-    def at(field_name: str, fn, *args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except UsageError as e:
-            raise UsageError(f"{where}: field {field_name}: {e}") from None
+def _check_static(suite: Suite, raw: dict[str, Any], where: str) -> None:
+    """What needs no torch: local files, and learned methods that would be scored untrained."""
+    from bench.methods.catalog import method_info
 
     _check_paths(suite, where)
-    for i, b in enumerate(suite.backbones):
-        at(f"backbones[{i}]", check_backbone_name, b.name)
     for i, m in enumerate(raw["methods"]):
         m = {"name": m} if isinstance(m, str) else m
-        method = at(f"methods[{i}]", create_method, m["name"], 1.0, 0, **m.get("params", {}))
         label = m.get("label", m["name"])
-        run = next(r for r in suite.runs if r.method == label) if any(r.method == label for r in suite.runs) else None
+        run = next((r for r in suite.runs if r.method == label), None)
         untrained = run is not None and (run.finetune is None or int(run.finetune["epochs"]) == 0)
-        if untrained and method.learns_parameters and not m.get("weights"):
+        if untrained and method_info(m["name"]).learns_parameters and not m.get("weights"):
             how = "finetune: none" if run.finetune is None else "finetune epochs 0"
             raise UsageError(f"{where}: field methods[{i}]: method {m['name']!r} learns parameters and would be "
                              f"scored untrained ({how}); give its trained weights (weights: path/to/model.pth) "
                              f"or fine-tune it")
+
+
+def _check_build(suite: Suite, where: str) -> None:
+    """Backbone names, and every run's method and recipe built on its backbone (torch, timm)."""
+    from bench.models.backbones import check_backbone_name
     from bench.preflight import preflight
 
+    for i, b in enumerate(suite.backbones):
+        try:
+            check_backbone_name(b.name)
+        except UsageError as e:
+            raise UsageError(f"{where}: field backbones[{i}]: {e}") from None
     preflight(suite, where)  # every run's method on its backbone, and every recipe's optimiser, built cheaply
 
 

@@ -1,5 +1,6 @@
 """The `bench` command line: help everywhere, one-line errors with exit code 2, real measurements."""
 import subprocess
+from pathlib import Path
 import sys
 
 import pytest
@@ -56,6 +57,35 @@ def test_ls_and_validate(capsys):
     assert code == 0 and {"dense", "static", "random"} <= {line.split()[0] for line in out.splitlines()}
     code, out, _ = run_main(capsys, "validate", "smoke", "--runs")
     assert code == 0 and "dense__tb_vit_pico_patch4_32__k1.00__s0" in out
+
+
+@pytest.mark.parametrize("argv", [["ls", "methods"], ["ls", "backbones"], ["ls", "suites"], ["validate", "smoke"]])
+def test_ls_and_validate_import_no_torch(argv):
+    """They answer in a fraction of a second: no torch, timm or seaborn behind them."""
+    code = ("import sys; from bench.cli import main\n"
+            f"sys.argv = ['bench'] + {argv!r}\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+            "heavy = [m for m in ('torch', 'timm', 'seaborn', 'datasets') if m in sys.modules]\n"
+            "assert not heavy, heavy")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+
+
+def test_ls_methods_shows_roles_and_origin(capsys):
+    code, out, _ = run_main(capsys, "ls", "methods")
+    lines = {line.split()[0]: line for line in out.splitlines()}
+    assert "[reference]" in lines["dense"] and "[control]" in lines["random"]
+    assert lines["dynamicvit"].endswith("(bench.methods.dynamicvit)")
+
+
+def test_validate_build_checks_what_needs_the_model(tmp_path, capsys):
+    suite = tmp_path / "s.yaml"
+    text = (Path(__file__).parents[1] / "suites" / "smoke.yaml").read_text()
+    suite.write_text(text.replace("tb_vit_pico_patch4_32", "tb_vit_pico_patch4_3"))
+    code, out, err = run_main(capsys, "validate", str(suite))
+    assert code == 0 and "static checks only" in out  # backbone names need timm
+    code, out, err = run_main(capsys, "validate", "--build", str(suite))
+    assert code == 2 and "backbones[0]" in err and "did you mean 'tb_vit_pico_patch4_32'" in err
 
 
 def test_flops_command_counts_deit_small(capsys):

@@ -116,6 +116,7 @@ def test_roles_are_consistent():
     from bench.methods.catalog import with_role
 
     assert len(with_role("reference")) == 1, "exactly one method is the reference every speed-up is measured against"
+    assert with_role("control") and with_role("learned"), "the ablation needs controls and learned methods"
     for name in ALL:
         roles = set(METHODS.get(name).roles)
         assert not ({"reference", "control"} <= roles or {"control", "learned"} <= roles), name

@@ -41,6 +41,7 @@ class StaticCentre(StagedPruning):
 @register_method
 class RandomSubset(StagedPruning):
     name = "random"
+    roles = ("control",)
     description = "a seeded random subset of patch tokens, drawn anew per image, in training and evaluation"
     input_dependent = True  # not on the pixels, but differs per image, so FLOPs are averaged like one
 

@@ -12,22 +12,12 @@ from torch import nn
 from bench.errors import ArtifactError, UsageError
 from bench.io import load_torch
 from bench.models import tiny_vits  # noqa: F401  (registers the small ViTs with timm)
+from bench.models.names import KNOWN_BACKBONES, list_backbones  # noqa: F401  (re-exported)
 from bench.registry import did_you_mean
 
 log = logging.getLogger(__name__)
 
 #: Backbones the harness is tested with; any other timm ViT name works too.
-KNOWN_BACKBONES = (
-    *tiny_vits.TINY_VITS,
-    "deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224",
-    "vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224",
-)
-
-
-def list_backbones() -> list[str]:
-    return list(KNOWN_BACKBONES)
-
-
 def check_backbone_name(name: str) -> None:
     if not timm.is_model(name):
         candidates = sorted(set(timm.list_models("*vit*")) | set(timm.list_models("deit*")) | set(KNOWN_BACKBONES))

@@ -33,4 +33,3 @@ def tb_vit_nano_patch4_32(pretrained: bool = False, **kwargs) -> VisionTransform
     return _tiny_vit(96, 12, 3, **kwargs)
 
 
-TINY_VITS = ("tb_vit_pico_patch4_32", "tb_vit_nano_patch4_32")

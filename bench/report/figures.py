@@ -18,16 +18,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
-import matplotlib as mpl
 import pandas as pd
-import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from bench.registry import Registry
+from bench.report.style import whitegrid
 from bench.report.plots import GMACS_LABEL, draw_error_bars, fixed_layout, is_reference, reference_first, save_figure
-from bench.report.summary import methods_with_role, reference_methods
+from bench.report.summary import methods_with_role
 
 PUBLISHED_DATASET = "imagenet-1k"
 
@@ -169,7 +168,7 @@ def _cost_accuracy(ctx: FigureContext, labels: list[str], published_methods: set
     backbones = sorted(data["backbone"].unique())
     if not backbones:
         return []
-    with sns.axes_style("whitegrid"), mpl.rc_context({"font.size": 10}):
+    with whitegrid(**{"font.size": 10}):
         fig, axes = _figure(len(backbones))
         published = False
         for ax, backbone in zip(axes, backbones):
@@ -198,7 +197,7 @@ def pruning_ablation(ctx: FigureContext) -> list[Path]:
     references = _role(ctx, "reference")
     data = _ok(ctx.summary, learned + controls + references)
     backbones = sorted(data["backbone"].unique())
-    with sns.axes_style("whitegrid"), mpl.rc_context({"font.size": 10}):
+    with whitegrid(**{"font.size": 10}):
         fig, axes = _figure(len(backbones))
         published = False
         for ax, backbone in zip(axes, backbones):
@@ -241,7 +240,7 @@ def svite_sparsity(ctx: FigureContext) -> list[Path]:
     names = _registry_names(ctx)
     data["family"] = [names.get(m, m) for m in data["method"]]
     backbones = sorted(data["backbone"].unique())
-    with sns.axes_style("whitegrid"), mpl.rc_context({"font.size": 10}):
+    with whitegrid(**{"font.size": 10}):
         fig = Figure(figsize=(10.5, 4.0 * len(backbones)))
         FigureCanvasAgg(fig)
         grid = fig.subplots(len(backbones), 2, squeeze=False)

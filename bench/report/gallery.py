@@ -7,17 +7,14 @@ run, the input then each stage with dropped patches blanked; merged groups are o
 """
 from __future__ import annotations
 
-import io
 import sys
 from pathlib import Path
-from typing import Any, Sequence
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from bench.io import atomic_write
-from bench.results.collect import KEPT_NPZ
 
 BLANK = 1.0  # dropped patches are painted white, as in the papers' figures
 

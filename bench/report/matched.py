@@ -11,16 +11,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib as mpl
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from bench.report.plots import (GMACS_LABEL, draw_error_bars, fixed_layout, method_styles, reference_first,
                                 save_figure)
+from bench.report.style import whitegrid
 from bench.report.summary import methods_with_role, reference_methods
 from bench.report.table import DASH, md_table
 
@@ -273,7 +272,7 @@ def _plot(df: pd.DataFrame, title: str, draw: Any, handles: Any, xlabel: str, ou
     data = df[np.isfinite(df["top1_mean"].to_numpy(dtype=float))] if len(df) else df
     backbones = sorted(data["backbone"].unique()) if len(data) else []
     n_panels = max(len(backbones), 1)
-    with sns.axes_style("whitegrid"), mpl.rc_context({"font.size": 10, "axes.titlesize": 11}):
+    with whitegrid(**{"font.size": 10, "axes.titlesize": 11}):
         fig = Figure(figsize=(5.2 * n_panels + 1.6, 4.4))
         FigureCanvasAgg(fig)
         axes = fig.subplots(1, n_panels, squeeze=False)[0]

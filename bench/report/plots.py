@@ -15,16 +15,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
-import matplotlib as mpl
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from bench.io import atomic_write
+from bench.report.style import palette, whitegrid
 from bench.report.summary import reference_methods
 
 REFERENCE_STYLE = {"color": "black", "marker": "*", "markersize": 15, "reference": True}
@@ -65,9 +64,7 @@ def method_styles(methods: list[str], references: Iterable[str] = ()) -> dict[st
     """
     references = set(references)
     others = sorted(m for m in set(methods) if m not in references)
-    colors = sns.color_palette("colorblind", 10)
-    if len(others) > len(colors):
-        colors = sns.color_palette("husl", len(others))
+    colors = palette(max(len(others), 10))
     styles = {m: {"color": colors[i], "marker": _MARKERS[i % len(_MARKERS)], "markersize": 7}
               for i, m in enumerate(others)}
     styles.update({m: dict(REFERENCE_STYLE) for m in references & set(methods)})
@@ -195,7 +192,7 @@ def tradeoff_figure(summary: pd.DataFrame, title: str, x: str = "gmacs",
     data = summary[(summary["n_ok"] > 0) & summary[column].notna() & summary["top1_mean"].notna()]
     backbones = sorted(data["backbone"].unique())
     n_panels = max(len(backbones), 1)
-    with sns.axes_style("whitegrid"), mpl.rc_context({"font.size": 10, "axes.titlesize": 11}):
+    with whitegrid(**{"font.size": 10, "axes.titlesize": 11}):
         fig = Figure(figsize=(5.2 * n_panels + 1.6, 4.4))
         FigureCanvasAgg(fig)
         axes = fig.subplots(1, n_panels, squeeze=False)[0]

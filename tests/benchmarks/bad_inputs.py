@@ -51,7 +51,7 @@ class Case:
     name: str
     expect: str                      # a substring the message must hold (the field or file named)
     suite: str | bytes | None = BASE  # written to <tmp>/suite.yaml; None: no suite file
-    argv: list[str] = field(default_factory=lambda: ["validate", "{suite}"])
+    argv: list[str] = field(default_factory=lambda: ["validate", "--build", "{suite}"])
     snakemake: bool = False          # argv are snakemake --config values instead of bench arguments
     setup: Callable[[Path], None] | None = None
 
