@@ -14,6 +14,7 @@ from typing import Any
 
 
 from bench.errors import UsageError
+from bench.suite_checks import check_build, check_paths, check_static, method_info_at, refuse_id_collisions
 
 #: every recipe key and its default. The augmentation defaults are off: the embedded data's random
 #: placement is its augmentation; the named recipes (``bench/recipes``) turn on the papers' stacks.
@@ -207,7 +208,7 @@ def load_suite(name_or_path: str | Path, *, check_names: bool = True, reuse_chec
     marker = _checks_marker(raw)
     if marker.exists():
         suite = expand(raw, path, check_names=False)
-        _check_paths(suite, str(path))
+        check_paths(suite, str(path))
         return suite
     suite = expand(raw, path, check_names=True)
     marker.parent.mkdir(parents=True, exist_ok=True)
@@ -291,7 +292,7 @@ def expand(raw: dict[str, Any], path: Path, *, check_names: bool = True, build: 
         if label in seen:
             raise UsageError(f"{where}: field methods[{i}]: {label!r} appears twice (give one a distinct label)")
         seen.add(label)
-        info = _method_info(where, i, m)
+        info = method_info_at(where, i, m)
         full = info.has("reference") or info.has("weight_budget")  # no token budget: keep ratio 1.0 only
         ratios = [1.0] if full else sorted(set(m.get("keep_ratios", raw["keep_ratios"])), reverse=True)
         spec = m.get("finetune", finetune_base)
@@ -311,82 +312,12 @@ def expand(raw: dict[str, Any], path: Path, *, check_names: bool = True, build: 
                 for s in raw["seeds"]:
                     suite.runs.append(Run(suite.name, label, m["name"], dict(m.get("params", {})), b.name,
                                           float(k), int(s), recipe, sources, m.get("weights")))
-    _refuse_id_collisions(suite, where)
+    refuse_id_collisions(suite, where)
     if check_names:
-        _check_static(suite, raw, where)
+        check_static(suite, raw, where)
         if build:
-            _check_build(suite, where)
+            check_build(suite, where)
     return suite
-
-
-def _method_info(where: str, i: int, m: dict[str, Any]):
-    """The method's declarations, its name and parameters checked, without importing torch."""
-    from bench.methods.catalog import method_info
-
-    try:
-        info = method_info(m["name"])
-        info.check_params(dict(m.get("params", {})))
-    except UsageError as e:
-        raise UsageError(f"{where}: field methods[{i}]: {e}") from None
-    return info
-
-
-def _refuse_id_collisions(suite: Suite, where: str) -> None:
-    """Run ids name folders and keep ratios appear in them to 2 decimals: two grid points with one id
-    would share a folder and one would silently vanish from the results."""
-    seen: dict[str, Run] = {}
-    for r in suite.runs:
-        other = seen.setdefault(r.run_id, r)
-        if other is not r:
-            raise UsageError(f"{where}: field keep_ratios: {other.method} at keep ratios {other.keep_ratio!r} and "
-                             f"{r.keep_ratio!r} share the run id {r.run_id!r} (ids keep 2 decimals); use keep "
-                             f"ratios that differ at 2 decimals")
-
-
-def _check_paths(suite: Suite, where: str) -> None:
-    """Local files the suite names must exist now (cheap, so never cached)."""
-    from bench.data import validate_data_config
-
-    try:
-        validate_data_config(suite.data)
-    except UsageError as e:
-        raise UsageError(f"{where}: field data: {e}") from None
-    for i, b in enumerate(suite.backbones):
-        if b.init not in ("scratch", "hub") and not Path(b.init).is_file():
-            raise UsageError(f"{where}: field backbones[{i}].init: {b.init!r} is not 'scratch', 'hub' or an existing checkpoint file")
-    for i, m in enumerate(suite.raw["methods"]):
-        if isinstance(m, dict) and m.get("weights") and not Path(m["weights"]).is_file():
-            raise UsageError(f"{where}: field methods[{i}].weights: {m['weights']!r} is not an existing checkpoint file")
-
-
-def _check_static(suite: Suite, raw: dict[str, Any], where: str) -> None:
-    """What needs no torch: local files, and learned methods that would be scored untrained."""
-    from bench.methods.catalog import method_info
-
-    _check_paths(suite, where)
-    for i, m in enumerate(raw["methods"]):
-        m = {"name": m} if isinstance(m, str) else m
-        label = m.get("label", m["name"])
-        run = next((r for r in suite.runs if r.method == label), None)
-        untrained = run is not None and (run.finetune is None or int(run.finetune["epochs"]) == 0)
-        if untrained and method_info(m["name"]).learns_parameters and not m.get("weights"):
-            how = "finetune: none" if run.finetune is None else "finetune epochs 0"
-            raise UsageError(f"{where}: field methods[{i}]: method {m['name']!r} learns parameters and would be "
-                             f"scored untrained ({how}); give its trained weights (weights: path/to/model.pth) "
-                             f"or fine-tune it")
-
-
-def _check_build(suite: Suite, where: str) -> None:
-    """Backbone names, and every run's method and recipe built on its backbone (torch, timm)."""
-    from bench.models.backbones import check_backbone_name
-    from bench.preflight import preflight
-
-    for i, b in enumerate(suite.backbones):
-        try:
-            check_backbone_name(b.name)
-        except UsageError as e:
-            raise UsageError(f"{where}: field backbones[{i}]: {e}") from None
-    preflight(suite, where)  # every run's method on its backbone, and every recipe's optimiser, built cheaply
 
 
 def run_identity(suite: Suite, run: Run, dataset: str) -> dict[str, Any]:

@@ -17,12 +17,12 @@ import pandas as pd
 
 from bench.io import atomic_write_text
 from bench.report.figures import FIGURES, FigureContext, build_figures, load_published
-from bench.report.gallery import KEPT_NPZ, plot_gallery
+from bench.report.gallery import plot_gallery
 from bench.report.plots import method_styles, plot_tradeoff
 from bench.report.summary import reference_methods, summarize
 from bench.report.table import (holes_section, provenance_section, suite_and_dataset, render_csv, render_latex,
                                 render_markdown)
-from bench.results.collect import TABLE_PARQUET, collect
+from bench.results.collect import KEPT_NPZ, TABLE_PARQUET, collect
 
 REPORT_MD = "report.md"
 INDEX_MD = "index.md"

@@ -27,7 +27,7 @@ def _finite(value: Any) -> bool:
         return False
 
 
-def _uniq(values: pd.Series) -> list[str]:
+def uniq(values: pd.Series) -> list[str]:
     """Sorted distinct non-missing values as strings (for 'batch 256 @ cuda' style cells)."""
     # distinct first: a 10,000-run column has a handful of values
     return sorted({value_text(v) for v in values.dropna().unique()})
@@ -193,7 +193,7 @@ def holes_section(table: pd.DataFrame) -> str:
 
 
 def _values(table: pd.DataFrame, column: str) -> str:
-    vals = _uniq(table[column]) if column in table else []
+    vals = uniq(table[column]) if column in table else []
     return ", ".join(f"`{v}`" for v in vals) if vals else DASH
 
 
@@ -223,8 +223,8 @@ def provenance_section(table: pd.DataFrame) -> str:
 
 
 def suite_and_dataset(table: pd.DataFrame, suite_dir: Path) -> tuple[str, str]:
-    suites = _uniq(table["suite"]) if not table.empty else []
-    datasets = _uniq(table["dataset"]) if not table.empty else []
+    suites = uniq(table["suite"]) if not table.empty else []
+    datasets = uniq(table["dataset"]) if not table.empty else []
     return (", ".join(suites) or suite_dir.name), (", ".join(datasets) or "unknown dataset")
 
 

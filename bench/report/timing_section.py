@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from bench.report.summary import GMACS, GROUP_KEYS
-from bench.report.table import UNRELIABLE_MARK, md_table, _uniq
+from bench.report.table import UNRELIABLE_MARK, md_table, uniq
 
 DASH = "—"
 
@@ -51,20 +51,20 @@ def what_was_timed_markdown(table: pd.DataFrame) -> str:
         is_paired = timed["run_id"] != timed["timing_reference_run"]
         paired = timed[is_paired]
         items = [
-            f"device `{_uniq(timed['throughput_device_key'])[0]}`",
-            f"precision {', '.join(_uniq(timed['precision']))}",
-            f"threads {', '.join(_uniq(timed['timing_threads'])) or DASH}",
-            f"channels_last {', '.join(_uniq(timed['timing_channels_last']))}",
-            f"torch.compile {', '.join(_uniq(timed['timing_compile']))}",
+            f"device `{uniq(timed['throughput_device_key'])[0]}`",
+            f"precision {', '.join(uniq(timed['precision']))}",
+            f"threads {', '.join(uniq(timed['timing_threads'])) or DASH}",
+            f"channels_last {', '.join(uniq(timed['timing_channels_last']))}",
+            f"torch.compile {', '.join(uniq(timed['timing_compile']))}",
             f"batch sizes {sizes} (requested→fitted)",
-            f"{', '.join(_uniq(timed['timing_warmup']))} warm-up passes per model and batch size",
-            f"{', '.join(_uniq(paired['timing_repeats'])) or '?'} paired repeats per run (the reference: "
-            f"{', '.join(_uniq(timed.loc[~is_paired, 'timing_repeats'])) or '?'}, one beside each), each at least "
-            f"{', '.join(_uniq(timed['timing_min_time_s']))} s "
+            f"{', '.join(uniq(timed['timing_warmup']))} warm-up passes per model and batch size",
+            f"{', '.join(uniq(paired['timing_repeats'])) or '?'} paired repeats per run (the reference: "
+            f"{', '.join(uniq(timed.loc[~is_paired, 'timing_repeats'])) or '?'}, one beside each), each at least "
+            f"{', '.join(uniq(timed['timing_min_time_s']))} s "
             f"({int(iters.min()) if len(iters) else '?'}–{int(iters.max()) if len(iters) else '?'} forward passes)",
-            f"reference {', '.join(f'`{v}`' for v in _uniq(timed['timing_reference_run'])) or 'none (no speed-ups)'}",
-            f"noise threshold {', '.join(_uniq(timed['timing_noise_threshold']))} (IQR / median of the paired "
-            f"ratios), at most {', '.join(_uniq(timed['timing_max_attempts']))} attempts; "
+            f"reference {', '.join(f'`{v}`' for v in uniq(timed['timing_reference_run'])) or 'none (no speed-ups)'}",
+            f"noise threshold {', '.join(uniq(timed['timing_noise_threshold']))} (IQR / median of the paired "
+            f"ratios), at most {', '.join(uniq(timed['timing_max_attempts']))} attempts; "
             f"{len(retried)} run(s) re-timed",
             "fused attention (SDPA) on in every block" + (f" except: {', '.join(fused)}" if fused else ""),
         ]
