@@ -24,6 +24,7 @@ from bench.outputs import StepOutput, step_key
 from bench.provenance import pick_device, provenance
 from bench.requeue import slurm_restarts
 from bench.results.collect import FAILURE_FILE, KEPT_NPZ, RUN_FILE as RECORD_FILE
+from bench.results.record import check as check_record
 from bench.runtime import Runtime
 from bench.train import TrainResult, train_model
 from bench.train import distributed as D
@@ -281,7 +282,7 @@ def evaluate_run(suite: Suite, run: Run, *, root: str | Path = "results", device
         "eval_wall_s": eval_wall,
         **provenance(dev),
     }
-    atomic_write_json(out / RECORD_FILE, record)
+    atomic_write_json(out / RECORD_FILE, check_record(record))  # off the schema: fails here, not at collect
     (out / FAILURE_FILE).unlink(missing_ok=True)
     return record
 
@@ -370,5 +371,5 @@ def record_failure(suite: Suite, run: Run, step: str, exc: BaseException, *, roo
     record = {**run_identity(suite, run, dataset), "status": "failed", "failed_step": step,
               "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:500],
               "traceback": "".join(traceback.format_exception(exc))[-4000:], **provenance(pick_device())}
-    atomic_write_json(path, record)
+    atomic_write_json(path, check_record(record))
     return path

@@ -43,13 +43,10 @@ def load_all() -> None:
     for ep in plugin_entry_points():
         try:
             ep.load()
-        except ValueError:
-            raise  # a duplicate method name: the registry's message names it
-        except Exception as e:  # a broken plugin must not take the harness down with a bare traceback
+        except Exception as e:  # a broken plugin, or one reusing a name: one line naming it, not a traceback
             from bench.errors import UsageError
 
-            raise UsageError(f"method plugin entry point {ep.name!r} ({ep.value}) failed to import: "
-                             f"{type(e).__name__}: {e}") from None
+            raise UsageError(f"method plugin entry point {ep.name!r} ({ep.value}): {type(e).__name__}: {e}") from None
 
 
 def origins() -> dict[str, str]:
