@@ -7,6 +7,7 @@ from bench.cli import DEVICE, RESULTS, RUNTIME, THREADS, _threads, cli
 from bench.errors import UsageError
 from bench.runtime import from_cli as runtime_from_cli
 
+
 @cli.command("time")
 @click.argument("suite")
 @click.argument("backbone")
@@ -60,26 +61,27 @@ def _model_options(f):
 @cli.command()
 @_model_options
 def flops(backbone, method, keep_ratio, param, image_size, in_chans, num_classes) -> None:
-    """GMACs (fvcore: 1 multiply-add = 1 flop) and parameters of BACKBONE patched by a method."""
+    """GMACs (fvcore: 1 multiply-add = 1 flop) and parameters of BACKBONE patched by a method.
+
+    The run record's measurement (bench.measure.cost.measure_cost) on 8 seeded random images for an
+    input-dependent method, 1 otherwise; the method's own modules are counted by the work they execute."""
     import torch
 
-    from bench.measure import mean_flops
-
+    from bench.measure.cost import measure_cost
     from bench.measure.standalone import standalone_model
 
     model, m = standalone_model(backbone, method, keep_ratio, image_size, num_classes, in_chans, param)
     size, chans = int(model.patch_embed.img_size[0]), int(model.patch_embed.proj.in_channels)
     x = torch.randn(8 if m.input_dependent else 1, chans, size, size, generator=torch.Generator().manual_seed(0))
-    from bench.methods.sparse import sparse_layers, zero_weight_gmacs
-
-    layers = list(sparse_layers(model)) if m.weight_sparse else None
-    rep = mean_flops(model, x.split(4), max_images=x.shape[0], layers=layers)
-    own = sum(rep.by_module.get(n, 0.0) for n in m.overhead_modules)
-    click.echo(f"{backbone} {method} keep={keep_ratio:g}: {rep.gmacs:.4f} GMACs (fvcore, 1 MAC = 1 flop) per "
-               f"{size}x{size} image (of which the method's own {own:.4f}), {rep.params / 1e6:.3f} M params; "
+    cost = measure_cost(model, m, x, batch_size=4)
+    click.echo(f"{backbone} {method} keep={keep_ratio:g}: {cost['gmacs_fvcore_1mac_eq_1flop']:.4f} GMACs (fvcore, "
+               f"1 MAC = 1 flop) per {size}x{size} image (of which the method's own "
+               f"{cost['method_gmacs_fvcore_1mac_eq_1flop']:.4f}), {cost['params_m']:.3f} M params; "
                f"tokens per block {m.token_schedule(model)}")
     if m.weight_sparse:
-        click.echo(f"theoretical, nonzero weights only: {rep.gmacs - zero_weight_gmacs(model, rep.by_layer):.4f} GMACs")
+        click.echo(f"theoretical, nonzero weights only: "
+                   f"{cost['theoretical_gmacs_nonzero_weights_fvcore_1mac_eq_1flop']:.4f} GMACs")
+    click.echo(f"operators without a cost ({cost['flops_skipped_op_count']} calls): {cost['flops_skipped_ops'] or 'none'}")
 
 
 @cli.command()

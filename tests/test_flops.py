@@ -11,7 +11,15 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from bench.errors import UsageError
-from bench.measure.flops import FlopReport, count_flops, mean_flops
+from bench.measure.flops import (
+    MATMUL_LIKE_PATTERNS,
+    FlopReport,
+    UncountedOperator,
+    count_flops,
+    is_matmul_like,
+    mean_flops,
+    skipped_text,
+)
 
 # DeiT paper / fvcore references (GMACs at 224x224) and parameter counts.
 DEIT = {
@@ -207,8 +215,9 @@ class _Cluster(nn.Module):
 def test_extra_handles_for_custom_ops() -> None:
     model = _Cluster()
     x = torch.randn(2, 10, 16)
-    plain = count_flops(model, x)
-    assert "aten::cdist" in plain.skipped_ops
+    # fvcore has no handle for cdist, a product: the count fails naming it rather than dropping its MACs
+    with pytest.raises(UncountedOperator, match=r"aten::cdist \(1x\)"):
+        count_flops(model, x)
 
     def cdist_macs(inputs: list[Any], outputs: list[Any]) -> int:
         a, b = inputs[0].type().sizes(), inputs[1].type().sizes()
@@ -227,3 +236,191 @@ def test_bad_inputs_are_usage_errors() -> None:
         count_flops(model, [torch.randn(1, 3, IMG, IMG)])  # type: ignore[arg-type]
     with pytest.raises(UsageError):
         mean_flops(model, [], max_images=4)
+
+
+# -- skipped operators: products fail, the rest are recorded ---------------------------------------------------
+
+class _Products(nn.Module):
+    """Calls ``op`` (a product fvcore has no handle for) on its input, then an elementwise op."""
+
+    def __init__(self, op: str) -> None:
+        super().__init__()
+        self.op = op
+        self.w = nn.Parameter(torch.randn(16, 8))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.op == "addmv":
+            y = torch.addmv(torch.zeros(16), self.w, x[0, :8])
+        elif self.op == "kron":
+            y = torch.kron(x[0, :4], x[0, 4:8])
+        else:
+            y = x
+        return torch.sin(y).sum() + x.sum()
+
+
+@pytest.mark.parametrize("op", ["addmv", "kron"])
+def test_uncounted_product_fails_with_its_name(op: str) -> None:
+    with pytest.raises(UncountedOperator, match=f"aten::{op} ") as err:
+        count_flops(_Products(op), torch.randn(1, 16))
+    assert "\n" not in str(err.value)  # one line
+
+
+def test_elementwise_skipped_ops_are_recorded_not_fatal() -> None:
+    report = count_flops(_Products("none"), torch.randn(1, 16))
+    assert report.gmacs == 0.0
+    assert report.skipped_ops == {"aten::add": 1, "aten::sin": 1, "aten::sum": 2}
+    assert skipped_text(report.skipped_ops) == "aten::add:1;aten::sin:1;aten::sum:2"
+    assert skipped_text({}) == ""
+
+
+@pytest.mark.parametrize("op,product", [
+    ("aten::mm", True), ("aten::bmm", True), ("aten::baddbmm", True), ("aten::addmm", True), ("aten::_int_mm", True),
+    ("aten::matmul", True), ("aten::einsum", True), ("aten::linear", True), ("aten::bilinear", True),
+    ("aten::conv2d", True), ("aten::_convolution", True), ("aten::conv_transpose2d", True), ("aten::cdist", True),
+    ("aten::scaled_dot_product_attention", True), ("aten::_scaled_dot_product_flash_attention_for_cpu", True),
+    ("aten::addmv", True), ("aten::linalg_multi_dot", True), ("aten::tensordot", True), ("aten::kron", True),
+    ("quantized::linear_dynamic", True), ("aten::lstm", True),
+    ("aten::add", False), ("aten::mul", False), ("aten::addcmul", False), ("aten::gelu", False),
+    ("aten::softmax", False), ("aten::sum", False), ("aten::linspace", False), ("aten::upsample_linear1d", False),
+    ("aten::hamming_window", False), ("aten::_convert_indices_from_coo_to_csr", False), ("aten::minimum", False),
+])
+def test_matmul_like_names(op: str, product: bool) -> None:
+    assert is_matmul_like(op) is product, MATMUL_LIKE_PATTERNS
+
+
+# -- work that runs but does not feed the output -----------------------------------------------------------------
+
+class _DiscardingScorer(nn.Module):
+    """Scores tokens with a (4 x 16) @ (16 x 8) product three times, then returns its input untouched: what the
+    scores were for is decided elsewhere (as a clustering loop past convergence)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(16, 8, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _ in range(3):
+            torch.bmm(x, x.transpose(1, 2)).min(dim=-1)   # (B, 4, 4): 4 * 4 * 16 MACs, 16 comparisons
+            self.proj(x)                                   # 4 * 16 * 8 MACs
+        return x
+
+
+class _WithScorer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.scorer = _DiscardingScorer()
+        self.head = nn.Linear(16, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.scorer(x))
+
+
+def test_discarded_work_is_counted_by_execution() -> None:
+    model = _WithScorer()
+    x = torch.randn(2, 4, 16)
+    traced = count_flops(model, x)
+    assert traced.by_module["scorer"] == 0.0  # fvcore's trace keeps only what feeds the output
+    head = 4 * 16 * 2
+    assert traced.gmacs * 1e9 == pytest.approx(head)
+
+    executed = count_flops(model, x, executed_modules=["scorer", "not_a_module"])
+    scorer = 3 * (4 * 4 * 16 + 4 * 4 + 4 * 16 * 8)
+    assert executed.by_module["scorer"] * 1e9 == pytest.approx(scorer, rel=1e-12)
+    assert executed.gmacs * 1e9 == pytest.approx(head + scorer, rel=1e-12)
+    assert executed.executed == {"scorer": pytest.approx(scorer / 1e9)} and executed.traced == {"scorer": 0.0}
+    assert executed.by_layer == {}
+    with_layers = count_flops(model, x, executed_modules=["scorer"], layers=["scorer.proj", "head"])
+    assert with_layers.by_layer["scorer.proj"] * 1e9 == pytest.approx(3 * 4 * 16 * 8)
+    assert with_layers.by_layer["head"] * 1e9 == pytest.approx(head)
+    assert executed.by_operator["bmm"] * 1e9 == pytest.approx(3 * 4 * 4 * 16)
+    assert "aten::min" not in executed.skipped_ops
+    # a module flags itself: counted by execution without being named
+    model.scorer.count_executed_flops = True
+    assert count_flops(model, x).gmacs == pytest.approx(executed.gmacs, rel=1e-12)
+    assert all(not m._forward_pre_hooks and not m._forward_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("name", ["dynamicvit", "svite_plus"])
+def test_executed_count_equals_the_trace_when_everything_feeds_the_output(tiny_vit, name: str) -> None:
+    """Counting a method's modules by execution changes nothing where all their work feeds the output: the
+    dispatch-level conventions are fvcore's (linear = MACs, layer norm 5 per element)."""
+    from bench.methods import create_method
+
+    model = tiny_vit()
+    method = create_method(name, 0.5)
+    method.apply(model)
+    model = method.prepare_inference(model).eval()
+    x = torch.randn(2, 1, 32, 32)
+    traced = count_flops(model, x)
+    executed = count_flops(model, x, executed_modules=method.overhead_modules)
+    (root,) = method.overhead_modules
+    assert executed.executed[root] > 0
+    assert executed.executed[root] == pytest.approx(executed.traced[root], rel=1e-12)
+    assert executed.gmacs == pytest.approx(traced.gmacs, rel=1e-12)
+    assert executed.by_module == pytest.approx(traced.by_module, rel=1e-12)
+
+
+def test_measure_cost_returns_the_record_keys(tiny_vit) -> None:
+    from bench.measure.cost import COST_KEYS, measure_cost
+    from bench.methods import create_method
+
+    for name, keep, sparse in [("static", 0.5, False), ("svite", 1.0, True), ("dynamicvit", 0.5, False)]:
+        model = tiny_vit()
+        method = create_method(name, keep)
+        method.apply(model)
+        model = method.prepare_inference(model).eval()
+        x = torch.randn(3, 1, 32, 32)
+        cost = measure_cost(model, method, x, batch_size=2)
+        assert tuple(cost) == COST_KEYS
+        ref = mean_flops(model, x.split(2), max_images=3)
+        assert cost["gmacs_fvcore_1mac_eq_1flop"] == pytest.approx(ref.gmacs, rel=1e-12)
+        assert cost["method_gmacs_fvcore_1mac_eq_1flop"] == pytest.approx(
+            sum(ref.by_module.get(n, 0.0) for n in method.overhead_modules), rel=1e-12)
+        assert (cost["theoretical_gmacs_nonzero_weights_fvcore_1mac_eq_1flop"] is not None) == sparse
+        if sparse:  # the density-0.5 masks: about half the sparsified layers' MACs are on zero weights
+            assert cost["theoretical_gmacs_nonzero_weights_fvcore_1mac_eq_1flop"] < 0.75 * ref.gmacs
+        assert cost["params_m"] == pytest.approx(ref.params / 1e6)
+        assert cost["nonzero_params_m"] <= cost["params_m"]
+        assert isinstance(cost["flops_skipped_ops"], str) and "aten::gelu:" in cost["flops_skipped_ops"]
+        assert cost["flops_skipped_op_count"] == sum(int(p.rsplit(":", 1)[1]) for p in cost["flops_skipped_ops"].split(";"))
+    with pytest.raises(UsageError):
+        measure_cost(model, method, torch.randn(1, 32, 32))
+
+
+class _Mixed(nn.Module):
+    """The ops a method's own modules are likely to use, each with an fvcore handle."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.gn = nn.GroupNorm(2, 8)
+        self.ln = nn.LayerNorm(16)
+        self.fc = nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = nn.functional.adaptive_avg_pool2d(self.gn(self.bn(self.conv(x))), (4, 4)).flatten(2)  # (B, 8, 16)
+        y = self.fc(self.ln(y))
+        q = y.view(y.shape[0], 2, 4, 16)
+        y = nn.functional.scaled_dot_product_attention(q, q, q).flatten(1, 2) + (y @ y.transpose(1, 2)) @ y
+        return nn.functional.interpolate(y.unsqueeze(1), scale_factor=2.0, mode="bilinear").sum(dim=(1, 2))
+
+
+class _Holder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.own = _Mixed()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.own(x)
+
+
+def test_executed_counts_follow_fvcore_conventions() -> None:
+    """Conv, batch/group/layer norm, pooling, linear, matmul, SDPA, bilinear upsampling: counted by execution
+    (dispatch-level ops) they cost what fvcore's handles give the traced graph."""
+    model, x = _Holder(), torch.randn(2, 3, 8, 8)
+    traced = count_flops(model, x)
+    executed = count_flops(model, x, executed_modules=["own"])
+    assert traced.gmacs > 0
+    assert executed.executed["own"] == pytest.approx(traced.gmacs, rel=1e-12)
+    assert executed.gmacs == pytest.approx(traced.gmacs, rel=1e-12)

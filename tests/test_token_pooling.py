@@ -169,12 +169,60 @@ def test_deit_small_gmacs_with_clustering_cost():
     sched = method.token_schedule(model)
     assert sched == [197] * 3 + [138] * 3 + [97] * 3 + [68] * 3
     expected = 4.6083 - blocks_gmacs([197] * 12, 384) + blocks_gmacs(sched, 384) + 5 * 384 * (68 - 197) / 1e9
-    # at most 5 Lloyd steps per stage (fewer once assignments stop changing): distances, argmin, sums
+    # exactly 5 Lloyd steps per stage (no early exit): distances, argmin, weighted sums (C + 1 columns)
     overhead = report.by_module[POOLER]
-    most = sum(5 * (n * k * 384 + n * k + n * 385) for n, k in [(196, 137), (137, 96), (96, 67)]) / 1e9
-    first_step = (196 * 137 * 384 + 137 * 96 * 384 + 96 * 67 * 384) / 1e9
-    assert first_step < overhead <= most + 1e-9
+    steps = sum(5 * (n * k * 384 + n * k + n * 385) for n, k in [(196, 137), (137, 96), (96, 67)]) / 1e9
+    assert overhead == pytest.approx(steps, rel=1e-12)
     assert report.gmacs - overhead == pytest.approx(expected, abs=1e-4)
+
+
+def kmedoids_macs(n, k, c, iterations=5):
+    """What K-Medoids runs per image (clustering.kmedoids), fvcore's conventions: the pairwise distances (one
+    (N x C) @ (C x N) product), then per step the assignment (min over N x K distances to the medoids), the
+    medoid costs (a (K x N) @ (N x N) product) and their argmin (K x N), and a last assignment pass."""
+    return n * n * c + iterations * (n * k + k * n * n + k * n) + n * k
+
+
+def test_kmedoids_counts_what_it_runs_when_it_converges_at_once(tiny_vit):
+    """At keep 0.9 every stage's medoids are its seeds from the first step on (checked below): the pooled tokens
+    depend on the seeds alone, which a trace that keeps only what feeds the output once counted as zero
+    clustering work. Counted by execution, the clustering is every product and comparison the loop ran."""
+    model, method = patched(tiny_vit, keep=0.9)
+    calls = []
+    getattr(model, POOLER).register_forward_hook(
+        lambda m, args, out: calls.append((args[0].shape[1], args[2], torch.equal(
+            out.representative, significance_init(args[1], args[2])))))
+    x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
+    report = count_flops(model, x)
+    stages = [(n, k) for n, k, _ in calls[len(calls) // 2:]]  # count_flops runs the trace, then the executed pass
+    assert stages == [(64, 57), (57, 51), (51, 46)]
+    assert all(converged for *_, converged in calls), "the premise: K-Medoids converges at once here"
+    dim = model.embed_dim
+    expected = sum(kmedoids_macs(n, k, dim) for n, k in stages) / 1e9
+    clustering = report.by_module[POOLER]
+    assert clustering > 0
+    assert clustering == pytest.approx(expected, rel=0.005)
+    assert clustering == pytest.approx(expected, rel=1e-12)  # exactly, in fact
+    # the last assignment pass feeds no output: the trace alone misses it, the executed count does not
+    assert report.traced[POOLER] == pytest.approx(expected - sum(n * k for n, k in stages) / 1e9, rel=1e-12)
+    # in the method's share and in the total
+    from bench.measure.cost import measure_cost
+
+    cost = measure_cost(model, method, x, batch_size=2)
+    assert cost["method_gmacs_fvcore_1mac_eq_1flop"] == pytest.approx(expected, rel=1e-12)
+    assert cost["gmacs_fvcore_1mac_eq_1flop"] == pytest.approx(report.gmacs, rel=1e-12)
+
+
+@pytest.mark.parametrize("fit", FITS)
+def test_no_early_exit_changes_no_output(fit):
+    """Every call runs all its iterations (testing for convergence would sync with the host): past convergence
+    a step is a fixed point, so more iterations give the same tokens as the converged few."""
+    x, w = tokens(n=64)
+    init = significance_init(w, 10)
+    converged = FITS[fit](x, 10, init, weights=w, iterations=50)
+    again = FITS[fit](x, 10, init, weights=w, iterations=80)
+    torch.testing.assert_close(again.tokens, converged.tokens, rtol=0, atol=0)
+    assert torch.equal(again.assignment, converged.assignment)
 
 
 @pytest.mark.parametrize("clustering", ["kmedoids", "kmeans"])

@@ -13,6 +13,13 @@ Assignments need only ``|c|^2 - 2 x.c`` (``|x|^2`` is the same for every centre)
 matmul per iteration, which fvcore counts. fvcore does not know the assignment (``argmin``/``min``)
 nor the cluster sums (``index_add``), so :mod:`bench.measure.flops` gives them handles and the
 clustering's cost is counted, not assumed.
+
+Every call runs exactly ``iterations`` steps: there is no early exit at convergence. Testing for it
+(``torch.equal`` on the assignments) is a host synchronisation per step on an accelerator, and a
+converged step is a fixed point (the same medoids or means give the same assignment), so running on
+changes no output; the cost is fixed and the same for every input. Nothing here reads a tensor's
+values on the host (no ``.item()``, ``one_hot``'s range check, ``nonzero``) unless ``track_error``
+asks for the error curve.
 """
 from __future__ import annotations
 
@@ -115,7 +122,6 @@ def kmeans(x: torch.Tensor, k: int, init: torch.Tensor, *, weights: torch.Tensor
         xd = x.detach()
         rows = _weighted_rows(xd, w)
         centers = _gather(xd, init)
-        last: torch.Tensor | None = None
         for _ in range(iterations):  # Lloyd step: assign to the nearest centre, move centres to the means
             scores = assignment_scores(xd, centers)
             if track_error:
@@ -123,9 +129,9 @@ def kmeans(x: torch.Tensor, k: int, init: torch.Tensor, *, weights: torch.Tensor
                 errors.append(float(((best + xd.pow(2).sum(-1)).clamp_min(0) * w).sum()))
             else:
                 assignment = scores.argmin(dim=-1)
-            if not track_error and last is not None and torch.equal(assignment, last):
-                break  # converged: the means, hence every later step, would be the same (an exact shortcut)
-            previous, last = centers, assignment
+            # no early exit once the assignment stops changing: a converged step is a fixed point, and
+            # testing for it would synchronise with the host every step (module docstring)
+            previous = centers
             centers = _weighted_means(rows, assignment, k, previous)
         if track_error:
             errors.append(float(reconstruction_error(xd, centers, w).sum()))
@@ -156,14 +162,14 @@ def kmedoids(x: torch.Tensor, k: int, init: torch.Tensor, *, weights: torch.Tens
                 errors.append(float((nearest * w).sum()))
             if step == iterations:
                 break
-            members = torch.nn.functional.one_hot(assignment, k).to(x.dtype)        # (B, N, K)
+            # (B, N, K) memberships; not one_hot, whose range check reads the indices on the host
+            members = xd.new_zeros(*assignment.shape, k).scatter_(2, assignment.unsqueeze(-1), 1.0)
             cost = torch.bmm((members * w.unsqueeze(-1)).transpose(1, 2), pairwise)   # (B, K, N)
             cost = cost.masked_fill(members.transpose(1, 2) == 0, float("inf"))
             best = cost.argmin(dim=-1)
             filled = members.sum(1) > 0                                                # empty: keep medoid
-            best = torch.where(filled, best, medoids)
-            if not track_error and torch.equal(best, medoids):
-                break  # converged: the same medoids give the same assignment (an exact shortcut)
-            medoids = best
+            # no early exit once the medoids stop moving: a converged step is a fixed point, and testing
+            # for it would synchronise with the host every step (module docstring)
+            medoids = torch.where(filled, best, medoids)
     tokens = _gather(x, medoids)
     return Clustering(tokens, assignment, medoids, errors)

@@ -18,7 +18,9 @@ Choices where the paper leaves room, and why:
   before every block from 1 on, geometrically down to rho^3 of the patches before the last block;
   ``schedule: stages`` (blocks 3/6/9 keeping rho, rho^2, rho^3) meets DynamicViT on its keep-ratio axis.
 * Distances are squared Euclidean, the reconstruction error's own metric, for both variants;
-  5 iterations (a few suffice: the error curve flattens fast, see ``tests/test_token_pooling.py``).
+  5 iterations (a few suffice: the error curve flattens fast, see ``tests/test_token_pooling.py``), always all
+  of them: stopping at convergence would read the assignments on the host (a synchronisation per step on an
+  accelerator), and a converged step is a fixed point, so the output is the same.
 * Training: assignments carry no gradient; K-Means outputs are means of the inputs and K-Medoids
   outputs are input tokens, so gradients flow through the pooled tokens to everything before them.
   Significance is computed from explicit (unfused) attention in the blocks that feed a pooling layer.
@@ -99,7 +101,13 @@ class _SignificanceMethod(StagedPruning):
 
 
 class TokenPooler(nn.Module):
-    """Parameter-free clustering step; a module only so that fvcore reports its cost on its own."""
+    """Parameter-free clustering step; a module only so that its cost is reported on its own.
+
+    It is counted by what it executes (``count_executed_flops``, :mod:`bench.measure.flops`), not by fvcore's
+    trace alone: the last assignment pass and any step after convergence do not feed the output, and a trace
+    keeps only what does."""
+
+    count_executed_flops = True
 
     def __init__(self, clustering: str, weighted: bool, iterations: int, init: str):
         super().__init__()
