@@ -227,8 +227,7 @@ def evaluate_run(suite: Suite, run: Run, *, root: str | Path = "results", device
     """Accuracy, tokens and FLOPs of a fine-tuned run, written as its run.json record. Throughput is measured
     by the timing step (bench.timing), every run of a backbone against dense in one job."""
     from bench.evaluate import evaluate
-    from bench.measure import mean_flops
-    from bench.methods.sparse import sparse_layers, zero_weight_gmacs
+    from bench.measure.cost import measure_cost
     from bench.train.loaders import in_memory
 
     dev = pick_device(device)
@@ -251,9 +250,7 @@ def evaluate_run(suite: Suite, run: Run, *, root: str | Path = "results", device
     model.to("cpu")
     n_flops = ev_cfg["flops_images"] if method.input_dependent else 1
     sample = torch.stack([val_ds[i][0] for i in range(min(n_flops, len(val_ds)))])
-    layers = list(sparse_layers(model)) if method.weight_sparse else None
-    flops = mean_flops(model, sample.split(16), max_images=n_flops, layers=layers)
-    theoretical = flops.gmacs - zero_weight_gmacs(model, flops.by_layer) if method.weight_sparse else None
+    cost = measure_cost(model, method, sample, batch_size=16)  # the same function as `bench flops`
     _record_kept_tokens(model, method, val_ds, out)
 
     meta = saved.get("meta", {})
@@ -264,13 +261,7 @@ def evaluate_run(suite: Suite, run: Run, *, root: str | Path = "results", device
         "top1_ema": acc_ema.top1 if acc_ema else None, "top5_ema": acc_ema.top5 if acc_ema else None,
         "finetuned": run.finetune is not None, "weights": run.weights,
         "recipe_sources": meta.get("recipe_sources"),
-        "gmacs_fvcore_1mac_eq_1flop": flops.gmacs,
-        # the method's own compute (clustering, prediction modules), already inside the total above
-        "method_gmacs_fvcore_1mac_eq_1flop": sum(flops.by_module.get(n, 0.0) for n in method.overhead_modules),
-        # only nonzero weights counted: what sparse kernels could at best run (SViTE's savings on paper)
-        "theoretical_gmacs_nonzero_weights_fvcore_1mac_eq_1flop": theoretical,
-        "nonzero_params_m": sum(int((p != 0).sum()) for p in model.parameters()) / 1e6,
-        "params_m": flops.params / 1e6,
+        **cost,  # GMACs (total, the method's own, nonzero weights only), params, ops fvcore skipped
         "mean_tokens": acc.mean_tokens, "tokens_per_block": acc.tokens_per_block,
         "token_schedule": method.token_schedule(model),
         "train_epochs": meta.get("train_epochs"), "train_wall_s": meta.get("train_wall_s"),

@@ -125,6 +125,8 @@ class TokenPooler(nn.Module):
 @register_method
 class TokenPooling(_SignificanceMethod):
     name = "token_pooling"
+    roles = ("learned", "merging")
+    family = "token_pooling"
     description = "Token Pooling: tokens downsampled by weighted K-Medoids/K-Means clustering between blocks"
     overhead_modules = (POOLER,)
     params = {
@@ -167,6 +169,8 @@ class TokenPooling(_SignificanceMethod):
 @register_method
 class Importance(_SignificanceMethod):
     name = "importance"
+    roles = ("learned",)
+    family = "token_pooling"
     description = "keep the tokens that receive the most attention (PoWER-BERT's significance score)"
 
     def score(self, model: nn.Module, stage: int, patches: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
@@ -193,6 +197,8 @@ def pooled_grid(rows: int, cols: int, budget: int, aspect: float | None = None) 
 @register_method
 class GridPool(StagedPruning):
     name = "grid_pool"
+    roles = ("merging",)
+    family = "token_pooling"
     description = "2-D average pooling of the token grid to the largest grid within each stage's token budget"
 
     def __init__(self, keep_ratio: float = 1.0, seed: int = 0, **params: Any):

@@ -158,7 +158,6 @@ COLUMNS: tuple[Column, ...] = (
     _c("lr_effective", "float", "learning rate after the batch-size scaling rule"),
     _c("lr_rule", "str", "how group learning rates follow the schedule"),
     _c("optimizer_groups", "list[struct]", "parameter groups: name, params, lr scale, weight decay"),
-    _c("data_index", "str", "the data index file used"),
     # -- provenance -----------------------------------------------------------------------------------------
     _c("device", "str", "device of the evaluation (and fine-tune)"),
     _c("device_name", "str", "device model name"),
@@ -198,6 +197,7 @@ PREFIXES: tuple[Prefix, ...] = (
     Prefix("recipe_source_", "recipe_sources", "where each recipe value came from (default, preset, suite)"),
     Prefix("train_runtime_", "train_runtime", "runtime settings of the fine-tune (workers, channels_last, ...)"),
     Prefix("eval_runtime_", "eval_runtime", "runtime settings of the evaluation"),
+    Prefix("data_index_", "data_index", "a local folder's index: root, fingerprint, images per split"),
 )
 
 BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}
@@ -254,6 +254,17 @@ def _flat_value(value: Any) -> Any:
     return value
 
 
+def _spread(prefix: str, mapping: Mapping[str, Any]) -> dict[str, Any]:
+    """A mapping as prefixed columns; nested mappings spread further (``data_index_images_train``)."""
+    out: dict[str, Any] = {}
+    for k, v in mapping.items():
+        if isinstance(v, Mapping):
+            out.update(_spread(f"{prefix}{k}_", v))
+        else:
+            out[f"{prefix}{k}"] = _flat_value(v)
+    return out
+
+
 def flatten(record: Mapping[str, Any], run_id: str | None = None) -> dict[str, Any]:
     """A record as one flat row of declared columns: checked, prefixed mappings spread, derived columns added.
 
@@ -269,7 +280,7 @@ def flatten(record: Mapping[str, Any], run_id: str | None = None) -> dict[str, A
                 continue
             if not isinstance(value, Mapping):
                 raise RecordError(f"run {who}: column {key!r} must be a mapping, got {type(value).__name__}")
-            row.update({f"{sources[key].prefix}{k}": _flat_value(v) for k, v in value.items()})
+            row.update(_spread(sources[key].prefix, value))
             continue
         column = BY_NAME.get(key) or _prefixed(key)
         if column is None:
