@@ -38,9 +38,10 @@ def cli() -> None:
 
 
 @cli.command("ls")
-@click.argument("what", type=click.Choice(["methods", "backbones", "suites"]))
+@click.argument("what", type=click.Choice(["methods", "backbones", "suites", "columns"]))
 def ls(what: str) -> None:
-    """List registered methods (with their roles and where they come from), tested backbones or suites.
+    """List registered methods (with their roles and where they come from), tested backbones, suites, or the run
+    record's columns (dtype, unit, how seeds aggregate).
 
     Answers without importing torch: methods are read from their declarations (bench.methods.catalog)."""
     if what == "methods":
@@ -51,6 +52,13 @@ def ls(what: str) -> None:
             roles = ",".join(sorted(info.roles)) or "-"
             click.echo(f"{name:14s} [{roles}] {info.description}" + (f"  [{params}]" if params else "")
                        + f"  ({info.origin})")
+    elif what == "columns":
+        from bench.results.record import schema_rows
+
+        for row in schema_rows():
+            unit = f" [{row['unit']}]" if row["unit"] else ""
+            agg = f" (seeds: {row['aggregation']})" if row["aggregation"] else ""
+            click.echo(f"{row['column']:58s} {row['dtype']:12s}{unit}{agg} {row['doc']}")
     elif what == "backbones":
         from bench.models.names import list_backbones
 

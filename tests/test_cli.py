@@ -59,7 +59,8 @@ def test_ls_and_validate(capsys):
     assert code == 0 and "dense__tb_vit_pico_patch4_32__k1.00__s0" in out
 
 
-@pytest.mark.parametrize("argv", [["ls", "methods"], ["ls", "backbones"], ["ls", "suites"], ["validate", "smoke"]])
+@pytest.mark.parametrize("argv", [["ls", "methods"], ["ls", "backbones"], ["ls", "suites"], ["ls", "columns"],
+                                  ["validate", "smoke"]])
 def test_ls_and_validate_import_no_torch(argv):
     """They answer in a fraction of a second: no torch, timm or seaborn behind them."""
     code = ("import sys; from bench.cli import main\n"

@@ -60,7 +60,8 @@ def _pct(value: Any) -> str:
 
 
 def _has(summary: pd.DataFrame, column: str) -> bool:
-    return column in summary and bool(summary[column].notna().any())
+    """Some row has a value ("" is none: a text column joined over no values)."""
+    return column in summary and bool((summary[column].notna() & (summary[column].astype(str) != "")).any())
 
 
 def _cell_text(kind: str, r: Any, name: str) -> str:

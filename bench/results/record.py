@@ -306,7 +306,7 @@ def _prefixed(key: str) -> Prefix | None:
 
 
 def schema_rows() -> list[dict[str, str]]:
-    """Every column as documentation rows (name, dtype, unit, aggregation, doc): ``bench columns`` prints them."""
+    """Every column as documentation rows (name, dtype, unit, aggregation, doc): ``bench ls columns`` prints them."""
     rows = [{"column": c.name, "dtype": c.dtype, "unit": c.unit, "aggregation": c.agg or "", "doc": c.doc}
             for c in COLUMNS]
     rows += [{"column": f"{p.prefix}<key>", "dtype": "inferred", "unit": "", "aggregation": "",
