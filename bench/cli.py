@@ -92,7 +92,7 @@ def validate(suite: str, show_runs: bool, show_recipe: bool, profile: str | None
     resources, config, where = read_profile(profile) if profile else ({}, {}, None)
     methods = sorted({r.method for r in s.runs})
     click.echo(f"{s.path}: ok: {len(s.runs)} runs ({len(methods)} methods x {len(s.backbones)} backbones "
-               f"x keep ratios x {len(s.raw['seeds'])} seeds) on {s.data.get('name') or s.data.get('path')}"
+               f"x keep ratios x {len(s.raw['seeds'])} seeds) on {s.data.get('name') or s.data.get('path') or s.data.get('source')}"
                + ("" if build else "; static checks only (--build: every run built on its backbone)"))
     if show_runs:
         gpus = int((resources.get("finetune") or {}).get("gpus", 0))
