@@ -13,6 +13,7 @@ then finds the result there and stops.
 
 Torch-free: Snakemake imports this at parse time.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -62,8 +63,11 @@ def quarantine(path: str | os.PathLike, reason: str) -> Path:
     path = Path(path)
     aside = path.with_name(path.name + CORRUPT_SUFFIX)
     os.replace(path, aside)
-    print(f"tokenbench: {path} is {reason}; moved to {aside.name}, rebuilding it and what depends on it",
-          file=sys.stderr, flush=True)
+    print(
+        f"tokenbench: {path} is {reason}; moved to {aside.name}, rebuilding it and what depends on it",
+        file=sys.stderr,
+        flush=True,
+    )
     return aside
 
 
@@ -86,12 +90,18 @@ class StepLock:
     across hosts on NFSv4 and Lustre/GPFS mounted with flock; elsewhere it is per host.
     """
 
-    def __init__(self, folder: str | os.PathLike, what: str, *, poll_s: float = 2.0,
-                 log=lambda s: print(s, file=sys.stderr, flush=True)):
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        what: str,
+        *,
+        poll_s: float = 2.0,
+        log=lambda s: print(s, file=sys.stderr, flush=True),
+    ):
         self.folder, self.what, self.poll_s, self.log = Path(folder), what, poll_s, log
         self._f: IO[str] | None = None
 
-    def __enter__(self) -> "StepLock":
+    def __enter__(self) -> StepLock:
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / LOCK_FILE
         try:
@@ -99,7 +109,7 @@ class StepLock:
             if path.stat().st_uid == os.getuid():  # results are shared: others may need to take it too
                 os.chmod(path, 0o666 & ~_umask())
         except PermissionError:  # another user's lock file in a shared folder: flock works on a read-only fd
-            f = open(path, "r")
+            f = open(path)
         told = False
         while True:
             try:
@@ -107,15 +117,26 @@ class StepLock:
                 break
             except BlockingIOError:
                 if not told:
-                    self.log(f"bench: {self.what}: {self.folder} is being written by another process "
-                             f"({_holder(f)}); waiting for it to finish")
+                    self.log(
+                        f"bench: {self.what}: {self.folder} is being written by another process "
+                        f"({_holder(f)}); waiting for it to finish"
+                    )
                     told = True
                 time.sleep(self.poll_s)
         if f.writable():
             f.seek(0)
             f.truncate()
-            f.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "argv": sys.argv[1:6],
-                                "since": time.strftime("%Y-%m-%dT%H:%M:%S")}) + "\n")
+            f.write(
+                json.dumps(
+                    {
+                        "host": socket.gethostname(),
+                        "pid": os.getpid(),
+                        "argv": sys.argv[1:6],
+                        "since": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    }
+                )
+                + "\n"
+            )
             f.flush()
         self._f = f
         return self

@@ -1,4 +1,5 @@
 """`bench`: the command line. Every user error is one line on stderr and exit code 2."""
+
 from __future__ import annotations
 
 import json
@@ -10,12 +11,21 @@ import click
 from bench.errors import RunFailed, UsageError
 from bench.runtime import from_cli as runtime_from_cli
 
-RESULTS = click.option("--results", "root", default="results", show_default=True, type=click.Path(file_okay=False),
-                       help="Results root folder.")
+RESULTS = click.option(
+    "--results",
+    "root",
+    default="results",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Results root folder.",
+)
 DEVICE = click.option("--device", default=None, help="torch device (default: cuda when present, else cpu).")
 THREADS = click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")
-FORCE = click.option("--force", is_flag=True,
-                     help="Redo the step even if its result is there (the old result is replaced only on success).")
+FORCE = click.option(
+    "--force",
+    is_flag=True,
+    help="Redo the step even if its result is there (the old result is replaced only on success).",
+)
 
 
 def RUNTIME(f):  # noqa: N802 (a decorator, like the options above)
@@ -50,8 +60,9 @@ def ls(what: str) -> None:
         for name, info in catalog().items():
             params = ", ".join(f"{k}={p.default!r}" for k, p in info.params.items())
             roles = ",".join(sorted(info.roles)) or "-"
-            click.echo(f"{name:14s} [{roles}] {info.description}" + (f"  [{params}]" if params else "")
-                       + f"  ({info.origin})")
+            click.echo(
+                f"{name:14s} [{roles}] {info.description}" + (f"  [{params}]" if params else "") + f"  ({info.origin})"
+            )
     elif what == "columns":
         from bench.results.record import schema_rows
 
@@ -72,14 +83,26 @@ def ls(what: str) -> None:
 
 @cli.command()
 @click.argument("suite")
-@click.option("--runs", "show_runs", is_flag=True,
-              help="Also list every run id, with how its batch runs (devices x accumulated micro-batches).")
-@click.option("--build", is_flag=True,
-              help="Also check backbone names and build every run's method on its backbone (imports torch and timm).")
-@click.option("--recipe", "show_recipe", is_flag=True,
-              help="Print the resolved training recipe of every run with where each value came from.")
-@click.option("--profile", default=None,
-              help="Snakemake profile whose GPUs and device_batch cap --runs applies (e.g. slurm).")
+@click.option(
+    "--runs",
+    "show_runs",
+    is_flag=True,
+    help="Also list every run id, with how its batch runs (devices x accumulated micro-batches).",
+)
+@click.option(
+    "--build",
+    is_flag=True,
+    help="Also check backbone names and build every run's method on its backbone (imports torch and timm).",
+)
+@click.option(
+    "--recipe",
+    "show_recipe",
+    is_flag=True,
+    help="Print the resolved training recipe of every run with where each value came from.",
+)
+@click.option(
+    "--profile", default=None, help="Snakemake profile whose GPUs and device_batch cap --runs applies (e.g. slurm)."
+)
 def validate(suite: str, show_runs: bool, show_recipe: bool, profile: str | None, build: bool) -> None:
     """Validate SUITE (a name under suites/ or a YAML path) and show its grid.
 
@@ -91,9 +114,11 @@ def validate(suite: str, show_runs: bool, show_recipe: bool, profile: str | None
     s = load_suite(suite, build=build)
     resources, config, where = read_profile(profile) if profile else ({}, {}, None)
     methods = sorted({r.method for r in s.runs})
-    click.echo(f"{s.path}: ok: {len(s.runs)} runs ({len(methods)} methods x {len(s.backbones)} backbones "
-               f"x keep ratios x {len(s.raw['seeds'])} seeds) on {s.data.get('name') or s.data.get('path') or s.data.get('source')}"
-               + ("" if build else "; static checks only (--build: every run built on its backbone)"))
+    click.echo(
+        f"{s.path}: ok: {len(s.runs)} runs ({len(methods)} methods x {len(s.backbones)} backbones "
+        f"x keep ratios x {len(s.raw['seeds'])} seeds) on {s.data.get('name') or s.data.get('path') or s.data.get('source')}"
+        + ("" if build else "; static checks only (--build: every run built on its backbone)")
+    )
     if show_runs:
         gpus = int((resources.get("finetune") or {}).get("gpus", 0))
         cap = config.get("device_batch")
@@ -139,8 +164,10 @@ def index(suite: str, root: str) -> None:
     s = load_suite(suite, check_names=False)
     path = runner.index_path(s, root)
     if path is None:
-        raise UsageError(f"suite {s.name!r} reads {s.data.get('source', 'embedded')!r} data, which has no folder "
-                         f"index (only source: imagefolder)")
+        raise UsageError(
+            f"suite {s.name!r} reads {s.data.get('source', 'embedded')!r} data, which has no folder "
+            f"index (only source: imagefolder)"
+        )
     click.echo(refresh(validate(s.data)["path"], path))
 
 
@@ -153,12 +180,19 @@ def index(suite: str, root: str) -> None:
 @THREADS
 @FORCE
 @RUNTIME
-def train(suite: str, run_id: str | None, backbone: str | None, root: str, device: str | None, threads: int | None,
-          force: bool, **runtime_args) -> None:
+def train(
+    suite: str,
+    run_id: str | None,
+    backbone: str | None,
+    root: str,
+    device: str | None,
+    threads: int | None,
+    force: bool,
+    **runtime_args,
+) -> None:
     """Pretrain a backbone or fine-tune one run of SUITE (resumes from its last checkpoint)."""
     from bench import runner
     from bench.config import load_suite
-
     from bench.outputs import run_step
     from bench.provenance import pick_device
 
@@ -171,15 +205,24 @@ def train(suite: str, run_id: str | None, backbone: str | None, root: str, devic
     if backbone:
         s.backbone(backbone)
         out = runner.pretrain_output(s, backbone, root)
-        run_step(out, f"pretrain {backbone}",
-                 lambda: runner.pretrain(s, backbone, root=root, device=device, runtime=runtime), force=force)
+        run_step(
+            out,
+            f"pretrain {backbone}",
+            lambda: runner.pretrain(s, backbone, root=root, device=device, runtime=runtime),
+            force=force,
+        )
         click.echo(out.output)
         return
     run = s.run(run_id)
     out = runner.step_output(s, run, "finetune", root)
-    run_step(out, f"finetune {run_id}", lambda: _recorded(
-        s, run, "finetune", root, lambda: runner.finetune(s, run, root=root, device=device, runtime=runtime)),
-        force=force)
+    run_step(
+        out,
+        f"finetune {run_id}",
+        lambda: _recorded(
+            s, run, "finetune", root, lambda: runner.finetune(s, run, root=root, device=device, runtime=runtime)
+        ),
+        force=force,
+    )
     click.echo(out.output)
 
 
@@ -191,12 +234,12 @@ def train(suite: str, run_id: str | None, backbone: str | None, root: str, devic
 @THREADS
 @FORCE
 @RUNTIME
-def evaluate(suite: str, run_id: str, root: str, device: str | None, threads: int | None, force: bool,
-             **runtime_args) -> None:
+def evaluate(
+    suite: str, run_id: str, root: str, device: str | None, threads: int | None, force: bool, **runtime_args
+) -> None:
     """Accuracy, tokens and FLOPs of one fine-tuned run; writes its run.json (throughput: `bench time`)."""
     from bench import runner
     from bench.config import load_suite
-
     from bench.outputs import run_step
     from bench.provenance import pick_device
 
@@ -205,19 +248,25 @@ def evaluate(suite: str, run_id: str, root: str, device: str | None, threads: in
     _threads(threads)
     s = load_suite(suite)
     run = s.run(run_id)
-    rec = run_step(runner.step_output(s, run, "evaluate", root), f"evaluate {run_id}", lambda: _recorded(
-        s, run, "evaluate", root, lambda: runner.evaluate_run(s, run, root=root, device=device, runtime=runtime)),
-        force=force)
+    rec = run_step(
+        runner.step_output(s, run, "evaluate", root),
+        f"evaluate {run_id}",
+        lambda: _recorded(
+            s, run, "evaluate", root, lambda: runner.evaluate_run(s, run, root=root, device=device, runtime=runtime)
+        ),
+        force=force,
+    )
     if rec is None:
         return
-    click.echo(f"{run_id}: top-1 {rec['top1']:.2f}%  GMACs {rec['gmacs_fvcore_1mac_eq_1flop']:.4f} "
-               f"(fvcore, 1 MAC = 1 flop) on {rec['device']}")
+    click.echo(
+        f"{run_id}: top-1 {rec['top1']:.2f}%  GMACs {rec['gmacs_fvcore_1mac_eq_1flop']:.4f} "
+        f"(fvcore, 1 MAC = 1 flop) on {rec['device']}"
+    )
 
 
 def _recorded(suite, run, step: str, root: str, fn):
     """Run a step; on failure write failure.json, say so in one line and exit 1."""
     from bench import runner
-
     from bench.errors import DiskFull
 
     try:
@@ -232,7 +281,9 @@ def _recorded(suite, run, step: str, root: str, fn):
         if isinstance(e, UsageError):
             raise
         hint = "" if isinstance(e, RunFailed) else f" (traceback in {path})"
-        raise RunFailed(f"{run.run_id}: {step} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}{hint}") from e
+        raise RunFailed(
+            f"{run.run_id}: {step} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}{hint}"
+        ) from e
 
 
 @cli.command()
@@ -245,14 +296,19 @@ def collect(suite: str, root: str) -> None:
     suite_dir, expected = _suite_results(suite, root)
     df = collect_runs(suite_dir, expected)
     counts = df["status"].value_counts().to_dict() if len(df) else {}
-    click.echo(f"{suite_dir}/table.parquet: {len(df)} runs ("
-               + ", ".join(f"{counts.get(k, 0)} {k}" for k in ("ok", "failed", "missing")) + ")")
+    click.echo(
+        f"{suite_dir}/table.parquet: {len(df)} runs ("
+        + ", ".join(f"{counts.get(k, 0)} {k}" for k in ("ok", "failed", "missing"))
+        + ")"
+    )
 
 
 @cli.command()
 @click.argument("suite")
 @RESULTS
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder (default results/SUITE/report).")
+@click.option(
+    "--out", type=click.Path(file_okay=False), default=None, help="Output folder (default results/SUITE/report)."
+)
 @click.option("--paper-figures", is_flag=True, help="Also draw the paper figures (else: `bench figures`).")
 def report(suite: str, root: str, out: str | None, paper_figures: bool) -> None:
     """Every table (Markdown, LaTeX, CSV) and figure of SUITE's results, linked from report/index.md."""
@@ -267,7 +323,9 @@ def report(suite: str, root: str, out: str | None, paper_figures: bool) -> None:
 @cli.command()
 @click.argument("suite", required=False)
 @RESULTS
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Output folder (default results/SUITE/report).")
+@click.option(
+    "--out", type=click.Path(file_okay=False), default=None, help="Output folder (default results/SUITE/report)."
+)
 @click.option("--only", multiple=True, help="Draw only this registered figure (repeatable).")
 @click.option("--list", "list_", is_flag=True, help="List the registered paper figures and exit.")
 def figures(suite: str | None, root: str, out: str | None, only: tuple[str, ...], list_: bool) -> None:
@@ -292,8 +350,9 @@ def figures(suite: str | None, root: str, out: str | None, only: tuple[str, ...]
         collect(suite_dir)
     table = pd.read_parquet(suite_dir / TABLE_PARQUET)
     out_dir = Path(out) if out else suite_dir / "report"
-    ctx = FigureContext(table, summarize(table), out_dir, method_styles(sorted(table["method"].dropna().unique())),
-                        load_published())
+    ctx = FigureContext(
+        table, summarize(table), out_dir, method_styles(sorted(table["method"].dropna().unique())), load_published()
+    )
     drawn = build_figures(ctx, list(only) or None)
     for name, files in drawn.items():
         click.echo(f"{name}: " + (", ".join(str(p) for p in files) if files else "nothing to draw for this suite"))
@@ -301,8 +360,7 @@ def figures(suite: str | None, root: str, out: str | None, only: tuple[str, ...]
 
 def _suite_results(suite: str, root: str) -> tuple[Path, list[dict] | None]:
     """The suite's results folder and its expected runs (None when only results, no suite file, exist)."""
-    from bench.config import load_suite
-    from bench.config import run_identity
+    from bench.config import load_suite, run_identity
 
     try:
         s = load_suite(suite, check_names=False)
@@ -310,7 +368,9 @@ def _suite_results(suite: str, root: str) -> tuple[Path, list[dict] | None]:
     except UsageError:
         d, expected = Path(root) / Path(suite).stem, None
     if not (d / "runs").is_dir() and not (d / "table.parquet").exists():
-        raise UsageError(f"no results for suite {suite!r} in {d} (run the suite first: snakemake --config suite={suite})")
+        raise UsageError(
+            f"no results for suite {suite!r} in {d} (run the suite first: snakemake --config suite={suite})"
+        )
     return d, expected
 
 

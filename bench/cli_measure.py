@@ -1,4 +1,5 @@
 """`bench flops`, `bench throughput` and `bench time`: the measurement commands (registered on :data:`bench.cli.cli`)."""
+
 from __future__ import annotations
 
 import click
@@ -37,23 +38,32 @@ def time_(suite: str, backbone: str, root: str, device: str | None, threads: int
     click.echo(f"{timing_path(s, backbone, root)}: {len(result['runs'])} runs on {result['device_key']}")
     for entry in result["runs"].values():
         head = headline(entry["sweep"])
-        speed = "" if head["speedup"] is None else (
-            f"  x{head['speedup']:.3f} [{head['speedup_ci_low']:.3f}, {head['speedup_ci_high']:.3f}]"
-            + ("  UNRELIABLE" if head["speedup_unreliable"] else ""))
-        click.echo(f"  {entry['run_id']}: {img_per_s_text(head['img_per_s_median'])} img/s "
-                   f"(CV {head['img_per_s_cv']:.1%}, batch {head['batch_size']}){speed}")
+        speed = (
+            ""
+            if head["speedup"] is None
+            else (
+                f"  x{head['speedup']:.3f} [{head['speedup_ci_low']:.3f}, {head['speedup_ci_high']:.3f}]"
+                + ("  UNRELIABLE" if head["speedup_unreliable"] else "")
+            )
+        )
+        click.echo(
+            f"  {entry['run_id']}: {img_per_s_text(head['img_per_s_median'])} img/s "
+            f"(CV {head['img_per_s_cv']:.1%}, batch {head['batch_size']}){speed}"
+        )
 
 
 def _model_options(f):
-    for opt in reversed([
-        click.argument("backbone"),
-        click.option("--method", default="dense", show_default=True),
-        click.option("--keep-ratio", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True),
-        click.option("--param", multiple=True, help="Method parameter KEY=VALUE (repeatable)."),
-        click.option("--image-size", type=click.IntRange(min=8), default=None),
-        click.option("--in-chans", type=click.IntRange(min=1), default=None),
-        click.option("--num-classes", type=click.IntRange(min=1), default=1000, show_default=True),
-    ]):
+    for opt in reversed(
+        [
+            click.argument("backbone"),
+            click.option("--method", default="dense", show_default=True),
+            click.option("--keep-ratio", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True),
+            click.option("--param", multiple=True, help="Method parameter KEY=VALUE (repeatable)."),
+            click.option("--image-size", type=click.IntRange(min=8), default=None),
+            click.option("--in-chans", type=click.IntRange(min=1), default=None),
+            click.option("--num-classes", type=click.IntRange(min=1), default=1000, show_default=True),
+        ]
+    ):
         f = opt(f)
     return f
 
@@ -74,14 +84,20 @@ def flops(backbone, method, keep_ratio, param, image_size, in_chans, num_classes
     size, chans = int(model.patch_embed.img_size[0]), int(model.patch_embed.proj.in_channels)
     x = torch.randn(8 if m.input_dependent else 1, chans, size, size, generator=torch.Generator().manual_seed(0))
     cost = measure_cost(model, m, x, batch_size=4)
-    click.echo(f"{backbone} {method} keep={keep_ratio:g}: {cost['gmacs_fvcore_1mac_eq_1flop']:.4f} GMACs (fvcore, "
-               f"1 MAC = 1 flop) per {size}x{size} image (of which the method's own "
-               f"{cost['method_gmacs_fvcore_1mac_eq_1flop']:.4f}), {cost['params_m']:.3f} M params; "
-               f"tokens per block {m.token_schedule(model)}")
+    click.echo(
+        f"{backbone} {method} keep={keep_ratio:g}: {cost['gmacs_fvcore_1mac_eq_1flop']:.4f} GMACs (fvcore, "
+        f"1 MAC = 1 flop) per {size}x{size} image (of which the method's own "
+        f"{cost['method_gmacs_fvcore_1mac_eq_1flop']:.4f}), {cost['params_m']:.3f} M params; "
+        f"tokens per block {m.token_schedule(model)}"
+    )
     if m.weight_sparse:
-        click.echo(f"theoretical, nonzero weights only: "
-                   f"{cost['theoretical_gmacs_nonzero_weights_fvcore_1mac_eq_1flop']:.4f} GMACs")
-    click.echo(f"operators without a cost ({cost['flops_skipped_op_count']} calls): {cost['flops_skipped_ops'] or 'none'}")
+        click.echo(
+            f"theoretical, nonzero weights only: "
+            f"{cost['theoretical_gmacs_nonzero_weights_fvcore_1mac_eq_1flop']:.4f} GMACs"
+        )
+    click.echo(
+        f"operators without a cost ({cost['flops_skipped_op_count']} calls): {cost['flops_skipped_ops'] or 'none'}"
+    )
 
 
 @cli.command()
@@ -89,12 +105,30 @@ def flops(backbone, method, keep_ratio, param, image_size, in_chans, num_classes
 @click.option("--batch-sizes", default="1,32", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
 @click.option("--repeats", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--min-time", type=click.FloatRange(min=0), default=0.25, show_default=True,
-              help="Seconds each repeat runs forward passes for (its iteration count is calibrated to it).")
+@click.option(
+    "--min-time",
+    type=click.FloatRange(min=0),
+    default=0.25,
+    show_default=True,
+    help="Seconds each repeat runs forward passes for (its iteration count is calibrated to it).",
+)
 @DEVICE
 @THREADS
-def throughput(backbone, method, keep_ratio, param, image_size, in_chans, num_classes, batch_sizes, precision,
-               repeats, min_time, device, threads) -> None:
+def throughput(
+    backbone,
+    method,
+    keep_ratio,
+    param,
+    image_size,
+    in_chans,
+    num_classes,
+    batch_sizes,
+    precision,
+    repeats,
+    min_time,
+    device,
+    threads,
+) -> None:
     """Model-only throughput (img/s) of BACKBONE patched by a method on random inputs (one model alone; the
     pipeline's speed-ups come from `bench time`, which pairs every run with dense)."""
     from bench.measure import measure_throughput
@@ -110,12 +144,23 @@ def throughput(backbone, method, keep_ratio, param, image_size, in_chans, num_cl
 
     model, _ = standalone_model(backbone, method, keep_ratio, image_size, num_classes, in_chans, param)
     dev = pick_device(device)
-    rep = measure_throughput(model.to(dev), image_size=int(model.patch_embed.img_size[0]),
-                             in_chans=int(model.patch_embed.proj.in_channels), device=dev, batch_sizes=sizes,
-                             precision=precision, repeats=repeats, min_time_s=min_time)
-    click.echo(f"{backbone} {method} keep={keep_ratio:g} on {rep.device_name} ({precision}, {rep.num_threads} threads):")
+    rep = measure_throughput(
+        model.to(dev),
+        image_size=int(model.patch_embed.img_size[0]),
+        in_chans=int(model.patch_embed.proj.in_channels),
+        device=dev,
+        batch_sizes=sizes,
+        precision=precision,
+        repeats=repeats,
+        min_time_s=min_time,
+    )
+    click.echo(
+        f"{backbone} {method} keep={keep_ratio:g} on {rep.device_name} ({precision}, {rep.num_threads} threads):"
+    )
     for row in rep.rows:
-        click.echo(f"  batch {row['batch_size']:4d}: {img_per_s_text(row['img_per_s_median']):>10s} img/s "
-                   f"(IQR {img_per_s_text(row['img_per_s_iqr'])}, CV {row['img_per_s_cv']:.1%}; {repeats} repeats x "
-                   f"{row['iters_per_repeat']} passes), {row['latency_ms_median']:.2f} ms/batch, "
-                   f"peak mem {row['peak_mem_mb']:.0f} MB")
+        click.echo(
+            f"  batch {row['batch_size']:4d}: {img_per_s_text(row['img_per_s_median']):>10s} img/s "
+            f"(IQR {img_per_s_text(row['img_per_s_iqr'])}, CV {row['img_per_s_cv']:.1%}; {repeats} repeats x "
+            f"{row['iters_per_repeat']} passes), {row['latency_ms_median']:.2f} ms/batch, "
+            f"peak mem {row['peak_mem_mb']:.0f} MB"
+        )

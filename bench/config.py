@@ -3,6 +3,7 @@
 A suite says *what* to run (data, backbones, methods, keep ratios, seeds, recipes). How it runs
 (cores, cluster, GPUs) lives in Snakemake profiles, never here.
 """
+
 from __future__ import annotations
 
 import copy
@@ -12,7 +13,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-
 from bench.errors import UsageError
 from bench.suite_checks import check_build, check_paths, check_static, method_info_at, refuse_id_collisions
 
@@ -20,29 +20,68 @@ from bench.suite_checks import check_build, check_paths, check_static, method_in
 #: placement is its augmentation; the named recipes (``bench/recipes``) turn on the papers' stacks.
 DEFAULT_RECIPE: dict[str, Any] = {
     # optimisation
-    "epochs": 0, "batch_size": 128, "opt": "adamw", "lr": 5e-4, "min_lr": 1e-6, "warmup_lr": 1e-6,
-    "warmup_epochs": 0, "warmup_prefix": False, "lr_step": "step", "weight_decay": 0.05, "opt_eps": None,
-    "opt_betas": None, "clip_grad": 1.0, "label_smoothing": 0.1, "drop_path": 0.0, "amp": True,
-    "max_steps_per_epoch": None, "lr_base_batch": None,
+    "epochs": 0,
+    "batch_size": 128,
+    "opt": "adamw",
+    "lr": 5e-4,
+    "min_lr": 1e-6,
+    "warmup_lr": 1e-6,
+    "warmup_epochs": 0,
+    "warmup_prefix": False,
+    "lr_step": "step",
+    "weight_decay": 0.05,
+    "opt_eps": None,
+    "opt_betas": None,
+    "clip_grad": 1.0,
+    "label_smoothing": 0.1,
+    "drop_path": 0.0,
+    "amp": True,
+    "max_steps_per_epoch": None,
+    "lr_base_batch": None,
     # parameter groups: the backbone's lr as a multiple of the scheduled lr, frozen (lr 0) epochs, never trained
-    "backbone_lr_scale": 1.0, "freeze_backbone_epochs": 0, "frozen_params": [],
+    "backbone_lr_scale": 1.0,
+    "freeze_backbone_epochs": 0,
+    "frozen_params": [],
     # image augmentation (timm.data.create_transform)
-    "auto_augment": None, "color_jitter": None, "interpolation": "bicubic", "scale": None, "ratio": None,
-    "hflip": None, "re_prob": 0.0, "re_mode": "pixel", "re_count": 1,
+    "auto_augment": None,
+    "color_jitter": None,
+    "interpolation": "bicubic",
+    "scale": None,
+    "ratio": None,
+    "hflip": None,
+    "re_prob": 0.0,
+    "re_mode": "pixel",
+    "re_count": 1,
     # batch augmentation (timm.data.Mixup) and sampling
-    "mixup": 0.0, "cutmix": 0.0, "cutmix_minmax": None, "mixup_prob": 1.0, "mixup_switch_prob": 0.5,
-    "mixup_mode": "batch", "repeated_aug": 1,
+    "mixup": 0.0,
+    "cutmix": 0.0,
+    "cutmix_minmax": None,
+    "mixup_prob": 1.0,
+    "mixup_switch_prob": 0.5,
+    "mixup_mode": "batch",
+    "repeated_aug": 1,
     # weight averaging (timm.utils.ModelEmaV3), evaluated as its own metrics
-    "model_ema": False, "model_ema_decay": 0.9999, "model_ema_warmup": False,
+    "model_ema": False,
+    "model_ema_decay": 0.9999,
+    "model_ema_warmup": False,
 }
 #: a suite's or method's ``finetune: none``: evaluate the pretrained backbone with the method applied
 NO_FINETUNE = "none"
 DEFAULT_EVALUATE: dict[str, Any] = {
-    "batch_size": 256, "flops_images": 64, "max_val_images": None,
+    "batch_size": 256,
+    "flops_images": 64,
+    "max_val_images": None,
     "crop_pct": None,  # evaluation centre crop; None: the backbone's pretrained_cfg (DeiT: 0.875)
     # timed by the timing step (bench.timing), every run against dense in one job; see bench.measure.paired
-    "throughput": {"batch_sizes": "auto", "repeats": 7, "warmup": 3, "precision": "fp32", "min_time_s": 0.25,
-                   "noise_threshold": 0.10, "max_attempts": 3},
+    "throughput": {
+        "batch_sizes": "auto",
+        "repeats": 7,
+        "warmup": 3,
+        "precision": "fp32",
+        "min_time_s": 0.25,
+        "noise_threshold": 0.10,
+        "max_attempts": 3,
+    },
 }
 SUITES_DIR = Path("suites")
 
@@ -52,13 +91,13 @@ class Run:
     """One grid point: a method on a backbone at a keep ratio and seed, fine-tuned from a pretrained backbone."""
 
     suite: str
-    method: str          # label shown in results (the registry name unless the suite gives a label)
-    method_name: str     # registry name
+    method: str  # label shown in results (the registry name unless the suite gives a label)
+    method_name: str  # registry name
     method_params: dict[str, Any]
     backbone: str
     keep_ratio: float
     seed: int
-    finetune: dict[str, Any] | None   # the resolved recipe; None: no fine-tuning (``finetune: none``)
+    finetune: dict[str, Any] | None  # the resolved recipe; None: no fine-tuning (``finetune: none``)
     #: where each recipe value came from (default, a named recipe's official file:line, the suite)
     finetune_sources: dict[str, str] = field(default_factory=dict, compare=False)
     #: the method's trained weights for ``finetune: none`` (a checkpoint file), or None
@@ -73,7 +112,7 @@ class Run:
 class Backbone:
     name: str
     image_size: int | None
-    init: str            # scratch | hub | checkpoint path
+    init: str  # scratch | hub | checkpoint path
     kwargs: dict[str, Any]
 
 
@@ -96,7 +135,9 @@ class Suite:
                 return r
         from bench.registry import did_you_mean
 
-        raise UsageError(f"suite {self.name!r} has no run {run_id!r}{did_you_mean(run_id, [r.run_id for r in self.runs])}")
+        raise UsageError(
+            f"suite {self.name!r} has no run {run_id!r}{did_you_mean(run_id, [r.run_id for r in self.runs])}"
+        )
 
     def backbone(self, name: str) -> Backbone:
         for b in self.backbones:
@@ -126,7 +167,9 @@ def resolve_suite_path(name_or_path: str | Path) -> Path:
     known = list_suites()
     from bench.registry import did_you_mean
 
-    raise UsageError(f"suite {str(name_or_path)!r} not found{did_you_mean(str(name_or_path), known)} (suites: {', '.join(known) or 'none'})")
+    raise UsageError(
+        f"suite {str(name_or_path)!r} not found{did_you_mean(str(name_or_path), known)} (suites: {', '.join(known) or 'none'})"
+    )
 
 
 def list_suites() -> list[str]:
@@ -139,21 +182,33 @@ def _field_path(error: Any) -> str:
 
 
 #: settings of how a step runs, which a suite may not hold (a change would re-run finished runs): where they go
-RUNTIME_IN_SUITE = {"num_workers": "loader_workers", "workers": "loader_workers", "loader_workers": "loader_workers",
-                    "device_batch": "device_batch", "prefetch_factor": "prefetch_factor",
-                    "channels_last": "channels_last", "compile": "compile", "pin_memory": "loader_workers"}
+RUNTIME_IN_SUITE = {
+    "num_workers": "loader_workers",
+    "workers": "loader_workers",
+    "loader_workers": "loader_workers",
+    "device_batch": "device_batch",
+    "prefetch_factor": "prefetch_factor",
+    "channels_last": "channels_last",
+    "compile": "compile",
+    "pin_memory": "loader_workers",
+}
 
 
 def _refuse_runtime_keys(raw: dict[str, Any], where: str) -> None:
     specs = [("finetune", raw.get("finetune")), ("pretrain.recipe", (raw.get("pretrain") or {}).get("recipe"))]
-    specs += [(f"methods[{i}].finetune", m.get("finetune")) for i, m in enumerate(raw.get("methods") or [])
-              if isinstance(m, dict)]
+    specs += [
+        (f"methods[{i}].finetune", m.get("finetune"))
+        for i, m in enumerate(raw.get("methods") or [])
+        if isinstance(m, dict)
+    ]
     for field_name, spec in specs:
         for key in spec if isinstance(spec, dict) else ():
             if key in RUNTIME_IN_SUITE:
-                raise UsageError(f"{where}: field {field_name}.{key}: a runtime setting, not part of a run; set "
-                                 f"{RUNTIME_IN_SUITE[key]} in the profile's config (e.g. slurm/launcher.yaml) or "
-                                 f"snakemake --config {RUNTIME_IN_SUITE[key]}=...")
+                raise UsageError(
+                    f"{where}: field {field_name}.{key}: a runtime setting, not part of a run; set "
+                    f"{RUNTIME_IN_SUITE[key]} in the profile's config (e.g. slurm/launcher.yaml) or "
+                    f"snakemake --config {RUNTIME_IN_SUITE[key]}=..."
+                )
 
 
 def validate_raw(raw: Any, where: str) -> None:
@@ -186,8 +241,9 @@ def validate_raw(raw: Any, where: str) -> None:
         raise UsageError(f"{where}: field {_field_path(e)}: {msg}")
 
 
-def load_suite(name_or_path: str | Path, *, check_names: bool = True, reuse_checks: bool = False,
-               build: bool = True) -> Suite:
+def load_suite(
+    name_or_path: str | Path, *, check_names: bool = True, reuse_checks: bool = False, build: bool = True
+) -> Suite:
     """Read, validate and expand a suite. Every error is a one-line UsageError naming the field.
 
     ``check_names``: check the names, parameters and local files the suite refers to. Without ``build`` only what
@@ -272,7 +328,7 @@ def expand(raw: dict[str, Any], path: Path, *, check_names: bool = True, build: 
     pre = raw.get("pretrain") or {}
     default_init = pre.get("init", "scratch")
     backbones = []
-    for i, b in enumerate(raw["backbones"]):
+    for b in raw["backbones"]:
         b = {"name": b} if isinstance(b, str) else b
         backbones.append(Backbone(b["name"], b.get("image_size"), b.get("init", default_init), b.get("kwargs", {})))
     if len({b.name for b in backbones}) != len(backbones):
@@ -281,9 +337,17 @@ def expand(raw: dict[str, Any], path: Path, *, check_names: bool = True, build: 
         pretrain_recipe, pretrain_sources = resolve_recipe(("pretrain.recipe", pre.get("recipe")))
     except UsageError as e:
         raise UsageError(f"{where}: field {e}") from None
-    suite = Suite(name=raw["name"], path=path, raw=raw, data=raw["data"], backbones=backbones,
-                  pretrain_recipe=pretrain_recipe, pretrain_seed=int(pre.get("seed", 0)),
-                  pretrain_sources=pretrain_sources, evaluate=evaluate)
+    suite = Suite(
+        name=raw["name"],
+        path=path,
+        raw=raw,
+        data=raw["data"],
+        backbones=backbones,
+        pretrain_recipe=pretrain_recipe,
+        pretrain_seed=int(pre.get("seed", 0)),
+        pretrain_sources=pretrain_sources,
+        evaluate=evaluate,
+    )
     finetune_base = raw.get("finetune")
     seen: set[str] = set()
     for i, m in enumerate(raw["methods"]):
@@ -305,13 +369,27 @@ def expand(raw: dict[str, Any], path: Path, *, check_names: bool = True, build: 
             except UsageError as e:
                 raise UsageError(f"{where}: field {e}") from None
         if m.get("weights") and recipe is not None:
-            raise UsageError(f"{where}: field methods[{i}].weights: trained weights are evaluated as they are; "
-                             f"set finetune: none for this method")
+            raise UsageError(
+                f"{where}: field methods[{i}].weights: trained weights are evaluated as they are; "
+                f"set finetune: none for this method"
+            )
         for b in backbones:
             for k in ratios:
                 for s in raw["seeds"]:
-                    suite.runs.append(Run(suite.name, label, m["name"], dict(m.get("params", {})), b.name,
-                                          float(k), int(s), recipe, sources, m.get("weights")))
+                    suite.runs.append(
+                        Run(
+                            suite.name,
+                            label,
+                            m["name"],
+                            dict(m.get("params", {})),
+                            b.name,
+                            float(k),
+                            int(s),
+                            recipe,
+                            sources,
+                            m.get("weights"),
+                        )
+                    )
     refuse_id_collisions(suite, where)
     if check_names:
         check_static(suite, raw, where)
@@ -325,10 +403,18 @@ def run_identity(suite: Suite, run: Run, dataset: str) -> dict[str, Any]:
     from bench.methods.catalog import method_info
 
     info = method_info(run.method_name)
-    return {"suite": suite.name, "run_id": run.run_id, "method": run.method, "method_name": run.method_name,
-            **info.record_columns(),
-            "method_params": info.check_params(run.method_params),  # defaults filled: the record says every value
-            "backbone": run.backbone, "keep_ratio": run.keep_ratio, "seed": run.seed, "dataset": dataset}
+    return {
+        "suite": suite.name,
+        "run_id": run.run_id,
+        "method": run.method,
+        "method_name": run.method_name,
+        **info.record_columns(),
+        "method_params": info.check_params(run.method_params),  # defaults filled: the record says every value
+        "backbone": run.backbone,
+        "keep_ratio": run.keep_ratio,
+        "seed": run.seed,
+        "dataset": dataset,
+    }
 
 
 def run_spec(suite: Suite, run: Run) -> dict[str, Any]:
@@ -336,8 +422,15 @@ def run_spec(suite: Suite, run: Run) -> dict[str, Any]:
     concurrently written result must match to be taken as this run's)."""
     from bench.data.sources import identity
 
-    return {"method": run.method_name, "params": run.method_params, "keep": run.keep_ratio, "seed": run.seed,
-            "recipe": run.finetune, "weights": run.weights, "data": identity(suite.data)}
+    return {
+        "method": run.method_name,
+        "params": run.method_params,
+        "keep": run.keep_ratio,
+        "seed": run.seed,
+        "recipe": run.finetune,
+        "weights": run.weights,
+        "data": identity(suite.data),
+    }
 
 
 def evaluate_spec(suite: Suite) -> dict[str, Any]:
@@ -349,5 +442,9 @@ def evaluate_spec(suite: Suite) -> dict[str, Any]:
 def pretrain_spec(suite: Suite, backbone: str) -> dict[str, Any]:
     from bench.data.sources import identity
 
-    return {"backbone": suite.backbone(backbone).__dict__, "recipe": suite.pretrain_recipe,
-            "seed": suite.pretrain_seed, "data": identity(suite.data)}
+    return {
+        "backbone": suite.backbone(backbone).__dict__,
+        "recipe": suite.pretrain_recipe,
+        "seed": suite.pretrain_seed,
+        "data": identity(suite.data),
+    }

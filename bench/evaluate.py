@@ -1,4 +1,5 @@
 """Accuracy on the val split and the tokens that actually enter each block."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,10 +14,10 @@ from bench.train.loaders import eval_loader
 
 @dataclass
 class EvalResult:
-    top1: float                     # percent
-    top5: float                     # percent
+    top1: float  # percent
+    top5: float  # percent
     images: int
-    tokens_per_block: list[float]   # mean tokens entering each block (prefix tokens included)
+    tokens_per_block: list[float]  # mean tokens entering each block (prefix tokens included)
 
     @property
     def mean_tokens(self) -> float:
@@ -49,8 +50,15 @@ class TokenCounter:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, val_ds: Dataset, *, device: torch.device, batch_size: int = 256,
-             max_images: int | None = None, runtime: Runtime | None = None) -> EvalResult:
+def evaluate(
+    model: nn.Module,
+    val_ds: Dataset,
+    *,
+    device: torch.device,
+    batch_size: int = 256,
+    max_images: int | None = None,
+    runtime: Runtime | None = None,
+) -> EvalResult:
     """Top-1/top-5 and tokens per block over the val split, loaded with the runtime's workers."""
     if max_images is not None and max_images < len(val_ds):
         val_ds = Subset(val_ds, range(max_images))
@@ -71,5 +79,9 @@ def evaluate(model: nn.Module, val_ds: Dataset, *, device: torch.device, batch_s
     finally:
         counter.remove()
         model.train(was_training)
-    return EvalResult(top1=100.0 * correct1 / max(1, total), top5=100.0 * correct5 / max(1, total), images=total,
-                      tokens_per_block=counter.per_block())
+    return EvalResult(
+        top1=100.0 * correct1 / max(1, total),
+        top5=100.0 * correct5 / max(1, total),
+        images=total,
+        tokens_per_block=counter.per_block(),
+    )

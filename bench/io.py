@@ -1,4 +1,5 @@
 """Atomic file writes: a reader sees the old file or the new one, never half of one."""
+
 from __future__ import annotations
 
 import errno
@@ -6,11 +7,11 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from bench.errors import ArtifactError, DiskFull, UnsafeArtifact
-
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -56,15 +57,18 @@ def is_disk_full(e: BaseException) -> bool:
     if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
         return True
     text = str(e)
-    return isinstance(e, RuntimeError) and ("unexpected pos" in text or "failed writing" in text
-                                            or "No space left" in text)
+    return isinstance(e, RuntimeError) and (
+        "unexpected pos" in text or "failed writing" in text or "No space left" in text
+    )
 
 
 def disk_full_message(path: str | os.PathLike, needed: int) -> str:
     free = shutil.disk_usage(Path(path).parent if Path(path).parent.exists() else ".").free
     need = f"needs about {needed / 2**20:.1f} MB, " if needed else ""
-    return f"no space left on the device writing {path} ({need}{free / 2**20:.1f} MB free there); free some space " \
-           f"and run again (the previous file, if any, is kept)"
+    return (
+        f"no space left on the device writing {path} ({need}{free / 2**20:.1f} MB free there); free some space "
+        f"and run again (the previous file, if any, is kept)"
+    )
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -117,13 +121,17 @@ def load_torch(path: str | os.PathLike) -> Any:
         raise
     except pickle.UnpicklingError as e:
         if "Weights only load failed" in str(e):
-            raise UnsafeArtifact(f"{path}: refused: it holds Python objects, not only tensors and plain values "
-                                     f"(loading it could run code); delete it and rebuild it") from None
-        raise ArtifactError(f"{path}: unreadable (not a torch checkpoint: {_first_line(e)}); delete it and "
-                                 f"rebuild it") from None
+            raise UnsafeArtifact(
+                f"{path}: refused: it holds Python objects, not only tensors and plain values "
+                f"(loading it could run code); delete it and rebuild it"
+            ) from None
+        raise ArtifactError(
+            f"{path}: unreadable (not a torch checkpoint: {_first_line(e)}); delete it and rebuild it"
+        ) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as e:
-        raise ArtifactError(f"{path}: unreadable (truncated or corrupt: {_first_line(e)}); delete it and "
-                                 f"rebuild it") from None
+        raise ArtifactError(
+            f"{path}: unreadable (truncated or corrupt: {_first_line(e)}); delete it and rebuild it"
+        ) from None
 
 
 def _first_line(e: BaseException) -> str:

@@ -7,6 +7,7 @@ crash, it re-attaches to a job that is still pending or running instead of submi
 
 This module stays light (no torch import): hundreds of these wait on a login node.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,10 +17,11 @@ import pickle
 import shlex
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import submitit
 
@@ -27,8 +29,22 @@ from bench.requeue import RequeueRefused, read_progress, requeue_refusal, slurm_
 
 LAUNCH_RECORD = "launch.json"
 SUBMITIT_MAX_TIMEOUTS = 10_000
-ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "COMPLETING",
-                 "SUSPENDED", "RESIZING", "PREEMPTED", "UNKNOWN", "READY", "SIGNALING", "STAGE_OUT"}
+ACTIVE_STATES = {
+    "PENDING",
+    "RUNNING",
+    "REQUEUED",
+    "REQUEUE_HOLD",
+    "REQUEUE_FED",
+    "CONFIGURING",
+    "COMPLETING",
+    "SUSPENDED",
+    "RESIZING",
+    "PREEMPTED",
+    "UNKNOWN",
+    "READY",
+    "SIGNALING",
+    "STAGE_OUT",
+}
 
 
 class BenchStep(submitit.helpers.Checkpointable):
@@ -38,9 +54,16 @@ class BenchStep(submitit.helpers.Checkpointable):
     requeues the same step; training then resumes from its last per-epoch checkpoint by itself.
     """
 
-    def __init__(self, argv: Sequence[str], threads: int | None = None, outputs: Sequence[str] = (),
-                 folder: str | None = None, time_min: int | None = None, max_requeues: int | None = None,
-                 signal_delay_s: int = 0):
+    def __init__(
+        self,
+        argv: Sequence[str],
+        threads: int | None = None,
+        outputs: Sequence[str] = (),
+        folder: str | None = None,
+        time_min: int | None = None,
+        max_requeues: int | None = None,
+        signal_delay_s: int = 0,
+    ):
         self.argv = list(argv)
         self.threads = threads
         self.outputs = list(outputs)
@@ -170,11 +193,18 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--constraint", default="")
     p.add_argument("--extra", default="", help="extra sbatch options, e.g. '--exclusive --reservation=x'")
     p.add_argument("--signal-delay-s", type=int, default=90, help="warning before the time limit (requeue)")
-    p.add_argument("--max-requeues", default="auto",
-                   help="requeues before the step counts as failed: 'auto' (from the run's epochs and measured "
-                        "epoch time against --time-min) or a number")
-    p.add_argument("--failure-record", type=Path, default=None,
-                   help="failure.json to write when the job dies without recording its own failure")
+    p.add_argument(
+        "--max-requeues",
+        default="auto",
+        help="requeues before the step counts as failed: 'auto' (from the run's epochs and measured "
+        "epoch time against --time-min) or a number",
+    )
+    p.add_argument(
+        "--failure-record",
+        type=Path,
+        default=None,
+        help="failure.json to write when the job dies without recording its own failure",
+    )
     p.add_argument("--output", action="append", default=[], help="a file the step writes (repeatable)")
     p.add_argument("--poll-s", type=float, default=0.5)
     args = p.parse_args(argv[:split])
@@ -185,7 +215,7 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
             args.max_requeues = int(args.max_requeues)
         except ValueError:
             p.error(f"--max-requeues: 'auto' or a number, got {args.max_requeues!r}")
-    cmd = argv[split + 1:]
+    cmd = argv[split + 1 :]
     if not cmd:
         p.error("no bench command after `--`")
     return args, cmd
@@ -210,10 +240,14 @@ def make_executor(args: argparse.Namespace) -> submitit.Executor:
     tasks = n_tasks(args)
     slurm = args.launcher == "slurm"
     # submitit's own count is a backstop far above any budget: BenchStep.checkpoint decides
-    ex = submitit.AutoExecutor(folder=args.folder, cluster="slurm" if slurm else "local",
-                               **({"slurm_max_num_timeout": SUBMITIT_MAX_TIMEOUTS} if slurm else {}))
-    params: dict[str, Any] = dict(name=args.name, timeout_min=args.time_min, cpus_per_task=args.cpus,
-                                  tasks_per_node=tasks, nodes=1)
+    ex = submitit.AutoExecutor(
+        folder=args.folder,
+        cluster="slurm" if slurm else "local",
+        **({"slurm_max_num_timeout": SUBMITIT_MAX_TIMEOUTS} if slurm else {}),
+    )
+    params: dict[str, Any] = dict(
+        name=args.name, timeout_min=args.time_min, cpus_per_task=args.cpus, tasks_per_node=tasks, nodes=1
+    )
     if args.launcher == "slurm":
         params.update(slurm_signal_delay_s=args.signal_delay_s)
         if args.gpus:
@@ -246,9 +280,19 @@ def _write_record(folder: Path, record: dict[str, Any]) -> None:
 
 
 def _record_submission(args: argparse.Namespace, cmd: list[str], job: submitit.Job) -> None:
-    _write_record(args.folder, {"job_id": job.job_id, "launcher": args.launcher, "cmd": cmd, "name": args.name,
-                                "tasks": n_tasks(args), "submitted_at": _now(),
-                                "stdout": str(job.paths.stdout), "stderr": str(job.paths.stderr)})
+    _write_record(
+        args.folder,
+        {
+            "job_id": job.job_id,
+            "launcher": args.launcher,
+            "cmd": cmd,
+            "name": args.name,
+            "tasks": n_tasks(args),
+            "submitted_at": _now(),
+            "stdout": str(job.paths.stdout),
+            "stderr": str(job.paths.stderr),
+        },
+    )
 
 
 def attach_or_submit(args: argparse.Namespace, cmd: list[str], log=print) -> submitit.Job:
@@ -272,9 +316,17 @@ def attach_or_submit(args: argparse.Namespace, cmd: list[str], log=print) -> sub
             log(f"bench.launch: re-attaching to SLURM job {job_id} (queued as {args.name}, no record of it)")
             return job
     ex = make_executor(args)
-    job = ex.submit(BenchStep(cmd, threads=args.cpus, outputs=args.output, folder=str(args.folder),
-                              time_min=args.time_min, max_requeues=args.max_requeues,
-                              signal_delay_s=args.signal_delay_s if args.launcher == "slurm" else 0))
+    job = ex.submit(
+        BenchStep(
+            cmd,
+            threads=args.cpus,
+            outputs=args.output,
+            folder=str(args.folder),
+            time_min=args.time_min,
+            max_requeues=args.max_requeues,
+            signal_delay_s=args.signal_delay_s if args.launcher == "slurm" else 0,
+        )
+    )
     _record_submission(args, cmd, job)
     log(f"bench.launch: submitted {args.launcher} job {job.job_id} ({args.name}); logs in {job.paths.folder}")
     return job
@@ -286,8 +338,12 @@ def queued_job_named(name: str) -> str | None:
     import subprocess
 
     try:
-        out = subprocess.run(["squeue", "-h", "-u", getpass.getuser(), "-n", name, "-o", "%i"], capture_output=True,
-                             text=True, timeout=30).stdout.split()
+        out = subprocess.run(
+            ["squeue", "-h", "-u", getpass.getuser(), "-n", name, "-o", "%i"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.split()
     except (OSError, subprocess.SubprocessError):
         return None
     return out[0] if len(out) == 1 else None
@@ -298,8 +354,9 @@ def squeue_state(job_id: str) -> str | None:
     import subprocess
 
     try:
-        out = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True,
-                             timeout=30).stdout.split()
+        out = subprocess.run(
+            ["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True, timeout=30
+        ).stdout.split()
     except (OSError, subprocess.SubprocessError):
         return None
     return out[0].upper() if out else None
@@ -313,7 +370,9 @@ def wait(job: submitit.Job, poll_s: float = 0.5) -> None:
     """
     start, last_force = time.time(), time.time()
     while True:
-        force = isinstance(job, submitit.SlurmJob) and time.time() - last_force > min(60.0, 5.0 + (time.time() - start) / 10)
+        force = isinstance(job, submitit.SlurmJob) and time.time() - last_force > min(
+            60.0, 5.0 + (time.time() - start) / 10
+        )
         if force:
             last_force = time.time()
         if job.done(force_check=force):
@@ -327,7 +386,11 @@ def wait(job: submitit.Job, poll_s: float = 0.5) -> None:
 
 def job_state(job: submitit.Job) -> str:
     try:
-        return str(job.watcher.get_state(job.job_id, mode="force")) if isinstance(job, submitit.SlurmJob) else str(job.state)
+        return (
+            str(job.watcher.get_state(job.job_id, mode="force"))
+            if isinstance(job, submitit.SlurmJob)
+            else str(job.state)
+        )
     except Exception as e:  # the scheduler may be unreachable; the failure record still gets written
         return f"UNKNOWN ({type(e).__name__})"
 
@@ -346,8 +409,15 @@ def record_job_failure(path: Path, job: submitit.Job, reason: str, submitted_at:
             record = {}  # left over from an earlier attempt
     record.setdefault("run_id", path.parent.name)
     record.setdefault("error", reason)
-    record.update({"status": "failed", "job_id": str(job.job_id), "job_state": job_state(job),
-                   "job_stdout": str(job.paths.stdout), "job_stderr": str(job.paths.stderr)})
+    record.update(
+        {
+            "status": "failed",
+            "job_id": str(job.job_id),
+            "job_state": job_state(job),
+            "job_stdout": str(job.paths.stdout),
+            "job_stderr": str(job.paths.stderr),
+        }
+    )
     record.setdefault("created_at", _now())
     atomic_write_json(path, record)
 

@@ -14,15 +14,17 @@ hard-linked into ``.kept/`` with that key. So:
 Torch-free. Only single-process steps take the lock: a multi-task job's ranks cannot agree on waiting before
 their process group exists, and the launcher re-attaches to such jobs instead (``bench.launch``).
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from bench.artifacts import StepLock, problem
 
@@ -68,8 +70,12 @@ class StepOutput:
 
     def matches(self) -> bool:
         """The output is whole and was made by this very step (same spec, same inputs)."""
-        return (self.valid() and self.valid(self.kept) and self._key_of_kept() == self.key
-                and os.path.samefile(self.output, self.kept))
+        return (
+            self.valid()
+            and self.valid(self.kept)
+            and self._key_of_kept() == self.key
+            and os.path.samefile(self.output, self.kept)
+        )
 
     def restore(self) -> bool:
         """Put back the kept output of this step (deleted by a restarted Snakemake as incomplete)."""
@@ -122,13 +128,20 @@ def note_attempt(out: StepOutput, outcome: str) -> None:
     import socket
     import time
 
+    from bench.errors import DiskFull
     from bench.io import atomic_write_text
 
-    from bench.errors import DiskFull
-
     path = out.kept.parent / ATTEMPTS
-    line = json.dumps({"output": out.output.name, "outcome": outcome, "key": out.key, "host": socket.gethostname(),
-                       "pid": os.getpid(), "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    line = json.dumps(
+        {
+            "output": out.output.name,
+            "outcome": outcome,
+            "key": out.key,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+    )
     try:
         path.parent.mkdir(exist_ok=True)
         old = path.read_text() if path.exists() else ""
@@ -137,8 +150,14 @@ def note_attempt(out: StepOutput, outcome: str) -> None:
         pass
 
 
-def run_step(out: StepOutput, what: str, make: Callable[[], Any], *, force: bool = False,
-             log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> Any:
+def run_step(
+    out: StepOutput,
+    what: str,
+    make: Callable[[], Any],
+    *,
+    force: bool = False,
+    log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
+) -> Any:
     """``make()`` unless this step's output is already there (or restorable); returns None when skipped."""
     single = not _multi_process()
     with single_writer(out.output.parent, what, log):
@@ -147,7 +166,10 @@ def run_step(out: StepOutput, what: str, make: Callable[[], Any], *, force: bool
             if out.matches():
                 skip, msg = "already done", f"already done ({out.output}); --force redoes it"
             elif out.restore():
-                skip, msg = "restored", f"restored {out.output}, which an earlier attempt finished (kept in {KEPT_DIR}/)"
+                skip, msg = (
+                    "restored",
+                    f"restored {out.output}, which an earlier attempt finished (kept in {KEPT_DIR}/)",
+                )
             elif out.valid() and not out.kept_key.exists():
                 skip, msg = "exists", f"{out.output} exists; --force redoes it"
             if skip:

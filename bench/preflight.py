@@ -6,10 +6,12 @@ Mixup and timm transform, and that ``init: hub`` names a backbone with hub weigh
 meta device (no memory, no init cost); methods whose ``apply`` reads weight values (``reads_weights``: SViTE's
 masks) get a real two-block CPU model of the same widths, once per method and backbone. The result is cached with the suite's other name checks (``bench.config``).
 """
+
 from __future__ import annotations
 
 import copy
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from bench.errors import UsageError
 
@@ -32,8 +34,10 @@ def check_hub_weights(name: str) -> None:
     import timm
 
     if not timm.is_model_pretrained(name):
-        raise UsageError(f"backbone {name!r} has no hub weights in timm (init: hub would train from random "
-                         f"weights); use init: scratch or a checkpoint file")
+        raise UsageError(
+            f"backbone {name!r} has no hub weights in timm (init: hub would train from random "
+            f"weights); use init: scratch or a checkpoint file"
+        )
 
 
 def check_opt(name: str) -> None:
@@ -59,16 +63,23 @@ def recipe_checks(recipe: dict[str, Any], model: Any, lr_scales: dict[str, float
 
     size = int(model.patch_embed.img_size[0])
     augment = next((k for k in ("auto_augment", "color_jitter", "re_mode", "scale", "ratio") if recipe.get(k)), "")
-    return [("opt", lambda: check_opt(recipe["opt"])),
-            ("frozen_params", lambda: param_groups(model, lr_scales, recipe)),
-            ("", schedule),
-            ("mixup", lambda: make_mixup(recipe, _CLASSES)),
-            (augment, lambda: build_transform(train=True, image_size=size, in_chans=3, mean=_MEAN, std=_STD,
-                                              native_size=None, recipe=recipe))]
+    return [
+        ("opt", lambda: check_opt(recipe["opt"])),
+        ("frozen_params", lambda: param_groups(model, lr_scales, recipe)),
+        ("", schedule),
+        ("mixup", lambda: make_mixup(recipe, _CLASSES)),
+        (
+            augment,
+            lambda: build_transform(
+                train=True, image_size=size, in_chans=3, mean=_MEAN, std=_STD, native_size=None, recipe=recipe
+            ),
+        ),
+    ]
 
 
-def check_recipe_at(where: str, field_name: str, recipe: dict[str, Any], model: Any,
-                    lr_scales: dict[str, float]) -> None:
+def check_recipe_at(
+    where: str, field_name: str, recipe: dict[str, Any], model: Any, lr_scales: dict[str, float]
+) -> None:
     if int(recipe["epochs"]) == 0:  # nothing is built from a recipe that trains no epoch
         return
     for key, check in recipe_checks(recipe, model, lr_scales):
@@ -95,11 +106,19 @@ def preflight(suite: Any, where: str) -> None:
             shallow = {"depth": 2} if device != "meta" and "depth" not in b.kwargs else {}
             with torch.device(device):
                 try:
-                    cache[name] = build_backbone(b.name, num_classes=_CLASSES, img_size=b.image_size, **b.kwargs,
-                                                 **shallow)
+                    cache[name] = build_backbone(
+                        b.name, num_classes=_CLASSES, img_size=b.image_size, **b.kwargs, **shallow
+                    )
                 except Exception:  # noqa: BLE001 - e.g. a model that fixes its depth: built as it is
-                    cache[name] = _at(where, f"backbones[{index[name]}]", build_backbone, b.name,
-                                      num_classes=_CLASSES, img_size=b.image_size, **b.kwargs)
+                    cache[name] = _at(
+                        where,
+                        f"backbones[{index[name]}]",
+                        build_backbone,
+                        b.name,
+                        num_classes=_CLASSES,
+                        img_size=b.image_size,
+                        **b.kwargs,
+                    )
         return cache[name]
 
     for i, b in enumerate(suite.backbones):
@@ -127,8 +146,10 @@ def preflight(suite: Any, where: str) -> None:
         except UsageError as e:
             raise UsageError(f"{where}: field {field_name}.params: {e}") from None
         except Exception as e:  # noqa: BLE001
-            raise UsageError(f"{where}: field {field_name}.params: do not fit {run.backbone}: "
-                             f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}") from None
+            raise UsageError(
+                f"{where}: field {field_name}.params: do not fit {run.backbone}: "
+                f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+            ) from None
         _at(where, f"{field_name}.params", method.token_schedule, model)
         if run.finetune is not None:
             recipe_field = f"{field_name}.finetune" if _own_recipe(suite.raw, run.method) else "finetune"

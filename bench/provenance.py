@@ -1,4 +1,5 @@
 """Where a number came from: code version, library versions, hardware."""
+
 from __future__ import annotations
 
 import functools
@@ -20,8 +21,13 @@ def git_state(cwd: str | None = None) -> tuple[str | None, bool | None]:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
         if sha.returncode != 0:
             return None, None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return sha.stdout.strip(), bool(dirty.stdout.strip())
     except (OSError, subprocess.SubprocessError):
         return None, None
@@ -49,9 +55,15 @@ def provenance(device: torch.device) -> dict[str, Any]:
 
     sha, dirty = git_state()
     return {
-        "git_sha": sha, "git_dirty": dirty, "torch_version": str(torch.__version__), "timm_version": str(timm.__version__),
-        "python_version": platform.python_version(), "hostname": socket.gethostname(), "device": device.type,
-        "device_name": device_name(device), "cpu_threads": torch.get_num_threads(),
+        "git_sha": sha,
+        "git_dirty": dirty,
+        "torch_version": str(torch.__version__),
+        "timm_version": str(timm.__version__),
+        "python_version": platform.python_version(),
+        "hostname": socket.gethostname(),
+        "device": device.type,
+        "device_name": device_name(device),
+        "cpu_threads": torch.get_num_threads(),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 

@@ -1,8 +1,10 @@
 """Name -> object registries that refuse duplicates and suggest close matches for typos."""
+
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 from bench.errors import UsageError
 

@@ -2,13 +2,15 @@
 and measured epoch time against the job's time limit, and when to stop requeuing (an attempt that finished
 no epoch). Torch-free, like ``bench.launch``, which calls it from the job's checkpoint signal handler.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 
 class RequeueRefused(RuntimeError):
@@ -75,13 +77,17 @@ def requeue_refusal(step: Any, restarts: int) -> str | None:
         times = sorted(t for t in progress["epoch_s_all"] if t)
         epoch_s = times[len(times) // 2] if times else 0.0
         budget = requeue_budget(int(progress["epochs_total"]), epoch_s, step.time_min or 60, step.signal_delay_s)
-        how = (f"{progress['epochs_total']} epochs x {epoch_s:.0f} s per epoch under a {step.time_min}-minute limit, "
-               f"+{REQUEUE_SLACK}")
+        how = (
+            f"{progress['epochs_total']} epochs x {epoch_s:.0f} s per epoch under a {step.time_min}-minute limit, "
+            f"+{REQUEUE_SLACK}"
+        )
     else:
         budget, how = REQUEUES_WITHOUT_LOG, "no training log"
     if timed_out and progress is not None and int(progress.get("epoch", 0)) <= done_at_start:
-        return (f"no epoch finished within the job's {step.time_min}-minute time limit (still at epoch "
-                f"{done_at_start}); raise runtime for this step in the profile or give it more GPUs")
+        return (
+            f"no epoch finished within the job's {step.time_min}-minute time limit (still at epoch "
+            f"{done_at_start}); raise runtime for this step in the profile or give it more GPUs"
+        )
     if restarts >= budget:
         return f"requeued {restarts} times, the budget ({how}) is {budget}; raise runtime in the profile"
     return None

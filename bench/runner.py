@@ -4,6 +4,7 @@ pretrain (backbone -> pretrain/<backbone>/model.pth), finetune (run -> runs/<id>
 evaluate (runs/<id>/model.pth -> runs/<id>/run.json). A step that fails writes runs/<id>/failure.json
 (never its declared output), so the failure is recorded and the step is retried next time.
 """
+
 from __future__ import annotations
 
 import sys
@@ -23,7 +24,8 @@ from bench.models import build_backbone
 from bench.outputs import StepOutput, step_key
 from bench.provenance import pick_device, provenance
 from bench.requeue import slurm_restarts
-from bench.results.collect import FAILURE_FILE, KEPT_NPZ, RUN_FILE as RECORD_FILE
+from bench.results.collect import FAILURE_FILE, KEPT_NPZ
+from bench.results.collect import RUN_FILE as RECORD_FILE
 from bench.results.record import check as check_record
 from bench.runtime import Runtime
 from bench.train import TrainResult, train_model
@@ -31,8 +33,17 @@ from bench.train import distributed as D
 
 MODEL_FILE = "model.pth"
 #: how a model was trained across processes: batch size and learning-rate scaling made explicit
-TRAIN_META_KEYS = ("world_size", "per_device_batch_size", "global_batch_size", "lr", "lr_effective",
-                   "optimizer_groups", "lr_rule", "accumulation_steps", "micro_batch_size")
+TRAIN_META_KEYS = (
+    "world_size",
+    "per_device_batch_size",
+    "global_batch_size",
+    "lr",
+    "lr_effective",
+    "optimizer_groups",
+    "lr_rule",
+    "accumulation_steps",
+    "micro_batch_size",
+)
 INDEX_FILE = "index.parquet"
 
 
@@ -51,8 +62,10 @@ def _data_inputs(suite: Suite, root: str | Path) -> list[Path]:
 
 def pretrain_output(suite: Suite, backbone: str, root: str | Path = "results") -> StepOutput:
     """The pretrain step's model.pth, keyed by its spec and the folder index it read."""
-    return StepOutput(pretrain_dir(suite, backbone, root) / MODEL_FILE,
-                      step_key(pretrain_spec(suite, backbone), _data_inputs(suite, root)))
+    return StepOutput(
+        pretrain_dir(suite, backbone, root) / MODEL_FILE,
+        step_key(pretrain_spec(suite, backbone), _data_inputs(suite, root)),
+    )
 
 
 def evaluated_inputs(suite: Suite, run: Run, root: str | Path = "results") -> list[Path]:
@@ -69,8 +82,11 @@ def step_output(suite: Suite, run: Run, step: str, root: str | Path = "results")
         inputs = [pretrain_dir(suite, run.backbone, root) / MODEL_FILE]
         return StepOutput(run_dir(suite, run, root) / MODEL_FILE, step_key(spec, inputs + _data_inputs(suite, root)))
     inputs = evaluated_inputs(suite, run, root) + _data_inputs(suite, root)
-    return StepOutput(run_dir(suite, run, root) / RECORD_FILE, step_key({**spec, "evaluate": evaluate_spec(suite)}, inputs),
-                      run.run_id)
+    return StepOutput(
+        run_dir(suite, run, root) / RECORD_FILE,
+        step_key({**spec, "evaluate": evaluate_spec(suite)}, inputs),
+        run.run_id,
+    )
 
 
 def _log(msg: str) -> None:
@@ -88,14 +104,21 @@ def _data(suite: Suite, root: str | Path):
     return load_data(suite.data, index_path(suite, root))
 
 
-def _model(suite: Suite, backbone: Backbone, bundle, pretrained: bool | str | None,
-           recipe: dict[str, Any] | None = None) -> nn.Module:
+def _model(
+    suite: Suite, backbone: Backbone, bundle, pretrained: bool | str | None, recipe: dict[str, Any] | None = None
+) -> nn.Module:
     """The backbone; a training ``recipe`` sets the student's drop-path rate (teachers and evaluation: 0)."""
     kwargs = dict(backbone.kwargs)
     if recipe is not None and recipe["drop_path"]:
         kwargs["drop_path_rate"] = float(recipe["drop_path"])
-    return build_backbone(backbone.name, num_classes=bundle.num_classes, in_chans=bundle.in_chans,
-                          img_size=backbone.image_size, pretrained=pretrained, **kwargs)
+    return build_backbone(
+        backbone.name,
+        num_classes=bundle.num_classes,
+        in_chans=bundle.in_chans,
+        img_size=backbone.image_size,
+        pretrained=pretrained,
+        **kwargs,
+    )
 
 
 def _torch_data(suite: Suite, model: nn.Module, bundle, recipe: dict[str, Any] | None = None):
@@ -111,16 +134,25 @@ def _torch_data(suite: Suite, model: nn.Module, bundle, recipe: dict[str, Any] |
     if len(mean) != in_chans:  # e.g. an RGB-pretrained backbone on grayscale data
         mean, std = (sum(mean) / len(mean),) * in_chans, (sum(std) / len(std),) * in_chans
     crop_pct = suite.evaluate.get("crop_pct") or cfg.get("crop_pct")
-    return make_torch_datasets(bundle, image_size=int(model.patch_embed.img_size[0]), in_chans=in_chans,
-                               mean=mean, std=std, recipe=recipe, crop_pct=crop_pct,
-                               eval_interpolation=str(cfg.get("interpolation") or "bicubic"))
+    return make_torch_datasets(
+        bundle,
+        image_size=int(model.patch_embed.img_size[0]),
+        in_chans=in_chans,
+        mean=mean,
+        std=std,
+        recipe=recipe,
+        crop_pct=crop_pct,
+        eval_interpolation=str(cfg.get("interpolation") or "bicubic"),
+    )
 
 
 def _train_meta(result: TrainResult | None) -> dict[str, Any]:
     """Batch size, learning-rate scaling and optimiser groups of a training run, explicit in model.pth and
     the records."""
-    return {**{k: getattr(result, k) if result else None for k in TRAIN_META_KEYS},
-            "train_runtime": result.runtime if result else None}
+    return {
+        **{k: getattr(result, k) if result else None for k in TRAIN_META_KEYS},
+        "train_runtime": result.runtime if result else None,
+    }
 
 
 def _save_trained(path: Path, model: nn.Module, result: TrainResult | None, meta: dict[str, Any]) -> None:
@@ -138,8 +170,14 @@ def _device(device: str | None) -> tuple[torch.device, D.DistEnv]:
     return (env.device if env.world_size > 1 else dev), env
 
 
-def pretrain(suite: Suite, backbone_name: str, *, root: str | Path = "results", device: str | None = None,
-             runtime: Runtime | None = None) -> Path:
+def pretrain(
+    suite: Suite,
+    backbone_name: str,
+    *,
+    root: str | Path = "results",
+    device: str | None = None,
+    runtime: Runtime | None = None,
+) -> Path:
     """Produce the dense starting point of every fine-tune: trained from scratch, from the hub, or a file.
 
     Under a multi-process launcher every rank trains its shard; rank 0 alone evaluates and saves.
@@ -158,28 +196,53 @@ def pretrain(suite: Suite, backbone_name: str, *, root: str | Path = "results", 
     result = None
     train_ds, val_ds = _torch_data(suite, model, bundle, recipe)
     if recipe["epochs"] > 0:
-        result = train_model(model, create_method("dense"), train_ds, recipe, seed=suite.pretrain_seed,
-                             out_dir=out, device=dev, runtime=runtime)
+        result = train_model(
+            model,
+            create_method("dense"),
+            train_ds,
+            recipe,
+            seed=suite.pretrain_seed,
+            out_dir=out,
+            device=dev,
+            runtime=runtime,
+        )
     if not env.is_main:
         D.barrier()  # returns once rank 0 has saved model.pth
         return out / MODEL_FILE
-    acc = evaluate(model, val_ds, device=dev, batch_size=suite.evaluate["batch_size"],
-                   max_images=suite.evaluate["max_val_images"], runtime=runtime)
+    acc = evaluate(
+        model,
+        val_ds,
+        device=dev,
+        batch_size=suite.evaluate["batch_size"],
+        max_images=suite.evaluate["max_val_images"],
+        runtime=runtime,
+    )
     _log(f"pretrained {backbone_name}: val top-1 {acc.top1:.2f}% on {acc.images} images")
-    meta = {"backbone": backbone_name, "init": backbone.init, "recipe": recipe,
-            "recipe_sources": suite.pretrain_sources, "seed": suite.pretrain_seed,
-            "wall_s": time.time() - t0, "train_peak_mem_mb": result.peak_mem_mb if result else None,
-            "val_top1": acc.top1, "val_top5": acc.top5, "dataset": bundle.name, "data_index": bundle.index,
-            "train_requeues": slurm_restarts(), **_train_meta(result),
-            **provenance(dev)}
+    meta = {
+        "backbone": backbone_name,
+        "init": backbone.init,
+        "recipe": recipe,
+        "recipe_sources": suite.pretrain_sources,
+        "seed": suite.pretrain_seed,
+        "wall_s": time.time() - t0,
+        "train_peak_mem_mb": result.peak_mem_mb if result else None,
+        "val_top1": acc.top1,
+        "val_top5": acc.top5,
+        "dataset": bundle.name,
+        "data_index": bundle.index,
+        "train_requeues": slurm_restarts(),
+        **_train_meta(result),
+        **provenance(dev),
+    }
     _save_trained(out / MODEL_FILE, model.cpu(), result, meta)
     (out / "train_state.pth").unlink(missing_ok=True)
     D.barrier()
     return out / MODEL_FILE
 
 
-def build_run_model(suite: Suite, run: Run, bundle, weights: str | Path | None,
-                    recipe: dict[str, Any] | None = None) -> tuple[nn.Module, Method]:
+def build_run_model(
+    suite: Suite, run: Run, bundle, weights: str | Path | None, recipe: dict[str, Any] | None = None
+) -> tuple[nn.Module, Method]:
     """Backbone + method, patched; ``weights`` is a pretrain checkpoint (for fine-tuning) or None; a
     training ``recipe`` sets the student's drop-path rate."""
     model = _model(suite, suite.backbone(run.backbone), bundle, str(weights) if weights else None, recipe)
@@ -188,12 +251,14 @@ def build_run_model(suite: Suite, run: Run, bundle, weights: str | Path | None,
     return model, method
 
 
-def finetune(suite: Suite, run: Run, *, root: str | Path = "results", device: str | None = None,
-             runtime: Runtime | None = None) -> Path:
+def finetune(
+    suite: Suite, run: Run, *, root: str | Path = "results", device: str | None = None, runtime: Runtime | None = None
+) -> Path:
     """Fine-tune one run from its pretrained backbone; under a multi-process launcher rank 0 saves."""
     if run.finetune is None:
-        raise UsageError(f"run {run.run_id!r} is evaluated without fine-tuning (finetune: none); "
-                         f"run `bench evaluate` on it")
+        raise UsageError(
+            f"run {run.run_id!r} is evaluated without fine-tuning (finetune: none); run `bench evaluate` on it"
+        )
     dev, env = _device(device)
     out = run_dir(suite, run, root)
     ckpt = pretrain_dir(suite, run.backbone, root) / MODEL_FILE
@@ -206,15 +271,26 @@ def finetune(suite: Suite, run: Run, *, root: str | Path = "results", device: st
     if method.needs_teacher():
         teacher = _model(suite, suite.backbone(run.backbone), bundle, str(ckpt))
     train_ds, _ = _torch_data(suite, model, bundle, run.finetune)
-    result = train_model(model, method, train_ds, run.finetune, seed=run.seed, out_dir=out, device=dev, teacher=teacher,
-                         runtime=runtime)
-    meta = {"run_id": run.run_id, "recipe": run.finetune, "recipe_sources": run.finetune_sources,
-            "train_epochs": result.epochs, "train_steps": result.steps,
-            "train_wall_s": result.wall_s, "train_final_loss": result.final_loss,
-            "train_peak_mem_mb": result.peak_mem_mb, "resumed_from_epoch": result.resumed_from_epoch,
-            "batch_size": run.finetune["batch_size"], "device": dev.type, "train_requeues": slurm_restarts(),
-            "data_index": bundle.index, **_train_meta(result),
-            "method_train_metrics": result.method_metrics}
+    result = train_model(
+        model, method, train_ds, run.finetune, seed=run.seed, out_dir=out, device=dev, teacher=teacher, runtime=runtime
+    )
+    meta = {
+        "run_id": run.run_id,
+        "recipe": run.finetune,
+        "recipe_sources": run.finetune_sources,
+        "train_epochs": result.epochs,
+        "train_steps": result.steps,
+        "train_wall_s": result.wall_s,
+        "train_final_loss": result.final_loss,
+        "train_peak_mem_mb": result.peak_mem_mb,
+        "resumed_from_epoch": result.resumed_from_epoch,
+        "batch_size": run.finetune["batch_size"],
+        "device": dev.type,
+        "train_requeues": slurm_restarts(),
+        "data_index": bundle.index,
+        **_train_meta(result),
+        "method_train_metrics": result.method_metrics,
+    }
     if env.is_main:
         _save_trained(out / MODEL_FILE, model.cpu(), result, meta)
         (out / "train_state.pth").unlink(missing_ok=True)
@@ -222,8 +298,9 @@ def finetune(suite: Suite, run: Run, *, root: str | Path = "results", device: st
     return out / MODEL_FILE
 
 
-def evaluate_run(suite: Suite, run: Run, *, root: str | Path = "results", device: str | None = None,
-                 runtime: Runtime | None = None) -> dict[str, Any]:
+def evaluate_run(
+    suite: Suite, run: Run, *, root: str | Path = "results", device: str | None = None, runtime: Runtime | None = None
+) -> dict[str, Any]:
     """Accuracy, tokens and FLOPs of a fine-tuned run, written as its run.json record. Throughput is measured
     by the timing step (bench.timing), every run of a backbone against dense in one job."""
     from bench.evaluate import evaluate
@@ -237,14 +314,21 @@ def evaluate_run(suite: Suite, run: Run, *, root: str | Path = "results", device
     _, val_ds = _torch_data(suite, model, bundle)
     ev_cfg = suite.evaluate
     t0 = time.time()
-    acc = evaluate(model, val_ds, device=dev, batch_size=ev_cfg["batch_size"], max_images=ev_cfg["max_val_images"],
-                   runtime=runtime)
+    acc = evaluate(
+        model, val_ds, device=dev, batch_size=ev_cfg["batch_size"], max_images=ev_cfg["max_val_images"], runtime=runtime
+    )
     eval_wall = time.time() - t0
     acc_ema = None
     if saved.get("model_ema") is not None:  # the EMA weights, scored as their own metrics
         ema_model = _ema_model(suite, run, bundle, saved)
-        acc_ema = evaluate(ema_model, val_ds, device=dev, batch_size=ev_cfg["batch_size"],
-                           max_images=ev_cfg["max_val_images"], runtime=runtime)
+        acc_ema = evaluate(
+            ema_model,
+            val_ds,
+            device=dev,
+            batch_size=ev_cfg["batch_size"],
+            max_images=ev_cfg["max_val_images"],
+            runtime=runtime,
+        )
         del ema_model
 
     model.to("cpu")
@@ -256,20 +340,30 @@ def evaluate_run(suite: Suite, run: Run, *, root: str | Path = "results", device
     meta = saved.get("meta", {})
     record = {
         **run_identity(suite, run, bundle.name),
-        "status": "ok", "error": None,
-        "top1": acc.top1, "top5": acc.top5, "val_images": acc.images,
-        "top1_ema": acc_ema.top1 if acc_ema else None, "top5_ema": acc_ema.top5 if acc_ema else None,
-        "finetuned": run.finetune is not None, "weights": run.weights,
+        "status": "ok",
+        "error": None,
+        "top1": acc.top1,
+        "top5": acc.top5,
+        "val_images": acc.images,
+        "top1_ema": acc_ema.top1 if acc_ema else None,
+        "top5_ema": acc_ema.top5 if acc_ema else None,
+        "finetuned": run.finetune is not None,
+        "weights": run.weights,
         "recipe_sources": meta.get("recipe_sources"),
         **cost,  # GMACs (total, the method's own, nonzero weights only), params, ops fvcore skipped
-        "mean_tokens": acc.mean_tokens, "tokens_per_block": acc.tokens_per_block,
+        "mean_tokens": acc.mean_tokens,
+        "tokens_per_block": acc.tokens_per_block,
         "token_schedule": method.token_schedule(model),
-        "train_epochs": meta.get("train_epochs"), "train_wall_s": meta.get("train_wall_s"),
-        "train_peak_mem_mb": meta.get("train_peak_mem_mb"), "batch_size": meta.get("batch_size"),
+        "train_epochs": meta.get("train_epochs"),
+        "train_wall_s": meta.get("train_wall_s"),
+        "train_peak_mem_mb": meta.get("train_peak_mem_mb"),
+        "batch_size": meta.get("batch_size"),
         "method_train_metrics": meta.get("method_train_metrics"),
         **{k: meta.get(k) for k in TRAIN_META_KEYS},
-        "train_requeues": meta.get("train_requeues"), "train_runtime": meta.get("train_runtime"),
-        "eval_runtime": (runtime or Runtime()).record(in_memory(val_ds)), "data_index": bundle.index,
+        "train_requeues": meta.get("train_requeues"),
+        "train_runtime": meta.get("train_runtime"),
+        "eval_runtime": (runtime or Runtime()).record(in_memory(val_ds)),
+        "data_index": bundle.index,
         "eval_wall_s": eval_wall,
         **provenance(dev),
     }
@@ -296,8 +390,10 @@ def _trained_model(suite: Suite, run: Run, bundle, root: str | Path) -> tuple[di
     if run.finetune is not None:
         path = run_dir(suite, run, root) / MODEL_FILE
         if not path.is_file():
-            raise UsageError(f"run {run.run_id!r} is not trained yet (no {path}); run its finetune step first "
-                             f"(bench train SUITE --run {run.run_id})")
+            raise UsageError(
+                f"run {run.run_id!r} is not trained yet (no {path}); run its finetune step first "
+                f"(bench train SUITE --run {run.run_id})"
+            )
         saved = load_torch(path)
         model, method = build_run_model(suite, run, bundle, None)
         model.load_state_dict(saved["model"])
@@ -308,8 +404,10 @@ def _trained_model(suite: Suite, run: Run, bundle, root: str | Path) -> tuple[di
             missing, unexpected = model.load_state_dict(_state_dict(run.weights), strict=False)
             if missing or unexpected:
                 what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
-                raise UsageError(f"{run.weights}: does not fit the {run.method_name} model of {run.backbone} "
-                                 f"({what}{', ...' if len(missing or unexpected) > 3 else ''})")
+                raise UsageError(
+                    f"{run.weights}: does not fit the {run.method_name} model of {run.backbone} "
+                    f"({what}{', ...' if len(missing or unexpected) > 3 else ''})"
+                )
     return saved, method.prepare_inference(model), method  # e.g. S2ViTE removes its cut heads and neurons
 
 
@@ -350,8 +448,10 @@ def record_failure(suite: Suite, run: Run, step: str, exc: BaseException, *, roo
         return path
     result = step_output(suite, run, "evaluate", root)
     if result.matches():  # a failed re-attempt (wrong --device, a --force) never hides the good result
-        _log(f"bench: {run.run_id}: {step} failed, but {result.output} holds a valid result; not recording the "
-             f"failure over it")
+        _log(
+            f"bench: {run.run_id}: {step} failed, but {result.output} holds a valid result; not recording the "
+            f"failure over it"
+        )
         return result.output
     from bench.data import describe_data
 
@@ -359,8 +459,13 @@ def record_failure(suite: Suite, run: Run, step: str, exc: BaseException, *, roo
         dataset = describe_data(suite.data)
     except Exception:  # the data config itself may be what failed
         dataset = str(suite.data.get("name") or suite.data.get("path"))
-    record = {**run_identity(suite, run, dataset), "status": "failed", "failed_step": step,
-              "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:500],
-              "traceback": "".join(traceback.format_exception(exc))[-4000:], **provenance(pick_device())}
+    record = {
+        **run_identity(suite, run, dataset),
+        "status": "failed",
+        "failed_step": step,
+        "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:500],
+        "traceback": "".join(traceback.format_exception(exc))[-4000:],
+        **provenance(pick_device()),
+    }
     atomic_write_json(path, check_record(record))
     return path

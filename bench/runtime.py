@@ -19,6 +19,7 @@ so changing one re-runs nothing; each run record states the values it ran with.
 * ``timing_precision``: fp32, bf16 or fp16 (autocast) for the timing step; unset: the suite's
   ``evaluate.throughput.precision``. Every timed row records the precision it ran with.
 """
+
 from __future__ import annotations
 
 import os
@@ -32,9 +33,15 @@ from bench.errors import UsageError
 MAX_AUTO_WORKERS = 16
 AUTO = "auto"
 #: the profile config keys and the bench CLI option each becomes
-PROFILE_KEYS = {"loader_workers": "--workers", "prefetch_factor": "--prefetch-factor", "device_batch": "--device-batch",
-                "channels_last": "--channels-last", "compile": "--compile", "timing_precision": "--timing-precision",
-                "timing_threads": "--timing-threads"}
+PROFILE_KEYS = {
+    "loader_workers": "--workers",
+    "prefetch_factor": "--prefetch-factor",
+    "device_batch": "--device-batch",
+    "channels_last": "--channels-last",
+    "compile": "--compile",
+    "timing_precision": "--timing-precision",
+    "timing_threads": "--timing-threads",
+}
 
 
 def job_cpus() -> int:
@@ -50,7 +57,7 @@ def job_cpus() -> int:
 
 @dataclass(frozen=True)
 class Runtime:
-    workers: int | None = None     # None: auto
+    workers: int | None = None  # None: auto
     prefetch_factor: int = 4
     device_batch: int | None = None
     channels_last: bool = False
@@ -73,8 +80,12 @@ class Runtime:
 
     def record(self, in_memory: bool = False) -> dict[str, Any]:
         """The settings a run used, for its record (workers resolved)."""
-        return {**asdict(self), "workers": self.loader_workers(in_memory), "workers_setting": AUTO if self.workers is None else self.workers,
-                "job_cpus": job_cpus()}
+        return {
+            **asdict(self),
+            "workers": self.loader_workers(in_memory),
+            "workers_setting": AUTO if self.workers is None else self.workers,
+            "job_cpus": job_cpus(),
+        }
 
 
 def parse_workers(value: str | int | None) -> int | None:
@@ -105,27 +116,67 @@ def micro_batches(local_batch: int, cap: int | None) -> int:
 def click_options(f: Any) -> Any:
     """How a step runs (bench.runtime); the pipeline passes the profile's values. Never part of a run's identity."""
     options = [
-        click.option("--workers", default="auto", show_default=True,
-                     help="DataLoader workers: 'auto' (the job's CPUs minus one) or a number."),
-        click.option("--prefetch-factor", type=click.IntRange(min=1), default=4, show_default=True,
-                     help="Batches each loader worker keeps ready."),
-        click.option("--device-batch", type=click.IntRange(min=1), default=None,
-                     help="Largest per-device training micro-batch; larger batches accumulate gradients."),
+        click.option(
+            "--workers",
+            default="auto",
+            show_default=True,
+            help="DataLoader workers: 'auto' (the job's CPUs minus one) or a number.",
+        ),
+        click.option(
+            "--prefetch-factor",
+            type=click.IntRange(min=1),
+            default=4,
+            show_default=True,
+            help="Batches each loader worker keeps ready.",
+        ),
+        click.option(
+            "--device-batch",
+            type=click.IntRange(min=1),
+            default=None,
+            help="Largest per-device training micro-batch; larger batches accumulate gradients.",
+        ),
         click.option("--channels-last/--no-channels-last", default=False, help="channels_last input memory format."),
-        click.option("--compile", "compile_", default="off", show_default=True,
-                     help="torch.compile the training model: off, on, or a backend name (e.g. inductor)."),
-        click.option("--timing-precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
-                     help="Precision of the timing step (autocast); default: the suite's throughput precision."),
-        click.option("--timing-threads", type=click.IntRange(min=1), default=None,
-                     help="torch threads of the timing step on a CPU (default 1; --threads does not apply)."),
+        click.option(
+            "--compile",
+            "compile_",
+            default="off",
+            show_default=True,
+            help="torch.compile the training model: off, on, or a backend name (e.g. inductor).",
+        ),
+        click.option(
+            "--timing-precision",
+            type=click.Choice(["fp32", "bf16", "fp16"]),
+            default=None,
+            help="Precision of the timing step (autocast); default: the suite's throughput precision.",
+        ),
+        click.option(
+            "--timing-threads",
+            type=click.IntRange(min=1),
+            default=None,
+            help="torch threads of the timing step on a CPU (default 1; --threads does not apply).",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
     return f
 
 
-def from_cli(workers: str, prefetch_factor: int, device_batch: int | None, channels_last: bool,
-             compile_: str, timing_precision: str | None = None, timing_threads: int | None = None) -> Runtime:
+def from_cli(
+    workers: str,
+    prefetch_factor: int,
+    device_batch: int | None,
+    channels_last: bool,
+    compile_: str,
+    timing_precision: str | None = None,
+    timing_threads: int | None = None,
+) -> Runtime:
     compile_value: bool | str = {"off": False, "false": False, "on": True, "true": True}.get(compile_.lower(), compile_)
-    return Runtime(parse_workers(workers), prefetch_factor, device_batch, channels_last, compile_value,
-                   timing_precision, timing_threads)
+    return Runtime(
+        parse_workers(workers),
+        prefetch_factor,
+        device_batch,
+        channels_last,
+        compile_value,
+        timing_precision,
+        timing_threads,
+    )

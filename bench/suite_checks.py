@@ -3,6 +3,7 @@
 ``check_static`` needs no torch (`bench validate`); ``check_build`` builds every run's method on its backbone
 (`bench validate --build`, and the pipeline before it starts). Every error is one line naming the field.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,9 +34,11 @@ def refuse_id_collisions(suite: Suite, where: str) -> None:
     for r in suite.runs:
         other = seen.setdefault(r.run_id, r)
         if other is not r:
-            raise UsageError(f"{where}: field keep_ratios: {other.method} at keep ratios {other.keep_ratio!r} and "
-                             f"{r.keep_ratio!r} share the run id {r.run_id!r} (ids keep 2 decimals); use keep "
-                             f"ratios that differ at 2 decimals")
+            raise UsageError(
+                f"{where}: field keep_ratios: {other.method} at keep ratios {other.keep_ratio!r} and "
+                f"{r.keep_ratio!r} share the run id {r.run_id!r} (ids keep 2 decimals); use keep "
+                f"ratios that differ at 2 decimals"
+            )
 
 
 def check_paths(suite: Suite, where: str) -> None:
@@ -48,10 +51,14 @@ def check_paths(suite: Suite, where: str) -> None:
         raise UsageError(f"{where}: field data: {e}") from None
     for i, b in enumerate(suite.backbones):
         if b.init not in ("scratch", "hub") and not Path(b.init).is_file():
-            raise UsageError(f"{where}: field backbones[{i}].init: {b.init!r} is not 'scratch', 'hub' or an existing checkpoint file")
+            raise UsageError(
+                f"{where}: field backbones[{i}].init: {b.init!r} is not 'scratch', 'hub' or an existing checkpoint file"
+            )
     for i, m in enumerate(suite.raw["methods"]):
         if isinstance(m, dict) and m.get("weights") and not Path(m["weights"]).is_file():
-            raise UsageError(f"{where}: field methods[{i}].weights: {m['weights']!r} is not an existing checkpoint file")
+            raise UsageError(
+                f"{where}: field methods[{i}].weights: {m['weights']!r} is not an existing checkpoint file"
+            )
 
 
 def check_static(suite: Suite, raw: dict[str, Any], where: str) -> None:
@@ -66,9 +73,11 @@ def check_static(suite: Suite, raw: dict[str, Any], where: str) -> None:
         untrained = run is not None and (run.finetune is None or int(run.finetune["epochs"]) == 0)
         if untrained and method_info(m["name"]).learns_parameters and not m.get("weights"):
             how = "finetune: none" if run.finetune is None else "finetune epochs 0"
-            raise UsageError(f"{where}: field methods[{i}]: method {m['name']!r} learns parameters and would be "
-                             f"scored untrained ({how}); give its trained weights (weights: path/to/model.pth) "
-                             f"or fine-tune it")
+            raise UsageError(
+                f"{where}: field methods[{i}]: method {m['name']!r} learns parameters and would be "
+                f"scored untrained ({how}); give its trained weights (weights: path/to/model.pth) "
+                f"or fine-tune it"
+            )
 
 
 def check_build(suite: Suite, where: str) -> None:

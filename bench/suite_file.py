@@ -1,4 +1,5 @@
 """Reading a suite file: UTF-8 text, YAML without repeated keys, finite numbers; every failure one line."""
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,9 @@ def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool 
         key = loader.construct_object(key_node, deep=deep)
         if key in seen:
             mark = key_node.start_mark
-            raise UsageError(f"key {key!r} appears twice in one mapping (line {seen[key]} and line "
-                             f"{mark.line + 1}); keep one")
+            raise UsageError(
+                f"key {key!r} appears twice in one mapping (line {seen[key]} and line {mark.line + 1}); keep one"
+            )
         seen[key] = key_node.start_mark.line + 1
     return loader.construct_mapping(node, deep=deep)
 
@@ -35,8 +37,9 @@ def read_yaml(path: Path) -> Any:
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
-        raise UsageError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); "
-                         f"save it as UTF-8 YAML") from None
+        raise UsageError(
+            f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save it as UTF-8 YAML"
+        ) from None
     except OSError as e:
         raise UsageError(f"{path}: cannot be read ({e.strerror})") from None
     if "\x00" in text:
@@ -59,5 +62,6 @@ def _refuse_non_finite(value: Any, where: str, field_name: str) -> None:
         raise UsageError(f"{where}: field {field_name or '(top level)'}: {value!r} is not a finite number")
     items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
     for k, v in items:
-        _refuse_non_finite(v, where, f"{field_name}[{k}]" if isinstance(k, int) else
-                           f"{field_name}.{k}" if field_name else str(k))
+        _refuse_non_finite(
+            v, where, f"{field_name}[{k}]" if isinstance(k, int) else f"{field_name}.{k}" if field_name else str(k)
+        )

@@ -3,11 +3,13 @@ runtime settings in it turned into the ``bench train`` / ``bench evaluate`` opti
 
 Kept out of the Snakefile so it is testable and the Snakefile stays a list of file transforms.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from importlib import resources
-from typing import Any, Mapping
+from typing import Any
 
 from bench.errors import UsageError
 from bench.registry import did_you_mean
@@ -23,8 +25,11 @@ _WORDS = {"true": True, "on": True, "yes": True, "false": False, "off": False, "
 
 def _coerce(key: str, value: Any) -> Any:
     """``snakemake --config channels_last=true`` gives the string 'true': read it as YAML would."""
-    if isinstance(value, str) and value.lower() in _WORDS and key in ("channels_last", "compile", "device_batch", "timing_precision",
-                                                                        "timing_threads"):
+    if (
+        isinstance(value, str)
+        and value.lower() in _WORDS
+        and key in ("channels_last", "compile", "device_batch", "timing_precision", "timing_threads")
+    ):
         return _WORDS[value.lower()]
     return value
 
@@ -39,14 +44,17 @@ def check_config(config: Mapping[str, Any]) -> dict[str, Any]:
     known = sorted(schema["properties"])
     for key in config:
         if key not in schema["properties"]:
-            raise UsageError(f"unknown config key {key!r}{did_you_mean(str(key), known)} "
-                             f"(this workflow takes: {', '.join(known)})")
+            raise UsageError(
+                f"unknown config key {key!r}{did_you_mean(str(key), known)} (this workflow takes: {', '.join(known)})"
+            )
     for key in ("suite", "results"):
         if "'" in str(config.get(key, "")):
             # Snakemake spawns each run: job as `sh -c "... --config key=<repr(value)>"`; repr of a value holding
             # a single quote uses double quotes, in which the shell expands $(...) and backticks
-            raise UsageError(f"config {key}={config[key]!r}: a single quote in this path cannot reach Snakemake's "
-                             f"jobs safely; rename the folder (spaces, parentheses, $ and double quotes are fine)")
+            raise UsageError(
+                f"config {key}={config[key]!r}: a single quote in this path cannot reach Snakemake's "
+                f"jobs safely; rename the folder (spaces, parentheses, $ and double quotes are fine)"
+            )
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(dict(config)), key=lambda e: list(e.path))
     if errors:
         e = errors[0]
@@ -80,8 +88,11 @@ def runtime_args(config: Mapping[str, Any]) -> list[str]:
         if key == "channels_last":
             args.append("--channels-last" if value else "--no-channels-last")
         elif key == "compile":
-            args += [option, {True: "on", False: "off"}.get(value, value)] if isinstance(value, bool) \
+            args += (
+                [option, {True: "on", False: "off"}.get(value, value)]
+                if isinstance(value, bool)
                 else [option, str(value)]
+            )
         else:
             args += [option, str(value)]
     return args

@@ -17,21 +17,18 @@ SLURM_DIR = TESTS_DIR / "slurm"
 #: 2-core CI machine with other work on it (``pytest --durations``).
 SLOW = {
     "test_pipeline.py::test_finetune_none_schedules_no_finetune_job": "snakemake end to end (~90 s)",
-    "test_pipeline.py::test_paths_with_spaces_quotes_and_shell_syntax_reach_commands_as_arguments":
-        "snakemake end to end (~50 s)",
-    "test_recipes.py::test_ema_is_trained_saved_and_scored_as_its_own_metrics_keeping_the_weight_budget":
-        "pretrains, fine-tunes and evaluates a run (~8 s)",
-    "test_distributed.py::test_accumulation_under_ddp_gives_the_weights_of_the_whole_per_device_batch":
-        "two processes (~6 s); fast loop: test_two_processes_train_what_one_process_trains, and accumulation in "
-        "one process (test_data_pipeline)",
-    "test_distributed.py::test_non_finite_loss_on_one_rank_stops_every_rank":
-        "two processes (~6 s); fast loop: test_train.py::test_non_finite_loss_stops_the_run",
-    "test_paired_timing.py::test_the_least_noisy_attempt_is_kept":
-        "~6.5 s; fast loop: test_a_noisy_model_is_retimed_up_to_the_bound_then_marked_unreliable (same retries)",
+    "test_pipeline.py::test_paths_with_spaces_quotes_and_shell_syntax_reach_commands_as_arguments": "snakemake end to end (~50 s)",
+    "test_recipes.py::test_ema_is_trained_saved_and_scored_as_its_own_metrics_keeping_the_weight_budget": "pretrains, fine-tunes and evaluates a run (~8 s)",
+    "test_distributed.py::test_accumulation_under_ddp_gives_the_weights_of_the_whole_per_device_batch": "two processes (~6 s); fast loop: test_two_processes_train_what_one_process_trains, and accumulation in "
+    "one process (test_data_pipeline)",
+    "test_distributed.py::test_non_finite_loss_on_one_rank_stops_every_rank": "two processes (~6 s); fast loop: test_train.py::test_non_finite_loss_stops_the_run",
+    "test_paired_timing.py::test_the_least_noisy_attempt_is_kept": "~6.5 s; fast loop: test_a_noisy_model_is_retimed_up_to_the_bound_then_marked_unreliable (same retries)",
     # the resume contract over the whole registry (~2-3 s each); the fast loop keeps the methods whose resume
     # once broke (dynamicvit: frozen groups; svite_plus: temperature) and test_train.py's resume tests
-    **{f"test_methods_contract.py::test_resume_after_a_kill_is_bit_identical[{m}]": "resume contract, ~2-3 s"
-       for m in ("dense", "static", "random", "importance", "grid_pool", "token_pooling", "svite", "s2vite")},
+    **{
+        f"test_methods_contract.py::test_resume_after_a_kill_is_bit_identical[{m}]": "resume contract, ~2-3 s"
+        for m in ("dense", "static", "random", "importance", "grid_pool", "token_pooling", "svite", "s2vite")
+    },
 }
 
 
@@ -57,8 +54,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     stale = sorted(k for k in SLOW if k.split("::")[0] in seen_files and k not in marked)
     narrowed = config.getoption("keyword") or config.getoption("deselect") or any("::" in a for a in config.args)
     if stale and not narrowed:
-        warnings.warn(pytest.PytestWarning(f"tests/conftest.py SLOW names tests that do not exist: {stale}"),
-                      stacklevel=1)
+        warnings.warn(
+            pytest.PytestWarning(f"tests/conftest.py SLOW names tests that do not exist: {stale}"), stacklevel=1
+        )
 
 
 @pytest.fixture(autouse=True)

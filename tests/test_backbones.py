@@ -1,4 +1,5 @@
 """Backbones by timm name, with weights from a local .pth / .safetensors (another head size too)."""
+
 import time
 
 import pytest

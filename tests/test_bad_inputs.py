@@ -3,6 +3,7 @@
 The cases live in ``tests/benchmarks/bad_inputs.py`` (which prints them as a table, each in its own
 process); here the ``bench`` ones run in-process and the Snakefile ones through snakemake.
 """
+
 import sys
 from pathlib import Path
 

@@ -1,7 +1,8 @@
 """The `bench` command line: help everywhere, one-line errors with exit code 2, real measurements."""
+
 import subprocess
-from pathlib import Path
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -23,20 +24,23 @@ def test_help_everywhere(capsys, cmd):
     assert "Usage:" in out
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["ls", "metods"], "metods"),
-    (["validate", "no_such_suite"], "no_such_suite"),
-    (["frobnicate"], "frobnicate"),
-    (["flops", "deit_smal_patch16_224"], "did you mean 'deit_small_patch16_224'"),
-    (["flops", "tb_vit_pico_patch4_32", "--method", "statc"], "did you mean 'static'"),
-    (["flops", "tb_vit_pico_patch4_32", "--keep-ratio", "1.5"], "keep-ratio"),
-    (["flops", "tb_vit_pico_patch4_32", "--param", "nostage"], "KEY=VALUE"),
-    (["throughput", "tb_vit_pico_patch4_32", "--batch-sizes", "1,x"], "batch-sizes"),
-    (["throughput", "tb_vit_pico_patch4_32", "--precision", "fp16"], "fp16"),
-    (["train", "smoke"], "exactly one of"),
-    (["train", "smoke", "--run", "nope"], "no run 'nope'"),
-    (["report", "no_such_suite", "--results", "/nonexistent"], "no results"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["ls", "metods"], "metods"),
+        (["validate", "no_such_suite"], "no_such_suite"),
+        (["frobnicate"], "frobnicate"),
+        (["flops", "deit_smal_patch16_224"], "did you mean 'deit_small_patch16_224'"),
+        (["flops", "tb_vit_pico_patch4_32", "--method", "statc"], "did you mean 'static'"),
+        (["flops", "tb_vit_pico_patch4_32", "--keep-ratio", "1.5"], "keep-ratio"),
+        (["flops", "tb_vit_pico_patch4_32", "--param", "nostage"], "KEY=VALUE"),
+        (["throughput", "tb_vit_pico_patch4_32", "--batch-sizes", "1,x"], "batch-sizes"),
+        (["throughput", "tb_vit_pico_patch4_32", "--precision", "fp16"], "fp16"),
+        (["train", "smoke"], "exactly one of"),
+        (["train", "smoke", "--run", "nope"], "no run 'nope'"),
+        (["report", "no_such_suite", "--results", "/nonexistent"], "no results"),
+    ],
+)
 def test_bad_arguments_one_line_exit_2(capsys, args, needle):
     code, out, err = run_main(capsys, *args)
     assert code == 2, err
@@ -59,15 +63,18 @@ def test_ls_and_validate(capsys):
     assert code == 0 and "dense__tb_vit_pico_patch4_32__k1.00__s0" in out
 
 
-@pytest.mark.parametrize("argv", [["ls", "methods"], ["ls", "backbones"], ["ls", "suites"], ["ls", "columns"],
-                                  ["validate", "smoke"]])
+@pytest.mark.parametrize(
+    "argv", [["ls", "methods"], ["ls", "backbones"], ["ls", "suites"], ["ls", "columns"], ["validate", "smoke"]]
+)
 def test_ls_and_validate_import_no_torch(argv):
     """They answer in a fraction of a second: no torch, timm or seaborn behind them."""
-    code = ("import sys; from bench.cli import main\n"
-            f"sys.argv = ['bench'] + {argv!r}\n"
-            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
-            "heavy = [m for m in ('torch', 'timm', 'seaborn', 'datasets') if m in sys.modules]\n"
-            "assert not heavy, heavy")
+    code = (
+        "import sys; from bench.cli import main\n"
+        f"sys.argv = ['bench'] + {argv!r}\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code\n"
+        "heavy = [m for m in ('torch', 'timm', 'seaborn', 'datasets') if m in sys.modules]\n"
+        "assert not heavy, heavy"
+    )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
 
@@ -96,12 +103,24 @@ def test_flops_command_counts_deit_small(capsys):
 
 
 def test_flops_command_follows_keep_ratio(capsys):
-    code, out, _ = run_main(capsys, "flops", "tb_vit_pico_patch4_32", "--method", "static", "--keep-ratio", "0.5",
-                            "--num-classes", "10")
+    code, out, _ = run_main(
+        capsys, "flops", "tb_vit_pico_patch4_32", "--method", "static", "--keep-ratio", "0.5", "--num-classes", "10"
+    )
     assert code == 0 and "[65, 65, 33, 33, 17, 17, 9, 9]" in out
 
 
 def test_throughput_command(capsys):
-    code, out, _ = run_main(capsys, "throughput", "tb_vit_pico_patch4_32", "--batch-sizes", "1,4", "--repeats", "2",
-                            "--num-classes", "10", "--min-time", "0.01")
+    code, out, _ = run_main(
+        capsys,
+        "throughput",
+        "tb_vit_pico_patch4_32",
+        "--batch-sizes",
+        "1,4",
+        "--repeats",
+        "2",
+        "--num-classes",
+        "10",
+        "--min-time",
+        "0.01",
+    )
     assert code == 0 and "img/s" in out and "batch    4" in out

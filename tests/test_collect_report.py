@@ -1,4 +1,5 @@
 """collect -> table -> report on a small fake suite (no torch, no training)."""
+
 from __future__ import annotations
 
 import json
@@ -27,18 +28,41 @@ GRID = {
 def _record(method: str, ratio: float, seed: int, **over: Any) -> dict[str, Any]:
     top1, top5, gmacs, thr, tokens = GRID.get((method, ratio), (None,) * 5)
     rec = {
-        "suite": SUITE, "run_id": f"{method}-deit_small-k{ratio}-s{seed}", "method": method,
-        "backbone": "deit_small_patch16_224", "keep_ratio": ratio, "seed": seed, "dataset": "imagenette",
+        "suite": SUITE,
+        "run_id": f"{method}-deit_small-k{ratio}-s{seed}",
+        "method": method,
+        "backbone": "deit_small_patch16_224",
+        "keep_ratio": ratio,
+        "seed": seed,
+        "dataset": "imagenette",
         "method_params": {"schedule": "uniform", "layers": [3, 6, 9]} if method != "dense" else {},
-        "top1": None if top1 is None else top1 + 0.1 * seed, "top5": top5,
-        "gmacs_fvcore_1mac_eq_1flop": gmacs, "params_m": 22.05, "mean_tokens": tokens,
+        "top1": None if top1 is None else top1 + 0.1 * seed,
+        "top5": top5,
+        "gmacs_fvcore_1mac_eq_1flop": gmacs,
+        "params_m": 22.05,
+        "mean_tokens": tokens,
         "tokens_per_block": None if tokens is None else [197.0] * 3 + [tokens] * 9,
-        "throughput_img_s": None if thr is None else thr + seed, "throughput_img_s_iqr": None if thr is None else 12.5,
-        "throughput_batch_size": 256, "throughput_device": "NVIDIA H100", "precision": "fp32",
-        "cpu_threads": 8, "peak_mem_mb": 2048.0, "train_epochs": 10, "train_wall_s": 600.0,
-        "eval_wall_s": 30.0, "batch_size": 128, "device": "cuda", "git_sha": "0123456789abcdef",
-        "git_dirty": False, "torch_version": "2.4.0", "timm_version": "1.0.9", "python_version": "3.11.9",
-        "hostname": "node1", "status": "ok", "error": None, "created_at": f"2024-05-0{seed + 1}T10:00:00+00:00",
+        "throughput_img_s": None if thr is None else thr + seed,
+        "throughput_img_s_iqr": None if thr is None else 12.5,
+        "throughput_batch_size": 256,
+        "throughput_device": "NVIDIA H100",
+        "precision": "fp32",
+        "cpu_threads": 8,
+        "peak_mem_mb": 2048.0,
+        "train_epochs": 10,
+        "train_wall_s": 600.0,
+        "eval_wall_s": 30.0,
+        "batch_size": 128,
+        "device": "cuda",
+        "git_sha": "0123456789abcdef",
+        "git_dirty": False,
+        "torch_version": "2.4.0",
+        "timm_version": "1.0.9",
+        "python_version": "3.11.9",
+        "hostname": "node1",
+        "status": "ok",
+        "error": None,
+        "created_at": f"2024-05-0{seed + 1}T10:00:00+00:00",
     }
     rec.update(over)
     return rec
@@ -51,8 +75,19 @@ def _write(suite_dir: Path, rec: dict[str, Any], name: str = "run.json") -> None
 
 
 def _failed(method: str, ratio: float, seed: int, error: str, **over: Any) -> dict[str, Any]:
-    metrics = {k: None for k in ("top1", "top5", "gmacs_fvcore_1mac_eq_1flop", "params_m", "mean_tokens",
-                                 "tokens_per_block", "throughput_img_s", "throughput_img_s_iqr")}
+    metrics = {
+        k: None
+        for k in (
+            "top1",
+            "top5",
+            "gmacs_fvcore_1mac_eq_1flop",
+            "params_m",
+            "mean_tokens",
+            "tokens_per_block",
+            "throughput_img_s",
+            "throughput_img_s_iqr",
+        )
+    }
     return _record(method, ratio, seed, status="failed", error=error, **{**metrics, **over})
 
 
@@ -60,27 +95,63 @@ DEVICE_KEY = "NVIDIA H100 80GB HBM3 | torch 2.4.0 | CUDA 12.4 | driver 12040"
 
 
 def _sweep_row(img_s: float, speedup: float, unreliable: bool = False) -> dict[str, Any]:
-    return {"batch_size": 256, "batch_size_requested": 256, "iters_per_repeat": 20, "repeats": 7,
-            "img_per_s_median": img_s, "img_per_s_iqr": 12.5, "img_per_s_rel_iqr": 12.5 / img_s, "img_per_s_cv": 0.004,
-            "img_per_s_ci_low": img_s - 5, "img_per_s_ci_high": img_s + 5, "img_per_s_unreliable": False,
-            "latency_ms_median": 256 / img_s * 1e3, "peak_mem_mb": 2048.0, "speedup": speedup,
-            "speedup_ci_low": speedup * 0.99, "speedup_ci_high": speedup * 1.01, "speedup_ci_level": 0.984,
-            "speedup_rel_iqr": 0.2 if unreliable else 0.004, "speedup_cv": 0.004, "speedup_unreliable": unreliable,
-            "attempts": 3 if unreliable else 1, "ratios": [speedup] * 7}
+    return {
+        "batch_size": 256,
+        "batch_size_requested": 256,
+        "iters_per_repeat": 20,
+        "repeats": 7,
+        "img_per_s_median": img_s,
+        "img_per_s_iqr": 12.5,
+        "img_per_s_rel_iqr": 12.5 / img_s,
+        "img_per_s_cv": 0.004,
+        "img_per_s_ci_low": img_s - 5,
+        "img_per_s_ci_high": img_s + 5,
+        "img_per_s_unreliable": False,
+        "latency_ms_median": 256 / img_s * 1e3,
+        "peak_mem_mb": 2048.0,
+        "speedup": speedup,
+        "speedup_ci_low": speedup * 0.99,
+        "speedup_ci_high": speedup * 1.01,
+        "speedup_ci_level": 0.984,
+        "speedup_rel_iqr": 0.2 if unreliable else 0.004,
+        "speedup_cv": 0.004,
+        "speedup_unreliable": unreliable,
+        "attempts": 3 if unreliable else 1,
+        "ratios": [speedup] * 7,
+    }
 
 
-def write_timing(suite: Path, records: list[dict[str, Any]], name: str = "deit_small_patch16_224",
-                 device_key: str = DEVICE_KEY, unreliable: tuple[str, ...] = ()) -> None:
+def write_timing(
+    suite: Path,
+    records: list[dict[str, Any]],
+    name: str = "deit_small_patch16_224",
+    device_key: str = DEVICE_KEY,
+    unreliable: tuple[str, ...] = (),
+) -> None:
     """timing/<name>.json as the timing step writes it: each run paired with the dense run of its seed."""
     ok = [r for r in records if r.get("status") == "ok" and r.get("throughput_img_s")]
     dense = {r["seed"]: r["throughput_img_s"] for r in ok if r["method"] == "dense"}
-    runs = {r["run_id"]: {"run_id": r["run_id"], "run_record_created_at": r["created_at"], "fused_attention": "on",
-                          "sweep": [_sweep_row(r["throughput_img_s"], r["throughput_img_s"] / dense[r["seed"]],
-                                               r["run_id"] in unreliable)]} for r in ok}
-    timing = {"status": "ok", "device_key": device_key, "device_fingerprint": {"device_name": device_key.split(" |")[0]},
-              "reference_run_id": "dense-deit_small-k1.0-s0", "runs": runs, "created_at": "2024-05-03T10:00:00+00:00",
-              "protocol": {"min_time_s": 0.25, "warmup": 3, "noise_threshold": 0.1, "max_attempts": 3},
-              "runtime": {"threads": 8, "channels_last": False, "compile": False, "precision": "fp32"}}
+    runs = {
+        r["run_id"]: {
+            "run_id": r["run_id"],
+            "run_record_created_at": r["created_at"],
+            "fused_attention": "on",
+            "sweep": [
+                _sweep_row(r["throughput_img_s"], r["throughput_img_s"] / dense[r["seed"]], r["run_id"] in unreliable)
+            ],
+        }
+        for r in ok
+    }
+    timing = {
+        "status": "ok",
+        "device_key": device_key,
+        "device_fingerprint": {"device_name": device_key.split(" |")[0]},
+        "reference_run_id": "dense-deit_small-k1.0-s0",
+        "runs": runs,
+        "created_at": "2024-05-03T10:00:00+00:00",
+        "protocol": {"min_time_s": 0.25, "warmup": 3, "noise_threshold": 0.1, "max_attempts": 3},
+        "runtime": {"threads": 8, "channels_last": False, "compile": False, "precision": "fp32"},
+    }
     (suite / "timing").mkdir(parents=True, exist_ok=True)
     (suite / "timing" / f"{name}.json").write_text(json.dumps(timing))
 
@@ -89,7 +160,7 @@ def write_timing(suite: Path, records: list[dict[str, Any]], name: str = "deit_s
 def suite_dir(tmp_path: Path) -> Path:
     suite = tmp_path / "results" / SUITE
     records = []
-    for (method, ratio) in GRID:
+    for method, ratio in GRID:
         for seed in (0, 1):
             extra = {"method_train_metrics": {"router_temperature": 0.5}} if method == "static" and ratio == 0.5 else {}
             records.append(_record(method, ratio, seed, **extra))
@@ -155,12 +226,15 @@ def test_table_of_another_schema_version_is_refused(suite_dir: Path) -> None:
         load_results(suite_dir)
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"router_temperature": 0.5}, "unknown column 'router_temperature'"),
-    ({"top1": "high"}, "column 'top1' must be float"),
-    ({"seed": 1.5}, "column 'seed' must be int"),
-    ({"tokens_per_block": "197,197"}, "column 'tokens_per_block' must be list"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"router_temperature": 0.5}, "unknown column 'router_temperature'"),
+        ({"top1": "high"}, "column 'top1' must be float"),
+        ({"seed": 1.5}, "column 'seed' must be int"),
+        ({"tokens_per_block": "197,197"}, "column 'tokens_per_block' must be list"),
+    ],
+)
 def test_a_record_off_the_schema_fails_naming_the_run(tmp_path: Path, bad, message) -> None:
     suite = tmp_path / SUITE
     _write(suite, {**_record("dense", 1.0, 0), **bad})
@@ -216,9 +290,18 @@ def test_summary_numbers(suite_dir: Path) -> None:
 def test_report(suite_dir: Path, tmp_path: Path) -> None:
     paths = build_report(suite_dir)  # no table yet: collects first
     assert (suite_dir / "table.parquet").is_file()
-    assert {"report.md", "index.md", "results.tex", "results.csv", "tradeoff_top1_vs_gmacs.png",
-            "tradeoff_top1_vs_gmacs.pdf", "tradeoff_top1_vs_throughput.png", "tradeoff_top1_vs_throughput.pdf",
-            "matched_budget.png", "ablation.png"} <= set(paths)
+    assert {
+        "report.md",
+        "index.md",
+        "results.tex",
+        "results.csv",
+        "tradeoff_top1_vs_gmacs.png",
+        "tradeoff_top1_vs_gmacs.pdf",
+        "tradeoff_top1_vs_throughput.png",
+        "tradeoff_top1_vs_throughput.pdf",
+        "matched_budget.png",
+        "ablation.png",
+    } <= set(paths)
     assert all(p.parent == suite_dir / "report" and p.stat().st_size > 0 for p in paths.values())
     index = paths["index.md"].read_text()
     assert all(f"]({name})" in index for name in paths if name != "index.md")
@@ -275,7 +358,7 @@ def test_speedups_timed_on_different_devices_are_refused(tmp_path: Path) -> None
     other = {**static, "throughput_img_s": 3000.0}
     write_timing(suite, [dense, other], name="zz_other_job", device_key="Tesla V100-SXM2-32GB | torch 2.4.0")
     for name, drop in (("deit_small_patch16_224", static), ("zz_other_job", dense)):  # dense from one job, static
-        path = suite / "timing" / f"{name}.json"                                        # from another
+        path = suite / "timing" / f"{name}.json"  # from another
         path.write_text(path.read_text().replace(drop["run_id"], "gone"))
     with pytest.raises(UsageError, match="different devices") as err:
         summarize(collect(suite))
@@ -305,9 +388,10 @@ def test_expected_grid_adds_missing_rows_and_drops_stale_runs(tmp_path):
     dense, static = _record("dense", 1.0, 0), _record("static", 0.5, 0)
     _write(suite, dense)
     _write(suite, static)
-    expected = [{"run_id": dense["run_id"], "method": "dense", "backbone": dense["backbone"], "keep_ratio": 1.0,
-                 "seed": 0},
-                {"run_id": "random-x", "method": "random", "backbone": dense["backbone"], "keep_ratio": 0.5, "seed": 0}]
+    expected = [
+        {"run_id": dense["run_id"], "method": "dense", "backbone": dense["backbone"], "keep_ratio": 1.0, "seed": 0},
+        {"run_id": "random-x", "method": "random", "backbone": dense["backbone"], "keep_ratio": 0.5, "seed": 0},
+    ]
     table = collect(suite, expected)
     assert sorted(table["status"]) == ["missing", "ok"]
     assert "static" not in set(table["method"])  # a run no longer in the suite is not reported

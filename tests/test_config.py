@@ -1,4 +1,5 @@
 """Suite files: schema validation with one-line errors naming the field, and grid expansion."""
+
 import textwrap
 
 import pytest
@@ -31,18 +32,21 @@ def test_expansion(tmp_path):
     assert rb.method_name == "random" and rb.method_params == {"num_stages": 2}
 
 
-@pytest.mark.parametrize("bad, field", [
-    (GOOD.replace("seeds: [0, 1]", "seeds: [0, -1]"), "seeds[1]"),
-    (GOOD.replace("keep_ratios: [0.7, 0.5]", "keep_ratios: [1.5]"), "keep_ratios[0]"),
-    (GOOD.replace("name: t", "name: t\nepochs: 3"), "unknown field"),
-    (GOOD.replace("methods: [dense,", "methods: [dnese,"), "did you mean 'dense'"),
-    (GOOD.replace("tb_vit_pico_patch4_32", "tb_vit_pico"), "backbones[0]"),
-    (GOOD.replace("num_stages: 2", "num_stagse: 2"), "methods[2]"),
-    (GOOD.replace("source: embedded", "source: embeded"), "data"),
-    (GOOD.replace("backbones: [tb_vit_pico_patch4_32]", ""), "'backbones' is a required property"),
-    (GOOD + "finetune: {lr: -1}\n", "finetune.lr"),
-    ("name: [unclosed\n", "not valid YAML at line"),
-])
+@pytest.mark.parametrize(
+    "bad, field",
+    [
+        (GOOD.replace("seeds: [0, 1]", "seeds: [0, -1]"), "seeds[1]"),
+        (GOOD.replace("keep_ratios: [0.7, 0.5]", "keep_ratios: [1.5]"), "keep_ratios[0]"),
+        (GOOD.replace("name: t", "name: t\nepochs: 3"), "unknown field"),
+        (GOOD.replace("methods: [dense,", "methods: [dnese,"), "did you mean 'dense'"),
+        (GOOD.replace("tb_vit_pico_patch4_32", "tb_vit_pico"), "backbones[0]"),
+        (GOOD.replace("num_stages: 2", "num_stagse: 2"), "methods[2]"),
+        (GOOD.replace("source: embedded", "source: embeded"), "data"),
+        (GOOD.replace("backbones: [tb_vit_pico_patch4_32]", ""), "'backbones' is a required property"),
+        (GOOD + "finetune: {lr: -1}\n", "finetune.lr"),
+        ("name: [unclosed\n", "not valid YAML at line"),
+    ],
+)
 def test_bad_suites_give_one_line_naming_the_field(tmp_path, bad, field):
     with pytest.raises(UsageError) as e:
         load_suite(write(tmp_path, bad))
@@ -69,9 +73,9 @@ def test_shipped_suites_validate():
 
 
 def test_reused_checks_only_for_a_suite_that_passed(tmp_path):
-    from bench.config import _checks_marker
-
     import yaml
+
+    from bench.config import _checks_marker
 
     good = write(tmp_path, GOOD)
     marker = _checks_marker(yaml.safe_load(good.read_text()))
@@ -87,8 +91,11 @@ def test_reused_checks_only_for_a_suite_that_passed(tmp_path):
     gone = tmp_path / "imgs"
     gone.mkdir()
     folder_suite = tmp_path / "f.yaml"
-    folder_suite.write_text(textwrap.dedent(GOOD.replace("{source: embedded, name: canvas-digits}",
-                                                         f"{{source: imagefolder, path: {gone}}}")))
+    folder_suite.write_text(
+        textwrap.dedent(
+            GOOD.replace("{source: embedded, name: canvas-digits}", f"{{source: imagefolder, path: {gone}}}")
+        )
+    )
     load_suite(folder_suite, reuse_checks=True)
     gone.rmdir()
     with pytest.raises(UsageError, match="field data"):

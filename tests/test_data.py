@@ -1,4 +1,5 @@
 """bench.data: the embedded canvas-digits build, the four sources, and the torch side."""
+
 from __future__ import annotations
 
 import time
@@ -12,11 +13,11 @@ from bench.data import (
     CanvasDigitsConfig,
     DataBundle,
     describe_data,
+    embedded,
     load_data,
     make_torch_datasets,
     validate_data_config,
 )
-from bench.data import embedded
 from bench.data.transforms import build_transform
 from bench.errors import UsageError
 

@@ -1,5 +1,6 @@
 """The cluster data path: the folder index, loaders whose settings never change a result, gradient accumulation
 that equals the big batch, the requeue budget, hub errors as one line, and runtime settings out of the suite."""
+
 import glob
 import json
 import os
@@ -13,8 +14,8 @@ import torch
 from torch.utils.data import TensorDataset
 
 from bench.config import DEFAULT_RECIPE, load_suite
-from bench.data import load_data, make_torch_datasets
 from bench.data import index as I
+from bench.data import load_data, make_torch_datasets
 from bench.errors import UsageError
 from bench.methods import create_method
 from bench.runtime import Runtime, job_cpus, micro_batches
@@ -29,7 +30,9 @@ def write_folder(root, splits=(("train", 6), ("val", 3)), classes=("cat", "dog",
         for cls in classes:
             (root / split / cls).mkdir(parents=True, exist_ok=True)
             for i in range(n):
-                Image.fromarray(rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)).save(root / split / cls / f"{i}.png")
+                Image.fromarray(rng.integers(0, 256, size=(*size, 3), dtype=np.uint8)).save(
+                    root / split / cls / f"{i}.png"
+                )
     return root
 
 
@@ -81,16 +84,30 @@ def test_a_job_with_the_index_never_lists_a_directory(tmp_path, monkeypatch):
     def listing(*a, **k):
         raise AssertionError("a directory was listed")
 
-    for mod, name in ((os, "scandir"), (os, "listdir"), (os, "walk"), (glob, "glob"), (glob, "iglob"),
-                      (pathlib.Path, "iterdir"), (pathlib.Path, "glob"), (pathlib.Path, "rglob")):
+    for mod, name in (
+        (os, "scandir"),
+        (os, "listdir"),
+        (os, "walk"),
+        (glob, "glob"),
+        (glob, "iglob"),
+        (pathlib.Path, "iterdir"),
+        (pathlib.Path, "glob"),
+        (pathlib.Path, "rglob"),
+    ):
         monkeypatch.setattr(mod, name, listing)
     t0 = time.perf_counter()
     bundle = load_data({"source": "imagefolder", "path": str(root)}, path)
     assert time.perf_counter() - t0 < 5
     assert (len(bundle.train), len(bundle.val), bundle.num_classes) == (18, 9, 3)
     assert bundle.index["fingerprint"] == I.read_meta(path)["fingerprint"]
-    train, val = make_torch_datasets(bundle, image_size=16, in_chans=3, mean=(0.5,) * 3, std=(0.5,) * 3,
-                                     recipe={**DEFAULT_RECIPE, "hflip": 0.5, "scale": [0.5, 1.0]})
+    train, val = make_torch_datasets(
+        bundle,
+        image_size=16,
+        in_chans=3,
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
+        recipe={**DEFAULT_RECIPE, "hflip": 0.5, "scale": [0.5, 1.0]},
+    )
     x, y = train[17]
     assert x.shape == (3, 16, 16) and y == 2 and val[0][1] == 0 and train.random_transform and not val.random_transform
 
@@ -132,17 +149,29 @@ def test_workers_come_from_the_jobs_cpus(monkeypatch):
 
 def test_a_suite_refuses_runtime_settings(tmp_path):
     suite = tmp_path / "s.yaml"
-    suite.write_text("name: s\nbackbones: [tb_vit_pico_patch4_32]\nmethods: [dense]\nkeep_ratios: [1.0]\n"
-                     "seeds: [0]\ndata: {source: embedded}\nfinetune: {epochs: 1, num_workers: 8}\n")
-    with pytest.raises(UsageError, match=r"field finetune.num_workers: a runtime setting.*loader_workers in the profile"):
+    suite.write_text(
+        "name: s\nbackbones: [tb_vit_pico_patch4_32]\nmethods: [dense]\nkeep_ratios: [1.0]\n"
+        "seeds: [0]\ndata: {source: embedded}\nfinetune: {epochs: 1, num_workers: 8}\n"
+    )
+    with pytest.raises(
+        UsageError, match=r"field finetune.num_workers: a runtime setting.*loader_workers in the profile"
+    ):
         load_suite(suite)
 
 
 def _augmented_photos(tmp_path):
     root = write_folder(tmp_path / "photos", splits=(("train", 4), ("val", 1)), size=(40, 36))
     bundle = load_data({"source": "imagefolder", "path": str(root)}, tmp_path / "index.parquet")
-    recipe = {**DEFAULT_RECIPE, "epochs": 2, "batch_size": 6, "lr": 1e-3, "hflip": 0.5, "scale": [0.3, 1.0],
-              "color_jitter": 0.4, "re_prob": 0.5}
+    recipe = {
+        **DEFAULT_RECIPE,
+        "epochs": 2,
+        "batch_size": 6,
+        "lr": 1e-3,
+        "hflip": 0.5,
+        "scale": [0.3, 1.0],
+        "color_jitter": 0.4,
+        "re_prob": 0.5,
+    }
     train, _ = make_torch_datasets(bundle, image_size=32, in_chans=3, mean=(0.5,) * 3, std=(0.5,) * 3, recipe=recipe)
     return train, recipe
 
@@ -154,9 +183,17 @@ def test_loader_workers_change_no_weight(tiny_vit, tmp_path):
     models = []
     for workers in (0, 2):
         model = tiny_vit(in_chans=3)
-        res = train_model(model, create_method("dense"), train, recipe, seed=3, out_dir=tmp_path / f"w{workers}",
-                          device=torch.device("cpu"), runtime=Runtime(workers=workers, prefetch_factor=2),
-                          log=lambda s: None)
+        res = train_model(
+            model,
+            create_method("dense"),
+            train,
+            recipe,
+            seed=3,
+            out_dir=tmp_path / f"w{workers}",
+            device=torch.device("cpu"),
+            runtime=Runtime(workers=workers, prefetch_factor=2),
+            log=lambda s: None,
+        )
         assert res.runtime["workers"] == workers and res.accumulation_steps == 1
         models.append(model.state_dict())
     for k, v in models[0].items():
@@ -175,8 +212,17 @@ def test_compile_and_channels_last_act_and_change_no_weight(tiny_vit, tmp_path):
         method = create_method("static", 0.5)
         method.apply(model)
         frames = counters["frames"]["ok"]
-        res = train_model(model, method, data, recipe, seed=0, out_dir=tmp_path / str(runtime.compile),
-                          device=torch.device("cpu"), runtime=runtime, log=lambda s: None)
+        res = train_model(
+            model,
+            method,
+            data,
+            recipe,
+            seed=0,
+            out_dir=tmp_path / str(runtime.compile),
+            device=torch.device("cpu"),
+            runtime=runtime,
+            log=lambda s: None,
+        )
         assert (counters["frames"]["ok"] > frames) == bool(runtime.compile)  # dynamo traced the step
         assert model.patch_embed.proj.weight.is_contiguous(memory_format=torch.channels_last) == runtime.channels_last
         assert (res.runtime["compile"], res.runtime["channels_last"]) == (runtime.compile, runtime.channels_last)
@@ -197,10 +243,28 @@ def _fit(tiny_vit, tmp_path, name, method_name, device_batch, data, sampler=None
     teacher = tiny_vit() if method.needs_teacher() else None
     # SGD: an update linear in the gradient (Adam's first steps are ~sign(g), which turns float noise in a
     # near-zero gradient into a full-size difference); clipping acts on the accumulated gradient
-    r = {**DEFAULT_RECIPE, "epochs": 2, "batch_size": 8, "opt": "sgd", "lr": 0.05, "clip_grad": 0.5,
-         "label_smoothing": 0.1, **recipe}
-    res = train_model(model, method, data, r, seed=0, out_dir=tmp_path / name, device=torch.device("cpu"),
-                      teacher=teacher, runtime=Runtime(device_batch=device_batch), log=lambda s: None)
+    r = {
+        **DEFAULT_RECIPE,
+        "epochs": 2,
+        "batch_size": 8,
+        "opt": "sgd",
+        "lr": 0.05,
+        "clip_grad": 0.5,
+        "label_smoothing": 0.1,
+        **recipe,
+    }
+    res = train_model(
+        model,
+        method,
+        data,
+        r,
+        seed=0,
+        out_dir=tmp_path / name,
+        device=torch.device("cpu"),
+        teacher=teacher,
+        runtime=Runtime(device_batch=device_batch),
+        log=lambda s: None,
+    )
     return model.state_dict(), res
 
 
@@ -254,8 +318,11 @@ def test_out_of_gpu_memory_names_the_cap_to_set(tiny_vit, tmp_path, monkeypatch)
 
     monkeypatch.setattr(loop, "forward_backward", oom)
     data = TensorDataset(torch.randn(16, 1, 32, 32), torch.randint(0, 10, (16,)))
-    with pytest.raises(RunFailed, match=r"out of GPU memory at a per-device micro-batch of 4 images \(global batch 8 on 1 "
-                                        r"device\(s\)\); cap it in the profile: device_batch: 2"):
+    with pytest.raises(
+        RunFailed,
+        match=r"out of GPU memory at a per-device micro-batch of 4 images \(global batch 8 on 1 "
+        r"device\(s\)\); cap it in the profile: device_batch: 2",
+    ):
         _fit(tiny_vit, tmp_path, "oom", "dense", 4, data)
 
 
@@ -301,11 +368,13 @@ def test_requeue_budget_follows_epochs_and_epoch_time(tmp_path):
 
 
 HUB_FAILURES = [
-    (RuntimeError("Dataset scripts are no longer supported, but found imagenet-1k.py"),
-     "cannot run loading scripts.*ILSVRC/imagenet-1k.*refs/convert/parquet"),
+    (
+        RuntimeError("Dataset scripts are no longer supported, but found imagenet-1k.py"),
+        "cannot run loading scripts.*ILSVRC/imagenet-1k.*refs/convert/parquet",
+    ),
     ("gated-401", "gated dataset.*Set HF_TOKEN.*accepted the terms at https://huggingface.co/datasets/imagenet-1k"),
     ("gated-403", "no access yet: accept the terms"),
-    (ValueError('Unknown split "validation". Should be one of [\'train\'].'), "Set data.train_split / data.val_split"),
+    (ValueError("Unknown split \"validation\". Should be one of ['train']."), "Set data.train_split / data.val_split"),
     (ConnectionError("Couldn't reach 'imagenet-1k' on the Hub (LocalEntryNotFoundError)"), "unreachable from here"),
     ("missing", "Check data.name"),
 ]
@@ -321,11 +390,16 @@ def test_hub_failures_are_one_line_naming_the_fix(monkeypatch, error, needle):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     monkeypatch.setattr(hub, "probe_hub", lambda endpoint: None)
-    named = {"gated-401": DatasetNotFoundError("Dataset 'imagenet-1k' is a gated dataset on the Hub. You must be "
-                                               "authenticated to access it."),
-             "gated-403": DatasetNotFoundError("Dataset 'imagenet-1k' is a gated dataset on the Hub. Visit the dataset "
-                                               "page at https://huggingface.co/datasets/imagenet-1k to ask for access."),
-             "missing": DatasetNotFoundError("Dataset 'imagenet-1k' doesn't exist on the Hub or cannot be accessed.")}
+    named = {
+        "gated-401": DatasetNotFoundError(
+            "Dataset 'imagenet-1k' is a gated dataset on the Hub. You must be authenticated to access it."
+        ),
+        "gated-403": DatasetNotFoundError(
+            "Dataset 'imagenet-1k' is a gated dataset on the Hub. Visit the dataset "
+            "page at https://huggingface.co/datasets/imagenet-1k to ask for access."
+        ),
+        "missing": DatasetNotFoundError("Dataset 'imagenet-1k' doesn't exist on the Hub or cannot be accessed."),
+    }
     calls = []
 
     def fail(*args, **kwargs):
@@ -359,9 +433,9 @@ def test_workflow_config_is_checked_and_runtime_settings_become_options():
         check_config({"device_bach": 1})
     with pytest.raises(UsageError, match=r"config loader_workers='many': not allowed \(expected 'auto' or an integer"):
         check_config({"loader_workers": "many"})
-    assert runtime_args({"suite": "x", "loader_workers": 6, "device_batch": 64, "channels_last": True,
-                         "compile": False}) == ["--workers", "6", "--device-batch", "64", "--channels-last",
-                                                "--compile", "off"]
+    assert runtime_args(
+        {"suite": "x", "loader_workers": 6, "device_batch": 64, "channels_last": True, "compile": False}
+    ) == ["--workers", "6", "--device-batch", "64", "--channels-last", "--compile", "off"]
     # the timing step's settings: threads and precision, from the profile; words read as YAML would
     config = check_config({"timing_threads": 1, "timing_precision": "bf16"})
     assert runtime_args(config) == ["--timing-precision", "bf16", "--timing-threads", "1"]
@@ -378,5 +452,7 @@ def test_dynamicvit_suite_states_its_batch_plan_on_the_slurm_profile(capsys):
     assert info.value.code == 0
     out = capsys.readouterr().out
     assert "finetune on 1 GPU(s) per job, device_batch 256" in out
-    assert "dynamicvit__deit_small_patch16_224__k0.70__s0  [batch 1024 = 1 GPU x 4 accumulated micro-batches " \
-           "of 256 (device_batch 256)]" in out
+    assert (
+        "dynamicvit__deit_small_patch16_224__k0.70__s0  [batch 1024 = 1 GPU x 4 accumulated micro-batches "
+        "of 256 (device_batch 256)]" in out
+    )

@@ -2,6 +2,7 @@
 both come from the declarations (and agree), the declarations import no torch, and every declared key acts:
 each is set in a suite file, loaded through ``load_suite`` and ``sources.load``, and seen in the bundle (or, for
 the hub, which no test can reach, in the ``datasets.load_dataset`` call)."""
+
 from __future__ import annotations
 
 import json
@@ -68,8 +69,14 @@ def required(source: str) -> dict:
 def good_value(key: Key):
     if key.choices is not None:
         return key.choices[-1]
-    return {"string": "some-value", "integer": max(key.minimum or 0, 16), "number": 1.5, "boolean": True,
-            "object": {}, "array": []}[key.type]
+    return {
+        "string": "some-value",
+        "integer": max(key.minimum or 0, 16),
+        "number": 1.5,
+        "boolean": True,
+        "object": {},
+        "array": [],
+    }[key.type]
 
 
 def bad_values(key: Key) -> list:
@@ -79,8 +86,11 @@ def bad_values(key: Key) -> list:
     if key.minimum is not None:
         out.append(key.minimum - 1)
     if key.choices is not None:
-        out.append(next(v for v in (2, "not-a-choice") if v not in key.choices and
-                        isinstance(v, int) == (key.type == "integer")))
+        out.append(
+            next(
+                v for v in (2, "not-a-choice") if v not in key.choices and isinstance(v, int) == (key.type == "integer")
+            )
+        )
     return out
 
 
@@ -91,9 +101,11 @@ ALL_KEYS = [(s, k) for s in sources.SOURCES for k in sources.REGISTRY.get(s).key
 
 
 def test_declarations_and_schema_import_no_torch():
-    code = ("import sys, bench.data.sources, bench.config; bench.config._schema(); "
-            "heavy = [m for m in ('torch', 'torchvision', 'timm', 'datasets') if m in sys.modules]; "
-            "assert not heavy, heavy")
+    code = (
+        "import sys, bench.data.sources, bench.config; bench.config._schema(); "
+        "heavy = [m for m in ('torch', 'torchvision', 'timm', 'datasets') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
 
 
@@ -114,7 +126,8 @@ def test_readme_lists_every_key_of_every_source():
     block = re.search(r"<!-- data-keys:begin[^>]*-->\n(.*?)\n<!-- data-keys:end -->", text, re.S)
     assert block, "README has no generated data-keys block"
     assert block.group(1) == sources.markdown_table(), (
-        "README's data tables are stale: paste python -c 'import bench.data.sources as s; print(s.markdown_table())'")
+        "README's data tables are stale: paste python -c 'import bench.data.sources as s; print(s.markdown_table())'"
+    )
 
 
 def test_runtime_keys_come_from_the_declarations():
@@ -154,16 +167,26 @@ def test_a_new_source_is_one_declaration():
     import jsonschema
 
     reg = SourceRegistry("data source")
-    reg.add_source(DataSource("webdataset", "tar shards", loader="builtins:len", keys=(
-        Key("urls", "string", "a shard pattern", required=True),
-        Key("shuffle", "integer", "a shuffle buffer", default=1000, minimum=0),
-    )))
+    reg.add_source(
+        DataSource(
+            "webdataset",
+            "tar shards",
+            loader="builtins:len",
+            keys=(
+                Key("urls", "string", "a shard pattern", required=True),
+                Key("shuffle", "integer", "a shuffle buffer", default=1000, minimum=0),
+            ),
+        )
+    )
     validator = jsonschema.Draft202012Validator(data_schema(reg))
     assert validator.is_valid({"source": "webdataset", "urls": "s-{0..9}.tar", "shuffle": 0})
     assert not validator.is_valid({"source": "webdataset", "urls": "s.tar", "shuffle": -1})
     assert not validator.is_valid({"source": "webdataset", "urls": "s.tar", "shufle": 5})
     assert reg.get("webdataset").normalize({"source": "webdataset", "urls": "s.tar"}) == {
-        "source": "webdataset", "urls": "s.tar", "shuffle": 1000}
+        "source": "webdataset",
+        "urls": "s.tar",
+        "shuffle": 1000,
+    }
 
 
 # ---------------------------------------------------------------- one validator: schema and normalize agree
@@ -199,8 +222,9 @@ def test_an_unknown_key_is_rejected_naming_it_and_the_valid_keys(tmp_path, sourc
         assert "did you mean 'train_split'" in msg
 
 
-@pytest.mark.parametrize("source", [s for s in sources.SOURCES
-                                    if any(k.required for k in sources.REGISTRY.get(s).keys)])
+@pytest.mark.parametrize(
+    "source", [s for s in sources.SOURCES if any(k.required for k in sources.REGISTRY.get(s).keys)]
+)
 def test_a_missing_required_key_is_named_by_both(tmp_path, source):
     for key in (k for k in sources.REGISTRY.get(source).keys if k.required):
         data = {k: v for k, v in required(source).items() if k != key.name}
@@ -239,36 +263,76 @@ def write_disk(root: Path) -> None:
     import datasets
 
     rng = np.random.default_rng(1)
-    feats = datasets.Features({"img": datasets.Image(), "y": datasets.ClassLabel(names=["a", "b", "c"]),
-                               "image": datasets.Image(), "label": datasets.ClassLabel(names=list("abcdefg"))})
+    feats = datasets.Features(
+        {
+            "img": datasets.Image(),
+            "y": datasets.ClassLabel(names=["a", "b", "c"]),
+            "image": datasets.Image(),
+            "label": datasets.ClassLabel(names=list("abcdefg")),
+        }
+    )
 
     def split(n):
         images = [rng.integers(0, 256, size=(12, 12, 3), dtype=np.uint8) for _ in range(n)]
-        return datasets.Dataset.from_dict({"img": images, "y": [i % 3 for i in range(n)], "image": images,
-                                           "label": [6] * n}, features=feats)
+        return datasets.Dataset.from_dict(
+            {"img": images, "y": [i % 3 for i in range(n)], "image": images, "label": [6] * n}, features=feats
+        )
 
     datasets.DatasetDict({"train": split(5), "extra": split(4), "test": split(3)}).save_to_disk(str(root))
 
 
 # each local source with every declared key set away from its default (a test below checks none is missed)
 def imagefolder_cfg(root: Path) -> dict:
-    return {"source": "imagefolder", "path": str(root), "name": "pets-v2", "train_split": "validation",
-            "val_split": "holdout", "in_chans": 1, "image_size": 20, "fixed_size": True}
+    return {
+        "source": "imagefolder",
+        "path": str(root),
+        "name": "pets-v2",
+        "train_split": "validation",
+        "val_split": "holdout",
+        "in_chans": 1,
+        "image_size": 20,
+        "fixed_size": True,
+    }
 
 
 def disk_cfg(root: Path) -> dict:
-    return {"source": "disk", "path": str(root), "name": "tiny-v2", "train_split": "extra", "val_split": "test",
-            "image_key": "img", "label_key": "y", "in_chans": 1, "image_size": 12, "fixed_size": True}
+    return {
+        "source": "disk",
+        "path": str(root),
+        "name": "tiny-v2",
+        "train_split": "extra",
+        "val_split": "test",
+        "image_key": "img",
+        "label_key": "y",
+        "in_chans": 1,
+        "image_size": 12,
+        "fixed_size": True,
+    }
 
 
 def hub_cfg() -> dict:
-    return {"source": "hub", "name": "org/pets", "subset": "small", "revision": "refs/convert/parquet",
-            "train_split": "tr", "val_split": "va", "image_key": "pixels", "label_key": "cls", "in_chans": 1,
-            "image_size": 12, "fixed_size": True, "cache_dir": "~/hf-cache", "num_proc": 3}
+    return {
+        "source": "hub",
+        "name": "org/pets",
+        "subset": "small",
+        "revision": "refs/convert/parquet",
+        "train_split": "tr",
+        "val_split": "va",
+        "image_key": "pixels",
+        "label_key": "cls",
+        "in_chans": 1,
+        "image_size": 12,
+        "fixed_size": True,
+        "cache_dir": "~/hf-cache",
+        "num_proc": 3,
+    }
 
 
-EMBEDDED_CFG = {"source": "embedded", "name": "canvas-digits",
-                "options": {"canvas": 16, "train_placements": 1, "val_placements": 1}}
+EMBEDDED_CFG = {
+    "source": "embedded",
+    "name": "canvas-digits",
+    "options": {"canvas": 16, "train_placements": 1, "val_placements": 1},
+}
 
 
 def test_every_declared_key_is_exercised_below():
@@ -308,7 +372,12 @@ def test_disk_keys_act(tmp_path):
     write_disk(root)
     plain = load_via_suite(tmp_path, {"source": "disk", "path": str(root), "val_split": "test"})
     assert (plain.name, len(plain.train), plain.image_key, plain.label_key, plain.num_classes) == (
-        "tiny", 5, "image", "label", 7)
+        "tiny",
+        5,
+        "image",
+        "label",
+        7,
+    )
 
     b = load_via_suite(tmp_path, disk_cfg(root))
     assert (b.name, len(b.train), len(b.val)) == ("tiny-v2", 4, 3)  # train_split extra, val_split test
@@ -357,8 +426,9 @@ def test_embedded_keys_act(tmp_path):
 def test_bench_validate_reports_a_bad_data_key_in_one_line(tmp_path):
     text = SUITE + "data: {source: disk, path: /x, num_proc: 2}\n"
     (tmp_path / "s.yaml").write_text(textwrap.dedent(text))
-    result = subprocess.run([sys.executable, "-m", "bench", "validate", str(tmp_path / "s.yaml")],
-                            capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "validate", str(tmp_path / "s.yaml")], capture_output=True, text=True, cwd=REPO
+    )
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert result.returncode == 2 and len(lines) == 1, result.stderr
     assert "field data: 'num_proc' is not one of" in lines[0]

@@ -1,6 +1,7 @@
 """Multi-process training: two gloo CPU processes must train exactly what one process trains on the same
 global batch, write files from rank 0 only, resume from rank 0's checkpoint, and stop together on a
 non-finite loss."""
+
 from __future__ import annotations
 
 import json
@@ -19,15 +20,22 @@ from bench.config import DEFAULT_RECIPE
 from bench.errors import RunFailed, UsageError
 from bench.methods import create_method
 from bench.models import build_backbone
+from bench.runtime import Runtime
 from bench.train import distributed as D
 from bench.train import train_model
 from bench.train.loaders import EpochBatches
 from bench.train.loop import LOG_FILE, STATE_FILE
-from bench.runtime import Runtime
 from tests.test_data_pipeline import keep_by_score
 
-RECIPE = {**DEFAULT_RECIPE, "epochs": 2, "batch_size": 32, "lr": 1e-3, "warmup_epochs": 1, "drop_path": 0.0,
-          "label_smoothing": 0.0}
+RECIPE = {
+    **DEFAULT_RECIPE,
+    "epochs": 2,
+    "batch_size": 32,
+    "lr": 1e-3,
+    "warmup_epochs": 1,
+    "drop_path": 0.0,
+    "label_smoothing": 0.0,
+}
 CPU = torch.device("cpu")
 WORLD = 2
 
@@ -62,8 +70,9 @@ def _dense_dying_at_epoch_2():
 
 def _fit(out: Path, recipe: dict[str, Any] = RECIPE, ds: TensorDataset | None = None, method=None):
     net, lines = model(), []
-    result = train_model(net, method or create_method("dense"), ds or data(), recipe, seed=0, out_dir=out,
-                         device=CPU, log=lines.append)
+    result = train_model(
+        net, method or create_method("dense"), ds or data(), recipe, seed=0, out_dir=out, device=CPU, log=lines.append
+    )
     return net, result, lines
 
 
@@ -89,8 +98,18 @@ def _dynamicvit_fit(out: Path, device_batch: int | None) -> dict[str, torch.Tens
     # keep where the keep score wins: counts vary per image, so the token term's batch-wide count matters
     method.sampler = keep_by_score
     recipe = {**RECIPE, "epochs": 1, "opt": "sgd", "lr": 0.05, "warmup_epochs": 0}
-    train_model(net, method, data(64), recipe, seed=0, out_dir=out, device=CPU, teacher=model(),
-                runtime=Runtime(device_batch=device_batch), log=lambda s: None)
+    train_model(
+        net,
+        method,
+        data(64),
+        recipe,
+        seed=0,
+        out_dir=out,
+        device=CPU,
+        teacher=model(),
+        runtime=Runtime(device_batch=device_batch),
+        log=lambda s: None,
+    )
     return net.state_dict()
 
 
@@ -108,14 +127,17 @@ def _nan_scenario(rank: int, tmp: Path) -> dict[str, Any]:
 
 
 def _worker(rank: int, port: int, tmp: Path, scenario: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     env = D.init_distributed("cpu")
     assert (env.rank, env.world_size, env.backend) == (rank, WORLD, "gloo")
     assert D.init_distributed("cpu") == env  # idempotent
     try:
-        report = {"train": _train_scenario, "nan": _nan_scenario, "accumulate": _accumulate_scenario}[scenario](rank, tmp)
+        report = {"train": _train_scenario, "nan": _nan_scenario, "accumulate": _accumulate_scenario}[scenario](
+            rank, tmp
+        )
     finally:
         D.cleanup()
     torch.save(report, tmp / f"report{rank}.pt")
@@ -139,7 +161,10 @@ def _spawn(scenario: str, tmp: Path, timeout_s: float = 90) -> list[dict[str, An
 
 
 def _losses(path: Path) -> list[dict[str, float]]:
-    return [{k: v for k, v in json.loads(ln).items() if k not in ("elapsed_s", "epoch_s")} for ln in path.read_text().splitlines()]
+    return [
+        {k: v for k, v in json.loads(ln).items() if k not in ("elapsed_s", "epoch_s")}
+        for ln in path.read_text().splitlines()
+    ]
 
 
 def _assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -227,9 +252,15 @@ def test_single_process_env_and_linear_lr_scaling(tmp_path, monkeypatch):
 
 def test_submitit_tasks_become_the_torch_environment(monkeypatch):
     """Inside a submitit job of several tasks the job's ranks are exported before the group starts."""
-    submitit_env = {"SUBMITIT_EXECUTOR": "local", "SUBMITIT_LOCAL_NTASKS": "2", "SUBMITIT_LOCAL_JOB_NUM_NODES": "1",
-                    "SUBMITIT_LOCAL_NODEID": "0", "SUBMITIT_LOCAL_GLOBALID": "1", "SUBMITIT_LOCAL_LOCALID": "1",
-                    "SUBMITIT_LOCAL_JOB_ID": "1234"}
+    submitit_env = {
+        "SUBMITIT_EXECUTOR": "local",
+        "SUBMITIT_LOCAL_NTASKS": "2",
+        "SUBMITIT_LOCAL_JOB_NUM_NODES": "1",
+        "SUBMITIT_LOCAL_NODEID": "0",
+        "SUBMITIT_LOCAL_GLOBALID": "1",
+        "SUBMITIT_LOCAL_LOCALID": "1",
+        "SUBMITIT_LOCAL_JOB_ID": "1234",
+    }
     for k, v in submitit_env.items():
         monkeypatch.setenv(k, v)
     for k in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):

@@ -1,4 +1,5 @@
 """DynamicViT: masked training forward == pruned inference, schedule, FLOPs, losses, training recipe, figure."""
+
 import json
 import math
 
@@ -83,7 +84,9 @@ def test_eval_schedule_class_token_and_predictor_gradients(tiny_vit, keep):
     method.config.update(distill_weight=0.0, token_distill_weight=0.0)
     logits = model(x)
     assert len(method.policies) == 3 and method.policies[0].shape == (4, patches)
-    loss = F.cross_entropy(logits, y) + sum(method.extra_losses(model, TrainContext(x, y, logits)).values())  # ratio only
+    loss = F.cross_entropy(logits, y) + sum(
+        method.extra_losses(model, TrainContext(x, y, logits)).values()
+    )  # ratio only
     loss.backward()
     for i, predictor in enumerate(getattr(model, PREDICTORS)):
         grads = [p.grad for p in predictor.parameters()]
@@ -136,8 +139,10 @@ def test_deit_small_gmacs_match_analytic_count():
         method.apply(model)
         measured[rho] = count_flops(model, torch.randn(1, 3, 224, 224)).gmacs
         assert measured[rho] == pytest.approx(analytic_gmacs(model, method), rel=0.005)
-    print("DeiT-S DynamicViT GMACs (paper: 4.0 / 3.4 / 2.9):",
-          " / ".join(f"rho {r}: {g:.3f}" for r, g in measured.items()))
+    print(
+        "DeiT-S DynamicViT GMACs (paper: 4.0 / 3.4 / 2.9):",
+        " / ".join(f"rho {r}: {g:.3f}" for r, g in measured.items()),
+    )
     assert measured[0.9] > measured[0.8] > measured[0.7]
 
 
@@ -168,7 +173,7 @@ def test_extra_losses_terms_and_weights(tiny_vit):
     method.sampler = lambda log_probs, prev, stage: torch.ones_like(prev)  # keeps everything
     logits = model(x)
     terms = method.extra_losses(model, TrainContext(x, y, logits, t_logits))
-    expected = sum((1 - 0.5 ** k) ** 2 for k in (1, 2, 3)) / 3
+    expected = sum((1 - 0.5**k) ** 2 for k in (1, 2, 3)) / 3
     assert terms["ratio"].item() == pytest.approx(2.0 * expected)
 
     quiet = create_method("dynamicvit", 0.5, distill_weight=0.0, token_distill_weight=0.0)
@@ -184,10 +189,26 @@ def _train(tiny_vit, tmp_path, freeze: int):
     model, method = patched(tiny_vit, 0.5)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     data = TensorDataset(torch.randn(8, 1, 32, 32), torch.randint(0, 10, (8,)))
-    recipe = {**DEFAULT_RECIPE, "epochs": 1, "batch_size": 4, "lr": 1e-3, "warmup_epochs": 0,
-              **OFFICIAL_GROUPS, "freeze_backbone_epochs": freeze}
-    result = train_model(model, method, data, recipe, seed=0, out_dir=tmp_path / f"f{freeze}",
-                         device=torch.device("cpu"), teacher=tiny_vit(), log=lambda s: None)
+    recipe = {
+        **DEFAULT_RECIPE,
+        "epochs": 1,
+        "batch_size": 4,
+        "lr": 1e-3,
+        "warmup_epochs": 0,
+        **OFFICIAL_GROUPS,
+        "freeze_backbone_epochs": freeze,
+    }
+    result = train_model(
+        model,
+        method,
+        data,
+        recipe,
+        seed=0,
+        out_dir=tmp_path / f"f{freeze}",
+        device=torch.device("cpu"),
+        teacher=tiny_vit(),
+        log=lambda s: None,
+    )
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
     log = [json.loads(line) for line in (tmp_path / f"f{freeze}" / "train_log.jsonl").read_text().splitlines()]
     return model, method, result, changed, log[-1]

@@ -17,6 +17,7 @@ the CPU is a no-op), so the checks look at *calls*, device-independently:
 Every registered method is checked after warm-up forwards (a method may build what it needs once, as a timing's
 warm-up does), against the dense backbone: what timm itself does (dense) is allowed, a method adds nothing.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -33,16 +34,65 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from bench.methods import METHODS, create_method, list_methods
 
 #: tensor methods / functions that read device values on the host (a synchronisation on an accelerator)
-HOST_READS = frozenset({"item", "tolist", "numpy", "__bool__", "__int__", "__float__", "__index__", "equal",
-                        "nonzero", "argwhere", "unique", "unique_consecutive", "masked_select", "bincount",
-                        "repeat_interleave", "allclose", "is_nonzero"})
+HOST_READS = frozenset(
+    {
+        "item",
+        "tolist",
+        "numpy",
+        "__bool__",
+        "__int__",
+        "__float__",
+        "__index__",
+        "equal",
+        "nonzero",
+        "argwhere",
+        "unique",
+        "unique_consecutive",
+        "masked_select",
+        "bincount",
+        "repeat_interleave",
+        "allclose",
+        "is_nonzero",
+    }
+)
 #: aten ops that synchronise with the host on an accelerator
-SYNC_OPS = frozenset({"aten::item", "aten::_local_scalar_dense", "aten::nonzero", "aten::nonzero_static",
-                      "aten::equal", "aten::is_nonzero", "aten::_unique", "aten::_unique2", "aten::unique_dim",
-                      "aten::unique_consecutive", "aten::masked_select", "aten::aminmax", "aten::bincount"})
+SYNC_OPS = frozenset(
+    {
+        "aten::item",
+        "aten::_local_scalar_dense",
+        "aten::nonzero",
+        "aten::nonzero_static",
+        "aten::equal",
+        "aten::is_nonzero",
+        "aten::_unique",
+        "aten::_unique2",
+        "aten::unique_dim",
+        "aten::unique_consecutive",
+        "aten::masked_select",
+        "aten::aminmax",
+        "aten::bincount",
+    }
+)
 #: dispatch-level ops that make a fresh tensor
-FACTORY_OPS = ("rand", "randn", "randint", "randperm", "normal", "bernoulli", "zeros", "ones", "full", "empty",
-               "arange", "eye", "linspace", "logspace", "scalar_tensor", "lift_fresh", "tensor")
+FACTORY_OPS = (
+    "rand",
+    "randn",
+    "randint",
+    "randperm",
+    "normal",
+    "bernoulli",
+    "zeros",
+    "ones",
+    "full",
+    "empty",
+    "arange",
+    "eye",
+    "linspace",
+    "logspace",
+    "scalar_tensor",
+    "lift_fresh",
+    "tensor",
+)
 
 
 class HostCalls(TorchFunctionMode):
@@ -75,7 +125,7 @@ class DeviceCopies(TorchDispatchMode):
 
     def __init__(self) -> None:
         super().__init__()
-        self.fresh: set[int] = set()        # storages made by factory ops (tensor objects are re-wrapped)
+        self.fresh: set[int] = set()  # storages made by factory ops (tensor objects are re-wrapped)
         self.keep: list[torch.Tensor] = []  # so their memory is not reused
         self.calls: Counter[str] = Counter()
 
@@ -101,8 +151,9 @@ def _storage(t: torch.Tensor) -> int:
     return t.untyped_storage().data_ptr() if t.numel() else 0
 
 
-def audit(model: torch.nn.Module, x: torch.Tensor, monkeypatch: pytest.MonkeyPatch, forwards: int = 2
-          ) -> dict[str, Counter[str]]:
+def audit(
+    model: torch.nn.Module, x: torch.Tensor, monkeypatch: pytest.MonkeyPatch, forwards: int = 2
+) -> dict[str, Counter[str]]:
     """What ``forwards`` evaluation forwards of ``model`` on ``x`` do, after two warm-up forwards."""
     with torch.no_grad():
         for _ in range(2):
@@ -164,7 +215,9 @@ def dense_audit(tiny_vit, monkeypatch):
 def added(found: dict[str, Counter[str]], dense: dict[str, Counter[str]] | None = None) -> dict[str, list[str]]:
     """What ``found`` has beyond dense's set, per kind."""
     dense = dense or {k: Counter() for k in KINDS}
-    return {kind: sorted(set(calls) - set(dense[kind])) for kind, calls in found.items() if set(calls) - set(dense[kind])}
+    return {
+        kind: sorted(set(calls) - set(dense[kind])) for kind, calls in found.items() if set(calls) - set(dense[kind])
+    }
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -240,5 +293,7 @@ def test_random_eval_draws_are_seeded_cached_and_unchanged(tiny_vit) -> None:
     assert all(torch.equal(a, b) for a, b in zip(cached, expected)) and len(cached) == len(expected)
     with torch.no_grad():  # another batch size: its own draws, from the same seeded stream
         model(torch.randn(3, 1, 32, 32))
-    assert torch.equal(method._eval_draws[(x.device, 3)][0][:, :5],
-                       torch.rand((3, 64), generator=torch.Generator().manual_seed(4))[:, :5])
+    assert torch.equal(
+        method._eval_draws[(x.device, 3)][0][:, :5],
+        torch.rand((3, 64), generator=torch.Generator().manual_seed(4))[:, :5],
+    )

@@ -40,8 +40,9 @@ def set_fused(model: nn.Module, fused: bool) -> None:
 
 def tiny_vit() -> VisionTransformer:
     torch.manual_seed(0)
-    return VisionTransformer(img_size=IMG, patch_size=PATCH, embed_dim=DIM, depth=DEPTH,
-                             num_heads=2, num_classes=CLASSES)
+    return VisionTransformer(
+        img_size=IMG, patch_size=PATCH, embed_dim=DIM, depth=DEPTH, num_heads=2, num_classes=CLASSES
+    )
 
 
 def prune_half(module: nn.Module, args: tuple[Any, ...]) -> tuple[torch.Tensor, ...]:
@@ -96,8 +97,7 @@ def test_deit_matches_paper_and_unfused(deit_models: dict[str, nn.Module], name:
         set_fused(model, True)
     # Same total: the SDPA handle counts exactly the two matmuls, nothing twice.
     assert unfused.gmacs == pytest.approx(fused.gmacs, rel=1e-9)
-    assert fused.by_operator["scaled_dot_product_attention"] == pytest.approx(
-        unfused.by_operator["matmul"], rel=1e-9)
+    assert fused.by_operator["scaled_dot_product_attention"] == pytest.approx(unfused.by_operator["matmul"], rel=1e-9)
     assert "matmul" not in fused.by_operator
     assert sum(fused.by_module.values()) == pytest.approx(fused.gmacs, rel=1e-9)
 
@@ -240,6 +240,7 @@ def test_bad_inputs_are_usage_errors() -> None:
 
 # -- skipped operators: products fail, the rest are recorded ---------------------------------------------------
 
+
 class _Products(nn.Module):
     """Calls ``op`` (a product fvcore has no handle for) on its input, then an elementwise op."""
 
@@ -273,22 +274,49 @@ def test_elementwise_skipped_ops_are_recorded_not_fatal() -> None:
     assert skipped_text({}) == ""
 
 
-@pytest.mark.parametrize("op,product", [
-    ("aten::mm", True), ("aten::bmm", True), ("aten::baddbmm", True), ("aten::addmm", True), ("aten::_int_mm", True),
-    ("aten::matmul", True), ("aten::einsum", True), ("aten::linear", True), ("aten::bilinear", True),
-    ("aten::conv2d", True), ("aten::_convolution", True), ("aten::conv_transpose2d", True), ("aten::cdist", True),
-    ("aten::scaled_dot_product_attention", True), ("aten::_scaled_dot_product_flash_attention_for_cpu", True),
-    ("aten::addmv", True), ("aten::linalg_multi_dot", True), ("aten::tensordot", True), ("aten::kron", True),
-    ("quantized::linear_dynamic", True), ("aten::lstm", True),
-    ("aten::add", False), ("aten::mul", False), ("aten::addcmul", False), ("aten::gelu", False),
-    ("aten::softmax", False), ("aten::sum", False), ("aten::linspace", False), ("aten::upsample_linear1d", False),
-    ("aten::hamming_window", False), ("aten::_convert_indices_from_coo_to_csr", False), ("aten::minimum", False),
-])
+@pytest.mark.parametrize(
+    "op,product",
+    [
+        ("aten::mm", True),
+        ("aten::bmm", True),
+        ("aten::baddbmm", True),
+        ("aten::addmm", True),
+        ("aten::_int_mm", True),
+        ("aten::matmul", True),
+        ("aten::einsum", True),
+        ("aten::linear", True),
+        ("aten::bilinear", True),
+        ("aten::conv2d", True),
+        ("aten::_convolution", True),
+        ("aten::conv_transpose2d", True),
+        ("aten::cdist", True),
+        ("aten::scaled_dot_product_attention", True),
+        ("aten::_scaled_dot_product_flash_attention_for_cpu", True),
+        ("aten::addmv", True),
+        ("aten::linalg_multi_dot", True),
+        ("aten::tensordot", True),
+        ("aten::kron", True),
+        ("quantized::linear_dynamic", True),
+        ("aten::lstm", True),
+        ("aten::add", False),
+        ("aten::mul", False),
+        ("aten::addcmul", False),
+        ("aten::gelu", False),
+        ("aten::softmax", False),
+        ("aten::sum", False),
+        ("aten::linspace", False),
+        ("aten::upsample_linear1d", False),
+        ("aten::hamming_window", False),
+        ("aten::_convert_indices_from_coo_to_csr", False),
+        ("aten::minimum", False),
+    ],
+)
 def test_matmul_like_names(op: str, product: bool) -> None:
     assert is_matmul_like(op) is product, MATMUL_LIKE_PATTERNS
 
 
 # -- work that runs but does not feed the output -----------------------------------------------------------------
+
 
 class _DiscardingScorer(nn.Module):
     """Scores tokens with a (4 x 16) @ (16 x 8) product three times, then returns its input untouched: what the
@@ -300,8 +328,8 @@ class _DiscardingScorer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for _ in range(3):
-            torch.bmm(x, x.transpose(1, 2)).min(dim=-1)   # (B, 4, 4): 4 * 4 * 16 MACs, 16 comparisons
-            self.proj(x)                                   # 4 * 16 * 8 MACs
+            torch.bmm(x, x.transpose(1, 2)).min(dim=-1)  # (B, 4, 4): 4 * 4 * 16 MACs, 16 comparisons
+            self.proj(x)  # 4 * 16 * 8 MACs
         return x
 
 
@@ -375,14 +403,17 @@ def test_measure_cost_returns_the_record_keys(tiny_vit) -> None:
         ref = mean_flops(model, x.split(2), max_images=3)
         assert cost["gmacs_fvcore_1mac_eq_1flop"] == pytest.approx(ref.gmacs, rel=1e-12)
         assert cost["method_gmacs_fvcore_1mac_eq_1flop"] == pytest.approx(
-            sum(ref.by_module.get(n, 0.0) for n in method.overhead_modules), rel=1e-12)
+            sum(ref.by_module.get(n, 0.0) for n in method.overhead_modules), rel=1e-12
+        )
         assert (cost["theoretical_gmacs_nonzero_weights_fvcore_1mac_eq_1flop"] is not None) == sparse
         if sparse:  # the density-0.5 masks: about half the sparsified layers' MACs are on zero weights
             assert cost["theoretical_gmacs_nonzero_weights_fvcore_1mac_eq_1flop"] < 0.75 * ref.gmacs
         assert cost["params_m"] == pytest.approx(ref.params / 1e6)
         assert cost["nonzero_params_m"] <= cost["params_m"]
         assert isinstance(cost["flops_skipped_ops"], str) and "aten::gelu:" in cost["flops_skipped_ops"]
-        assert cost["flops_skipped_op_count"] == sum(int(p.rsplit(":", 1)[1]) for p in cost["flops_skipped_ops"].split(";"))
+        assert cost["flops_skipped_op_count"] == sum(
+            int(p.rsplit(":", 1)[1]) for p in cost["flops_skipped_ops"].split(";")
+        )
     with pytest.raises(UsageError):
         measure_cost(model, method, torch.randn(1, 32, 32))
 

@@ -1,6 +1,7 @@
 """bench.launch: what it submits (the sbatch script and the pickled step of a SLURM job, against stand-in
 scheduler commands), when it re-attaches instead of submitting again, how a step requeues, and jobs run for real
 with submitit's local and debug executors: the command run, its threads, its outputs kept and restored."""
+
 import json
 import os
 import stat
@@ -28,8 +29,7 @@ from bench.requeue import RequeueRefused
 
 def launch(tmp_path, *cmd, failure=True, extra=()):
     folder = tmp_path / "job"
-    args = [sys.executable, "-m", "bench.launch", "--launcher", "local", "--folder", str(folder), "--name", "t",
-            *extra]
+    args = [sys.executable, "-m", "bench.launch", "--launcher", "local", "--folder", str(folder), "--name", "t", *extra]
     if failure:
         args += ["--failure-record", str(tmp_path / "failure.json")]
     return folder, subprocess.run([*args, "--", *cmd], capture_output=True, text=True, timeout=120)
@@ -41,14 +41,16 @@ def imagefolder_suite(tmp_path):
         (root / split / cls).mkdir(parents=True)
         (root / split / cls / "0.png").write_bytes(b"")
     suite = tmp_path / "s.yaml"
-    suite.write_text(textwrap.dedent(f"""
+    suite.write_text(
+        textwrap.dedent(f"""
         name: s
         data: {{source: imagefolder, path: {root}}}
         backbones: [tb_vit_pico_patch4_32]
         methods: [dense]
         keep_ratios: [1.0]
         seeds: [0]
-        """))
+        """)
+    )
     return suite
 
 
@@ -86,15 +88,23 @@ def test_failed_job_is_recorded_with_job_id_state_and_log(tmp_path):
 
 
 def test_bad_launcher_arguments_are_one_line(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "bench.launch", "--launcher", "local", "--folder", str(tmp_path)],
-                       capture_output=True, text=True)
+    p = subprocess.run(
+        [sys.executable, "-m", "bench.launch", "--launcher", "local", "--folder", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
     assert p.returncode != 0 and "after `--`" in p.stderr and "Traceback" not in p.stderr
 
 
 def test_extra_sbatch_options_and_error_lines():
     assert _extra_params("--exclusive --reservation=mine --gres-flags=enforce-binding") == {
-        "exclusive": True, "reservation": "mine", "gres_flags": "enforce-binding"}
-    e = RuntimeError("Job failed:\n----\nTraceback\n  File x\nValueError: boom\n----\nYou can check full logs at:\n - a")
+        "exclusive": True,
+        "reservation": "mine",
+        "gres_flags": "enforce-binding",
+    }
+    e = RuntimeError(
+        "Job failed:\n----\nTraceback\n  File x\nValueError: boom\n----\nYou can check full logs at:\n - a"
+    )
     assert _last_error_line(e) == "ValueError: boom"
 
 
@@ -118,14 +128,53 @@ def test_two_task_job_trains_with_ddp_over_gloo(tmp_path):
     suite.write_text(TINY)
     results = tmp_path / "results"
     env = {**__import__("os").environ, "OMP_NUM_THREADS": "1"}
-    p = subprocess.run([sys.executable, "-m", "bench", "train", str(suite), "--pretrain", "tb_vit_pico_patch4_32",
-                        "--results", str(results), "--threads", "1"], capture_output=True, text=True, env=env)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "train",
+            str(suite),
+            "--pretrain",
+            "tb_vit_pico_patch4_32",
+            "--results",
+            str(results),
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert p.returncode == 0, p.stderr
     run_id = "dense__tb_vit_pico_patch4_32__k1.00__s0"
     model = results / "t" / "runs" / run_id / "model.pth"
-    p = subprocess.run([sys.executable, "-m", "bench.launch", "--launcher", "local", "--tasks", "2", "--folder",
-                        str(tmp_path / "job"), "--output", str(model), "--", "train", str(suite), "--run", run_id,
-                        "--results", str(results)], capture_output=True, text=True, env=env, timeout=300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.launch",
+            "--launcher",
+            "local",
+            "--tasks",
+            "2",
+            "--folder",
+            str(tmp_path / "job"),
+            "--output",
+            str(model),
+            "--",
+            "train",
+            str(suite),
+            "--run",
+            run_id,
+            "--results",
+            str(results),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr
     meta = torch.load(model, weights_only=True)["meta"]
     assert (meta["world_size"], meta["per_device_batch_size"], meta["global_batch_size"]) == (2, 32, 64)
@@ -203,46 +252,100 @@ def sbatch_lines(script: Path) -> set[str]:
     return {ln.strip() for ln in script.read_text().splitlines() if ln.startswith("#SBATCH")}
 
 
-SLURM_ARGS = ["--launcher", "slurm", "--name", "ft-dense-s0", "--gpus", "2", "--cpus", "4", "--mem-mb", "2048",
-              "--time-min", "30", "--partition", "gpu", "--account", "acc", "--qos", "high", "--constraint", "a100",
-              "--extra", "--exclusive --reservation=mine", "--signal-delay-s", "120", "--max-requeues", "5"]
+SLURM_ARGS = [
+    "--launcher",
+    "slurm",
+    "--name",
+    "ft-dense-s0",
+    "--gpus",
+    "2",
+    "--cpus",
+    "4",
+    "--mem-mb",
+    "2048",
+    "--time-min",
+    "30",
+    "--partition",
+    "gpu",
+    "--account",
+    "acc",
+    "--qos",
+    "high",
+    "--constraint",
+    "a100",
+    "--extra",
+    "--exclusive --reservation=mine",
+    "--signal-delay-s",
+    "120",
+    "--max-requeues",
+    "5",
+]
 CMD = ["train", "suites/smoke.yaml", "--run", "dense__x__k1.00__s0"]
 
 
 def test_slurm_job_asks_for_the_profile_resources_and_runs_the_step(tmp_path, fake_slurm):
-    args, cmd = _parse([*SLURM_ARGS, "--folder", str(tmp_path / "job"), "--output", str(tmp_path / "model.pth"),
-                        "--", *CMD])
+    args, cmd = _parse(
+        [*SLURM_ARGS, "--folder", str(tmp_path / "job"), "--output", str(tmp_path / "model.pth"), "--", *CMD]
+    )
     job = attach_or_submit(args, cmd, log=lambda s: None)
     assert job.job_id == "4242" and len(calls(fake_slurm, "sbatch")) == 1
     lines = sbatch_lines(fake_slurm / "sbatch_0.sh")
-    assert {"#SBATCH --job-name=ft-dense-s0", "#SBATCH --gpus-per-node=2", "#SBATCH --ntasks-per-node=2",
-            "#SBATCH --cpus-per-task=4", "#SBATCH --mem=2048M", "#SBATCH --time=30", "#SBATCH --nodes=1",
-            "#SBATCH --partition=gpu", "#SBATCH --account=acc", "#SBATCH --qos=high", "#SBATCH --constraint=a100",
-            "#SBATCH --exclusive", "#SBATCH --reservation=mine",
-            "#SBATCH --signal=USR2@120",  # the requeue warning
-            "#SBATCH --open-mode=append",  # a requeued attempt appends to the same logs
-            } <= lines, sorted(lines)
+    assert {
+        "#SBATCH --job-name=ft-dense-s0",
+        "#SBATCH --gpus-per-node=2",
+        "#SBATCH --ntasks-per-node=2",
+        "#SBATCH --cpus-per-task=4",
+        "#SBATCH --mem=2048M",
+        "#SBATCH --time=30",
+        "#SBATCH --nodes=1",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --account=acc",
+        "#SBATCH --qos=high",
+        "#SBATCH --constraint=a100",
+        "#SBATCH --exclusive",
+        "#SBATCH --reservation=mine",
+        "#SBATCH --signal=USR2@120",  # the requeue warning
+        "#SBATCH --open-mode=append",  # a requeued attempt appends to the same logs
+    } <= lines, sorted(lines)
     script = (fake_slurm / "sbatch_0.sh").read_text()
     assert "srun" in script and f"-m submitit.core._submit {tmp_path / 'job'}" in script
     # the record a restarted launcher re-attaches by
     rec = json.loads((tmp_path / "job" / LAUNCH_RECORD).read_text())
-    assert (rec["job_id"], rec["launcher"], rec["cmd"], rec["tasks"], rec["name"]) == ("4242", "slurm", CMD, 2,
-                                                                                       "ft-dense-s0")
+    assert (rec["job_id"], rec["launcher"], rec["cmd"], rec["tasks"], rec["name"]) == (
+        "4242",
+        "slurm",
+        CMD,
+        2,
+        "ft-dense-s0",
+    )
     assert rec["stderr"] == str(tmp_path / "job" / "4242_0_log.err")
     # the pickled payload the job runs: this step with the budget and the warning the requeue logic needs
     step = submitit.core.utils.pickle_load(tmp_path / "job" / "4242_submitted.pkl").function
     assert isinstance(step, BenchStep)
-    assert (step.argv, step.threads, step.outputs, step.folder, step.time_min, step.max_requeues,
-            step.signal_delay_s) == (CMD, 4, [str(tmp_path / "model.pth")], str(tmp_path / "job"), 30, 5, 120)
+    assert (
+        step.argv,
+        step.threads,
+        step.outputs,
+        step.folder,
+        step.time_min,
+        step.max_requeues,
+        step.signal_delay_s,
+    ) == (CMD, 4, [str(tmp_path / "model.pth")], str(tmp_path / "job"), 30, 5, 120)
 
 
 def test_tasks_and_defaults_of_a_cpu_job(tmp_path, fake_slurm):
-    args, cmd = _parse(["--launcher", "slurm", "--folder", str(tmp_path / "job"), "--tasks", "3", "--", "evaluate",
-                        "s.yaml"])
+    args, cmd = _parse(
+        ["--launcher", "slurm", "--folder", str(tmp_path / "job"), "--tasks", "3", "--", "evaluate", "s.yaml"]
+    )
     attach_or_submit(args, cmd, log=lambda s: None)
     lines = sbatch_lines(fake_slurm / "sbatch_0.sh")
-    assert {"#SBATCH --ntasks-per-node=3", "#SBATCH --cpus-per-task=1", "#SBATCH --time=60",
-            "#SBATCH --signal=USR2@90", "#SBATCH --job-name=tokenbench"} <= lines
+    assert {
+        "#SBATCH --ntasks-per-node=3",
+        "#SBATCH --cpus-per-task=1",
+        "#SBATCH --time=60",
+        "#SBATCH --signal=USR2@90",
+        "#SBATCH --job-name=tokenbench",
+    } <= lines
     assert not any(ln.startswith(("#SBATCH --gpus", "#SBATCH --mem", "#SBATCH --partition")) for ln in lines)
     step = submitit.core.utils.pickle_load(tmp_path / "job" / "4242_submitted.pkl").function
     assert step.max_requeues is None  # 'auto': the budget follows the run's measured epochs
@@ -264,7 +367,7 @@ def test_restarted_launcher_reattaches_to_its_queued_job_and_resubmits_a_failed_
     assert json.loads((tmp_path / "job" / LAUNCH_RECORD).read_text())["job_id"] == "4243"
     # a different command in the same folder is a new job, never the running one of the old command
     (fake_slurm / "squeue_state").write_text("RUNNING")
-    other = attach_or_submit(*_parse([*argv[:-len(CMD)], "evaluate", "s.yaml"]), log=logs.append)
+    other = attach_or_submit(*_parse([*argv[: -len(CMD)], "evaluate", "s.yaml"]), log=logs.append)
     assert other.job_id == "4244" and len(calls(fake_slurm, "sbatch")) == 3
 
 

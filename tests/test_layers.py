@@ -1,4 +1,5 @@
 """The layering the code relies on, checked: what each layer may import, and module size."""
+
 from __future__ import annotations
 
 import ast
@@ -24,8 +25,13 @@ def _imports(path: Path) -> set[str]:
 
 @pytest.mark.parametrize("path", sorted((BENCH / "report").glob("*.py")), ids=lambda p: p.name)
 def test_report_imports_neither_torch_nor_methods(path):
-    bad = {m for m in _imports(path) if m.split(".")[0] in ("torch", "timm", "seaborn")
-           or m == "bench.methods" or m.startswith(("bench.methods.", "bench.measure", "bench.runner"))}
+    bad = {
+        m
+        for m in _imports(path)
+        if m.split(".")[0] in ("torch", "timm", "seaborn")
+        or m == "bench.methods"
+        or m.startswith(("bench.methods.", "bench.measure", "bench.runner"))
+    }
     assert not bad, f"{path.name} imports {sorted(bad)}"
 
 
@@ -38,8 +44,10 @@ def test_report_modules_use_public_names_of_each_other(path):
 
 
 def test_building_a_report_imports_no_torch():
-    code = ("import sys, bench.report.build, bench.results.collect, bench.methods.catalog as c; c.catalog(); "
-            "heavy = [m for m in ('torch', 'timm', 'seaborn') if m in sys.modules]; assert not heavy, heavy")
+    code = (
+        "import sys, bench.report.build, bench.results.collect, bench.methods.catalog as c; c.catalog(); "
+        "heavy = [m for m in ('torch', 'timm', 'seaborn') if m in sys.modules]; assert not heavy, heavy"
+    )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
 
@@ -49,8 +57,11 @@ def test_runner_draws_no_figures():
 
 
 def test_no_module_over_400_lines():
-    long = {str(p.relative_to(BENCH)): n for p in BENCH.rglob("*.py")
-            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 400}
+    long = {
+        str(p.relative_to(BENCH)): n
+        for p in BENCH.rglob("*.py")
+        if (n := len(p.read_text(encoding="utf-8").splitlines())) > 400
+    }
     assert not long, f"split these modules (one concern each): {long}"
 
 

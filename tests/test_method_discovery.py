@@ -1,4 +1,5 @@
 """Methods are found without a list to edit: this package's modules, and plugins through entry points."""
+
 from __future__ import annotations
 
 import os
@@ -9,7 +10,7 @@ from pathlib import Path
 from bench.methods import METHODS
 from bench.methods.discovery import builtin_modules
 
-PLUGIN = '''
+PLUGIN = """
 from bench.methods.base import Method, register_method
 
 
@@ -18,7 +19,7 @@ class Halve(Method):
     name = "{name}"
     roles = ("control",)
     description = "a plugin method"
-'''
+"""
 
 
 def _install_plugin(root: Path, name: str) -> dict[str, str]:

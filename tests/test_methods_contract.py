@@ -1,4 +1,5 @@
 """The method contract, checked for every registered method automatically."""
+
 import pytest
 import torch
 
@@ -101,9 +102,16 @@ def test_catalog_read_without_torch_equals_the_registry(name):
 
     cls, info = METHODS.get(name), catalog()[name]
     assert (info.description, info.roles, info.family, info.params) == (
-        cls.description, frozenset(cls.roles), cls.family, dict(cls.params))
+        cls.description,
+        frozenset(cls.roles),
+        cls.family,
+        dict(cls.params),
+    )
     assert (info.learns_parameters, info.input_dependent, info.reduces_tokens) == (
-        cls.learns_parameters, cls.input_dependent, cls.reduces_tokens)
+        cls.learns_parameters,
+        cls.input_dependent,
+        cls.reduces_tokens,
+    )
 
 
 def test_catalog_lists_exactly_the_registered_methods():
@@ -142,8 +150,10 @@ def test_importing_the_package_imports_no_torch():
     import subprocess
     import sys
 
-    code = ("import sys, bench.methods, bench.methods.catalog as c; c.catalog(); "
-            "assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys, bench.methods, bench.methods.catalog as c; c.catalog(); "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -205,8 +215,11 @@ def test_random_prunes_in_training_too(tiny_vit):
 
 
 #: parameters that make a method's training state move within the contract's few steps
-RESUME_PARAMS = {"svite": {"update_interval": 2}, "s2vite": {"update_interval": 2},
-                 "svite_plus": {"update_interval": 2}}
+RESUME_PARAMS = {
+    "svite": {"update_interval": 2},
+    "s2vite": {"update_interval": 2},
+    "svite_plus": {"update_interval": 2},
+}
 
 
 def _train(tiny_vit, name, out, log=lambda s: None):
@@ -217,16 +230,21 @@ def _train(tiny_vit, name, out, log=lambda s: None):
 
     g = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randn(96, 1, 32, 32, generator=g), torch.randint(0, 10, (96,), generator=g))
-    recipe = {**DEFAULT_RECIPE, "epochs": 3, "batch_size": 32, "lr": 1e-3, "warmup_epochs": 1,
-              # the smoke suite's DynamicViT groups: frozen parameters and clipping (their stale gradients once
-              # entered the clipped norm and made a resume differ)
-              **({"frozen_params": ["cls_token", "pos_embed"], "backbone_lr_scale": 0.01} if name == "dynamicvit" else {})}
+    recipe = {
+        **DEFAULT_RECIPE,
+        "epochs": 3,
+        "batch_size": 32,
+        "lr": 1e-3,
+        "warmup_epochs": 1,
+        # the smoke suite's DynamicViT groups: frozen parameters and clipping (their stale gradients once
+        # entered the clipped norm and made a resume differ)
+        **({"frozen_params": ["cls_token", "pos_embed"], "backbone_lr_scale": 0.01} if name == "dynamicvit" else {}),
+    }
     torch.manual_seed(0)  # what the runner does before building a run's model: a method's modules start alike
     model, method = tiny_vit(), create_method(name, keep_for(name, 0.5), seed=0, **RESUME_PARAMS.get(name, {}))
     method.apply(model)
     teacher = tiny_vit() if method.needs_teacher() else None
-    train_model(model, method, data, recipe, seed=0, out_dir=out, device=torch.device("cpu"), teacher=teacher,
-                log=log)
+    train_model(model, method, data, recipe, seed=0, out_dir=out, device=torch.device("cpu"), teacher=teacher, log=log)
     return model
 
 

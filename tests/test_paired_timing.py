@@ -5,6 +5,7 @@ machine's slowness varies with (simulated) time the way a shared node's does. So
 properties of the protocol (the paired ratio recovers the true cost ratio, the noisy model is re-timed and
 marked), never a wall-clock figure of this machine.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,8 +40,9 @@ class SimulatedMachine:
 
     cuda = False
 
-    def __init__(self, ledger: list[float], slowness, noise: dict[float, float | list[float]] | None = None,
-                 seed: int = 0):
+    def __init__(
+        self, ledger: list[float], slowness, noise: dict[float, float | list[float]] | None = None, seed: int = 0
+    ):
         self.ledger, self.slowness, self.now = ledger, slowness, 0.0
         self.noise, self.rng = noise or {}, random.Random(seed)
         self.seen: dict[float, int] = {}  # timed repeats of each disturbed model so far
@@ -110,9 +112,9 @@ def test_every_round_brackets_each_model_between_two_reference_repeats():
             return dt
 
     time_paired(_models(ledger), "dense", image_size=8, protocol=PROTO, clock=Recording(ledger, lambda t: 1.0))
-    timed = order[-(PROTO.rounds * 5):]  # after warm-up: R A R B R per round
+    timed = order[-(PROTO.rounds * 5) :]  # after warm-up: R A R B R per round
     for r in range(PROTO.rounds):
-        chunk = timed[r * 5:(r + 1) * 5]
+        chunk = timed[r * 5 : (r + 1) * 5]
         assert chunk[0::2] == [1.0, 1.0, 1.0] and sorted(chunk[1::2]) == [0.5, 2.0]
 
 
@@ -151,8 +153,9 @@ def test_a_batch_that_does_not_fit_is_halved_timm_style_for_every_model():
 
 def test_without_a_reference_only_img_per_s_is_reported():
     ledger: list[float] = []
-    rows = time_paired(_models(ledger), None, image_size=8, protocol=PROTO,
-                       clock=SimulatedMachine(ledger, lambda t: 1.0))
+    rows = time_paired(
+        _models(ledger), None, image_size=8, protocol=PROTO, clock=SimulatedMachine(ledger, lambda t: 1.0)
+    )
     assert all(r["speedup"] is None for r in rows) and len(rows) == 3
 
 
@@ -164,8 +167,17 @@ def test_real_models_on_this_cpu_run_through_the_real_clock():
     assert b["iters_per_repeat"] >= 1 and b["repeats"] == 2 and len(b["ratios"]) == 2
 
 
-@pytest.mark.parametrize("bad", [dict(rounds=0), dict(min_time_s=-1), dict(max_attempts=0), dict(noise_threshold=0),
-                                 dict(precision="int8"), dict(batch_sizes=())])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        dict(rounds=0),
+        dict(min_time_s=-1),
+        dict(max_attempts=0),
+        dict(noise_threshold=0),
+        dict(precision="int8"),
+        dict(batch_sizes=()),
+    ],
+)
 def test_bad_protocols_are_refused(bad):
     proto = TimingProtocol(**{**dict(batch_sizes=(2,)), **bad})
     with pytest.raises(UsageError):
@@ -187,8 +199,7 @@ def test_median_confidence_interval_from_order_statistics():
     assert (low, high) == (1.0, 5.0) and level == pytest.approx(0.9375)  # below 95 %, and it says so
     # coverage holds: for many draws from a known distribution the interval holds the true median >= 95 %
     rng = random.Random(0)
-    hits = sum(lo <= 0.0 <= hi for lo, hi, _ in (median_ci([rng.gauss(0, 1) for _ in range(12)])
-                                                  for _ in range(2000)))
+    hits = sum(lo <= 0.0 <= hi for lo, hi, _ in (median_ci([rng.gauss(0, 1) for _ in range(12)]) for _ in range(2000)))
     assert hits / 2000 >= 0.95
 
 
@@ -210,7 +221,12 @@ def test_device_key_and_fused_attention():
     model.blocks[1].attn.fused_attn = False
     assert fused_attention(model) == "1/2 blocks"
     cpu = {"device_name": "Xeon", "torch_version": "2.4", "cuda_version": None, "driver_version": None, "threads": 2}
-    gpu = {"device_name": "NVIDIA H100", "torch_version": "2.4", "cuda_version": "12.4", "driver_version": 12040,
-           "threads": None}
+    gpu = {
+        "device_name": "NVIDIA H100",
+        "torch_version": "2.4",
+        "cuda_version": "12.4",
+        "driver_version": 12040,
+        "threads": None,
+    }
     assert device_key(cpu) == "Xeon | torch 2.4 | 2 threads"
     assert device_key(gpu) == "NVIDIA H100 | torch 2.4 | CUDA 12.4 | driver 12040"

@@ -1,4 +1,5 @@
 """The Snakefile end to end on a tiny suite: results, idempotence, partial re-runs, failures as holes."""
+
 import json
 import os
 import shutil
@@ -26,10 +27,27 @@ evaluate: {max_val_images: 64, flops_images: 4, throughput: {batch_sizes: [2], r
 
 
 def snakemake(workdir: Path, suite: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(workdir), "--cores", "2",
-           "--workflow-profile", "none", "--keep-going", "--set-threads", "pretrain=1", "finetune=1", "evaluate=1",
-           "timing=1",
-           "--config", f"suite={suite}", f"results={workdir / 'results'}", *extra]
+    cmd = [
+        *SNAKEMAKE,
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--cores",
+        "2",
+        "--workflow-profile",
+        "none",
+        "--keep-going",
+        "--set-threads",
+        "pretrain=1",
+        "finetune=1",
+        "evaluate=1",
+        "timing=1",
+        "--config",
+        f"suite={suite}",
+        f"results={workdir / 'results'}",
+        *extra,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
 
@@ -66,7 +84,10 @@ def test_pipeline_end_to_end(tmp_path):
     assert dense["git_sha"] and dense["torch_version"] and dense["throughput_img_s"] > 0
     # throughput and speed-ups come from the one timing job of the backbone, paired with dense
     timing = json.loads((out / "timing" / "tb_vit_pico_patch4_32.json").read_text())
-    assert set(timing["runs"]) == {"dense__tb_vit_pico_patch4_32__k1.00__s0", "static__tb_vit_pico_patch4_32__k0.50__s0"}
+    assert set(timing["runs"]) == {
+        "dense__tb_vit_pico_patch4_32__k1.00__s0",
+        "static__tb_vit_pico_patch4_32__k0.50__s0",
+    }
     assert timing["reference_run_id"] == "dense__tb_vit_pico_patch4_32__k1.00__s0"
     assert dense["speedup_vs_dense"] == 1.0 and static["speedup_vs_dense"] > 0
     assert static["speedup_ci_low"] <= static["speedup_vs_dense"] <= static["speedup_ci_high"]
@@ -128,7 +149,8 @@ def test_bad_suite_fails_before_anything_runs(tmp_path):
     p = snakemake(tmp_path, suite)
     assert p.returncode == 2
     assert [line for line in p.stderr.splitlines() if line.startswith("bench: error:")] == [
-        f"bench: error: {suite}: field seeds[0]: 'zero' is not of type 'integer'"]
+        f"bench: error: {suite}: field seeds[0]: 'zero' is not of type 'integer'"
+    ]
     assert not (tmp_path / "results").exists()
 
 
@@ -145,15 +167,22 @@ def test_finetune_none_schedules_no_finetune_job(tmp_path):
     weights = tmp_path / "dynamicvit.pth"
     torch.save({"model": model.state_dict()}, weights)
     suite = tmp_path / "shelf.yaml"
-    suite.write_text(SUITE.replace("name: tiny", "name: shelf")
-                     .replace("{name: random, label: broken, finetune: {lr: 1.0e+30, clip_grad: null}}",
-                              f"{{name: dynamicvit, weights: {weights}}}")
-                     .replace("finetune: {epochs: 1, batch_size: 64, max_steps_per_epoch: 2}", "finetune: none"))
+    suite.write_text(
+        SUITE.replace("name: tiny", "name: shelf")
+        .replace(
+            "{name: random, label: broken, finetune: {lr: 1.0e+30, clip_grad: null}}",
+            f"{{name: dynamicvit, weights: {weights}}}",
+        )
+        .replace("finetune: {epochs: 1, batch_size: 64, max_steps_per_epoch: 2}", "finetune: none")
+    )
     dry = snakemake(tmp_path, suite, "-n")
     assert dry.returncode == 0, dry.stderr[-3000:]
     stats = dry.stdout.split("Job stats:")[1].split("total")[0]
-    jobs = {ln.split()[0]: int(ln.split()[1]) for ln in stats.splitlines() if len(ln.split()) == 2
-            and ln.split()[1].isdigit()}
+    jobs = {
+        ln.split()[0]: int(ln.split()[1])
+        for ln in stats.splitlines()
+        if len(ln.split()) == 2 and ln.split()[1].isdigit()
+    }
     assert jobs.get("evaluate") == 3 and jobs.get("pretrain") == 1 and "finetune" not in jobs, jobs
     p = snakemake(tmp_path, suite)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -162,9 +191,13 @@ def test_finetune_none_schedules_no_finetune_job(tmp_path):
     records = [json.loads(f.read_text()) for f in runs.glob("*/run.json")]
     assert len(records) == 3 and all(r["finetuned"] is False and r["train_epochs"] is None for r in records)
     assert next(r for r in records if r["method"] == "dynamicvit")["weights"] == str(weights)
-    pretrained = json.loads(json.dumps(__import__("torch").load(
-        tmp_path / "results" / "shelf" / "pretrain" / "tb_vit_pico_patch4_32" / "model.pth",
-        weights_only=True)["meta"]["val_top1"]))
+    pretrained = json.loads(
+        json.dumps(
+            __import__("torch").load(
+                tmp_path / "results" / "shelf" / "pretrain" / "tb_vit_pico_patch4_32" / "model.pth", weights_only=True
+            )["meta"]["val_top1"]
+        )
+    )
     dense = next(r for r in records if r["method"] == "dense")
     assert dense["top1"] == pytest.approx(pretrained)  # the dense run is the pretrained backbone itself
 
@@ -236,12 +269,28 @@ def test_paths_with_spaces_quotes_and_shell_syntax_reach_commands_as_arguments(t
     suite = weird / "s $(touch PWNED3).yaml"
     suite.write_text(HOSTILE)
     results = weird / "res (a) $(touch PWNED4)"
-    cmd = [*SNAKEMAKE, "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path), "--cores", "2",
-           "--workflow-profile", "none", "--set-threads", "pretrain=1", "finetune=1", "evaluate=1",
-           "timing=1",
-           "--config", f"suite={suite}", f"results={results}"]
-    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600,
-                       cwd=tmp_path)
+    cmd = [
+        *SNAKEMAKE,
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(tmp_path),
+        "--cores",
+        "2",
+        "--workflow-profile",
+        "none",
+        "--set-threads",
+        "pretrain=1",
+        "finetune=1",
+        "evaluate=1",
+        "timing=1",
+        "--config",
+        f"suite={suite}",
+        f"results={results}",
+    ]
+    p = subprocess.run(
+        cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600, cwd=tmp_path
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     assert (results / "hostile" / "report" / "report.md").is_file()
     assert (results / "hostile" / "runs" / "dense__tb_vit_pico_patch4_32__k1.00__s0" / "run.json").is_file()

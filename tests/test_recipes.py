@@ -1,5 +1,6 @@
 """Training recipes: timm's augmentation stack, every recipe key acting, the per-group lr rule, named
 recipes held against the official arguments, and the off-the-shelf protocol (``finetune: none``)."""
+
 import json
 import math
 from types import SimpleNamespace
@@ -19,8 +20,15 @@ from bench.train import train_model
 from bench.train.loop import STATE_FILE, make_mixup
 
 EVERY_AUGMENTATION = {
-    "auto_augment": "rand-m9-mstd0.5-inc1", "color_jitter": 0.4, "re_prob": 0.25, "mixup": 0.8, "cutmix": 1.0,
-    "repeated_aug": 3, "model_ema": True, "model_ema_decay": 0.9, "drop_path": 0.1,
+    "auto_augment": "rand-m9-mstd0.5-inc1",
+    "color_jitter": 0.4,
+    "re_prob": 0.25,
+    "mixup": 0.8,
+    "cutmix": 1.0,
+    "repeated_aug": 3,
+    "model_ema": True,
+    "model_ema_decay": 0.9,
+    "drop_path": 0.1,
 }
 
 
@@ -43,8 +51,9 @@ class Photos(Dataset):
 def photo_transform(recipe):
     from bench.data.transforms import build_transform
 
-    return build_transform(train=True, image_size=32, in_chans=3, mean=(0.5,) * 3, std=(0.5,) * 3,
-                           native_size=None, recipe=recipe)
+    return build_transform(
+        train=True, image_size=32, in_chans=3, mean=(0.5,) * 3, std=(0.5,) * 3, native_size=None, recipe=recipe
+    )
 
 
 def test_deit_recipe_transform_holds_randaugment_m9_and_random_erasing():
@@ -93,8 +102,16 @@ def test_mixup_gives_soft_targets_and_the_loss_is_soft_target_ce(tiny_vit, tmp_p
             return {}
 
     ds = TensorDataset(torch.randn(8, 1, 32, 32), torch.randint(0, 10, (8,)))
-    train_model(tiny_vit(), Probe(), ds, {**recipe, "epochs": 1, "batch_size": 8}, seed=0, out_dir=tmp_path,
-                device=torch.device("cpu"), log=lambda s: None)
+    train_model(
+        tiny_vit(),
+        Probe(),
+        ds,
+        {**recipe, "epochs": 1, "batch_size": 8},
+        seed=0,
+        out_dir=tmp_path,
+        device=torch.device("cpu"),
+        log=lambda s: None,
+    )
     log = json.loads((tmp_path / "train_log.jsonl").read_text().splitlines()[-1])
     assert seen["targets"].shape == (8, 10)
     assert log["loss_ce"] == pytest.approx(SoftTargetCrossEntropy()(seen["logits"], seen["targets"]).item(), rel=1e-6)
@@ -147,8 +164,12 @@ def test_frozen_group_is_held_at_lr_zero_and_stepped_without_changing(tiny_vit, 
     method = create_method("dynamicvit", 0.5, distill_weight=0.0, token_distill_weight=0.0)
     method.apply(model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    recipe, _ = resolve_recipe(("finetune", {"recipe": "dynamicvit", "epochs": 1, "batch_size": 4, "mixup": 0.0,
-                                             "cutmix": 0.0, "model_ema": False}))
+    recipe, _ = resolve_recipe(
+        (
+            "finetune",
+            {"recipe": "dynamicvit", "epochs": 1, "batch_size": 4, "mixup": 0.0, "cutmix": 0.0, "model_ema": False},
+        )
+    )
     ds = TensorDataset(torch.randn(8, 1, 32, 32), torch.randint(0, 10, (8,)))
     train_model(model, method, ds, recipe, seed=0, out_dir=tmp_path, device=torch.device("cpu"), log=lambda s: None)
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
@@ -167,8 +188,9 @@ def _fit_photos(tiny_vit, out, log=lambda s: None, init=None):
         init.update({k: v.clone() for k, v in model.state_dict().items()})
     m = create_method("random", 0.5, seed=0)
     m.apply(model)
-    res = train_model(model, m, Photos(photo_transform(recipe)), recipe, seed=0, out_dir=out,
-                      device=torch.device("cpu"), log=log)
+    res = train_model(
+        model, m, Photos(photo_transform(recipe)), recipe, seed=0, out_dir=out, device=torch.device("cpu"), log=log
+    )
     return model, res
 
 
@@ -230,10 +252,20 @@ def test_every_recipe_key_in_the_schema_is_read_by_the_code(tiny_vit, tmp_path):
     assert keys == set(DEFAULT_RECIPE)
     recipe = Tracking({**DEFAULT_RECIPE, **EVERY_AUGMENTATION, "epochs": 1, "batch_size": 8, "model_ema_decay": 0.9})
     bundle = SimpleNamespace(num_classes=10, in_chans=3)
-    model = _model(None, SimpleNamespace(name="tb_vit_pico_patch4_32", image_size=None, kwargs={}), bundle, None, recipe)
+    model = _model(
+        None, SimpleNamespace(name="tb_vit_pico_patch4_32", image_size=None, kwargs={}), bundle, None, recipe
+    )
     method = create_method("dense")
-    train_model(model, method, Photos(photo_transform(recipe), n=8), recipe, seed=0, out_dir=tmp_path,
-                device=torch.device("cpu"), log=lambda s: None)
+    train_model(
+        model,
+        method,
+        Photos(photo_transform(recipe), n=8),
+        recipe,
+        seed=0,
+        out_dir=tmp_path,
+        device=torch.device("cpu"),
+        log=lambda s: None,
+    )
     assert keys - recipe.read == set(), f"recipe keys no code reads: {sorted(keys - recipe.read)}"
 
 
@@ -270,7 +302,7 @@ def test_named_recipes_equal_the_official_arguments():
             if not key:
                 assert r["note"].strip(), f"{name}: {r['official_argument']} has no harness key and no explanation"
             elif key.startswith("param:"):
-                method, param = key[len("param:"):].split(".")
+                method, param = key[len("param:") :].split(".")
                 assert _value(r["harness_value"]) in _param_values(name, method, param), f"{name}: {key}"
             else:
                 assert key in values, f"{name}: the table sets {key} but the preset does not"
@@ -304,15 +336,22 @@ def test_finetune_none_refuses_an_untrained_learned_method(tmp_path):
         load_suite(_suite(tmp_path, BASE + "methods: [dense, dynamicvit]\nfinetune: {epochs: 0}\n"))
     ckpt = tmp_path / "dvit.pth"
     torch.save({"model": {}}, ckpt)
-    suite = load_suite(_suite(tmp_path, BASE + f"methods: [dense, static, {{name: dynamicvit, weights: {ckpt}}}]\n"
-                                                 "finetune: none\n"))
+    suite = load_suite(
+        _suite(tmp_path, BASE + f"methods: [dense, static, {{name: dynamicvit, weights: {ckpt}}}]\nfinetune: none\n")
+    )
     assert all(r.finetune is None for r in suite.runs)
     assert [r.weights for r in suite.runs if r.method == "dynamicvit"] == [str(ckpt)]
 
 
 def test_named_recipe_overrides_and_sources(tmp_path):
-    suite = load_suite(_suite(tmp_path, BASE + "methods: [dense, {name: static, finetune: {epochs: 2}}]\n"
-                                                 "finetune: {recipe: dynamicvit, lr: 2.0e-3}\n"), check_names=False)
+    suite = load_suite(
+        _suite(
+            tmp_path,
+            BASE + "methods: [dense, {name: static, finetune: {epochs: 2}}]\n"
+            "finetune: {recipe: dynamicvit, lr: 2.0e-3}\n",
+        ),
+        check_names=False,
+    )
     static = next(r for r in suite.runs if r.method == "static")
     assert static.finetune["epochs"] == 2 and static.finetune_sources["epochs"] == "methods[1].finetune"
     assert static.finetune["lr"] == 2e-3 and static.finetune_sources["lr"] == "finetune"
@@ -349,11 +388,15 @@ def test_validate_prints_each_value_with_its_source():
 def test_ema_is_trained_saved_and_scored_as_its_own_metrics_keeping_the_weight_budget(tmp_path):
     from bench import runner
 
-    path = _suite(tmp_path, BASE.replace("keep_ratios: [0.5]", "keep_ratios: [1.0]") + """
+    path = _suite(
+        tmp_path,
+        BASE.replace("keep_ratios: [0.5]", "keep_ratios: [1.0]")
+        + """
 methods: [{name: s2vite, params: {density: 0.5, update_interval: 1}}]
 finetune: {epochs: 1, batch_size: 64, max_steps_per_epoch: 3, model_ema: true, model_ema_decay: 0.5}
 evaluate: {max_val_images: 64, flops_images: 2, throughput: {batch_sizes: [2], repeats: 1, warmup: 0, min_time_s: 0.01}}
-""")
+""",
+    )
     suite = load_suite(path)
     run = suite.runs[0]
     root = tmp_path / "results"
@@ -393,8 +436,17 @@ def test_teacher_sees_the_same_mixed_images_as_the_student(tiny_vit, tmp_path):
     x = torch.randn(8, 1, 32, 32)
     ds = TensorDataset(x, torch.randint(0, 10, (8,)))
     recipe = {**DEFAULT_RECIPE, "mixup": 0.8, "cutmix": 1.0, "epochs": 1, "batch_size": 8}
-    train_model(model, Distil(), ds, recipe, seed=0, out_dir=tmp_path, device=torch.device("cpu"),
-                teacher=tiny_vit(), log=lambda s: None)
+    train_model(
+        model,
+        Distil(),
+        ds,
+        recipe,
+        seed=0,
+        out_dir=tmp_path,
+        device=torch.device("cpu"),
+        teacher=tiny_vit(),
+        log=lambda s: None,
+    )
     assert torch.equal(seen["teacher"], seen["student"])
     assert not any(torch.equal(seen["student"][i], x[j]) for i in range(8) for j in range(8))  # mixed
 
@@ -433,4 +485,9 @@ def test_randaugment_magnitude_ten_posterize_does_not_crash():
     op = AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=10)
     out = op(Image.new("RGB", (8, 8), (200, 100, 50)))
     assert np.asarray(out).max() == 0
-    assert np.asarray(AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=5)(Image.new("RGB", (8, 8), (200, 100, 50)))).max() > 0
+    assert (
+        np.asarray(
+            AugmentOp("PosterizeIncreasing", prob=1.0, magnitude=5)(Image.new("RGB", (8, 8), (200, 100, 50)))
+        ).max()
+        > 0
+    )

@@ -1,7 +1,7 @@
 """The run record's schema: one declaration per column drives the checks, the summary and the table."""
+
 from __future__ import annotations
 
-import pandas as pd
 import pytest
 
 from bench.report.summary import summarize
@@ -14,12 +14,25 @@ def _rows(skipped: str = "") -> list[dict]:
     rows = []
     for method, roles, gmacs in (("dense", "reference", 4.0), ("static", "control", 2.0)):
         for seed in (0, 1):
-            rows.append(record.flatten({
-                "suite": "s", "run_id": f"{method}-{seed}", "method": method, "method_name": method,
-                "backbone": "vit", "keep_ratio": 1.0 if method == "dense" else 0.5, "seed": seed, "status": "ok",
-                "top1": 70.0 + seed, "gmacs_fvcore_1mac_eq_1flop": gmacs, "flops_skipped_ops": skipped,
-                "method_params": {"num_stages": 3, "stage_blocks": [3, 6, 9]} if method == "static" else {},
-                **{record.role_column(r): r == roles for r in record.ROLES}}))
+            rows.append(
+                record.flatten(
+                    {
+                        "suite": "s",
+                        "run_id": f"{method}-{seed}",
+                        "method": method,
+                        "method_name": method,
+                        "backbone": "vit",
+                        "keep_ratio": 1.0 if method == "dense" else 0.5,
+                        "seed": seed,
+                        "status": "ok",
+                        "top1": 70.0 + seed,
+                        "gmacs_fvcore_1mac_eq_1flop": gmacs,
+                        "flops_skipped_ops": skipped,
+                        "method_params": {"num_stages": 3, "stage_blocks": [3, 6, 9]} if method == "static" else {},
+                        **{record.role_column(r): r == roles for r in record.ROLES},
+                    }
+                )
+            )
     return rows
 
 
@@ -46,9 +59,16 @@ def test_open_mappings_become_typed_columns():
 
 def test_a_derived_column_is_one_declaration(monkeypatch):
     """A column computed from the record: declared once, it is in the record, the summary and the table."""
-    extra = record.Column("gmacs_per_top1", "float", "GMACs per top-1 point", unit="GMACs/%", agg="mean",
-                          label="GMACs per point", cell="num3",
-                          derived=lambda r: r["gmacs_fvcore_1mac_eq_1flop"] / r["top1"])
+    extra = record.Column(
+        "gmacs_per_top1",
+        "float",
+        "GMACs per top-1 point",
+        unit="GMACs/%",
+        agg="mean",
+        label="GMACs per point",
+        cell="num3",
+        derived=lambda r: r["gmacs_fvcore_1mac_eq_1flop"] / r["top1"],
+    )
     import bench.report.summary as summary_mod
 
     monkeypatch.setattr(record, "COLUMNS", record.COLUMNS + (extra,))

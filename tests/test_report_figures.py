@@ -1,4 +1,5 @@
 """Paper figures, gallery and index: drawn from the results table alone, byte-stable, never crashing on holes."""
+
 from __future__ import annotations
 
 import sys
@@ -30,8 +31,9 @@ def table():
 
 
 def ctx_for(table, out_dir):
-    return FigureContext(table, summarize(table), out_dir, method_styles(sorted(table["method"].unique())),
-                         load_published())
+    return FigureContext(
+        table, summarize(table), out_dir, method_styles(sorted(table["method"].unique())), load_published()
+    )
 
 
 def test_every_paper_figure_draws_for_a_suite_with_its_methods(table, tmp_path):
@@ -46,8 +48,11 @@ def test_every_paper_figure_draws_for_a_suite_with_its_methods(table, tmp_path):
 
 def test_figures_with_nothing_to_draw_return_nothing(table, tmp_path):
     dense_only = table[table["method"] == "dense"]
-    assert all(files == [] for name, files in build_figures(ctx_for(dense_only, tmp_path)).items()
-               if name != "dynamicvit_tradeoff")
+    assert all(
+        files == []
+        for name, files in build_figures(ctx_for(dense_only, tmp_path)).items()
+        if name != "dynamicvit_tradeoff"
+    )
 
 
 def test_published_points_only_where_backbone_and_dataset_match(table):
@@ -72,8 +77,12 @@ def test_published_sheet_is_sourced_and_uses_registry_names_where_it_plots(table
     # rows on the harness's backbones and with a plottable x name registry methods, so they land on the
     # matching curves (descriptive names, e.g. ablation variants, are reference-only)
     registry = set(list_methods())
-    plotted = pub[pub["backbone"].str.startswith("deit_") & ~pub["backbone"].str.contains(" ")
-                  & pub["top1"].notna() & pub["method"].isin(registry)]
+    plotted = pub[
+        pub["backbone"].str.startswith("deit_")
+        & ~pub["backbone"].str.contains(" ")
+        & pub["top1"].notna()
+        & pub["method"].isin(registry)
+    ]
     assert {"dense", "dynamicvit", "static", "random", "svite", "s2vite", "svite_plus"} <= set(plotted["method"])
     fig = Figure()
     FigureCanvasAgg(fig)
@@ -89,11 +98,25 @@ def test_keep_ratio_labels_merge_points_that_would_overlap():
 
     from bench.report.plots import tradeoff_figure
 
-    rows = [("dense", 1.0, 4.6, 80.0)] + [(m, 0.7, g, a) for m, g, a in
-                                          [("a", 2.90, 79.0), ("b", 2.91, 78.0), ("c", 2.95, 77.5)]]
+    rows = [("dense", 1.0, 4.6, 80.0)] + [
+        (m, 0.7, g, a) for m, g, a in [("a", 2.90, 79.0), ("b", 2.91, 78.0), ("c", 2.95, 77.5)]
+    ]
     rows += [("a", 0.5, 2.2, 77.0), ("b", 0.5, 3.6, 76.0)]  # one ratio, far apart: two labels
-    summary = pd.DataFrame([{"backbone": "deit_small_patch16_224", "method": m, "keep_ratio": k, "gmacs": g,
-                             "top1_mean": a, "top1_std": 0.2, "n_ok": 2, "throughput": 1.0} for m, k, g, a in rows])
+    summary = pd.DataFrame(
+        [
+            {
+                "backbone": "deit_small_patch16_224",
+                "method": m,
+                "keep_ratio": k,
+                "gmacs": g,
+                "top1_mean": a,
+                "top1_std": 0.2,
+                "n_ok": 2,
+                "throughput": 1.0,
+            }
+            for m, k, g, a in rows
+        ]
+    )
     fig = tradeoff_figure(summary, "t")
     labels = sorted(t.get_text() for t in fig.axes[0].texts)
     assert labels == ["keep 0.5", "keep 0.5", "keep 0.7"]  # none for keep 1.0 (dense)
@@ -114,8 +137,15 @@ def test_full_report_on_a_large_table_with_holes(table, tmp_path):
     suite.mkdir()
     table.to_parquet(suite / TABLE_PARQUET)
     paths = build_report(suite, paper_figures=True)
-    assert {"index.md", "report.md", "results.tex", "paper_svite_sparsity.png", "paper_token_pooling_curves.png",
-            "paper_dynamicvit_tradeoff.png", "paper_pruning_ablation.png"} <= set(paths)
+    assert {
+        "index.md",
+        "report.md",
+        "results.tex",
+        "paper_svite_sparsity.png",
+        "paper_token_pooling_curves.png",
+        "paper_dynamicvit_tradeoff.png",
+        "paper_pruning_ablation.png",
+    } <= set(paths)
     assert "failed or missing run(s)" in paths["index.md"].read_text()
     serial = build_report(suite, tmp_path / "serial", workers=1, paper_figures=True)
     for name in ("tradeoff_top1_vs_gmacs.png", "paper_svite_sparsity.pdf", "results.tex"):
@@ -154,8 +184,13 @@ def test_figures_cli(table, tmp_path, capsys):
 # ------------------------------------------------------------------ the plotted data, read back from the artists
 BACKBONES = ("deit_small_patch16_224", "vit_tiny_patch16_224")
 #: label -> (role, keep ratios, seeds); gamma has one seed (no error bar), delta only failed runs (not drawn)
-SPECS = {"dense": ("reference", [1.0], 3), "alpha": ("learned", [0.5, 0.7], 3), "beta": ("control", [0.5, 0.7], 3),
-         "gamma": ("learned", [0.6], 1), "delta": ("control", [0.5], 2)}
+SPECS = {
+    "dense": ("reference", [1.0], 3),
+    "alpha": ("learned", [0.5, 0.7], 3),
+    "beta": ("control", [0.5, 0.7], 3),
+    "gamma": ("learned", [0.6], 1),
+    "delta": ("control", [0.5], 2),
+}
 
 
 def runs_table():
@@ -175,20 +210,29 @@ def runs_table():
                     failed = method == "delta" or (method == "alpha" and k == 0.5 and s == 2 and bi == 0)
                     top1 = 55 + 9 * bi + 2.7 * mi + 17 * k + (-0.6, 0.2, 1.3)[s] * (1 + 0.4 * mi)
                     speedup = 1.0 if method == "dense" else round(1 / k + 0.07 * mi + 0.01 * s, 4)
-                    rows.append({
-                        "suite": "figs", "run_id": f"{method}__{backbone}__k{k:.2f}__s{s}", "method": method,
-                        "method_name": method, "backbone": backbone, "keep_ratio": k, "seed": s,
-                        "dataset": "canvas-digits", "status": "failed" if failed else "ok",
-                        **{role_column(r): r == role for r in ROLES},
-                        "top1": None if failed else top1, "top5": None if failed else top1 + 13.1,
-                        "top1_ema": None if failed else top1 - 4.2,
-                        "gmacs_fvcore_1mac_eq_1flop": None if failed else gmacs,
-                        "throughput_img_s": None if failed else round(3000 / gmacs + 11 * s + 5 * mi, 3),
-                        "speedup_vs_dense": None if failed else speedup,
-                        "speedup_ci_low": None if failed else speedup - 0.05 - 0.01 * mi,
-                        "speedup_ci_high": None if failed else speedup + 0.08 + 0.01 * mi,
-                        "speedup_unreliable": method == "beta" and k == 0.7 and bi == 1,
-                    })
+                    rows.append(
+                        {
+                            "suite": "figs",
+                            "run_id": f"{method}__{backbone}__k{k:.2f}__s{s}",
+                            "method": method,
+                            "method_name": method,
+                            "backbone": backbone,
+                            "keep_ratio": k,
+                            "seed": s,
+                            "dataset": "canvas-digits",
+                            "status": "failed" if failed else "ok",
+                            **{role_column(r): r == role for r in ROLES},
+                            "top1": None if failed else top1,
+                            "top5": None if failed else top1 + 13.1,
+                            "top1_ema": None if failed else top1 - 4.2,
+                            "gmacs_fvcore_1mac_eq_1flop": None if failed else gmacs,
+                            "throughput_img_s": None if failed else round(3000 / gmacs + 11 * s + 5 * mi, 3),
+                            "speedup_vs_dense": None if failed else speedup,
+                            "speedup_ci_low": None if failed else speedup - 0.05 - 0.01 * mi,
+                            "speedup_ci_high": None if failed else speedup + 0.08 + 0.01 * mi,
+                            "speedup_unreliable": method == "beta" and k == 0.7 and bi == 1,
+                        }
+                    )
     return pd.DataFrame(rows)
 
 
@@ -201,9 +245,11 @@ def _rgba(c):
 def _legend_styles(fig):
     """Method -> (colour, marker) as the figure's legend shows them (the reference labelled '... (reference)')."""
     legend = fig.legends[0]
-    return {t.get_text().removesuffix(" (reference)"): (_rgba(h.get_color()), h.get_marker())
-            for t, h in zip(legend.get_texts(), legend.legend_handles) if t.get_text() != "Pareto front"
-            and "unreliable" not in t.get_text()}
+    return {
+        t.get_text().removesuffix(" (reference)"): (_rgba(h.get_color()), h.get_marker())
+        for t, h in zip(legend.get_texts(), legend.legend_handles)
+        if t.get_text() != "Pareto front" and "unreliable" not in t.get_text()
+    }
 
 
 def _segments(ax, vertical: bool):
@@ -218,8 +264,7 @@ def _segments(ax, vertical: bool):
         for i, seg in enumerate(coll.get_segments()):
             (x0, y0), (x1, y1) = seg
             if (x0 == x1) == vertical and (y0 == y1) != vertical:
-                out.append(((round(x0, 6), round(y0, 6), round(x1, 6), round(y1, 6)),
-                            _rgba(colors[i % len(colors)])))
+                out.append(((round(x0, 6), round(y0, 6), round(x1, 6), round(y1, 6)), _rgba(colors[i % len(colors)])))
     return sorted(out)
 
 
@@ -267,11 +312,22 @@ def test_tradeoff_figure_plots_every_method_at_its_x_and_mean_top1_with_seed_std
             assert np.allclose(lines[0].get_xdata(), rows[column]), (backbone, method)
             assert np.allclose(lines[0].get_ydata(), rows["top1_mean"]), (backbone, method)
         bars = _segments(ax, vertical=True)
-        expected = sorted(((round(r[column], 6), round(r.top1_mean - r.top1_std, 6), round(r[column], 6),
-                            round(r.top1_mean + r.top1_std, 6)), styles[r.method][0])
-                          for _, r in data.iterrows() if r.n_ok > 1 and r.top1_std > 0)
+        expected = sorted(
+            (
+                (
+                    round(r[column], 6),
+                    round(r.top1_mean - r.top1_std, 6),
+                    round(r[column], 6),
+                    round(r.top1_mean + r.top1_std, 6),
+                ),
+                styles[r.method][0],
+            )
+            for _, r in data.iterrows()
+            if r.n_ok > 1 and r.top1_std > 0
+        )
         assert len(bars) == len(expected) and all(
-            np.allclose(a[0], b[0], atol=1e-5) and a[1] == b[1] for a, b in zip(bars, expected)), (bars, expected)
+            np.allclose(a[0], b[0], atol=1e-5) and a[1] == b[1] for a, b in zip(bars, expected)
+        ), (bars, expected)
         reference = data[data["method"] == "dense"]["top1_mean"].tolist()
         hlines = [ln for ln in ax.lines if ln.get_marker() in (None, "None", "") and ln.get_linestyle() == ":"]
         assert [ln.get_ydata()[0] for ln in hlines] == pytest.approx(reference)
@@ -281,22 +337,33 @@ def test_tradeoff_figure_plots_every_method_at_its_x_and_mean_top1_with_seed_std
         pts = list(zip(data[column], data["top1_mean"]))
 
         def beaten(p, pts=pts, larger_better=larger_better):
-            return any((q[0] > p[0] if larger_better else q[0] < p[0]) and q[1] >= p[1] or
-                       q[0] == p[0] and q[1] > p[1] for q in pts)
+            return any(
+                (q[0] > p[0] if larger_better else q[0] < p[0]) and q[1] >= p[1] or q[0] == p[0] and q[1] > p[1]
+                for q in pts
+            )
 
         assert sorted(zip(front[0].get_xdata(), front[0].get_ydata())) == sorted(p for p in pts if not beaten(p))
         # the speed-up's confidence interval, horizontal at the point's top-1
         ci = _segments(ax, vertical=False)
         if x == "speedup":
-            want = sorted((r.speedup_ci_low, r.top1_mean, r.speedup_ci_high, r.top1_mean) for _, r in data.iterrows()
-                          if r.speedup_ci_high > r.speedup_ci_low)
+            want = sorted(
+                (r.speedup_ci_low, r.top1_mean, r.speedup_ci_high, r.top1_mean)
+                for _, r in data.iterrows()
+                if r.speedup_ci_high > r.speedup_ci_low
+            )
             assert len(ci) == len(want) > 0 and np.allclose([s[0] for s in ci], want, atol=1e-5)
         else:
             assert ci == []
-        rings = [ln for ln in ax.lines if ln.get_markerfacecolor() == "none" and ln.get_marker() == "o"
-                 and ln.get_linestyle() in ("None", "none")]
-        flagged = data[data[[f for f in UNRELIABLE_FLAGS.get(x, ()) if f in data]].any(axis=1)] \
-            if x in UNRELIABLE_FLAGS else data.iloc[:0]
+        rings = [
+            ln
+            for ln in ax.lines
+            if ln.get_markerfacecolor() == "none" and ln.get_marker() == "o" and ln.get_linestyle() in ("None", "none")
+        ]
+        flagged = (
+            data[data[[f for f in UNRELIABLE_FLAGS.get(x, ()) if f in data]].any(axis=1)]
+            if x in UNRELIABLE_FLAGS
+            else data.iloc[:0]
+        )
         assert len(rings) == (0 if flagged.empty else 1)
         if rings:
             assert np.allclose(sorted(zip(*rings[0].get_data())), sorted(zip(flagged[column], flagged["top1_mean"])))
@@ -322,10 +389,14 @@ def test_paper_figure_lines_put_each_method_at_its_x_and_mean_top1(x):
     assert set(lines) == set(data["method"])
     for method, rows in data.groupby("method"):
         rows = rows.sort_values(x, kind="stable")
-        assert np.allclose(lines[method].get_xdata(), rows[x]) and np.allclose(lines[method].get_ydata(),
-                                                                                rows["top1_mean"])
+        assert np.allclose(lines[method].get_xdata(), rows[x]) and np.allclose(
+            lines[method].get_ydata(), rows["top1_mean"]
+        )
         assert _rgba(lines[method].get_color()) == _rgba(styles[method]["color"])
     bars = sorted(s[0] for s in _segments(ax, vertical=True))
-    expected = sorted((r[x], r.top1_mean - r.top1_std, r[x], r.top1_mean + r.top1_std)
-                      for _, r in data.iterrows() if r.n_ok > 1 and r.top1_std > 0)
+    expected = sorted(
+        (r[x], r.top1_mean - r.top1_std, r[x], r.top1_mean + r.top1_std)
+        for _, r in data.iterrows()
+        if r.n_ok > 1 and r.top1_std > 0
+    )
     assert np.allclose(bars, expected, atol=1e-5)

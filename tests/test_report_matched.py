@@ -1,4 +1,5 @@
 """Matched-budget comparison and learned-vs-control ablation on small synthetic tables."""
+
 from __future__ import annotations
 
 import time
@@ -9,8 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.report.matched import (ABLATION_COLUMNS, MATCHED_COLUMNS, ablation, ablation_markdown, matched_budget,
-                                  matched_markdown, plot_ablation, plot_matched)
+from bench.report.matched import (
+    ABLATION_COLUMNS,
+    MATCHED_COLUMNS,
+    ablation,
+    ablation_markdown,
+    matched_budget,
+    matched_markdown,
+    plot_ablation,
+    plot_matched,
+)
 from bench.results.collect import build_table
 
 BB = "deit_tiny"
@@ -28,10 +37,19 @@ ROLES = {"dense": "reference", "learned": "learned", "static": "control", "rando
 
 
 def _row(method: str, ratio: float, seed: int, gmacs: float | None, top1: float | None, **over: Any) -> dict[str, Any]:
-    row = {"suite": "t", "run_id": f"{method}-{ratio}-{seed}-{over.get('backbone', BB)}", "method": method,
-           **{f"role_{r}": ROLES.get(method) == r for r in ("reference", "control", "learned")},
-           "backbone": BB, "keep_ratio": ratio, "seed": seed, "dataset": "synthetic", "top1": top1,
-           "gmacs_fvcore_1mac_eq_1flop": gmacs, "status": "ok"}
+    row = {
+        "suite": "t",
+        "run_id": f"{method}-{ratio}-{seed}-{over.get('backbone', BB)}",
+        "method": method,
+        **{f"role_{r}": ROLES.get(method) == r for r in ("reference", "control", "learned")},
+        "backbone": BB,
+        "keep_ratio": ratio,
+        "seed": seed,
+        "dataset": "synthetic",
+        "top1": top1,
+        "gmacs_fvcore_1mac_eq_1flop": gmacs,
+        "status": "ok",
+    }
     row.update(over)
     return row
 
@@ -52,8 +70,9 @@ def test_interpolates_between_keep_ratios() -> None:
     assert list(df.columns) == MATCHED_COLUMNS
     # seed s: learned 74 + s/2 at 2 GMACs, 77 + s/2 at 3 -> 75.5 + s/2 at 2.5; mean over seeds 0..2 adds 0.5.
     assert _at(df, "learned", 2.5)["top1_mean"] == pytest.approx(76.0)
-    assert _at(df, "learned", 3.25)["top1_mean"] == pytest.approx(np.mean([np.interp(3.25, [3, 4], [77, 79]) + 0.5 * s
-                                                                            for s in range(3)]))
+    assert _at(df, "learned", 3.25)["top1_mean"] == pytest.approx(
+        np.mean([np.interp(3.25, [3, 4], [77, 79]) + 0.5 * s for s in range(3)])
+    )
     assert _at(df, "learned", 2.5)["n_seeds"] == 3
 
 
@@ -92,8 +111,14 @@ def test_best_method_and_paired_difference() -> None:
 
 def test_ci_contains_mean_and_is_nan_for_one_seed() -> None:
     rng = np.random.default_rng(1)
-    noisy = build_table([_row(m, k, s, g, t + rng.normal(0, 1.0)) for m, pts in CURVES.items()
-                         for k, (g, t) in pts.items() for s in range(6)])
+    noisy = build_table(
+        [
+            _row(m, k, s, g, t + rng.normal(0, 1.0))
+            for m, pts in CURVES.items()
+            for k, (g, t) in pts.items()
+            for s in range(6)
+        ]
+    )
     df = matched_budget(noisy, budgets=[2.5]).dropna(subset=["top1_mean"])
     assert (df["top1_ci_low"] <= df["top1_mean"]).all() and (df["top1_mean"] <= df["top1_ci_high"]).all()
     assert (df["top1_ci_low"] < df["top1_ci_high"]).all()
@@ -104,8 +129,14 @@ def test_ci_contains_mean_and_is_nan_for_one_seed() -> None:
 
 def test_bootstrap_is_deterministic() -> None:
     rng = np.random.default_rng(2)
-    noisy = build_table([_row(m, k, s, g, t + rng.normal(0, 1.0)) for m, pts in CURVES.items()
-                         for k, (g, t) in pts.items() for s in range(5)])
+    noisy = build_table(
+        [
+            _row(m, k, s, g, t + rng.normal(0, 1.0))
+            for m, pts in CURVES.items()
+            for k, (g, t) in pts.items()
+            for s in range(5)
+        ]
+    )
     pd.testing.assert_frame_equal(matched_budget(noisy, seed=3), matched_budget(noisy, seed=3))
     pd.testing.assert_frame_equal(ablation(noisy, seed=3), ablation(noisy, seed=3))
     assert not matched_budget(noisy, seed=3)["top1_ci_low"].equals(matched_budget(noisy, seed=4)["top1_ci_low"])
@@ -141,8 +172,14 @@ def test_markdown_renderers() -> None:
 
 
 def test_figures_written_and_byte_stable(tmp_path: Path) -> None:
-    table = _table(extra=[_row(m, k, s, g * 4, t - 3 + 0.5 * s, backbone="deit_small", run_id=f"s{m}{k}{s}")
-                          for m, pts in CURVES.items() for k, (g, t) in pts.items() for s in range(3)])
+    table = _table(
+        extra=[
+            _row(m, k, s, g * 4, t - 3 + 0.5 * s, backbone="deit_small", run_id=f"s{m}{k}{s}")
+            for m, pts in CURVES.items()
+            for k, (g, t) in pts.items()
+            for s in range(3)
+        ]
+    )
     for plot, df in ((plot_matched, matched_budget(table)), (plot_ablation, ablation(table))):
         first = plot(df, tmp_path / "a")
         again = plot(df, tmp_path / "b")
@@ -172,17 +209,22 @@ def test_failed_runs_and_empty_tables_do_not_raise(tmp_path: Path) -> None:
 
 def test_ten_thousand_runs_are_fast() -> None:
     rng = np.random.default_rng(0)
-    bb, meth, kr, sd = np.meshgrid(np.arange(4), np.arange(25), np.linspace(0.3, 0.9, 10), np.arange(10),
-                                   indexing="ij")
+    bb, meth, kr, sd = np.meshgrid(np.arange(4), np.arange(25), np.linspace(0.3, 0.9, 10), np.arange(10), indexing="ij")
     methods = np.array(["static", "random"] + [f"m{i:02d}" for i in range(23)])
     n = bb.size
-    table = pd.DataFrame({
-        "backbone": np.array([f"vit{i}" for i in range(4)])[bb.ravel()], "method": methods[meth.ravel()],
-        "keep_ratio": kr.ravel(), "seed": sd.ravel(), "status": "ok",
-        "gmacs_fvcore_1mac_eq_1flop": (bb.ravel() + 1) * kr.ravel() * (1 + 0.01 * rng.random(n)),
-        "top1": 60 + 20 * kr.ravel() + meth.ravel() * 0.1 + rng.normal(0, 0.5, n),
-        "role_control": meth.ravel() < 2, "role_learned": meth.ravel() >= 2,
-    })
+    table = pd.DataFrame(
+        {
+            "backbone": np.array([f"vit{i}" for i in range(4)])[bb.ravel()],
+            "method": methods[meth.ravel()],
+            "keep_ratio": kr.ravel(),
+            "seed": sd.ravel(),
+            "status": "ok",
+            "gmacs_fvcore_1mac_eq_1flop": (bb.ravel() + 1) * kr.ravel() * (1 + 0.01 * rng.random(n)),
+            "top1": 60 + 20 * kr.ravel() + meth.ravel() * 0.1 + rng.normal(0, 0.5, n),
+            "role_control": meth.ravel() < 2,
+            "role_learned": meth.ravel() >= 2,
+        }
+    )
     assert len(table) == 10_000
     start = time.perf_counter()
     m, a = matched_budget(table), ablation(table)

@@ -1,5 +1,6 @@
 """Nothing runs code it should not, nothing is lost: planted pickles, one writer per folder, kept results,
 damaged files, a full disk."""
+
 import json
 import os
 import shutil
@@ -88,8 +89,14 @@ def test_a_planted_pickle_in_any_artifact_is_refused_and_never_runs(tmp_path, ca
     # 4. a method's given trained weights (finetune: none)
     weights = tmp_path / "planted_weights.pth"
     _plant(weights, marker)
-    code, err = _bench(capsys, "evaluate", _suite(tmp_path, weights=weights), "shelf__tb_vit_pico_patch4_32__k0.50__s0",
-                       "--results", results)
+    code, err = _bench(
+        capsys,
+        "evaluate",
+        _suite(tmp_path, weights=weights),
+        "shelf__tb_vit_pico_patch4_32__k0.50__s0",
+        "--results",
+        results,
+    )
     assert code == 2 and f"{weights}: refused" in err[-1], err
 
     # 5. the pretrained backbone, read by every fine-tune
@@ -117,6 +124,7 @@ def test_one_writer_per_folder_the_second_waits_and_finds_the_result(tmp_path):
 
             atomic_write_json(out.output, {"status": "ok", "run_id": "r", "by": tag})
             return tag
+
         return f
 
     first = threading.Thread(target=run_step, args=(out, "evaluate r", make("first")))
@@ -140,6 +148,7 @@ def test_a_result_deleted_as_incomplete_is_restored_only_for_the_same_spec_and_i
 
             atomic_write_json(path, {"status": "ok", "run_id": "r"})
             return "made"
+
         return f
 
     out = StepOutput(tmp_path / "run" / "run.json", key="spec-a", run_id="r")
@@ -190,15 +199,21 @@ def small_disk(tmp_path):
     """A real file system that fills up: a 9 MB tmpfs (root only; skipped elsewhere)."""
     mount = tmp_path / "disk"
     mount.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=9m", "tmpfs", str(mount)],
-                                           capture_output=True).returncode != 0:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=9m", "tmpfs", str(mount)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("mounting a small tmpfs needs root")
     yield mount
     subprocess.run(["umount", str(mount)], check=False)
 
 
-def test_full_disk_is_one_line_keeps_the_last_checkpoint_and_records_the_failure(tmp_path, small_disk, capsys,
-                                                                                monkeypatch):
+def test_full_disk_is_one_line_keeps_the_last_checkpoint_and_records_the_failure(
+    tmp_path, small_disk, capsys, monkeypatch
+):
     """Epoch 1's checkpoint fits, epoch 2's does not (the old one is still there while the new one is written)."""
     monkeypatch.chdir(tmp_path)
     suite = _suite(tmp_path)

@@ -1,5 +1,6 @@
 """SViTE / S2ViTE / SViTE+: fixed budgets through prune-and-grow and optimiser steps, the drop schedule,
 physical removal of heads and neurons, the token selector, cost accounting."""
+
 import math
 
 import pytest
@@ -9,8 +10,8 @@ from bench.config import DEFAULT_RECIPE
 from bench.measure import count_flops
 from bench.methods import create_method
 from bench.methods.sparse import drop_fraction, erk_densities, is_update_step, sparse_layers, zero_weight_gmacs
-from bench.methods.svite import SELECTOR
 from bench.methods.structured import remove_structures
+from bench.methods.svite import SELECTOR
 from bench.train import train_model
 
 
@@ -46,8 +47,14 @@ def test_erk_densities_meet_the_budget():
 
 def test_masks_cover_the_papers_weight_matrices(tiny_vit):
     names = set(sparse_layers(tiny_vit(8)))
-    assert {"patch_embed.proj", "blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.mlp.fc1", "blocks.0.mlp.fc2",
-            "head"} <= names
+    assert {
+        "patch_embed.proj",
+        "blocks.0.attn.qkv",
+        "blocks.0.attn.proj",
+        "blocks.0.mlp.fc1",
+        "blocks.0.mlp.fc2",
+        "head",
+    } <= names
     assert not any("norm" in n for n in names)
 
 

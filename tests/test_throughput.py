@@ -19,15 +19,23 @@ from bench.errors import UsageError
 from bench.measure.flops import count_flops
 from bench.measure.throughput import ThroughputReport, measure_throughput
 
-ROW_KEYS = {"batch_size", "img_per_s_median", "img_per_s_iqr", "img_per_s_cv", "latency_ms_median",
-            "peak_mem_mb", "repeats", "iters_per_repeat", "min_time_s"}
+ROW_KEYS = {
+    "batch_size",
+    "img_per_s_median",
+    "img_per_s_iqr",
+    "img_per_s_cv",
+    "latency_ms_median",
+    "peak_mem_mb",
+    "repeats",
+    "iters_per_repeat",
+    "min_time_s",
+}
 FAST = {"image_size": 32, "warmup": 1, "repeats": 3, "min_time_s": 0.0}
 
 
 def tiny_vit(embed_dim: int = 64, depth: int = 2) -> VisionTransformer:
     torch.manual_seed(0)
-    return VisionTransformer(img_size=32, patch_size=4, embed_dim=embed_dim, depth=depth,
-                             num_heads=2, num_classes=10)
+    return VisionTransformer(img_size=32, patch_size=4, embed_dim=embed_dim, depth=depth, num_heads=2, num_classes=10)
 
 
 class Probe(nn.Module):
@@ -47,14 +55,22 @@ class Probe(nn.Module):
             time.sleep(self.sleep_s)
         h = self.conv(x)
         out = self.fc(h.mean(dim=(2, 3)))
-        self.calls.append({
-            "shape": tuple(x.shape), "channels_last_input": x.is_contiguous(memory_format=torch.channels_last)
-            and not x.is_contiguous(), "conv_weight_channels_last": self.conv.weight.is_contiguous(
-                memory_format=torch.channels_last) and not self.conv.weight.is_contiguous(),
-            "autocast": torch.is_autocast_enabled(x.device.type),
-            "conv_dtype": h.dtype, "fc_dtype": out.dtype, "training": self.training,
-            "inference_mode": torch.is_inference_mode_enabled(), "grad": torch.is_grad_enabled(),
-            "t0": t0, "t1": time.perf_counter()})
+        self.calls.append(
+            {
+                "shape": tuple(x.shape),
+                "channels_last_input": x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous(),
+                "conv_weight_channels_last": self.conv.weight.is_contiguous(memory_format=torch.channels_last)
+                and not self.conv.weight.is_contiguous(),
+                "autocast": torch.is_autocast_enabled(x.device.type),
+                "conv_dtype": h.dtype,
+                "fc_dtype": out.dtype,
+                "training": self.training,
+                "inference_mode": torch.is_inference_mode_enabled(),
+                "grad": torch.is_grad_enabled(),
+                "t0": t0,
+                "t1": time.perf_counter(),
+            }
+        )
         return out
 
 
@@ -87,8 +103,9 @@ def test_warmup_and_repeats_are_the_forward_passes_run_per_batch_size() -> None:
     inputs of its own shape, in eval mode under inference_mode, in the order of the sorted batch sizes."""
     model = Probe()
     model.train()
-    report = measure_throughput(model, batch_sizes=(5, 2, 5), image_size=12, in_chans=3, warmup=4, repeats=7,
-                                min_time_s=0.0)
+    report = measure_throughput(
+        model, batch_sizes=(5, 2, 5), image_size=12, in_chans=3, warmup=4, repeats=7, min_time_s=0.0
+    )
     assert [r["batch_size"] for r in report.rows] == [2, 5]  # duplicates measured once
     assert [c["shape"] for c in model.calls] == [(2, 3, 12, 12)] * (4 + 7) + [(5, 3, 12, 12)] * (4 + 7)
     assert all(r["repeats"] == 7 and r["iters_per_repeat"] == 1 and r["min_time_s"] == 0.0 for r in report.rows)
@@ -104,15 +121,16 @@ def test_min_time_calibrates_passes_per_repeat_and_every_repeat_lasts_that_long(
     the timed passes."""
     sleep_s, min_time_s, warmup, repeats = 0.01, 0.05, 2, 4
     model = Probe(sleep_s)
-    row = measure_throughput(model, batch_sizes=(3,), image_size=8, warmup=warmup, repeats=repeats,
-                             min_time_s=min_time_s).headline()
+    row = measure_throughput(
+        model, batch_sizes=(3,), image_size=8, warmup=warmup, repeats=repeats, min_time_s=min_time_s
+    ).headline()
     iters = row["iters_per_repeat"]
     assert 2 <= iters <= 5, iters  # ceil(0.05 / per-pass time); a pass never lasts less than the 10 ms sleep
-    timed = model.calls[len(model.calls) - repeats * iters:]
+    timed = model.calls[len(model.calls) - repeats * iters :]
     calibration = len(model.calls) - warmup - repeats * iters
     assert 1 <= calibration <= 1 + 8, calibration  # one single pass, then a second look at up to 8
     for r in range(repeats):
-        rep = timed[r * iters:(r + 1) * iters]
+        rep = timed[r * iters : (r + 1) * iters]
         assert rep[-1]["t1"] - rep[0]["t0"] >= min_time_s * 0.95
     assert row["min_time_s"] == min_time_s and row["repeats"] == repeats
 
@@ -122,8 +140,9 @@ def test_img_per_s_and_latency_follow_the_cost_of_a_pass() -> None:
     a model 4x as expensive gets about a quarter of the img/s. Latency is the batch's time per pass."""
     rows = {}
     for sleep_s in (0.005, 0.02):
-        rows[sleep_s] = measure_throughput(Probe(sleep_s), batch_sizes=(8,), image_size=8, warmup=1, repeats=5,
-                                           min_time_s=0.0).headline()
+        rows[sleep_s] = measure_throughput(
+            Probe(sleep_s), batch_sizes=(8,), image_size=8, warmup=1, repeats=5, min_time_s=0.0
+        ).headline()
     for sleep_s, row in rows.items():
         ideal = 8 / sleep_s
         assert ideal / 3 < row["img_per_s_median"] <= ideal * 1.01, (sleep_s, row)
@@ -163,18 +182,21 @@ def test_training_mode_restored() -> None:
     assert model.training
 
 
-@pytest.mark.parametrize("kwargs, needle", [
-    ({"precision": "fp16"}, "fp16"),
-    ({"precision": "int8"}, "precision must be one of fp32, fp16, bf16"),
-    ({"batch_sizes": (0,)}, "batch sizes must be positive"),
-    ({"batch_sizes": ()}, "batch sizes must be positive"),
-    ({"repeats": 0}, "repeats >= 1"),
-    ({"warmup": -1}, "warmup >= 0"),
-    ({"min_time_s": -0.5}, "min_time_s >= 0"),
-    ({"image_size": 0}, "image_size"),
-    ({"device": "nonsense"}, "device"),
-    ({"device": "meta"}, "unsupported device type"),
-])
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"precision": "fp16"}, "fp16"),
+        ({"precision": "int8"}, "precision must be one of fp32, fp16, bf16"),
+        ({"batch_sizes": (0,)}, "batch sizes must be positive"),
+        ({"batch_sizes": ()}, "batch sizes must be positive"),
+        ({"repeats": 0}, "repeats >= 1"),
+        ({"warmup": -1}, "warmup >= 0"),
+        ({"min_time_s": -0.5}, "min_time_s >= 0"),
+        ({"image_size": 0}, "image_size"),
+        ({"device": "nonsense"}, "device"),
+        ({"device": "meta"}, "unsupported device type"),
+    ],
+)
 def test_bad_arguments_are_one_line_usage_errors_naming_the_field(kwargs: dict, needle: str) -> None:
     model = Probe()
     with pytest.raises(UsageError) as exc:

@@ -1,11 +1,11 @@
 """Token Pooling: clustering properties, the class token, schedules and GMACs, training, baselines."""
+
 import pytest
 import torch
 
 from bench.measure import count_flops
 from bench.methods import create_method
-from bench.methods.clustering import (farthest_point_init, kmeans, kmedoids, reconstruction_error,
-                                      significance_init)
+from bench.methods.clustering import farthest_point_init, kmeans, kmedoids, reconstruction_error, significance_init
 from bench.methods.pruning import stage_keep_counts
 from bench.methods.token_pooling import POOLER, pooled_grid, window_cells
 
@@ -35,8 +35,7 @@ def test_k_equals_n_returns_the_tokens(fit):
 @pytest.mark.parametrize("weighted", [False, True])
 def test_reconstruction_error_never_increases(fit, weighted):
     x, w = tokens(n=64)
-    out = FITS[fit](x, 10, significance_init(w, 10), weights=w if weighted else None, iterations=8,
-                    track_error=True)
+    out = FITS[fit](x, 10, significance_init(w, 10), weights=w if weighted else None, iterations=8, track_error=True)
     assert len(out.errors) == 9
     assert all(b <= a + 1e-9 for a, b in zip(out.errors, out.errors[1:])), out.errors
     assert out.errors[-1] < out.errors[0]  # the iterations do something
@@ -83,7 +82,7 @@ def test_clustering_is_batched_and_deterministic():
     x, w = tokens(b=4)
     init = significance_init(w, 5)
     whole = kmeans(x, 5, init, weights=w).tokens
-    singles = torch.cat([kmeans(x[i:i + 1], 5, init[i:i + 1], weights=w[i:i + 1]).tokens for i in range(4)])
+    singles = torch.cat([kmeans(x[i : i + 1], 5, init[i : i + 1], weights=w[i : i + 1]).tokens for i in range(4)])
     torch.testing.assert_close(whole, singles)
     torch.testing.assert_close(whole, kmeans(x, 5, init, weights=w).tokens, rtol=0, atol=0)
 
@@ -190,11 +189,13 @@ def test_kmedoids_counts_what_it_runs_when_it_converges_at_once(tiny_vit):
     model, method = patched(tiny_vit, keep=0.9)
     calls = []
     getattr(model, POOLER).register_forward_hook(
-        lambda m, args, out: calls.append((args[0].shape[1], args[2], torch.equal(
-            out.representative, significance_init(args[1], args[2])))))
+        lambda m, args, out: calls.append(
+            (args[0].shape[1], args[2], torch.equal(out.representative, significance_init(args[1], args[2])))
+        )
+    )
     x = torch.randn(2, 1, 32, 32, generator=torch.Generator().manual_seed(0))
     report = count_flops(model, x)
-    stages = [(n, k) for n, k, _ in calls[len(calls) // 2:]]  # count_flops runs the trace, then the executed pass
+    stages = [(n, k) for n, k, _ in calls[len(calls) // 2 :]]  # count_flops runs the trace, then the executed pass
     assert stages == [(64, 57), (57, 51), (51, 46)]
     assert all(converged for *_, converged in calls), "the premise: K-Medoids converges at once here"
     dim = model.embed_dim
@@ -286,8 +287,10 @@ def test_importance_keeps_the_most_attended_tokens(tiny_vit):
     assert torch.equal(method.last_kept[0], expected)
 
 
-@pytest.mark.parametrize("rows,cols,budget,expected", [(8, 8, 32, (4, 8)), (8, 8, 44, (6, 7)), (14, 14, 137, (11, 12)),
-                                                       (14, 14, 196, (14, 14)), (4, 4, 1, (1, 1))])
+@pytest.mark.parametrize(
+    "rows,cols,budget,expected",
+    [(8, 8, 32, (4, 8)), (8, 8, 44, (6, 7)), (14, 14, 137, (11, 12)), (14, 14, 196, (14, 14)), (4, 4, 1, (1, 1))],
+)
 def test_pooled_grid_is_the_largest_within_budget(rows, cols, budget, expected):
     assert pooled_grid(rows, cols, budget) == expected
 

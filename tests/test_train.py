@@ -1,8 +1,8 @@
 """Training loop: exact resume from the per-epoch checkpoint, and non-finite loss recorded as a failure."""
-import torch
-from torch.utils.data import TensorDataset
 
 import pytest
+import torch
+from torch.utils.data import TensorDataset
 
 from bench.config import DEFAULT_RECIPE
 from bench.errors import RunFailed
@@ -54,8 +54,16 @@ def test_training_reduces_loss(tiny_vit, tmp_path):
     model = tiny_vit()
     m = create_method("dense")
     ds = data(64)
-    res = train_model(model, m, ds, {**RECIPE, "epochs": 8, "label_smoothing": 0.0}, seed=0, out_dir=tmp_path,
-                      device=torch.device("cpu"), log=lambda s: None)
+    res = train_model(
+        model,
+        m,
+        ds,
+        {**RECIPE, "epochs": 8, "label_smoothing": 0.0},
+        seed=0,
+        out_dir=tmp_path,
+        device=torch.device("cpu"),
+        log=lambda s: None,
+    )
     lines = (tmp_path / LOG_FILE).read_text().splitlines()
     import json
 
@@ -67,6 +75,14 @@ def test_training_reduces_loss(tiny_vit, tmp_path):
 def test_non_finite_loss_stops_the_run(tiny_vit, tmp_path):
     model = tiny_vit()
     with pytest.raises(RunFailed, match="non-finite loss"):
-        train_model(model, create_method("dense"), data(nan=True), RECIPE, seed=0, out_dir=tmp_path,
-                    device=torch.device("cpu"), log=lambda s: None)
+        train_model(
+            model,
+            create_method("dense"),
+            data(nan=True),
+            RECIPE,
+            seed=0,
+            out_dir=tmp_path,
+            device=torch.device("cpu"),
+            log=lambda s: None,
+        )
     assert not (tmp_path / STATE_FILE).exists()

@@ -6,10 +6,12 @@ Sources: ``embedded`` (canvas-digits, built locally, the default), ``hub`` (Hugg
 build (numpy) and the torch side (transforms, TorchImageDataset) are imported lazily, so validating a suite
 pays for neither.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from bench.data import sources
 from bench.data.bundle import DEFAULT_IMAGE_SIZE, DataBundle, cache_root
@@ -35,8 +37,13 @@ __all__ = [
     "validate_data_config",
 ]
 
-_LAZY = {"TorchImageDataset": "transforms", "build_transform": "transforms", "make_torch_datasets": "transforms",
-         "CanvasDigitsConfig": "embedded", "load_canvas_digits": "embedded"}
+_LAZY = {
+    "TorchImageDataset": "transforms",
+    "build_transform": "transforms",
+    "make_torch_datasets": "transforms",
+    "CanvasDigitsConfig": "embedded",
+    "load_canvas_digits": "embedded",
+}
 
 
 def load_data(cfg: Mapping[str, Any] | None, index_path: str | Path | None = None) -> DataBundle:

@@ -3,6 +3,7 @@
 Kept apart from ``bench.data.__init__`` so the source modules can build bundles without
 importing the package facade (which imports them).
 """
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,8 @@ class DataBundle:
     """Train/val HF datasets plus what the model and transforms need to know about them."""
 
     name: str  # short dataset name for result rows, e.g. "canvas-digits" or "imagenet-1k"
-    train: "datasets.Dataset"
-    val: "datasets.Dataset"
+    train: datasets.Dataset
+    val: datasets.Dataset
     num_classes: int
     image_key: str
     label_key: str

@@ -2,6 +2,7 @@
 on a black canvas. Small enough to build in seconds and ship with no download, yet most patch
 tokens are pure background, so which tokens a sparsification method keeps decides accuracy.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -11,9 +12,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -70,15 +72,14 @@ class CanvasDigitsConfig:
         return DIGIT_SIZE * self.scale
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any] | None) -> "CanvasDigitsConfig":
+    def from_options(cls, options: Mapping[str, Any] | None) -> CanvasDigitsConfig:
         """Build from the suite's ``options:`` mapping, rejecting unknown keys with a suggestion."""
         options = dict(options or {})
         known = [f.name for f in fields(cls)]
         for key in options:
             if key not in known:
                 raise UsageError(
-                    f"{NAME}: unknown option {key!r}{did_you_mean(str(key), known)} "
-                    f"(known: {', '.join(known)})"
+                    f"{NAME}: unknown option {key!r}{did_you_mean(str(key), known)} (known: {', '.join(known)})"
                 )
         return cls(**options)
 
@@ -163,7 +164,7 @@ def _png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def features() -> "datasets.Features":
+def features() -> datasets.Features:
     import datasets
 
     return datasets.Features(
@@ -175,7 +176,7 @@ def features() -> "datasets.Features":
     )
 
 
-def build_canvas_digits(cfg: CanvasDigitsConfig) -> "datasets.DatasetDict":
+def build_canvas_digits(cfg: CanvasDigitsConfig) -> datasets.DatasetDict:
     """Build the DatasetDict in memory (PNG-encoded images, so it saves compactly)."""
     import datasets
 
@@ -207,7 +208,7 @@ def _quiet_progress() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
-def load_canvas_digits(cfg: CanvasDigitsConfig | None = None) -> "datasets.DatasetDict":
+def load_canvas_digits(cfg: CanvasDigitsConfig | None = None) -> datasets.DatasetDict:
     """Load from the cache, building (into a temp dir, then renamed into place) on a miss."""
     import datasets
 

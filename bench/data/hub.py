@@ -1,6 +1,7 @@
 """The Hugging Face hub source: fail in about a second when the hub cannot answer, honour offline mode set after
 ``datasets`` was imported, pass the token, cache dir and process count to ``load_dataset``, and turn every loading
 failure into one line naming the fix."""
+
 from __future__ import annotations
 
 import contextlib
@@ -9,8 +10,9 @@ import os
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from bench.data.bundle import DataBundle
 from bench.data.sources import LOCAL_HINT, _one_line, bundle_from_splits
@@ -113,8 +115,14 @@ def load_hub(cfg: Mapping[str, Any]) -> DataBundle:
         with guard:
             for split in dict.fromkeys((cfg["train_split"], cfg["val_split"])):
                 splits[split] = datasets.load_dataset(
-                    name, cfg.get("subset"), split=split, revision=cfg.get("revision"), cache_dir=cache_dir,
-                    num_proc=cfg.get("num_proc"), token=token)
+                    name,
+                    cfg.get("subset"),
+                    split=split,
+                    revision=cfg.get("revision"),
+                    cache_dir=cache_dir,
+                    num_proc=cfg.get("num_proc"),
+                    token=token,
+                )
     except (OSError, ValueError, RuntimeError) as e:  # FileNotFoundError, ConnectionError and HTTPError are OSErrors
         raise UsageError(f"data: cannot load hub dataset {name!r}: {hub_error_fix(e, name, cfg)}") from None
     return bundle_from_splits(splits, cfg, f"hub dataset {name!r}")
@@ -127,12 +135,15 @@ def hub_error_fix(e: BaseException, name: str, cfg: Mapping[str, Any]) -> str:
     page = f"{hub_endpoint().rstrip('/')}/datasets/{name}"
     status = getattr(getattr(e, "response", None), "status_code", None)
     if isinstance(e, RuntimeError) and "scripts are no longer supported" in text:
-        return (f"{text}: datasets >= 4 cannot run loading scripts; use a repository with data files "
-                f"(imagenet-1k: name: ILSVRC/imagenet-1k, parquet), its parquet conversion "
-                f"(revision: refs/convert/parquet), or a local copy ({LOCAL_HINT})")
+        return (
+            f"{text}: datasets >= 4 cannot run loading scripts; use a repository with data files "
+            f"(imagenet-1k: name: ILSVRC/imagenet-1k, parquet), its parquet conversion "
+            f"(revision: refs/convert/parquet), or a local copy ({LOCAL_HINT})"
+        )
     if "gated dataset" in text and "authenticated" in text:
-        return (f"{text} Set HF_TOKEN to a token of an account that accepted the terms at {page} "
-                f"(or run `hf auth login`)")
+        return (
+            f"{text} Set HF_TOKEN to a token of an account that accepted the terms at {page} (or run `hf auth login`)"
+        )
     if "gated dataset" in text or "Cannot access gated repo" in text:
         return f"{text} Your token's account has no access yet: accept the terms at {page}"
     if status == 401 or "Invalid credentials" in text or "401" in text.split("For more information")[0]:

@@ -10,6 +10,7 @@ The fingerprint is the modification time of every directory of the tree: adding,
 changes its parent directory's mtime, so a changed tree is detected with a ``stat`` per directory (about two
 thousand for ImageNet) and no listing. Rewriting a file in place is not detected (its directory does not change).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,12 +30,12 @@ _META_KEY = b"tokenbench_index"
 
 @dataclass
 class FolderIndex:
-    root: str                          # the folder, resolved
-    classes: list[str]                 # label i is classes[i]: the sorted class folder names of every split
-    counts: dict[str, int]             # labelled images per split
-    loose: dict[str, int]              # images directly in a split folder (no class folder: unlabelled)
-    dirs: dict[str, int]               # every directory (relative, "." for ROOT) -> st_mtime_ns
-    table: Any                         # pyarrow.Table: split (dictionary), path (relative to ROOT), label (int64)
+    root: str  # the folder, resolved
+    classes: list[str]  # label i is classes[i]: the sorted class folder names of every split
+    counts: dict[str, int]  # labelled images per split
+    loose: dict[str, int]  # images directly in a split folder (no class folder: unlabelled)
+    dirs: dict[str, int]  # every directory (relative, "." for ROOT) -> st_mtime_ns
+    table: Any  # pyarrow.Table: split (dictionary), path (relative to ROOT), label (int64)
 
     @property
     def fingerprint(self) -> str:
@@ -55,8 +56,12 @@ class FolderIndex:
 
     def summary(self) -> dict[str, Any]:
         """What a run record states about the data: the folder, its fingerprint and its file counts."""
-        return {"root": self.root, "fingerprint": self.fingerprint, "classes": len(self.classes),
-                "images": dict(sorted(self.counts.items()))}
+        return {
+            "root": self.root,
+            "fingerprint": self.fingerprint,
+            "classes": len(self.classes),
+            "images": dict(sorted(self.counts.items())),
+        }
 
 
 def tree_fingerprint(dirs: dict[str, int]) -> str:
@@ -125,8 +130,9 @@ def build_index(root: str | Path) -> FolderIndex:
     flat = [i for i, f in enumerate(folders) if not f[3]]
     names = pa.array([n for i in flat for n in folders[i][2]], pa.string())
     owner = np.repeat(np.arange(len(flat), dtype=np.int32), [len(folders[i][2]) for i in flat])
-    keep = pc.and_(pc.match_substring_regex(names, _IMAGE_SUFFIX, ignore_case=True),
-                   pc.invert(pc.starts_with(names, ".")))
+    keep = pc.and_(
+        pc.match_substring_regex(names, _IMAGE_SUFFIX, ignore_case=True), pc.invert(pc.starts_with(names, "."))
+    )
     names, owner = names.filter(keep), pa.array(owner).filter(keep)
     prefixes = pa.array([f"{folders[i][0]}/{folders[i][1]}/" for i in flat], pa.string())
     flat_paths = pc.binary_join_element_wise(prefixes.take(owner), names, "")
@@ -141,19 +147,23 @@ def build_index(root: str | Path) -> FolderIndex:
             runs.append((split, cls, len(chunk)))
             counts[split] = counts.get(split, 0) + len(chunk)
     if not counts and not loose:
-        raise UsageError(f"data: imagefolder {str(top)!r} holds no images in SPLIT/CLASS/ folders "
-                         f"(e.g. {top}/train/<class>/*.JPEG)")
+        raise UsageError(
+            f"data: imagefolder {str(top)!r} holds no images in SPLIT/CLASS/ folders (e.g. {top}/train/<class>/*.JPEG)"
+        )
     classes = sorted({cls for _, cls, _ in runs})
     label_of = {c: i for i, c in enumerate(classes)}
     run_sizes = np.array([n for _, _, n in runs], dtype=np.int64)
     split_of = {s: i for i, s in enumerate(split_names)}
-    table = pa.table({
-        "split": pa.DictionaryArray.from_arrays(
-            pa.array(np.repeat(np.array([split_of[s] for s, _, _ in runs], dtype=np.int32), run_sizes)),
-            pa.array(split_names, pa.string())),
-        "path": pa.chunked_array(chunks, pa.string()).combine_chunks() if chunks else pa.array([], pa.string()),
-        "label": pa.array(np.repeat(np.array([label_of[c] for _, c, _ in runs], dtype=np.int64), run_sizes)),
-    })
+    table = pa.table(
+        {
+            "split": pa.DictionaryArray.from_arrays(
+                pa.array(np.repeat(np.array([split_of[s] for s, _, _ in runs], dtype=np.int32), run_sizes)),
+                pa.array(split_names, pa.string()),
+            ),
+            "path": pa.chunked_array(chunks, pa.string()).combine_chunks() if chunks else pa.array([], pa.string()),
+            "label": pa.array(np.repeat(np.array([label_of[c] for _, c, _ in runs], dtype=np.int64), run_sizes)),
+        }
+    )
     return FolderIndex(str(top), classes, counts, loose, dirs, table)
 
 
@@ -187,12 +197,21 @@ def write_index(index: FolderIndex, path: str | Path) -> Path:
 
     from bench.io import atomic_write
 
-    meta = {"format": INDEX_FORMAT, "root": index.root, "classes": index.classes, "counts": index.counts,
-            "loose": index.loose, "dirs": index.dirs, "fingerprint": index.fingerprint}
+    meta = {
+        "format": INDEX_FORMAT,
+        "root": index.root,
+        "classes": index.classes,
+        "counts": index.counts,
+        "loose": index.loose,
+        "dirs": index.dirs,
+        "fingerprint": index.fingerprint,
+    }
     table = index.table.replace_schema_metadata({_META_KEY: json.dumps(meta).encode()})
     # paths are unique: a dictionary for them would be wasted work; snappy writes twice as fast as zstd
-    return atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="snappy", use_dictionary=["split"],
-                                                         write_statistics=False))
+    return atomic_write(
+        path,
+        lambda tmp: pq.write_table(table, tmp, compression="snappy", use_dictionary=["split"], write_statistics=False),
+    )
 
 
 def read_meta(path: str | Path) -> dict[str, Any] | None:
@@ -214,8 +233,14 @@ def read_index(path: str | Path) -> FolderIndex:
     if meta is None:
         raise UsageError(f"{path}: not a tokenbench folder index (rebuild it: bench index SUITE)")
     table = pq.read_table(path).replace_schema_metadata(None)
-    return FolderIndex(meta["root"], meta["classes"], meta["counts"], meta["loose"],
-                       {k: int(v) for k, v in meta["dirs"].items()}, table)
+    return FolderIndex(
+        meta["root"],
+        meta["classes"],
+        meta["counts"],
+        meta["loose"],
+        {k: int(v) for k, v in meta["dirs"].items()},
+        table,
+    )
 
 
 def current_fingerprint(meta: dict[str, Any]) -> str | None:
@@ -233,8 +258,11 @@ def current_fingerprint(meta: dict[str, Any]) -> str | None:
 
 def is_fresh(meta: dict[str, Any] | None, root: str | Path) -> bool:
     """Whether an index (its metadata) still describes the folder ``root``."""
-    return (meta is not None and meta["root"] == str(Path(root).expanduser().resolve())
-            and current_fingerprint(meta) == meta["fingerprint"])
+    return (
+        meta is not None
+        and meta["root"] == str(Path(root).expanduser().resolve())
+        and current_fingerprint(meta) == meta["fingerprint"]
+    )
 
 
 def drop_if_stale(index_path: str | Path, root: str | Path) -> bool:
@@ -254,10 +282,17 @@ def ensure_index(root: str | Path, path: str | Path, *, build: bool = True) -> F
     if is_fresh(meta, root):
         return read_index(path)
     if not build:
-        why = "is missing" if meta is None else "describes another folder" \
-            if meta["root"] != str(Path(root).expanduser().resolve()) else "is stale (files were added or removed)"
-        raise UsageError(f"the folder index {str(path)!r} of {str(root)!r} {why}; rebuild it with `bench index SUITE` "
-                         f"(the pipeline's index step)")
+        why = (
+            "is missing"
+            if meta is None
+            else "describes another folder"
+            if meta["root"] != str(Path(root).expanduser().resolve())
+            else "is stale (files were added or removed)"
+        )
+        raise UsageError(
+            f"the folder index {str(path)!r} of {str(root)!r} {why}; rebuild it with `bench index SUITE` "
+            f"(the pipeline's index step)"
+        )
     index = build_index(root)
     write_index(index, path)
     return index
@@ -273,5 +308,7 @@ def refresh(root: str | Path, path: str | Path) -> str:
     built = build_index(root)
     write_index(built, path)
     counts = ", ".join(f"{k} {v}" for k, v in sorted(built.counts.items()))
-    return (f"{path}: {built.files} images ({counts}), {len(built.classes)} classes, fingerprint {built.fingerprint}, "
-            f"listed in {time.perf_counter() - t0:.1f} s")
+    return (
+        f"{path}: {built.files} images ({counts}), {len(built.classes)} classes, fingerprint {built.fingerprint}, "
+        f"listed in {time.perf_counter() - t0:.1f} s"
+    )

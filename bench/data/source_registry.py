@@ -6,12 +6,13 @@ The sources themselves (embedded, hub, imagefolder, disk) are declared in ``benc
 its loader. Nothing here imports torch, torchvision, timm or datasets: ``bench validate`` reads the declarations
 without them, and a loader named as ``"module:function"`` is imported only when data is loaded.
 """
+
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from bench.errors import UsageError
 from bench.registry import Registry, did_you_mean
@@ -109,7 +110,7 @@ class DataSource:
     name: str
     doc: str  # one line: what the data is
     keys: tuple[Key, ...]
-    loader: Callable[..., "DataBundle"] | str
+    loader: Callable[..., DataBundle] | str
     #: checks beyond the keys' own, without loading data or using the network (e.g. a path exists)
     check: Callable[[dict[str, Any]], Any] | None = None
     #: the dataset label for result rows; None: the ``name`` key, else the path's last part
@@ -136,8 +137,10 @@ class DataSource:
         allowed = self.allowed()
         for key in cfg:
             if key not in allowed:
-                raise UsageError(f"data: unknown key {key!r} for source {self.name!r}"
-                                 f"{did_you_mean(str(key), allowed)} (allowed: {', '.join(allowed)})")
+                raise UsageError(
+                    f"data: unknown key {key!r} for source {self.name!r}"
+                    f"{did_you_mean(str(key), allowed)} (allowed: {', '.join(allowed)})"
+                )
         out = {SOURCE_KEY: self.name}
         for k in self.keys:
             if k.name in cfg:
@@ -148,7 +151,7 @@ class DataSource:
                 out[k.name] = k.default
         return out
 
-    def load_function(self) -> Callable[..., "DataBundle"]:
+    def load_function(self) -> Callable[..., DataBundle]:
         if callable(self.loader):
             return self.loader
         module, _, attr = self.loader.partition(":")
@@ -195,8 +198,10 @@ def data_schema(registry: SourceRegistry) -> dict[str, Any]:
         "required": [SOURCE_KEY],
         "properties": {SOURCE_KEY: {"enum": names, "description": "the data source"}},
         "allOf": [
-            {"if": {"properties": {SOURCE_KEY: {"const": name}}, "required": [SOURCE_KEY]},
-             "then": registry.get(name).schema()}
+            {
+                "if": {"properties": {SOURCE_KEY: {"const": name}}, "required": [SOURCE_KEY]},
+                "then": registry.get(name).schema(),
+            }
             for name in names
         ],
     }
@@ -227,8 +232,10 @@ def markdown_table(registry: SourceRegistry) -> str:
     is one row."""
     names = registry.in_order()
     lines = ["| `source` | data |", "|---|---|"]
-    lines += [f"| `{name}`{' (default)' if name == names[0] else ''} | {_markdown(registry.get(name).doc)} |"
-              for name in names]
+    lines += [
+        f"| `{name}`{' (default)' if name == names[0] else ''} | {_markdown(registry.get(name).doc)} |"
+        for name in names
+    ]
     lines.append("")
     rows: dict[tuple[Any, ...], list[str]] = {}
     for name in names:
@@ -236,6 +243,8 @@ def markdown_table(registry: SourceRegistry) -> str:
             doc = k.doc + (" (runtime: not part of a run's identity)" if k.runtime else "")
             rows.setdefault((k.name, _bounds(k), _cell(k), doc), []).append(f"`{name}`")
     lines += ["| key | sources | type | default | meaning |", "|---|---|---|---|---|"]
-    lines += [f"| `{key}` | {', '.join(srcs)} | {bounds} | {cell} | {_markdown(doc)} |"
-              for (key, bounds, cell, doc), srcs in rows.items()]
+    lines += [
+        f"| `{key}` | {', '.join(srcs)} | {bounds} | {cell} | {_markdown(doc)} |"
+        for (key, bounds, cell, doc), srcs in rows.items()
+    ]
     return "\n".join(lines)

@@ -9,10 +9,12 @@ Everything the user can get wrong (unknown source or key, wrong type, missing pa
 hub) becomes a one-line UsageError, raised as early and as cheaply as possible. Importing this module imports
 neither torch nor datasets (nor numpy): loaders import what they need.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 from bench.data.bundle import DEFAULT_IMAGE_SIZE, DataBundle
 from bench.data.source_registry import SOURCE_KEY, DataSource, Key, SourceRegistry
@@ -48,12 +50,27 @@ _COLUMNS = (
     Key("label_key", "string", "the column holding the class ids (ClassLabel or integers)", default="label"),
 )
 _IMAGES = (
-    Key("in_chans", "integer", "the channels the model takes (1: images converted to grayscale)", default=3,
-        choices=(1, 3)),
-    Key("image_size", "integer", "the images' native size in pixels, used with fixed_size (the model's input "
-        "size is the backbone's)", default=DEFAULT_IMAGE_SIZE, minimum=8),
-    Key("fixed_size", "boolean", "whether every image already is image_size x image_size: transforms then only "
-        "convert and resize, no random crop or flip unless the recipe asks for augmentation", default=False),
+    Key(
+        "in_chans",
+        "integer",
+        "the channels the model takes (1: images converted to grayscale)",
+        default=3,
+        choices=(1, 3),
+    ),
+    Key(
+        "image_size",
+        "integer",
+        "the images' native size in pixels, used with fixed_size (the model's input size is the backbone's)",
+        default=DEFAULT_IMAGE_SIZE,
+        minimum=8,
+    ),
+    Key(
+        "fixed_size",
+        "boolean",
+        "whether every image already is image_size x image_size: transforms then only "
+        "convert and resize, no random crop or flip unless the recipe asks for augmentation",
+        default=False,
+    ),
 )
 
 
@@ -131,16 +148,14 @@ def load(cfg: Mapping[str, Any] | None, index_path: str | Path | None = None) ->
 # ---------------------------------------------------------------- shared bundle construction
 
 
-def _pick_split(splits: Mapping[str, "datasets.Dataset"], split: str, where: str) -> "datasets.Dataset":
+def _pick_split(splits: Mapping[str, datasets.Dataset], split: str, where: str) -> datasets.Dataset:
     if split not in splits:
         have = sorted(splits)
-        raise UsageError(
-            f"{where} has no split {split!r}{did_you_mean(split, have)} (splits: {', '.join(have)})"
-        )
+        raise UsageError(f"{where} has no split {split!r}{did_you_mean(split, have)} (splits: {', '.join(have)})")
     return splits[split]
 
 
-def _num_classes(train: "datasets.Dataset", val: "datasets.Dataset", label_key: str, where: str) -> int:
+def _num_classes(train: datasets.Dataset, val: datasets.Dataset, label_key: str, where: str) -> int:
     import datasets
 
     feature = train.features[label_key]
@@ -148,15 +163,12 @@ def _num_classes(train: "datasets.Dataset", val: "datasets.Dataset", label_key: 
         return int(feature.num_classes)
     if not (isinstance(feature, datasets.Value) and feature.dtype.startswith(("int", "uint"))):
         raise UsageError(
-            f"{where}: label column {label_key!r} must hold class ids (ClassLabel or integers), "
-            f"got {feature}"
+            f"{where}: label column {label_key!r} must hold class ids (ClassLabel or integers), got {feature}"
         )
     return int(max(max(train.unique(label_key)), max(val.unique(label_key)))) + 1
 
 
-def bundle_from_splits(
-    splits: Mapping[str, "datasets.Dataset"], cfg: Mapping[str, Any], where: str
-) -> DataBundle:
+def bundle_from_splits(splits: Mapping[str, datasets.Dataset], cfg: Mapping[str, Any], where: str) -> DataBundle:
     """Pick the configured splits, check the columns exist, and wrap them in a DataBundle."""
     train = _pick_split(splits, cfg["train_split"], where)
     val = _pick_split(splits, cfg["val_split"], where)
@@ -184,7 +196,7 @@ def bundle_from_splits(
 # ---------------------------------------------------------------- the four sources, each beside its loader
 
 
-def embedded_config(cfg: Mapping[str, Any]) -> "CanvasDigitsConfig":
+def embedded_config(cfg: Mapping[str, Any]) -> CanvasDigitsConfig:
     from bench.data.embedded import CanvasDigitsConfig
 
     return CanvasDigitsConfig.from_options(cfg.get("options"))
@@ -208,51 +220,70 @@ def load_embedded(cfg: Mapping[str, Any]) -> DataBundle:
     )
 
 
-REGISTRY.add_source(DataSource(
-    "embedded",
-    "canvas-digits: scikit-learn's 1,797 real handwritten digits at seeded random positions on a 32x32 canvas "
-    "(64 patch tokens, mostly background), built locally with datasets and cached under $TOKENBENCH_CACHE",
-    keys=(
-        Key("name", "string", "the embedded dataset", default=EMBEDDED_NAMES[0], choices=EMBEDDED_NAMES),
-        Key("options", "object", "its build options: canvas, scale, val_fraction, train_placements, "
-            "val_placements, seed, align (bench.data.embedded.CanvasDigitsConfig)"),
-    ),
-    loader=load_embedded,
-    check=embedded_config,
-    describe=lambda cfg: embedded_config(cfg).describe(),
-))
-REGISTRY.add_source(DataSource(
-    "hub",
-    "the Hugging Face hub through datasets.load_dataset (parquet repositories; datasets >= 4 runs no loading "
-    "scripts), with the token from HF_TOKEN; fails in about a second when the hub cannot answer",
-    keys=(
-        Key("name", "string", "a dataset name on the hub, e.g. ILSVRC/imagenet-1k, also its name in results",
-            required=True),
-        Key("subset", "string", "the dataset's configuration (load_dataset's second argument)"),
-        Key("revision", "string", "a branch, tag or commit of the dataset repository, e.g. refs/convert/parquet"),
-        _TRAIN_SPLIT, _VAL_SPLIT, *_COLUMNS, *_IMAGES,
-        Key("cache_dir", "string", "where datasets caches the download (default: its own cache)", runtime=True),
-        Key("num_proc", "integer", "processes that download and prepare it", runtime=True, minimum=1),
-    ),
-    loader="bench.data.hub:load_hub",
-    describe=lambda cfg: f"{cfg['name']}/{cfg['subset']}" if "subset" in cfg else cfg["name"],
-))
+REGISTRY.add_source(
+    DataSource(
+        "embedded",
+        "canvas-digits: scikit-learn's 1,797 real handwritten digits at seeded random positions on a 32x32 canvas "
+        "(64 patch tokens, mostly background), built locally with datasets and cached under $TOKENBENCH_CACHE",
+        keys=(
+            Key("name", "string", "the embedded dataset", default=EMBEDDED_NAMES[0], choices=EMBEDDED_NAMES),
+            Key(
+                "options",
+                "object",
+                "its build options: canvas, scale, val_fraction, train_placements, "
+                "val_placements, seed, align (bench.data.embedded.CanvasDigitsConfig)",
+            ),
+        ),
+        loader=load_embedded,
+        check=embedded_config,
+        describe=lambda cfg: embedded_config(cfg).describe(),
+    )
+)
+REGISTRY.add_source(
+    DataSource(
+        "hub",
+        "the Hugging Face hub through datasets.load_dataset (parquet repositories; datasets >= 4 runs no loading "
+        "scripts), with the token from HF_TOKEN; fails in about a second when the hub cannot answer",
+        keys=(
+            Key(
+                "name",
+                "string",
+                "a dataset name on the hub, e.g. ILSVRC/imagenet-1k, also its name in results",
+                required=True,
+            ),
+            Key("subset", "string", "the dataset's configuration (load_dataset's second argument)"),
+            Key("revision", "string", "a branch, tag or commit of the dataset repository, e.g. refs/convert/parquet"),
+            _TRAIN_SPLIT,
+            _VAL_SPLIT,
+            *_COLUMNS,
+            *_IMAGES,
+            Key("cache_dir", "string", "where datasets caches the download (default: its own cache)", runtime=True),
+            Key("num_proc", "integer", "processes that download and prepare it", runtime=True, minimum=1),
+        ),
+        loader="bench.data.hub:load_hub",
+        describe=lambda cfg: f"{cfg['name']}/{cfg['subset']}" if "subset" in cfg else cfg["name"],
+    )
+)
 
 
-def _folder_split(index: "FolderIndex", split: str, where: str) -> "datasets.Dataset":
+def _folder_split(index: FolderIndex, split: str, where: str) -> datasets.Dataset:
     import datasets
     from datasets.table import InMemoryTable
 
     if split not in index.counts:
         if split in index.loose:
-            raise UsageError(f"{where}: split {split!r} holds {index.loose[split]} images but no class folders; "
-                             f"sort them into {split}/<class>/ (for ImageNet's val: its valprep.sh)")
+            raise UsageError(
+                f"{where}: split {split!r} holds {index.loose[split]} images but no class folders; "
+                f"sort them into {split}/<class>/ (for ImageNet's val: its valprep.sh)"
+            )
         have = index.splits()
         raise UsageError(f"{where} has no split {split!r}{did_you_mean(split, have)} (splits: {', '.join(have)})")
-    features = datasets.Features({"image": datasets.Value("string"),
-                                  "label": datasets.ClassLabel(names=index.classes)})
-    return datasets.Dataset(InMemoryTable(index.split_table(split).rename_columns(["image", "label"])),
-                            info=datasets.DatasetInfo(features=features), split=split)
+    features = datasets.Features({"image": datasets.Value("string"), "label": datasets.ClassLabel(names=index.classes)})
+    return datasets.Dataset(
+        InMemoryTable(index.split_table(split).rename_columns(["image", "label"])),
+        info=datasets.DatasetInfo(features=features),
+        split=split,
+    )
 
 
 def load_imagefolder(cfg: Mapping[str, Any], index_path: str | Path | None = None) -> DataBundle:
@@ -264,30 +295,49 @@ def load_imagefolder(cfg: Mapping[str, Any], index_path: str | Path | None = Non
     where = f"imagefolder {str(path)!r}"
     # a job builds a missing index (``bench train`` run by hand) but never replaces one: a folder that changed
     # under a running suite is an error, so one suite's runs never read two versions of it
-    index = build_index(path) if index_path is None else ensure_index(path, index_path,
-                                                                       build=not Path(index_path).exists())
-    val_split = cfg.get("val_split") or next((s for s in FOLDER_VAL_SPLITS if s in index.splits()), FOLDER_VAL_SPLITS[0])
+    index = (
+        build_index(path) if index_path is None else ensure_index(path, index_path, build=not Path(index_path).exists())
+    )
+    val_split = cfg.get("val_split") or next(
+        (s for s in FOLDER_VAL_SPLITS if s in index.splits()), FOLDER_VAL_SPLITS[0]
+    )
     train, val = (_folder_split(index, s, where) for s in (cfg["train_split"], val_split))
-    return DataBundle(name=short_name(cfg), train=train, val=val, num_classes=len(index.classes),
-                      image_key="image", label_key="label", image_size=cfg["image_size"], in_chans=cfg["in_chans"],
-                      fixed_size=cfg["fixed_size"], image_root=index.root, index=index.summary())
+    return DataBundle(
+        name=short_name(cfg),
+        train=train,
+        val=val,
+        num_classes=len(index.classes),
+        image_key="image",
+        label_key="label",
+        image_size=cfg["image_size"],
+        in_chans=cfg["in_chans"],
+        fixed_size=cfg["fixed_size"],
+        image_root=index.root,
+        index=index.summary(),
+    )
 
 
-REGISTRY.add_source(DataSource(
-    "imagefolder",
-    "local images in class folders, listed once per suite into results/<suite>/data/index.parquet",
-    keys=(
-        Key("path", "string", "a path to a folder with train/<class>/* and validation/<class>/* (or val/<class>/*)",
-            required=True),
-        _RESULTS_NAME,
-        _TRAIN_SPLIT,
-        Key("val_split", "string", "the split folder to evaluate on (default: validation/, else val/)"),
-        *_IMAGES,  # a folder's columns are its own: no image_key or label_key
-    ),
-    loader=load_imagefolder,
-    check=lambda cfg: _local_path(cfg),
-    indexed=True,
-))
+REGISTRY.add_source(
+    DataSource(
+        "imagefolder",
+        "local images in class folders, listed once per suite into results/<suite>/data/index.parquet",
+        keys=(
+            Key(
+                "path",
+                "string",
+                "a path to a folder with train/<class>/* and validation/<class>/* (or val/<class>/*)",
+                required=True,
+            ),
+            _RESULTS_NAME,
+            _TRAIN_SPLIT,
+            Key("val_split", "string", "the split folder to evaluate on (default: validation/, else val/)"),
+            *_IMAGES,  # a folder's columns are its own: no image_key or label_key
+        ),
+        loader=load_imagefolder,
+        check=lambda cfg: _local_path(cfg),
+        indexed=True,
+    )
+)
 
 
 def load_disk(cfg: Mapping[str, Any]) -> DataBundle:
@@ -308,16 +358,22 @@ def load_disk(cfg: Mapping[str, Any]) -> DataBundle:
     return bundle_from_splits(dd, cfg, f"disk dataset {str(path)!r}")
 
 
-REGISTRY.add_source(DataSource(
-    "disk",
-    "a DatasetDict saved with save_to_disk, loaded with datasets.load_from_disk",
-    keys=(
-        Key("path", "string", "a path to a DatasetDict.save_to_disk folder", required=True),
-        _RESULTS_NAME, _TRAIN_SPLIT, _VAL_SPLIT, *_COLUMNS, *_IMAGES,
-    ),
-    loader=load_disk,
-    check=lambda cfg: _local_path(cfg),
-))
+REGISTRY.add_source(
+    DataSource(
+        "disk",
+        "a DatasetDict saved with save_to_disk, loaded with datasets.load_from_disk",
+        keys=(
+            Key("path", "string", "a path to a DatasetDict.save_to_disk folder", required=True),
+            _RESULTS_NAME,
+            _TRAIN_SPLIT,
+            _VAL_SPLIT,
+            *_COLUMNS,
+            *_IMAGES,
+        ),
+        loader=load_disk,
+        check=lambda cfg: _local_path(cfg),
+    )
+)
 
 
 def _one_line(e: object) -> str:

@@ -8,10 +8,12 @@ otherwise. Fixed-size data (canvas-digits) is only converted when the recipe ask
 because the random digit position already is the augmentation and cropping could cut the digit off;
 augmentation keys set for such data act on it with no crop and no flip unless those are asked for.
 """
+
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,8 +30,17 @@ if TYPE_CHECKING:
 
 EVAL_CROP_PCT = 0.875  # DeiT/timm evaluation: resize to size/0.875, then center crop
 #: recipe keys that configure the training transform, and the values that mean "no augmentation"
-AUGMENT_KEYS = ("auto_augment", "color_jitter", "interpolation", "scale", "ratio", "hflip", "re_prob",
-                "re_mode", "re_count")
+AUGMENT_KEYS = (
+    "auto_augment",
+    "color_jitter",
+    "interpolation",
+    "scale",
+    "ratio",
+    "hflip",
+    "re_prob",
+    "re_mode",
+    "re_count",
+)
 # the recipe defaults are "off" (bench.config.DEFAULT_RECIPE); these are the keys that add augmentation
 _AUGMENT_OFF = {k: DEFAULT_RECIPE[k] for k in ("auto_augment", "color_jitter", "scale", "ratio", "hflip", "re_prob")}
 # Preload decoded fixed-size images when they fit in this many bytes (6.5k 32x32 gray = 6.6 MB).
@@ -167,21 +178,34 @@ def build_transform(
     if native_size is not None and not (train and augments(recipe)):
         return FixedSizeTransform(image_size, in_chans, mean, std)
     if not train:
-        t = create_transform(image_size, is_training=False, interpolation=eval_interpolation, mean=mean, std=std,
-                             crop_pct=EVAL_CROP_PCT if crop_pct is None else crop_pct)
+        t = create_transform(
+            image_size,
+            is_training=False,
+            interpolation=eval_interpolation,
+            mean=mean,
+            std=std,
+            crop_pct=EVAL_CROP_PCT if crop_pct is None else crop_pct,
+        )
         return _with_mode(t, in_chans)
     r = {k: (recipe or {}).get(k) for k in AUGMENT_KEYS}
     if r["auto_augment"]:
         guard_timm_posterize()  # before create_transform builds the ops, which bind their functions
     fixed = native_size is not None  # the placement is the augmentation: no crop, no flip unless asked
     t = create_transform(
-        image_size, is_training=True, mean=mean, std=std,
+        image_size,
+        is_training=True,
+        mean=mean,
+        std=std,
         scale=tuple(r["scale"]) if r["scale"] else ((1.0, 1.0) if fixed else (0.08, 1.0)),
         ratio=tuple(r["ratio"]) if r["ratio"] else ((1.0, 1.0) if fixed else (3 / 4, 4 / 3)),
         hflip=r["hflip"] if r["hflip"] is not None else (0.0 if fixed else 0.5),
-        color_jitter=r["color_jitter"], auto_augment=r["auto_augment"],
+        color_jitter=r["color_jitter"],
+        auto_augment=r["auto_augment"],
         interpolation=r["interpolation"] or "bicubic",
-        re_prob=float(r["re_prob"] or 0.0), re_mode=r["re_mode"] or "pixel", re_count=int(r["re_count"] or 1))
+        re_prob=float(r["re_prob"] or 0.0),
+        re_mode=r["re_mode"] or "pixel",
+        re_count=int(r["re_count"] or 1),
+    )
     return _with_mode(t, in_chans)
 
 
@@ -191,7 +215,7 @@ def _with_mode(transform: Any, in_chans: int) -> Any:
     return T.Compose([ConvertMode(in_chans), *transform.transforms])
 
 
-def _column(ds: "datasets.Dataset", key: str) -> Any:
+def _column(ds: datasets.Dataset, key: str) -> Any:
     """One column, decoded, as numpy (a stacked array when all images share a shape)."""
     return ds.with_format("numpy", columns=[key])[:][key]
 
@@ -210,7 +234,7 @@ class TorchImageDataset(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        hf_dataset: "datasets.Dataset",
+        hf_dataset: datasets.Dataset,
         *,
         image_key: str = "image",
         label_key: str = "label",
@@ -245,7 +269,7 @@ class TorchImageDataset(torch.utils.data.Dataset):
 
 
 def make_torch_datasets(
-    bundle: "DataBundle",
+    bundle: DataBundle,
     *,
     image_size: int,
     in_chans: int,
@@ -262,8 +286,15 @@ def make_torch_datasets(
     for train, ds in ((True, bundle.train), (False, bundle.val)):
         size_bytes = len(ds) * bundle.image_size**2 * bundle.in_chans
         transform = build_transform(
-            train=train, image_size=image_size, in_chans=in_chans, mean=mean, std=std, native_size=native,
-            recipe=recipe, crop_pct=crop_pct, eval_interpolation=eval_interpolation,
+            train=train,
+            image_size=image_size,
+            in_chans=in_chans,
+            mean=mean,
+            std=std,
+            native_size=native,
+            recipe=recipe,
+            crop_pct=crop_pct,
+            eval_interpolation=eval_interpolation,
         )
         out.append(
             TorchImageDataset(

@@ -14,6 +14,7 @@ Everything is fvcore's convention, 1 multiply-add = 1 "flop", in GMACs per image
   and reductions: a product without a handle fails the count instead), as ``"aten::add:25;aten::gelu:12"``
   sorted by name, each with its most calls in one counted batch ("" when none), and those calls summed.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -45,14 +46,21 @@ def measure_cost(model: nn.Module, method: Any, images: torch.Tensor, *, batch_s
     from bench.methods.sparse import sparse_layers, zero_weight_gmacs
 
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[0] < 1:
-        raise UsageError(f"measure_cost needs a (N, C, H, W) batch of at least one image, got "
-                         f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
+        raise UsageError(
+            f"measure_cost needs a (N, C, H, W) batch of at least one image, got "
+            f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}"
+        )
     if batch_size < 1:
         raise UsageError(f"measure_cost: batch_size must be >= 1, got {batch_size}")
     overhead = list(method.overhead_modules)
     sparse = list(sparse_layers(model)) if method.weight_sparse else []
-    flops = mean_flops(model, images.split(batch_size), max_images=int(images.shape[0]),
-                       layers=sparse + overhead, executed_modules=overhead)
+    flops = mean_flops(
+        model,
+        images.split(batch_size),
+        max_images=int(images.shape[0]),
+        layers=sparse + overhead,
+        executed_modules=overhead,
+    )
     theoretical = flops.gmacs - zero_weight_gmacs(model, flops.by_layer) if method.weight_sparse else None
     return {
         "gmacs_fvcore_1mac_eq_1flop": flops.gmacs,

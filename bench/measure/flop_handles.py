@@ -2,11 +2,13 @@
 
 See :mod:`bench.measure.flops` for why each handle exists; one multiply-add counts as one flop throughout.
 """
+
 from __future__ import annotations
 
 import math
 import re
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from bench.errors import RunFailed, UsageError
 
@@ -37,11 +39,11 @@ ZERO_COST_OPS: tuple[str, ...] = (
 # Clustering's assignment and accumulation: one flop per element compared (min/argmin over the
 # distance matrix) or added (scatter_add's source).
 ELEMENT_OPS: dict[str, int] = {
-    "aten::min": 0,            # input index whose elements are counted
+    "aten::min": 0,  # input index whose elements are counted
     "aten::argmin": 0,
-    "aten::scatter_add": 3,    # scatter_add(self, dim, index, src)
+    "aten::scatter_add": 3,  # scatter_add(self, dim, index, src)
     "aten::scatter_add_": 3,
-    "aten::index_add": 3,      # index_add(self, dim, index, source)
+    "aten::index_add": 3,  # index_add(self, dim, index, source)
     "aten::index_add_": 3,
 }
 
@@ -122,12 +124,12 @@ def register_handles(analysis: Any, extra: Mapping[str, Handle] | None = None) -
 #: (scaled_dot_product_attention and its flash/efficient/cudnn variants) and recurrent layers. Elementwise
 #: ops and reductions (add, mul, pow, sum, softmax, gelu, ...) match none of them.
 MATMUL_LIKE_PATTERNS: tuple[str, ...] = (
-    r"[a-z]*mm",                                       # mm bmm addmm baddbmm addbmm sspaddmm (_int_mm, _scaled_mm)
+    r"[a-z]*mm",  # mm bmm addmm baddbmm addbmm sspaddmm (_int_mm, _scaled_mm)
     r"(add)?mv",
-    r"v?dot|inner|tensordot|matmul|einsum",            # chain_matmul, linalg_multi_dot by their parts
+    r"v?dot|inner|tensordot|matmul|einsum",  # chain_matmul, linalg_multi_dot by their parts
     r"outer|ger|addr|kron",
     r"bilinear|linear|cdist",
-    r"conv(\d+d|olution)?",                            # conv2d, conv_transpose2d, _convolution, mkldnn_convolution
+    r"conv(\d+d|olution)?",  # conv2d, conv_transpose2d, _convolution, mkldnn_convolution
     r"attention|lstm|gru|rnn",
 )
 _MATMUL_LIKE = re.compile("|".join(f"(?:{p})" for p in MATMUL_LIKE_PATTERNS))
@@ -150,11 +152,10 @@ def check_skipped(skipped: Mapping[str, int]) -> None:
         raise UncountedOperator(
             f"FLOP count has no handle for {', '.join(f'{op} ({skipped[op]}x)' for op in bad)}, which multiplies "
             f"tensors: its multiply-adds would vanish from the total; register one with "
-            f"bench.measure.flops.add_op_handle")
+            f"bench.measure.flops.add_op_handle"
+        )
 
 
 def skipped_text(skipped: Mapping[str, int]) -> str:
     """``{"aten::gelu": 12, "aten::add": 24}`` -> ``"aten::add:24;aten::gelu:12"`` (sorted by name; "" for none)."""
     return ";".join(f"{op}:{int(n)}" for op, n in sorted(skipped.items()) if n)
-
-

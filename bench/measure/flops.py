@@ -32,30 +32,44 @@ Two rules keep the count honest:
   per element compared or added by the clustering ops). That count replaces the traced one for those
   modules in every total; the rest of the model stays fvcore's.
 """
+
 from __future__ import annotations
 
 import contextlib
-from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Mapping
-
 import warnings
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 
 from bench.errors import UsageError
 from bench.measure.flop_handles import (  # noqa: F401  (re-exported: the public names of the FLOP count)
-    ELEMENT_OPS, EXTRA_HANDLES, MATMUL_LIKE_PATTERNS, ZERO_COST_OPS, Handle, UncountedOperator, add_op_handle,
-    baddbmm_flop_handle, check_skipped, element_count_handle, is_matmul_like, register_handles, sdpa_flop_handle,
-    skipped_text, zero_cost_handle)
-from bench.measure.flops_executed import (  # noqa: F401  (re-exported)
-    EXECUTED_FLAG, EXECUTED_HANDLES, count_executed, executed_roots, under)
+    ELEMENT_OPS,
+    EXTRA_HANDLES,
+    MATMUL_LIKE_PATTERNS,
+    ZERO_COST_OPS,
+    Handle,
+    UncountedOperator,
+    add_op_handle,
+    baddbmm_flop_handle,
+    check_skipped,
+    element_count_handle,
+    is_matmul_like,
+    register_handles,
+    sdpa_flop_handle,
+    skipped_text,
+    zero_cost_handle,
+)
+from bench.measure.flops_executed import EXECUTED_FLAG, EXECUTED_HANDLES, count_executed, executed_roots, under  # noqa: F401  (re-exported)
 
 with warnings.catch_warnings():
     # fvcore scripts its focal loss at import; recent torch flags torch.jit.script as deprecated.
     warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
     from fvcore.nn import FlopCountAnalysis
+
 
 @dataclass(frozen=True)
 class FlopReport:
@@ -116,11 +130,7 @@ _HOOK_DICTS = (
 def _no_leaked_hooks(model: nn.Module) -> Iterator[None]:
     """fvcore adds scope hooks to every module and does not remove them if tracing raises;
     drop any hook added during the block so a failed count leaves the model as it was."""
-    before = {
-        (id(m), name): set(getattr(m, name, {}).keys())
-        for m in model.modules()
-        for name in _HOOK_DICTS
-    }
+    before = {(id(m), name): set(getattr(m, name, {}).keys()) for m in model.modules() for name in _HOOK_DICTS}
     try:
         yield
     finally:
@@ -253,8 +263,9 @@ def mean_flops(
         if isinstance(batch, (tuple, list)):
             batch = batch[0]
         batch = batch[: max_images - seen]
-        report = count_flops(model, batch, extra_handles=extra_handles, layers=layers,
-                             executed_modules=executed_modules)
+        report = count_flops(
+            model, batch, extra_handles=extra_handles, layers=layers, executed_modules=executed_modules
+        )
         n = report.images
         seen += n
         total += report.gmacs * n

@@ -4,37 +4,100 @@ fvcore's jit trace keeps only the ops that feed the output, so a method's work t
 clustering loop past convergence, a discarded scorer) would vanish; :mod:`bench.measure.flops` counts those
 modules with this instead, with fvcore's conventions (1 multiply-add = 1 flop).
 """
+
 from __future__ import annotations
 
 import functools
 import math
 from collections import Counter
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 from bench.measure.flop_handles import ZERO_COST_OPS
+
 # -- executed work: a dispatch-level count of what modules run -------------------------------------------------
 
 #: a module whose class sets this attribute True is always counted by execution (see the module docstring)
 EXECUTED_FLAG = "count_executed_flops"
 
 # Dispatch-level ops that move or allocate memory, or that fvcore ignores in the trace: neither counted nor skipped.
-_IGNORED_DISPATCH_OPS: frozenset[str] = frozenset({
-    "aten::view", "aten::_unsafe_view", "aten::_reshape_alias", "aten::as_strided", "aten::alias", "aten::t",
-    "aten::transpose", "aten::permute", "aten::expand", "aten::unsqueeze", "aten::squeeze", "aten::slice",
-    "aten::select", "aten::split", "aten::split_with_sizes", "aten::unbind", "aten::clone", "aten::_to_copy",
-    "aten::copy_", "aten::detach", "aten::lift_fresh", "aten::empty", "aten::empty_like", "aten::empty_strided",
-    "aten::zeros", "aten::zeros_like", "aten::ones", "aten::full", "aten::full_like", "aten::fill_", "aten::zero_",
-    "aten::new_empty", "aten::new_zeros", "aten::new_full", "aten::new_empty_strided", "aten::arange", "aten::cat",
-    "aten::stack", "aten::eq", "aten::ne", "aten::lt", "aten::le", "aten::gt", "aten::ge", "aten::masked_fill",
-    "aten::masked_fill_", "aten::clamp", "aten::clamp_", "aten::relu", "aten::relu_", "aten::index_put_",
-    "aten::contiguous", "aten::constant_pad_nd", "aten::flatten", "aten::reshape", "aten::narrow",
-    "aten::bitwise_not", "aten::__and__", "aten::floor", "aten::floor_divide", "aten::remainder", "aten::roll",
-    "aten::max", "aten::nonzero", "aten::dropout", "aten::sym_size", "aten::sym_stride", "aten::sym_numel",
-    "aten::_local_scalar_dense", "aten::item",
-})
+_IGNORED_DISPATCH_OPS: frozenset[str] = frozenset(
+    {
+        "aten::view",
+        "aten::_unsafe_view",
+        "aten::_reshape_alias",
+        "aten::as_strided",
+        "aten::alias",
+        "aten::t",
+        "aten::transpose",
+        "aten::permute",
+        "aten::expand",
+        "aten::unsqueeze",
+        "aten::squeeze",
+        "aten::slice",
+        "aten::select",
+        "aten::split",
+        "aten::split_with_sizes",
+        "aten::unbind",
+        "aten::clone",
+        "aten::_to_copy",
+        "aten::copy_",
+        "aten::detach",
+        "aten::lift_fresh",
+        "aten::empty",
+        "aten::empty_like",
+        "aten::empty_strided",
+        "aten::zeros",
+        "aten::zeros_like",
+        "aten::ones",
+        "aten::full",
+        "aten::full_like",
+        "aten::fill_",
+        "aten::zero_",
+        "aten::new_empty",
+        "aten::new_zeros",
+        "aten::new_full",
+        "aten::new_empty_strided",
+        "aten::arange",
+        "aten::cat",
+        "aten::stack",
+        "aten::eq",
+        "aten::ne",
+        "aten::lt",
+        "aten::le",
+        "aten::gt",
+        "aten::ge",
+        "aten::masked_fill",
+        "aten::masked_fill_",
+        "aten::clamp",
+        "aten::clamp_",
+        "aten::relu",
+        "aten::relu_",
+        "aten::index_put_",
+        "aten::contiguous",
+        "aten::constant_pad_nd",
+        "aten::flatten",
+        "aten::reshape",
+        "aten::narrow",
+        "aten::bitwise_not",
+        "aten::__and__",
+        "aten::floor",
+        "aten::floor_divide",
+        "aten::remainder",
+        "aten::roll",
+        "aten::max",
+        "aten::nonzero",
+        "aten::dropout",
+        "aten::sym_size",
+        "aten::sym_stride",
+        "aten::sym_numel",
+        "aten::_local_scalar_dense",
+        "aten::item",
+    }
+)
 
 
 def _numel(value: Any) -> int:
@@ -51,6 +114,7 @@ def _sdpa_macs(args: dict[str, Any], out: Any) -> int:
 def _norm(weight_arg: str) -> Callable[[dict[str, Any], Any], int]:
     def handle(args: dict[str, Any], out: Any) -> int:  # fvcore's norm_flop_counter: 5 per element (4 without affine)
         return _numel(args["input"]) * (5 if args.get(weight_arg) is not None else 4)
+
     return handle
 
 
@@ -65,6 +129,7 @@ def _elements(arg: str, scale: int = 1, output: bool = False) -> Callable[[dict[
     def handle(args: dict[str, Any], out: Any) -> int:
         first = out[0] if isinstance(out, (tuple, list)) else out
         return scale * (_numel(first) if output else _numel(args[arg]))
+
     return handle
 
 
@@ -91,7 +156,7 @@ EXECUTED_HANDLES: dict[str, Callable[[dict[str, Any], Any], int]] = {
     "aten::grid_sampler_2d": _elements("input", 4, output=True),
     "aten::_adaptive_avg_pool2d": _elements("self"),
     "aten::adaptive_avg_pool2d": _elements("self"),
-    "aten::mv": _elements("self"),                      # (n, m) @ (m,): n * m multiply-adds
+    "aten::mv": _elements("self"),  # (n, m) @ (m,): n * m multiply-adds
     "aten::addmv": _elements("mat"),
     "aten::dot": _elements("self"),
     "aten::vdot": _elements("self"),
@@ -121,11 +186,11 @@ class _ExecutedCounter:
     """Counts, per module name, the cost of every op dispatched while that module's forward runs."""
 
     def __init__(self, names: Mapping[nn.Module, list[str]]):
-        self.names = names                                    # module -> its name and its ancestors' up to a root
+        self.names = names  # module -> its name and its ancestors' up to a root
         self.stack: list[list[str]] = []
-        self.flops: Counter[str] = Counter()                  # module name -> flops (the module and everything inside)
-        self.by_operator: dict[str, Counter[str]] = {}        # executed root -> operator -> flops
-        self.skipped: dict[str, Counter[str]] = {}            # executed root -> op -> calls
+        self.flops: Counter[str] = Counter()  # module name -> flops (the module and everything inside)
+        self.by_operator: dict[str, Counter[str]] = {}  # executed root -> operator -> flops
+        self.skipped: dict[str, Counter[str]] = {}  # executed root -> op -> calls
 
     def push(self, module: nn.Module, args: Any) -> None:
         self.stack.append(self.names[module])
@@ -207,5 +272,3 @@ def count_executed(model: nn.Module, inputs: torch.Tensor, roots: Iterable[str])
 def under(name: str, root: str) -> bool:
     """``root`` is ``name`` or inside it (the model itself is ``""``)."""
     return name == "" or root == name or root.startswith(name + ".")
-
-

@@ -4,11 +4,13 @@ Per stage, the mask of patches still kept and, for methods that merge tokens, th
 pooled into; plus the input images (uint8) to draw them on. The report's gallery draws from these files alone
 (``bench.report.gallery``), so it never loads a model or imports torch.
 """
+
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,8 +20,9 @@ from bench.io import atomic_write
 
 
 @torch.no_grad()
-def kept_masks(model: nn.Module, method: Any, images: torch.Tensor,
-               grid: tuple[int, int] | None = None) -> list[torch.Tensor]:
+def kept_masks(
+    model: nn.Module, method: Any, images: torch.Tensor, grid: tuple[int, int] | None = None
+) -> list[torch.Tensor]:
     """Per stage, a (B, rows, cols) bool mask of the patches still kept, from one evaluation forward."""
     rows, cols = grid or tuple(model.patch_embed.grid_size)
     was_training, was_recording = model.training, method.record_kept
@@ -53,17 +56,27 @@ def displayable(images: torch.Tensor, mean: Sequence[float] | None, std: Sequenc
     return x[:, :3].clamp(0, 1).permute(0, 2, 3, 1)
 
 
-
-def record_kept_tokens(model: nn.Module, method: Any, images: torch.Tensor, path: str | Path, *,
-                       mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> Path:
+def record_kept_tokens(
+    model: nn.Module,
+    method: Any,
+    images: torch.Tensor,
+    path: str | Path,
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> Path:
     """Run one evaluation forward and save images, per-stage kept masks and pooling groups atomically."""
     grid = tuple(int(g) for g in model.patch_embed.grid_size)
     masks = kept_masks(model, method, images, grid)
     groups = [g.numpy().astype(np.int32) for g in getattr(method, "last_groups", [])]
     pictures = (displayable(images, mean, std).numpy() * 255).round().astype(np.uint8)
-    payload = {"images": pictures, "grid": np.array(grid, dtype=np.int32),
-               "masks": np.stack([m.numpy() for m in masks]) if masks else np.zeros((0,) + pictures.shape[:1] + grid,
-                                                                                   dtype=bool)}
+    payload = {
+        "images": pictures,
+        "grid": np.array(grid, dtype=np.int32),
+        "masks": np.stack([m.numpy() for m in masks])
+        if masks
+        else np.zeros((0,) + pictures.shape[:1] + grid, dtype=bool),
+    }
     if groups and len(groups) == len(masks):
         payload["groups"] = np.stack([g.reshape(g.shape[0], *grid) for g in groups])
     buf = io.BytesIO()

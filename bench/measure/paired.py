@@ -17,14 +17,16 @@ apart, in the same process, on the same device:
 Batch sizes that do not fit are halved the way timm's ``benchmark.py`` does (``timm.utils.decay_batch_step``),
 for all models together, so every pair is timed at one batch size.
 """
+
 from __future__ import annotations
 
 import contextlib
 import gc
 import math
 import random
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -43,14 +45,14 @@ class TimingProtocol:
 
     batch_sizes: tuple[int, ...]
     precision: str = "fp32"
-    warmup: int = 3            # untimed passes per model and batch size
-    rounds: int = 7            # paired repeats per model (per attempt)
-    min_time_s: float = 0.25   # each repeat lasts at least this long
+    warmup: int = 3  # untimed passes per model and batch size
+    rounds: int = 7  # paired repeats per model (per attempt)
+    min_time_s: float = 0.25  # each repeat lasts at least this long
     noise_threshold: float = 0.10  # IQR / median of the paired ratios above which a model is re-timed, then marked
     max_attempts: int = 3
     channels_last: bool = False
     compile: bool | str = False
-    seed: int = 0              # the visiting order of each round
+    seed: int = 0  # the visiting order of each round
 
     def check(self, device: torch.device) -> None:
         validate(self.precision, self.batch_sizes, self.warmup, self.rounds, self.min_time_s, 1, 1, device)
@@ -75,9 +77,14 @@ def device_fingerprint(device: torch.device) -> dict[str, Any]:
     """What makes two timings comparable: device model, its software stack and the threads it had."""
     from bench.provenance import device_name
 
-    info: dict[str, Any] = {"device_type": device.type, "device_name": device_name(device),
-                            "torch_version": str(torch.__version__), "cuda_version": None, "driver_version": None,
-                            "threads": torch.get_num_threads()}
+    info: dict[str, Any] = {
+        "device_type": device.type,
+        "device_name": device_name(device),
+        "torch_version": str(torch.__version__),
+        "cuda_version": None,
+        "driver_version": None,
+        "threads": torch.get_num_threads(),
+    }
     if device.type == "cuda":
         info["cuda_version"] = torch.version.cuda
         with contextlib.suppress(Exception):  # private, but the only driver query torch has
@@ -143,8 +150,9 @@ def _time(clock: Clock, s: _Subject) -> float:
     return s.x.shape[0] * s.iters / seconds
 
 
-def _rounds(clock: Clock, ref: _Subject | None, subjects: list[_Subject], rounds: int,
-            rng: random.Random) -> tuple[dict[str, list[float]], dict[str, list[float]], list[float]]:
+def _rounds(
+    clock: Clock, ref: _Subject | None, subjects: list[_Subject], rounds: int, rng: random.Random
+) -> tuple[dict[str, list[float]], dict[str, list[float]], list[float]]:
     """(img/s per repeat, paired ratios per repeat) of each subject, and the reference's img/s."""
     rates: dict[str, list[float]] = {s.label: [] for s in subjects}
     ratios: dict[str, list[float]] = {s.label: [] for s in subjects}
@@ -167,27 +175,55 @@ def _rounds(clock: Clock, ref: _Subject | None, subjects: list[_Subject], rounds
     return rates, ratios, ref_rates
 
 
-def _row(label: str, s: _Subject, batch_requested: int, rates: list[float], ratios: list[float] | None,
-         attempts: int, threshold: float) -> dict[str, Any]:
+def _row(
+    label: str,
+    s: _Subject,
+    batch_requested: int,
+    rates: list[float],
+    ratios: list[float] | None,
+    attempts: int,
+    threshold: float,
+) -> dict[str, Any]:
     rs = spread(rates)
     low, high, level = median_ci(rates)
     row: dict[str, Any] = {
-        "label": label, "batch_size": int(s.x.shape[0]), "batch_size_requested": batch_requested,
-        "iters_per_repeat": s.iters, "repeats": len(rates),
-        "img_per_s_median": rs["median"], "img_per_s_iqr": rs["iqr"], "img_per_s_rel_iqr": rs["rel_iqr"],
-        "img_per_s_cv": rs["cv"], "img_per_s_ci_low": low, "img_per_s_ci_high": high,
+        "label": label,
+        "batch_size": int(s.x.shape[0]),
+        "batch_size_requested": batch_requested,
+        "iters_per_repeat": s.iters,
+        "repeats": len(rates),
+        "img_per_s_median": rs["median"],
+        "img_per_s_iqr": rs["iqr"],
+        "img_per_s_rel_iqr": rs["rel_iqr"],
+        "img_per_s_cv": rs["cv"],
+        "img_per_s_ci_low": low,
+        "img_per_s_ci_high": high,
         "img_per_s_unreliable": rs["rel_iqr"] > threshold,
-        "latency_ms_median": s.x.shape[0] / rs["median"] * 1e3, "peak_mem_mb": s.peak_mem_mb,
-        "speedup": None, "speedup_ci_low": None, "speedup_ci_high": None, "speedup_ci_level": None,
-        "speedup_rel_iqr": None, "speedup_cv": None, "speedup_unreliable": None, "attempts": attempts,
+        "latency_ms_median": s.x.shape[0] / rs["median"] * 1e3,
+        "peak_mem_mb": s.peak_mem_mb,
+        "speedup": None,
+        "speedup_ci_low": None,
+        "speedup_ci_high": None,
+        "speedup_ci_level": None,
+        "speedup_rel_iqr": None,
+        "speedup_cv": None,
+        "speedup_unreliable": None,
+        "attempts": attempts,
         "ratios": None,
     }
     if ratios is not None:
         q = spread(ratios)
         low, high, level = median_ci(ratios)
-        row.update(speedup=q["median"], speedup_ci_low=low, speedup_ci_high=high, speedup_ci_level=level,
-                   speedup_rel_iqr=q["rel_iqr"], speedup_cv=q["cv"], speedup_unreliable=q["rel_iqr"] > threshold,
-                   ratios=list(ratios))
+        row.update(
+            speedup=q["median"],
+            speedup_ci_low=low,
+            speedup_ci_high=high,
+            speedup_ci_level=level,
+            speedup_rel_iqr=q["rel_iqr"],
+            speedup_cv=q["cv"],
+            speedup_unreliable=q["rel_iqr"] > threshold,
+            ratios=list(ratios),
+        )
     return row
 
 
@@ -204,8 +240,15 @@ def _prepare(models: Mapping[str, nn.Module], protocol: TimingProtocol, device: 
     return ready
 
 
-def _subjects_at(ready: Mapping[str, nn.Module], batch: int, image_size: int, in_chans: int,
-                 protocol: TimingProtocol, device: torch.device, clock: Clock) -> dict[str, _Subject]:
+def _subjects_at(
+    ready: Mapping[str, nn.Module],
+    batch: int,
+    image_size: int,
+    in_chans: int,
+    protocol: TimingProtocol,
+    device: torch.device,
+    clock: Clock,
+) -> dict[str, _Subject]:
     """Every model warmed up at ``batch`` (raises the out-of-memory error of the first that does not fit)."""
     gen = torch.Generator().manual_seed(protocol.seed)
     x = torch.randn(batch, in_chans, image_size, image_size, generator=gen).to(device)
@@ -220,9 +263,17 @@ def _subjects_at(ready: Mapping[str, nn.Module], batch: int, image_size: int, in
     return subjects
 
 
-def time_paired(models: Mapping[str, nn.Module], reference: str | None, *, image_size: int, in_chans: int = 3,
-                device: torch.device | str = "cpu", protocol: TimingProtocol,
-                log: Callable[[str], None] | None = None, clock: Clock | None = None) -> list[dict[str, Any]]:
+def time_paired(
+    models: Mapping[str, nn.Module],
+    reference: str | None,
+    *,
+    image_size: int,
+    in_chans: int = 3,
+    device: torch.device | str = "cpu",
+    protocol: TimingProtocol,
+    log: Callable[[str], None] | None = None,
+    clock: Clock | None = None,
+) -> list[dict[str, Any]]:
     """One row per model and batch size measured, each model's speed-up paired with ``reference``'s.
 
     ``reference`` None: no pairing (each model's img/s only). Models are left on ``device`` in eval mode.
@@ -245,9 +296,17 @@ def time_paired(models: Mapping[str, nn.Module], reference: str | None, *, image
             gc.enable()
 
 
-def _sweep(ready: Mapping[str, nn.Module], reference: str | None, image_size: int, in_chans: int,
-           dev: torch.device, protocol: TimingProtocol, clock: Clock, rng: random.Random,
-           say: Callable[[str], None]) -> list[dict[str, Any]]:
+def _sweep(
+    ready: Mapping[str, nn.Module],
+    reference: str | None,
+    image_size: int,
+    in_chans: int,
+    dev: torch.device,
+    protocol: TimingProtocol,
+    clock: Clock,
+    rng: random.Random,
+    say: Callable[[str], None],
+) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for requested in protocol.batch_sizes:
         batch = int(requested)
@@ -280,8 +339,10 @@ def _sweep(ready: Mapping[str, nn.Module], reference: str | None, image_size: in
             noisy = [s for s in others if tried[s.label] and min(tried[s.label]) > protocol.noise_threshold]
             if not noisy:
                 break
-            say(f"batch {batch}: re-timing {', '.join(s.label for s in noisy)} (paired ratios spread more than "
-                f"{protocol.noise_threshold:.0%}; attempt {attempt} of {protocol.max_attempts})")
+            say(
+                f"batch {batch}: re-timing {', '.join(s.label for s in noisy)} (paired ratios spread more than "
+                f"{protocol.noise_threshold:.0%}; attempt {attempt} of {protocol.max_attempts})"
+            )
             again, again_ratios, _ = _rounds(clock, ref, noisy, protocol.rounds, rng)
             for s in noisy:
                 new = spread(again_ratios[s.label])["rel_iqr"]
@@ -290,19 +351,43 @@ def _sweep(ready: Mapping[str, nn.Module], reference: str | None, image_size: in
                 tried[s.label].append(new)
         if ref is not None:
             row = _row(ref.label, ref, requested, ref_rates, None, 1, protocol.noise_threshold)
-            row.update(speedup=1.0, speedup_ci_low=1.0, speedup_ci_high=1.0, speedup_rel_iqr=0.0, speedup_cv=0.0,
-                       speedup_unreliable=False, attempt_rel_iqrs=[])
+            row.update(
+                speedup=1.0,
+                speedup_ci_low=1.0,
+                speedup_ci_high=1.0,
+                speedup_rel_iqr=0.0,
+                speedup_cv=0.0,
+                speedup_unreliable=False,
+                attempt_rel_iqrs=[],
+            )
             rows.append(row)
         for s in others:
             r, q = best[s.label]
-            rows.append({**_row(s.label, s, requested, r, q, max(1, len(tried[s.label])), protocol.noise_threshold),
-                         "attempt_rel_iqrs": tried[s.label]})
-        say(f"batch {batch}: " + ", ".join(
-            f"{row['label']} {row['img_per_s_median']:.5g} img/s"
-            + (f" x{row['speedup']:.3f}" if row["speedup"] is not None else "") for row in rows
-            if row["batch_size"] == batch))
+            rows.append(
+                {
+                    **_row(s.label, s, requested, r, q, max(1, len(tried[s.label])), protocol.noise_threshold),
+                    "attempt_rel_iqrs": tried[s.label],
+                }
+            )
+        say(
+            f"batch {batch}: "
+            + ", ".join(
+                f"{row['label']} {row['img_per_s_median']:.5g} img/s"
+                + (f" x{row['speedup']:.3f}" if row["speedup"] is not None else "")
+                for row in rows
+                if row["batch_size"] == batch
+            )
+        )
     return rows
 
 
-__all__ = ["AUTO_BATCH_SIZES", "CI_LEVEL", "TimingProtocol", "device_fingerprint", "device_key", "fused_attention",
-           "resolve_batch_sizes", "time_paired"]
+__all__ = [
+    "AUTO_BATCH_SIZES",
+    "CI_LEVEL",
+    "TimingProtocol",
+    "device_fingerprint",
+    "device_key",
+    "fused_attention",
+    "resolve_batch_sizes",
+    "time_paired",
+]

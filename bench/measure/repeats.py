@@ -9,12 +9,14 @@ Spread is stated three ways: the inter-quartile range, the coefficient of variat
 distribution-free confidence interval of the median from order statistics (no normality assumed; timings have
 long right tails when the machine is shared).
 """
+
 from __future__ import annotations
 
 import math
 import statistics
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -83,10 +85,10 @@ def median_ci(values: Sequence[float], level: float = CI_LEVEL) -> tuple[float, 
         return math.nan, math.nan, 0.0
     if n == 1:
         return s[0], s[0], 0.0
-    k, achieved = 1, 1 - 2 * 0.5 ** n
+    k, achieved = 1, 1 - 2 * 0.5**n
     tail = 0.0
     for j in range(1, n // 2 + 1):
-        tail += math.comb(n, j - 1) * 0.5 ** n  # P(X <= j-1) = P(X < j)
+        tail += math.comb(n, j - 1) * 0.5**n  # P(X <= j-1) = P(X < j)
         coverage = 1 - 2 * tail
         if coverage >= level:
             k, achieved = j, coverage
@@ -103,5 +105,3 @@ def spread(values: Sequence[float]) -> dict[str, float]:
     mean = statistics.fmean(vals)
     cv = statistics.stdev(vals) / mean if len(vals) > 1 and mean else 0.0
     return {"median": med, "iqr": iqr, "rel_iqr": iqr / med if med else math.inf, "cv": cv}
-
-

@@ -1,4 +1,5 @@
 """A backbone patched by a method outside any suite: what `bench flops` and `bench throughput` measure."""
+
 from __future__ import annotations
 
 from torch import nn
@@ -7,8 +8,15 @@ from bench.errors import UsageError
 from bench.methods import Method
 
 
-def standalone_model(backbone: str, method: str, keep_ratio: float, image_size: int | None, num_classes: int,
-                     in_chans: int | None, param: tuple[str, ...]) -> tuple[nn.Module, Method]:
+def standalone_model(
+    backbone: str,
+    method: str,
+    keep_ratio: float,
+    image_size: int | None,
+    num_classes: int,
+    in_chans: int | None,
+    param: tuple[str, ...],
+) -> tuple[nn.Module, Method]:
     """BACKBONE patched by METHOD at KEEP_RATIO, ready for inference; ``param`` holds KEY=VALUE strings (YAML values)."""
     import yaml
 

@@ -12,16 +12,18 @@ from __future__ import annotations
 import contextlib
 import resource
 import sys
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Callable, ContextManager, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from bench.errors import UsageError
+from bench.measure.flops import eval_mode
 from bench.measure.repeats import Clock, spread
 from bench.provenance import cpu_name
-from bench.measure.flops import eval_mode
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 #: each timed repeat lasts at least this long: one forward of a small model is shorter than scheduler noise
@@ -90,8 +92,16 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def validate(precision: str, batch_sizes: Sequence[int], warmup: int, repeats: int,
-             min_time_s: float, image_size: int, in_chans: int, dev: torch.device) -> None:
+def validate(
+    precision: str,
+    batch_sizes: Sequence[int],
+    warmup: int,
+    repeats: int,
+    min_time_s: float,
+    image_size: int,
+    in_chans: int,
+    dev: torch.device,
+) -> None:
     """One line naming what is wrong with a throughput protocol (shared with :mod:`bench.measure.paired`)."""
     if precision not in PRECISIONS:
         raise UsageError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
@@ -100,13 +110,12 @@ def validate(precision: str, batch_sizes: Sequence[int], warmup: int, repeats: i
     if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
         raise UsageError(f"batch sizes must be positive integers, got {list(batch_sizes)}")
     if warmup < 0 or repeats < 1 or min_time_s < 0:
-        raise UsageError(f"need warmup >= 0, repeats >= 1, min_time_s >= 0 "
-                         f"(got {warmup}, {repeats}, {min_time_s})")
+        raise UsageError(f"need warmup >= 0, repeats >= 1, min_time_s >= 0 (got {warmup}, {repeats}, {min_time_s})")
     if image_size < 1 or in_chans < 1:
         raise UsageError(f"image_size and in_chans must be positive (got {image_size}, {in_chans})")
 
 
-def autocast(precision: str, dev: torch.device) -> ContextManager[Any]:
+def autocast(precision: str, dev: torch.device) -> AbstractContextManager[Any]:
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device_type=dev.type, dtype=_AUTOCAST_DTYPES[precision])
@@ -124,8 +133,9 @@ def _first_tensor_device(model: nn.Module) -> torch.device | None:
     return None
 
 
-def _measure_batch(forward: Callable[[], Any], clock: Clock, batch_size: int,
-                   warmup: int, repeats: int, min_time_s: float) -> dict[str, Any]:
+def _measure_batch(
+    forward: Callable[[], Any], clock: Clock, batch_size: int, warmup: int, repeats: int, min_time_s: float
+) -> dict[str, Any]:
     for _ in range(warmup):
         forward()
     clock.sync()

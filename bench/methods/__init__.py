@@ -4,6 +4,7 @@ Importing ``bench.methods`` imports neither torch nor any method: the first use 
 ``create_method``, ``list_methods``, ...) imports them all (:func:`bench.methods.discovery.load_all`). What a
 suite loader or report needs without torch (names, roles, parameters) is in :mod:`bench.methods.catalog`.
 """
+
 from __future__ import annotations
 
 from typing import Any

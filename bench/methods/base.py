@@ -4,6 +4,7 @@ A method is a small class with declared parameters. ``apply`` patches a built mo
 not forks of timm's code), ``token_schedule`` says how many tokens enter each block, and
 ``extra_losses`` adds training terms. A method adds state_dict keys only if it learns parameters.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

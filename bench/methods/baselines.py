@@ -3,6 +3,7 @@
 ``static`` and ``random`` prune at exactly the stages and keep counts of the learned methods, so the
 ablation isolates *which* tokens are kept from *how many*.
 """
+
 from __future__ import annotations
 
 import torch

@@ -7,11 +7,12 @@ merges are understood; the contract tests check that this catalog equals the imp
 built-in method, so a declaration it cannot read fails a test instead of going unnoticed. Plugins from entry
 points are imported (they are not this package's files).
 """
+
 from __future__ import annotations
 
 import ast
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,18 @@ from bench.methods.params import Param
 PACKAGE = "bench.methods"
 _HERE = Path(__file__).resolve().parent
 _DECLARED = ("name", "description", "roles", "family", "params", "learns_parameters", "input_dependent")
-_BUILTINS: dict[str, Any] = {"None": None, "True": True, "False": False, "float": float, "int": int, "str": str,
-                             "bool": bool, "list": list, "tuple": tuple, "dict": dict}
+_BUILTINS: dict[str, Any] = {
+    "None": None,
+    "True": True,
+    "False": False,
+    "float": float,
+    "int": int,
+    "str": str,
+    "bool": bool,
+    "list": list,
+    "tuple": tuple,
+    "dict": dict,
+}
 
 
 @dataclass(frozen=True)
@@ -56,9 +67,11 @@ class MethodInfo:
 
         unknown = sorted(set(params) - set(self.params))
         if unknown:
-            raise UsageError(f"method {self.name!r} has no parameter {unknown[0]!r}"
-                             f"{did_you_mean(unknown[0], sorted(self.params))} "
-                             f"(parameters: {', '.join(sorted(self.params)) or 'none'})")
+            raise UsageError(
+                f"method {self.name!r} has no parameter {unknown[0]!r}"
+                f"{did_you_mean(unknown[0], sorted(self.params))} "
+                f"(parameters: {', '.join(sorted(self.params)) or 'none'})"
+            )
         out = {k: p.default for k, p in self.params.items()}
         out.update({k: self.params[k].check(self.name, k, v) for k, v in params.items()})
         return out
@@ -98,8 +111,11 @@ class _Module:
                 cls = _Class(dotted, [b.id for b in node.bases if isinstance(b, ast.Name)])
                 cls.registered = any(isinstance(d, ast.Name) and d.id == "register_method" for d in node.decorator_list)
                 for stmt in node.body:
-                    target = stmt.targets[0] if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 else (
-                        stmt.target if isinstance(stmt, ast.AnnAssign) and stmt.value is not None else None)
+                    target = (
+                        stmt.targets[0]
+                        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1
+                        else (stmt.target if isinstance(stmt, ast.AnnAssign) and stmt.value is not None else None)
+                    )
                     if isinstance(target, ast.Name):
                         cls.attrs[target.id] = stmt.value  # type: ignore[union-attr]
                 self.classes[node.name] = cls
@@ -133,7 +149,7 @@ class _Module:
         raise KeyError(attr)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _module(dotted: str) -> _Module:
     return _Module(dotted)
 
@@ -167,7 +183,13 @@ def _evaluate(module: _Module, node: ast.expr) -> Any:
         return -ev(node.operand)
     if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.BitOr)):
         left, right = ev(node.left), ev(node.right)
-        return {**left, **right} if isinstance(left, dict) else left + right if isinstance(node.op, ast.Add) else left | right
+        return (
+            {**left, **right}
+            if isinstance(left, dict)
+            else left + right
+            if isinstance(node.op, ast.Add)
+            else left | right
+        )
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
         fn = module.lookup(node.func.id)
         if fn in (Param, dict, tuple, list, frozenset, set) or (fn is type and len(node.args) == 1):
@@ -195,20 +217,39 @@ def _read_builtins() -> dict[str, MethodInfo]:
                 except KeyError:
                     values[attr] = {"roles": (), "family": "", "params": {}, "description": ""}.get(attr, False)
                 except _Unreadable as e:
-                    raise RuntimeError(f"{dotted}.{cls_name}.{attr}: not a literal the method catalog can read "
-                                       f"without importing the module ({e}); write it as a literal") from None
+                    raise RuntimeError(
+                        f"{dotted}.{cls_name}.{attr}: not a literal the method catalog can read "
+                        f"without importing the module ({e}); write it as a literal"
+                    ) from None
             name = values["name"]
             if name in out:
                 raise ValueError(f"method {name!r} is already registered")
-            out[name] = MethodInfo(name, values["description"], frozenset(values["roles"]), values["family"],
-                                   dict(values["params"]), dotted, bool(values["learns_parameters"]),
-                                   bool(values["input_dependent"]), origin=dotted)
+            out[name] = MethodInfo(
+                name,
+                values["description"],
+                frozenset(values["roles"]),
+                values["family"],
+                dict(values["params"]),
+                dotted,
+                bool(values["learns_parameters"]),
+                bool(values["input_dependent"]),
+                origin=dotted,
+            )
     return out
 
 
 def _from_class(cls: Any, origin: str) -> MethodInfo:
-    return MethodInfo(cls.name, cls.description, frozenset(cls.roles), cls.family, dict(cls.params), cls.__module__,
-                      bool(cls.learns_parameters), bool(cls.input_dependent), origin=origin)
+    return MethodInfo(
+        cls.name,
+        cls.description,
+        frozenset(cls.roles),
+        cls.family,
+        dict(cls.params),
+        cls.__module__,
+        bool(cls.learns_parameters),
+        bool(cls.input_dependent),
+        origin=origin,
+    )
 
 
 @lru_cache(maxsize=1)

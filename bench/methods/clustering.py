@@ -21,6 +21,7 @@ changes no output; the cost is fixed and the same for every input. Nothing here 
 values on the host (no ``.item()``, ``one_hot``'s range check, ``nonzero``) unless ``track_error``
 asks for the error curve.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -34,9 +35,9 @@ from bench.errors import UsageError
 class Clustering:
     """The K output tokens of one pooling step and how the inputs map onto them."""
 
-    tokens: torch.Tensor               # (B, K, C) output tokens (differentiable w.r.t. the input)
-    assignment: torch.Tensor           # (B, N) index of the output token each input token is pooled into
-    representative: torch.Tensor       # (B, K) input token standing for each output: the medoid (K-Means: its seed)
+    tokens: torch.Tensor  # (B, K, C) output tokens (differentiable w.r.t. the input)
+    assignment: torch.Tensor  # (B, N) index of the output token each input token is pooled into
+    representative: torch.Tensor  # (B, K) input token standing for each output: the medoid (K-Means: its seed)
     errors: list[float] = field(default_factory=list)  # reconstruction error after each assignment step
 
 
@@ -70,7 +71,7 @@ def farthest_point_init(x: torch.Tensor, significance: torch.Tensor, k: int) -> 
     nearest = squared_distances(x, _gather(x, idx[:, :1])).squeeze(-1)
     for j in range(1, k):  # a loop over seeds, not over images: each step is batched
         idx[:, j] = nearest.argmax(dim=1)
-        nearest = torch.minimum(nearest, squared_distances(x, _gather(x, idx[:, j:j + 1])).squeeze(-1))
+        nearest = torch.minimum(nearest, squared_distances(x, _gather(x, idx[:, j : j + 1])).squeeze(-1))
     return idx
 
 
@@ -108,8 +109,15 @@ def _check(x: torch.Tensor, k: int, weights: torch.Tensor | None, init: torch.Te
     return w.detach()
 
 
-def kmeans(x: torch.Tensor, k: int, init: torch.Tensor, *, weights: torch.Tensor | None = None,
-           iterations: int = 5, track_error: bool = False) -> Clustering:
+def kmeans(
+    x: torch.Tensor,
+    k: int,
+    init: torch.Tensor,
+    *,
+    weights: torch.Tensor | None = None,
+    iterations: int = 5,
+    track_error: bool = False,
+) -> Clustering:
     """Weighted Lloyd iterations from the tokens at ``init``; outputs are the weighted cluster means.
 
     Assignments are found without gradients; the output means are then recomputed from the inputs
@@ -141,8 +149,15 @@ def kmeans(x: torch.Tensor, k: int, init: torch.Tensor, *, weights: torch.Tensor
     return Clustering(centers, assignment, init, errors)
 
 
-def kmedoids(x: torch.Tensor, k: int, init: torch.Tensor, *, weights: torch.Tensor | None = None,
-             iterations: int = 5, track_error: bool = False) -> Clustering:
+def kmedoids(
+    x: torch.Tensor,
+    k: int,
+    init: torch.Tensor,
+    *,
+    weights: torch.Tensor | None = None,
+    iterations: int = 5,
+    track_error: bool = False,
+) -> Clustering:
     """Weighted K-Medoids (alternating / Voronoi iteration); outputs are input tokens.
 
     Each step assigns tokens to the nearest medoid, then moves every medoid to the member of its
@@ -153,7 +168,7 @@ def kmedoids(x: torch.Tensor, k: int, init: torch.Tensor, *, weights: torch.Tens
     errors: list[float] = []
     with torch.no_grad():
         xd = x.detach()
-        pairwise = squared_distances(xd, xd)                       # (B, N, N)
+        pairwise = squared_distances(xd, xd)  # (B, N, N)
         medoids = init.clone()
         for step in range(iterations + 1):  # the last pass only assigns
             to_medoid = torch.gather(pairwise, 2, medoids.unsqueeze(1).expand(-1, x.shape[1], -1))  # (B, N, K)
@@ -164,10 +179,10 @@ def kmedoids(x: torch.Tensor, k: int, init: torch.Tensor, *, weights: torch.Tens
                 break
             # (B, N, K) memberships; not one_hot, whose range check reads the indices on the host
             members = xd.new_zeros(*assignment.shape, k).scatter_(2, assignment.unsqueeze(-1), 1.0)
-            cost = torch.bmm((members * w.unsqueeze(-1)).transpose(1, 2), pairwise)   # (B, K, N)
+            cost = torch.bmm((members * w.unsqueeze(-1)).transpose(1, 2), pairwise)  # (B, K, N)
             cost = cost.masked_fill(members.transpose(1, 2) == 0, float("inf"))
             best = cost.argmin(dim=-1)
-            filled = members.sum(1) > 0                                                # empty: keep medoid
+            filled = members.sum(1) > 0  # empty: keep medoid
             # no early exit once the medoids stop moving: a converged step is a fixed point, and testing
             # for it would synchronise with the host every step (module docstring)
             medoids = torch.where(filled, best, medoids)

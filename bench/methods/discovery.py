@@ -7,6 +7,7 @@ A plugin package declares, in its own pyproject.toml::
 
 Registration refuses a duplicate name wherever it comes from; :func:`origins` says where each method came from.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -24,8 +25,9 @@ def builtin_modules() -> list[str]:
     """Dotted names of this package's modules, sorted (private helpers, ``_x.py``, included: they may register)."""
     import bench.methods as package
 
-    return sorted(f"{package.__name__}.{m.name}" for m in pkgutil.iter_modules(package.__path__)
-                  if m.name not in INFRASTRUCTURE)
+    return sorted(
+        f"{package.__name__}.{m.name}" for m in pkgutil.iter_modules(package.__path__) if m.name not in INFRASTRUCTURE
+    )
 
 
 def plugin_entry_points() -> list:

@@ -15,9 +15,11 @@ keeps ``int(num_patches * rho**k)`` of the original ones; the class token is nev
   official 0.01, 5 epochs and ``cls_token``/``pos_embed``), so the dense, static and random controls
   can be fine-tuned under the same groups.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -40,8 +42,9 @@ class DynamicViT(StagedPruning):
     name = "dynamicvit"
     roles = ("learned",)
     family = "dynamicvit"
-    description = ("learned per-stage token predictors (Gumbel-Softmax + attention masking in training, "
-                   "top-k at inference)")
+    description = (
+        "learned per-stage token predictors (Gumbel-Softmax + attention masking in training, top-k at inference)"
+    )
     learns_parameters = True
     input_dependent = True
     overhead_modules = (PREDICTORS,)
@@ -49,16 +52,19 @@ class DynamicViT(StagedPruning):
         **StagedPruning.params,
         "ratio_weight": Param(2.0, "weight of the keep-ratio loss", minimum=0),
         "distill_weight": Param(0.5, "weight of the KL divergence to the dense teacher's logits", minimum=0),
-        "token_distill_weight": Param(0.5, "weight of the MSE to the teacher's final patch tokens (kept tokens)",
-                                      minimum=0),
+        "token_distill_weight": Param(
+            0.5, "weight of the MSE to the teacher's final patch tokens (kept tokens)", minimum=0
+        ),
         "tau": Param(1.0, "Gumbel-Softmax temperature"),
     }
 
     def __init__(self, keep_ratio: float = 1.0, seed: int = 0, **params: Any):
         for key in ("backbone_lr_scale", "freeze_backbone_epochs"):
             if key in params:
-                raise UsageError(f"method {self.name!r}: {key!r} is a recipe key (finetune: {{{key}: ...}}), so "
-                                 f"controls can train under the same groups; recipe: dynamicvit sets the official value")
+                raise UsageError(
+                    f"method {self.name!r}: {key!r} is a recipe key (finetune: {{{key}: ...}}), so "
+                    f"controls can train under the same groups; recipe: dynamicvit sets the official value"
+                )
         super().__init__(keep_ratio, seed, **params)
         for key in ("ratio_weight", "distill_weight", "token_distill_weight"):
             if self.config[key] < 0:
@@ -69,9 +75,9 @@ class DynamicViT(StagedPruning):
         self.sampler: Sampler | None = None
         #: per stage, the (B, num_patches) keep mask of the last training forward
         self.policies: list[torch.Tensor] = []
-        self._patch_policy: torch.Tensor | None = None   # (B, num_patches, 1), the running mask
-        self._policy: torch.Tensor | None = None         # (B, N, 1) with prefix tokens: what attention reads
-        self._tokens: torch.Tensor | None = None         # the student's final patch tokens (training)
+        self._patch_policy: torch.Tensor | None = None  # (B, num_patches, 1), the running mask
+        self._policy: torch.Tensor | None = None  # (B, N, 1) with prefix tokens: what attention reads
+        self._tokens: torch.Tensor | None = None  # the student's final patch tokens (training)
         self._teacher_tokens: torch.Tensor | None = None
         self._prefix = 1
         self._patched: list[nn.Module] = []
@@ -83,8 +89,9 @@ class DynamicViT(StagedPruning):
         if self.keep_ratio < 1.0:
             if getattr(model, "global_pool", "token") != "token":
                 # the masked training forward cannot express an average over the kept tokens only
-                raise UsageError(f"method {self.name!r} needs class-token pooling, "
-                                 f"got global_pool={model.global_pool!r}")
+                raise UsageError(
+                    f"method {self.name!r} needs class-token pooling, got global_pool={model.global_pool!r}"
+                )
             first = self.stages(model)[0][0]
             for block in model.blocks[first:]:
                 self._patch_attention(block.attn)
@@ -98,8 +105,10 @@ class DynamicViT(StagedPruning):
             setattr(model, PREDICTORS, nn.ModuleList(TokenPredictor(dim) for _ in range(n_stages)))
         predictors = getattr(model, PREDICTORS)
         if len(predictors) != n_stages:
-            raise UsageError(f"method {self.name!r}: the model holds {len(predictors)} prediction modules, "
-                             f"the method needs {n_stages}")
+            raise UsageError(
+                f"method {self.name!r}: the model holds {len(predictors)} prediction modules, "
+                f"the method needs {n_stages}"
+            )
         if self.keep_ratio >= 1.0:
             predictors.requires_grad_(False)  # attached for a uniform checkpoint, but never used
 
@@ -165,7 +174,7 @@ class DynamicViT(StagedPruning):
 
     def _student_tokens_hook(self, module: nn.Module, args: tuple, out: torch.Tensor) -> None:
         if module.training and torch.is_grad_enabled():
-            self._tokens = out[:, self._prefix:]
+            self._tokens = out[:, self._prefix :]
 
     # -- training -----------------------------------------------------------------------------
     def needs_teacher(self) -> bool:
@@ -174,16 +183,19 @@ class DynamicViT(StagedPruning):
     def extra_losses(self, model: nn.Module, ctx: TrainContext) -> dict[str, torch.Tensor | BatchSum]:
         cfg, terms = self.config, {}
         if self.policies:
-            ratio = sum(((p.mean(dim=1) - self.keep_ratio ** (k + 1)) ** 2).mean()
-                        for k, p in enumerate(self.policies))
+            ratio = sum(((p.mean(dim=1) - self.keep_ratio ** (k + 1)) ** 2).mean() for k, p in enumerate(self.policies))
             terms["ratio"] = cfg["ratio_weight"] * ratio / len(self.policies)
         if not self.needs_teacher():
             return terms
         if ctx.teacher_logits is None:
             raise UsageError(f"method {self.name!r} distils from the dense teacher: train_model needs teacher=")
         if cfg["distill_weight"] > 0:
-            kl = F.kl_div(F.log_softmax(ctx.logits.float(), dim=-1), F.log_softmax(ctx.teacher_logits.float(), dim=-1),
-                          reduction="batchmean", log_target=True)
+            kl = F.kl_div(
+                F.log_softmax(ctx.logits.float(), dim=-1),
+                F.log_softmax(ctx.teacher_logits.float(), dim=-1),
+                reduction="batchmean",
+                log_target=True,
+            )
             terms["kl"] = cfg["distill_weight"] * kl
         if cfg["token_distill_weight"] > 0:
             loss = self._token_distill_loss()
@@ -193,8 +205,10 @@ class DynamicViT(StagedPruning):
 
     def _token_distill_loss(self) -> torch.Tensor | BatchSum:
         if self._tokens is None or self._teacher_tokens is None:
-            raise RunFailed(f"method {self.name!r}: no student/teacher patch tokens were recorded in this step "
-                            f"(the student must run a training forward and the teacher be given to train_model)")
+            raise RunFailed(
+                f"method {self.name!r}: no student/teacher patch tokens were recorded in this step "
+                f"(the student must run a training forward and the teacher be given to train_model)"
+            )
         err = (self._tokens.float() - self._teacher_tokens.float()).pow(2).mean(dim=-1)  # (B, num_patches)
         if not self.policies:
             return err.mean()

@@ -4,6 +4,7 @@ Both follow the official code (github.com/raoyongming/DynamicViT): ``PredictorLG
 ``Attention.softmax_with_policy``. The masked attention reuses a timm ``Attention``'s own submodules, so
 no timm code is copied and the state_dict keys stay timm's.
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,9 +19,12 @@ class TokenPredictor(nn.Module):
         super().__init__()
         self.in_conv = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, dim), nn.GELU())
         self.out_conv = nn.Sequential(
-            nn.Linear(dim, dim // 2), nn.GELU(),
-            nn.Linear(dim // 2, dim // 4), nn.GELU(),
-            nn.Linear(dim // 4, 2), nn.LogSoftmax(dim=-1),
+            nn.Linear(dim, dim // 2),
+            nn.GELU(),
+            nn.Linear(dim // 2, dim // 4),
+            nn.GELU(),
+            nn.Linear(dim // 4, 2),
+            nn.LogSoftmax(dim=-1),
         )
         for m in self.modules():  # the ViT initialisation, as the official model applies to its predictors
             if isinstance(m, nn.Linear):
@@ -31,7 +35,7 @@ class TokenPredictor(nn.Module):
         """``x`` (B, N, C) patch tokens, ``policy`` (B, N, 1) current keep mask (None: all kept) -> (B, N, 2)."""
         x = self.in_conv(x)
         B, N, C = x.shape
-        local, rest = x[..., : C // 2], x[..., C // 2:]
+        local, rest = x[..., : C // 2], x[..., C // 2 :]
         if policy is None:
             glob = rest.mean(dim=1, keepdim=True)
         else:  # the global feature sees only the tokens still kept (none kept: zero, not 0/0)

@@ -1,4 +1,5 @@
 """A method's declared parameter (``Method.params``): plain Python, so suites are checked without torch."""
+
 from __future__ import annotations
 
 import math
@@ -27,7 +28,9 @@ class Param:
         if not isinstance(value, self.types):
             raise UsageError(f"method {method!r}: parameter {name!r} must be {self._type_names()}, got {value!r}")
         if self.choices is not None and value not in self.choices:
-            raise UsageError(f"method {method!r}: parameter {name!r} must be one of {list(self.choices)}, got {value!r}")
+            raise UsageError(
+                f"method {method!r}: parameter {name!r} must be one of {list(self.choices)}, got {value!r}"
+            )
         if isinstance(value, float) and not math.isfinite(value):
             raise UsageError(f"method {method!r}: parameter {name!r} must be a finite number, got {value!r}")
         if self.minimum is not None and isinstance(value, (int, float)) and value < self.minimum:

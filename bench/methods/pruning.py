@@ -7,6 +7,7 @@ reduces before every block from block 1 on, geometrically, reaching the same fin
 Prefix tokens (class, registers) are always kept. Kept tokens stay in their original order so position-dependent heads see a stable layout.
 The pruning is a forward pre-hook on the block, so the model's code and state_dict are untouched.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,13 +37,20 @@ class StagedPruning(Method):
     """Base for methods that score patch tokens and keep the top ones at each stage."""
 
     params = {
-        "stage_blocks": Param(None, "blocks before which tokens are pruned (default: 3/6/9 of 12, proportional)",
-                              types=(list,), nullable=True),
-        "num_stages": Param(3, "number of pruning stages when stage_blocks is not given", types=(int,),
-                            minimum=1),
-        "schedule": Param("stages", "'stages': reduce before stage_blocks keeping rho^k (DynamicViT); 'every_block': "
-                          "reduce before every block from 1 on, geometrically down to rho^num_stages",
-                          types=(str,), choices=("stages", "every_block")),
+        "stage_blocks": Param(
+            None,
+            "blocks before which tokens are pruned (default: 3/6/9 of 12, proportional)",
+            types=(list,),
+            nullable=True,
+        ),
+        "num_stages": Param(3, "number of pruning stages when stage_blocks is not given", types=(int,), minimum=1),
+        "schedule": Param(
+            "stages",
+            "'stages': reduce before stage_blocks keeping rho^k (DynamicViT); 'every_block': "
+            "reduce before every block from 1 on, geometrically down to rho^num_stages",
+            types=(str,),
+            choices=("stages", "every_block"),
+        ),
     }
 
     def __init__(self, keep_ratio: float = 1.0, seed: int = 0, **params: Any):
@@ -66,7 +74,9 @@ class StagedPruning(Method):
         if blocks is None:
             blocks = default_stage_blocks(depth, self.config["num_stages"])
         if sorted(blocks) != list(blocks) or any(not isinstance(b, int) or not 0 < b < depth for b in blocks):
-            raise UsageError(f"method {self.name!r}: stage_blocks must be increasing block indices in 1..{depth - 1}, got {blocks}")
+            raise UsageError(
+                f"method {self.name!r}: stage_blocks must be increasing block indices in 1..{depth - 1}, got {blocks}"
+            )
         keeps = stage_keep_counts(num_patches(model), self.keep_ratio, len(blocks))
         return list(zip(blocks, keeps))
 
@@ -143,8 +153,9 @@ class StagedPruning(Method):
 
         return hook
 
-    def reduce(self, model: nn.Module, stage: int, patches: torch.Tensor, positions: torch.Tensor,
-               keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def reduce(
+        self, model: nn.Module, stage: int, patches: torch.Tensor, positions: torch.Tensor, keep: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, keep, C) tokens that replace ``patches`` and the original patch position each stands for."""
         scores = self.score(model, stage, patches, positions)
         # keep the top-k, then restore their original order

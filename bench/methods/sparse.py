@@ -17,6 +17,7 @@
 Masks live in the method (and its resumable train state), never in the state_dict: a cut weight is a
 zero weight, so a saved model needs no masks to be evaluated.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,15 +34,17 @@ SPARSE_SUFFIXES = ("patch_embed.proj", "attn.qkv", "attn.proj", "mlp.fc1", "mlp.
 
 SCHEDULE_PARAMS = {
     "density": Param(0.5, "fraction of weights (SViTE) or of heads and neurons (S2ViTE) kept"),
-    "update_interval": Param(100, "optimiser steps between prune-and-grow updates (delta T)", types=(int,),
-                             minimum=1),
-    "drop_start": Param(0.5, "fraction of active weights dropped and regrown at the first update",
-                        minimum=0),
-    "drop_end": Param(0.005, "the fraction the cosine schedule anneals towards (reached at the end of training)",
-                      minimum=0),
+    "update_interval": Param(100, "optimiser steps between prune-and-grow updates (delta T)", types=(int,), minimum=1),
+    "drop_start": Param(0.5, "fraction of active weights dropped and regrown at the first update", minimum=0),
+    "drop_end": Param(
+        0.005, "the fraction the cosine schedule anneals towards (reached at the end of training)", minimum=0
+    ),
     "stop_fraction": Param(0.8, "fraction of training after which the sparsity pattern is frozen"),
-    "from_scratch": Param(False, "re-initialise the backbone before training (the paper's recipe) instead of "
-                          "fine-tuning the dense one", types=(bool,)),
+    "from_scratch": Param(
+        False,
+        "re-initialise the backbone before training (the paper's recipe) instead of fine-tuning the dense one",
+        types=(bool,),
+    ),
 }
 
 
@@ -55,8 +58,9 @@ def check_schedule(method: str, config: dict[str, Any]) -> None:
             raise UsageError(f"method {method!r}: parameter {key!r} must be in [0, 1], got {config[key]!r}")
 
 
-def drop_fraction(step: int, total_steps: int, start: float = 0.5, end: float = 0.005,
-                  stop_fraction: float = 0.8) -> float:
+def drop_fraction(
+    step: int, total_steps: int, start: float = 0.5, end: float = 0.005, stop_fraction: float = 0.8
+) -> float:
     """Cosine-annealed drop fraction at ``step``; 0 once updates have stopped.
 
     As the official ``CosineDecay`` (torch's CosineAnnealingLR with T_max = every iteration of training,
@@ -74,8 +78,11 @@ def is_update_step(step: int, total_steps: int, config: dict[str, Any]) -> bool:
 
 def sparse_layers(model: nn.Module) -> dict[str, nn.Module]:
     """The Linear / Conv2d modules SViTE masks, by name."""
-    return {name: m for name, m in model.named_modules()
-            if isinstance(m, (nn.Linear, nn.Conv2d)) and (name == "head" or name.endswith(SPARSE_SUFFIXES))}
+    return {
+        name: m
+        for name, m in model.named_modules()
+        if isinstance(m, (nn.Linear, nn.Conv2d)) and (name == "head" or name.endswith(SPARSE_SUFFIXES))
+    }
 
 
 def erk_densities(shapes: dict[str, tuple[int, ...]], density: float) -> dict[str, float]:

@@ -5,6 +5,7 @@ See :mod:`bench.methods.sparse` for the schedule. A head's output enters ``attn.
 cuts the structure exactly, and :func:`remove_structures` then deletes the matching qkv rows, proj
 columns, fc1 rows and fc2 columns, so the pruned model computes the same logits with fewer MACs.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -30,7 +31,7 @@ class StructuredSparsity:
         self.density = density
         self.head_masks: list[torch.Tensor] = []
         self.neuron_masks: list[torch.Tensor] = []
-        self.taylor: list[torch.Tensor] = []   # per block, (H,) accumulated |sum dL/dO_h * O_h|
+        self.taylor: list[torch.Tensor] = []  # per block, (H,) accumulated |sum dL/dO_h * O_h|
         self._model: nn.Module | None = None
         self._handles: list[Any] = []
 
@@ -81,8 +82,10 @@ class StructuredSparsity:
         return hook
 
     def counts(self) -> dict[str, int]:
-        return {"heads": int(sum(int(m.sum()) for m in self.head_masks)),
-                "neurons": int(sum(int(m.sum()) for m in self.neuron_masks))}
+        return {
+            "heads": int(sum(int(m.sum()) for m in self.head_masks)),
+            "neurons": int(sum(int(m.sum()) for m in self.neuron_masks)),
+        }
 
     def active_params(self) -> int:
         """Weights of the kept heads and neurons (their qkv rows and proj columns, fc1 rows and fc2 columns)."""
@@ -106,7 +109,9 @@ class StructuredSparsity:
             head_grow = g_proj.abs().view(attn.proj.out_features, H, hd).sum((0, 2))
             self.head_masks[i], n1 = self._swap(self.head_masks[i], self.taylor[i], head_grow, fraction)
             neuron_drop = mlp.fc1.weight.abs().sum(1) + mlp.fc2.weight.abs().sum(0)
-            neuron_grow = g_fc2.abs().sum(0) + (mlp.fc1.weight.grad.abs().sum(1) if mlp.fc1.weight.grad is not None else 0)
+            neuron_grow = g_fc2.abs().sum(0) + (
+                mlp.fc1.weight.grad.abs().sum(1) if mlp.fc1.weight.grad is not None else 0
+            )
             self.neuron_masks[i], n2 = self._swap(self.neuron_masks[i], neuron_drop, neuron_grow, fraction)
             self.taylor[i].zero_()
             moved += n1 + n2
@@ -114,14 +119,16 @@ class StructuredSparsity:
         return moved
 
     @staticmethod
-    def _swap(mask: torch.Tensor, drop_score: torch.Tensor, grow_score: torch.Tensor,
-              fraction: float) -> tuple[torch.Tensor, int]:
+    def _swap(
+        mask: torch.Tensor, drop_score: torch.Tensor, grow_score: torch.Tensor, fraction: float
+    ) -> tuple[torch.Tensor, int]:
         n = int(fraction * int(mask.sum()))
         if n == 0 or int((~mask).sum()) == 0:
             return mask, 0
         n = min(n, int((~mask).sum()))
-        dropped = torch.topk(torch.where(mask, drop_score, torch.full_like(drop_score, float("inf"))), n,
-                             largest=False).indices
+        dropped = torch.topk(
+            torch.where(mask, drop_score, torch.full_like(drop_score, float("inf"))), n, largest=False
+        ).indices
         grow = torch.where(mask, torch.full_like(grow_score, -1.0), grow_score)  # only structures cut before
         grown = torch.topk(grow, n).indices
         new = mask.clone()
@@ -140,8 +147,7 @@ class StructuredSparsity:
 
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
-    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device,
-                      dtype=weight.dtype)
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
         layer.weight.copy_(weight)
         if bias is not None:

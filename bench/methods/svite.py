@@ -18,6 +18,7 @@ scorer gets no signal from the tokens it drops, and in our tests it learned to d
 backbone starts from magnitude masks; ``from_scratch: true`` re-initialises the backbone and draws random
 masks, as the paper's 600-epoch DeiT recipe.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -28,8 +29,7 @@ from torch import nn
 from bench.errors import UsageError
 from bench.methods.base import Method, Param, check_vit, num_patches, register_method
 from bench.methods.pruning import StagedPruning
-from bench.methods.sparse import (SCHEDULE_PARAMS, UnstructuredSparsity, check_schedule, drop_fraction,
-                                  is_update_step)
+from bench.methods.sparse import SCHEDULE_PARAMS, UnstructuredSparsity, check_schedule, drop_fraction, is_update_step
 from bench.methods.structured import StructuredSparsity, remove_structures
 
 #: attribute of the model that holds SViTE+'s token scorer (so it is saved in the state_dict)
@@ -111,7 +111,9 @@ class SViTE(_WeightSparse, Method):
     name = "svite"
     roles = ("weight_budget",)
     family = "svite"
-    description = "SViTE: unstructured sparse training at a fixed density (ERK masks, magnitude drop, gradient regrowth)"
+    description = (
+        "SViTE: unstructured sparse training at a fixed density (ERK masks, magnitude drop, gradient regrowth)"
+    )
     identity_params = {"density": 1.0}
     params = dict(SCHEDULE_PARAMS)
 
@@ -130,8 +132,10 @@ class S2ViTE(_SparseTraining, Method):
     name = "s2vite"
     roles = ("weight_budget",)
     family = "svite"
-    description = ("S2ViTE: structured sparse training of attention heads and MLP neurons (Taylor / L1 drop, gradient "
-                   "regrowth), cut structures removed after training")
+    description = (
+        "S2ViTE: structured sparse training of attention heads and MLP neurons (Taylor / L1 drop, gradient "
+        "regrowth), cut structures removed after training"
+    )
     identity_params = {"density": 1.0}
     params = dict(SCHEDULE_PARAMS)
 
@@ -150,8 +154,11 @@ class S2ViTE(_SparseTraining, Method):
     def train_metrics(self) -> dict[str, Any]:
         if self.config["density"] >= 1.0:
             return {}
-        return {**self.sparsity.counts(), "active_params": self.sparsity.active_params(),
-                "sparse_updates": len(self.clock.history)}
+        return {
+            **self.sparsity.counts(),
+            "active_params": self.sparsity.active_params(),
+            "sparse_updates": len(self.clock.history),
+        }
 
     def prepare_inference(self, model: nn.Module) -> nn.Module:
         remove_structures(model)
@@ -163,8 +170,10 @@ class SViTEPlus(_WeightSparse, StagedPruning):
     name = "svite_plus"
     roles = ("learned",)
     family = "svite"
-    description = ("SViTE+: SViTE weight sparsity plus a learnable top-k token selector after the position embedding "
-                   "(hard Gumbel-Softmax, straight-through, in training)")
+    description = (
+        "SViTE+: SViTE weight sparsity plus a learnable top-k token selector after the position embedding "
+        "(hard Gumbel-Softmax, straight-through, in training)"
+    )
     learns_parameters = True
     input_dependent = True
     overhead_modules = (SELECTOR,)
@@ -173,8 +182,11 @@ class SViTEPlus(_WeightSparse, StagedPruning):
         **SCHEDULE_PARAMS,
         "tau_start": Param(10.0, "Gumbel-Softmax temperature at the start of training"),
         "tau_end": Param(0.1, "temperature at the end (linear annealing)"),
-        "selector_lr_scale": Param(1.0, "the token scorer's learning rate as a multiple of the recipe's (the paper "
-                                   "trains it with the model; short fine-tunes need it faster)"),
+        "selector_lr_scale": Param(
+            1.0,
+            "the token scorer's learning rate as a multiple of the recipe's (the paper "
+            "trains it with the model; short fine-tunes need it faster)",
+        ),
     }
 
     def __init__(self, keep_ratio: float = 1.0, seed: int = 0, **params: Any):
@@ -227,8 +239,9 @@ class SViTEPlus(_WeightSparse, StagedPruning):
             self.tau = state["tau"]
             self._step = int(state.get("step", 0))
 
-    def reduce(self, model: nn.Module, stage: int, patches: torch.Tensor, positions: torch.Tensor,
-               keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def reduce(
+        self, model: nn.Module, stage: int, patches: torch.Tensor, positions: torch.Tensor, keep: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         scores = getattr(model, SELECTOR)(patches).squeeze(-1)  # (B, N)
         if not (model.training and torch.is_grad_enabled()):
             idx = torch.topk(scores, keep, dim=1, sorted=False).indices.sort(dim=1).values
@@ -243,4 +256,3 @@ class SViTEPlus(_WeightSparse, StagedPruning):
         # the scorer also learns from the tokens it dropped; the forward multiplies by exactly 0 or 1
         mask = hard + (soft - soft.detach())
         return patches * mask.unsqueeze(-1), positions
-

@@ -25,6 +25,7 @@ Choices where the paper leaves room, and why:
   outputs are input tokens, so gradients flow through the pooled tokens to everything before them.
   Significance is computed from explicit (unfused) attention in the blocks that feed a pooling layer.
 """
+
 from __future__ import annotations
 
 import functools
@@ -55,8 +56,9 @@ class SignificanceTap:
         for b in sorted(set(blocks)):
             attn = model.blocks[b].attn
             if not (hasattr(attn, "fused_attn") and isinstance(getattr(attn, "attn_drop", None), nn.Module)):
-                raise UsageError(f"method {method!r} needs timm's Attention (with attn_drop) in block {b}, "
-                                 f"got {type(attn).__name__}")
+                raise UsageError(
+                    f"method {method!r} needs timm's Attention (with attn_drop) in block {b}, got {type(attn).__name__}"
+                )
             self._fused.append((attn, attn.fused_attn))
             attn.fused_attn = False  # the significance needs the attention probabilities themselves
             handles.append(attn.attn_drop.register_forward_hook(functools.partial(self._record, b)))
@@ -93,7 +95,7 @@ class _SignificanceMethod(StagedPruning):
 
     def significance(self, stage: int) -> torch.Tensor:
         """(B, N) significance of the current patch tokens, from the block before this stage."""
-        return self.tap.scores[self._blocks[stage] - 1][:, self._prefix:]
+        return self.tap.scores[self._blocks[stage] - 1][:, self._prefix :]
 
     def remove(self) -> None:
         super().remove()
@@ -131,29 +133,45 @@ class TokenPooling(_SignificanceMethod):
     overhead_modules = (POOLER,)
     params = {
         **StagedPruning.params,
-        "clustering": Param("kmedoids", "'kmedoids' (outputs are input tokens) or 'kmeans' (cluster means)",
-                            types=(str,), choices=("kmedoids", "kmeans")),
+        "clustering": Param(
+            "kmedoids",
+            "'kmedoids' (outputs are input tokens) or 'kmeans' (cluster means)",
+            types=(str,),
+            choices=("kmedoids", "kmeans"),
+        ),
         "weighted": Param(True, "weight tokens by their significance (attention received)", types=(bool,)),
         "iterations": Param(5, "clustering iterations per pooling layer", types=(int,), minimum=0),
-        "init": Param("significance", "seeds: the K most significant tokens, or farthest-point from the most "
-                      "significant", types=(str,), choices=("significance", "farthest")),
+        "init": Param(
+            "significance",
+            "seeds: the K most significant tokens, or farthest-point from the most significant",
+            types=(str,),
+            choices=("significance", "farthest"),
+        ),
     }
 
     def __init__(self, keep_ratio: float = 1.0, seed: int = 0, **params: Any):
         super().__init__(keep_ratio, seed, **params)
         if self.config["iterations"] < 1:
-            raise UsageError(f"method {self.name!r}: parameter 'iterations' must be >= 1, got {self.config['iterations']}")
+            raise UsageError(
+                f"method {self.name!r}: parameter 'iterations' must be >= 1, got {self.config['iterations']}"
+            )
         self._pooled: nn.Module | None = None
 
     def apply(self, model: nn.Module) -> nn.Module:
         if self.keep_ratio < 1.0:
-            setattr(model, POOLER, TokenPooler(self.config["clustering"], self.config["weighted"],
-                                               self.config["iterations"], self.config["init"]))
+            setattr(
+                model,
+                POOLER,
+                TokenPooler(
+                    self.config["clustering"], self.config["weighted"], self.config["iterations"], self.config["init"]
+                ),
+            )
             self._pooled = model
         return super().apply(model)
 
-    def reduce(self, model: nn.Module, stage: int, patches: torch.Tensor, positions: torch.Tensor,
-               keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def reduce(
+        self, model: nn.Module, stage: int, patches: torch.Tensor, positions: torch.Tensor, keep: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         fit: Clustering = getattr(model, POOLER)(patches, self.significance(stage), keep)
         if self.record_kept:
             self.record_groups(fit.assignment, positions)
@@ -188,7 +206,8 @@ def pooled_grid(rows: int, cols: int, budget: int, aspect: float | None = None) 
         if c < 1:
             break
         better = r * c > best[0] * best[1] or (
-            r * c == best[0] * best[1] and abs(r / c - aspect) < abs(best[0] / best[1] - aspect))
+            r * c == best[0] * best[1] and abs(r / c - aspect) < abs(best[0] / best[1] - aspect)
+        )
         if better:
             best = (r, c)
     return best
@@ -216,8 +235,9 @@ class GridPool(StagedPruning):
                 self._grids.append(new)
         return out
 
-    def reduce(self, model: nn.Module, stage: int, patches: torch.Tensor, positions: torch.Tensor,
-               keep: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def reduce(
+        self, model: nn.Module, stage: int, patches: torch.Tensor, positions: torch.Tensor, keep: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         (r, c), new = self._grids[stage], self._grids[stage + 1]
         B, _, C = patches.shape
         grid = patches.transpose(1, 2).reshape(B, C, r, c)
@@ -237,6 +257,7 @@ def window_cells(grid: tuple[int, int], pooled: tuple[int, int]) -> torch.Tensor
 
     Adaptive windows overlap when the sizes do not divide (rows i*R//R' to ceil((i+1)*R/R')): a cell in two
     windows is given to the later one, so the groups partition the grid as drawn in the gallery."""
+
     def axis(n: int, m: int) -> torch.Tensor:
         starts = torch.tensor([(i * n) // m for i in range(m)])
         return torch.searchsorted(starts, torch.arange(n), right=True) - 1

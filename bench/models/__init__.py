@@ -2,6 +2,7 @@
 
 Importing the package imports no torch; ``build_backbone`` and ``load_checkpoint_into`` import timm on first use.
 """
+
 from __future__ import annotations
 
 from typing import Any

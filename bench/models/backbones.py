@@ -1,4 +1,5 @@
 """Build a backbone by timm name, with weights from the hub or from a local checkpoint file."""
+
 from __future__ import annotations
 
 import logging
@@ -17,6 +18,7 @@ from bench.registry import did_you_mean
 
 log = logging.getLogger(__name__)
 
+
 #: Backbones the harness is tested with; any other timm ViT name works too.
 def check_backbone_name(name: str) -> None:
     if not timm.is_model(name):
@@ -24,8 +26,15 @@ def check_backbone_name(name: str) -> None:
         raise UsageError(f"unknown backbone {name!r}{did_you_mean(name, candidates)}")
 
 
-def build_backbone(name: str, *, num_classes: int, in_chans: int | None = None, img_size: int | None = None,
-                   pretrained: bool | str | None = None, **kwargs: Any) -> nn.Module:
+def build_backbone(
+    name: str,
+    *,
+    num_classes: int,
+    in_chans: int | None = None,
+    img_size: int | None = None,
+    pretrained: bool | str | None = None,
+    **kwargs: Any,
+) -> nn.Module:
     """Create ``name`` from timm. ``pretrained`` is False/None, True (hub) or a local .pth/.safetensors path."""
     check_backbone_name(name)
     args: dict[str, Any] = dict(num_classes=num_classes, **kwargs)
@@ -44,7 +53,9 @@ def build_backbone(name: str, *, num_classes: int, in_chans: int | None = None, 
             ) from None
         raise UsageError(f"could not build backbone {name!r}: {str(e).splitlines()[0][:200]}") from None
     if not (hasattr(model, "blocks") and hasattr(model, "patch_embed")):
-        raise UsageError(f"backbone {name!r} is not a ViT (no blocks/patch_embed); token methods need a timm VisionTransformer")
+        raise UsageError(
+            f"backbone {name!r} is not a ViT (no blocks/patch_embed); token methods need a timm VisionTransformer"
+        )
     if isinstance(pretrained, (str, Path)) and str(pretrained):
         load_checkpoint_into(model, pretrained)
     return model
@@ -60,8 +71,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             sd = load_file(str(path))
         except Exception as e:  # truncated, or not a safetensors file
-            raise ArtifactError(f"{path}: unreadable (truncated or corrupt: {str(e).splitlines()[0][:200]}); "
-                                f"delete it and rebuild it") from None
+            raise ArtifactError(
+                f"{path}: unreadable (truncated or corrupt: {str(e).splitlines()[0][:200]}); delete it and rebuild it"
+            ) from None
     else:
         sd = load_torch(path)
     for key in ("model_ema", "model", "state_dict"):
@@ -84,12 +96,15 @@ def load_checkpoint_into(model: nn.Module, path: str | Path) -> list[str]:
         from timm.layers import resample_abs_pos_embed
 
         prefix = 0 if getattr(model, "no_embed_class", False) else int(model.num_prefix_tokens)
-        sd["pos_embed"] = resample_abs_pos_embed(sd["pos_embed"], new_size=list(model.patch_embed.grid_size),
-                                                 num_prefix_tokens=prefix)
+        sd["pos_embed"] = resample_abs_pos_embed(
+            sd["pos_embed"], new_size=list(model.patch_embed.grid_size), num_prefix_tokens=prefix
+        )
     dropped = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
     if any(not k.startswith(("head.", "head_dist.")) for k in dropped):
         bad = next(k for k in dropped if not k.startswith(("head.", "head_dist.")))
-        raise UsageError(f"checkpoint {str(path)!r} does not fit the model: {bad} is {tuple(sd[bad].shape)}, model wants {tuple(own[bad].shape)}")
+        raise UsageError(
+            f"checkpoint {str(path)!r} does not fit the model: {bad} is {tuple(sd[bad].shape)}, model wants {tuple(own[bad].shape)}"
+        )
     for k in dropped:
         del sd[k]
     missing, unexpected = model.load_state_dict(sd, strict=False)

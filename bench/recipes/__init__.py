@@ -4,6 +4,7 @@ Each preset (``bench/recipes/<name>.yaml``) gives every value with its source (o
 and ``official_arguments.csv`` keeps the official arguments they were read from; a test holds the two
 equal. Loading a preset does not import torch (suites are validated before anything runs).
 """
+
 from __future__ import annotations
 
 import csv
@@ -18,7 +19,7 @@ from bench.errors import UsageError
 OFFICIAL_TABLE = "official_arguments.csv"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _read(name: str) -> dict[str, Any]:
     return yaml.safe_load(resources.files("bench.recipes").joinpath(f"{name}.yaml").read_text())
 
@@ -32,8 +33,9 @@ def preset(name: str) -> dict[str, tuple[Any, str]]:
     if name not in list_presets():
         from bench.registry import did_you_mean
 
-        raise UsageError(f"unknown recipe {name!r}{did_you_mean(name, list_presets())} "
-                         f"(recipes: {', '.join(list_presets())})")
+        raise UsageError(
+            f"unknown recipe {name!r}{did_you_mean(name, list_presets())} (recipes: {', '.join(list_presets())})"
+        )
     doc = _read(name)
     return {k: (v["value"], f"recipe {name}: {doc['official']} {v['source']}") for k, v in doc["values"].items()}
 

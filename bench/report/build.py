@@ -6,12 +6,14 @@ the matched-budget comparison and the learned-vs-control ablation (tables and fi
 figures, the kept-token gallery, and ``index.md`` linking all of it with the provenance block and the
 list of failed or missing runs. Same input, same bytes; missing or failed runs are holes, never errors.
 """
+
 from __future__ import annotations
 
 import multiprocessing
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 
@@ -20,8 +22,14 @@ from bench.report.figures import FIGURES, FigureContext, build_figures, load_pub
 from bench.report.gallery import plot_gallery
 from bench.report.plots import method_styles, plot_tradeoff
 from bench.report.summary import reference_methods, summarize
-from bench.report.table import (holes_section, provenance_section, suite_and_dataset, render_csv, render_latex,
-                                render_markdown)
+from bench.report.table import (
+    holes_section,
+    provenance_section,
+    render_csv,
+    render_latex,
+    render_markdown,
+    suite_and_dataset,
+)
 from bench.results.collect import KEPT_NPZ, TABLE_PARQUET, collect
 
 REPORT_MD = "report.md"
@@ -39,8 +47,10 @@ def _gallery(table: pd.DataFrame, suite_dir: Path, out_dir: Path) -> list[Path]:
     """One row per token-reducing method at its lowest keep ratio (first seed), from the runs' npz records."""
     ok = table[(table["status"] == "ok") & table["run_id"].notna() & (table["keep_ratio"] < 1.0)]
     first = ok.sort_values(["backbone", "method", "keep_ratio", "seed"]).drop_duplicates(["backbone", "method"])
-    entries = [(f"{r.method}\nkeep {r.keep_ratio:g}", suite_dir / "runs" / r.run_id / KEPT_NPZ)
-               for r in first.itertuples(index=False)]
+    entries = [
+        (f"{r.method}\nkeep {r.keep_ratio:g}", suite_dir / "runs" / r.run_id / KEPT_NPZ)
+        for r in first.itertuples(index=False)
+    ]
     entries = [(label, path) for label, path in entries if path.is_file()]
     return [plot_gallery(entries, out_dir / GALLERY_PNG)] if entries else []
 
@@ -89,7 +99,7 @@ class _Renderer:
         done = [r.get() if self._pool else r for r in self._pending]
         return [p for paths in done for p in paths]
 
-    def __enter__(self) -> "_Renderer":
+    def __enter__(self) -> _Renderer:
         return self
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:
@@ -98,35 +108,58 @@ class _Renderer:
             self._pool.join()
 
 
-def _write_tables(table: pd.DataFrame, summary: pd.DataFrame, matched: pd.DataFrame, abl: pd.DataFrame,
-                  suite: str, dataset: str, out_dir: Path) -> tuple[dict[str, Path], str, str, str]:
+def _write_tables(
+    table: pd.DataFrame,
+    summary: pd.DataFrame,
+    matched: pd.DataFrame,
+    abl: pd.DataFrame,
+    suite: str,
+    dataset: str,
+    out_dir: Path,
+) -> tuple[dict[str, Path], str, str, str]:
     """Write the LaTeX and CSV tables; return their paths, the report text (written last, once the figures it
     links exist) and the holes and provenance sections (shared with the index)."""
     from bench.report.matched import ablation_markdown, matched_markdown
 
-    caption = (f"Results of suite {suite} on {dataset}: top-1 mean ± std over seeds; GMACs counted by fvcore "
-               f"(1 multiply-add = 1 flop); speed-up measured against dense.")
-    paths = {"results.tex": atomic_write_text(out_dir / "results.tex", render_latex(summary, caption)),
-             "results.csv": atomic_write_text(out_dir / "results.csv", render_csv(summary)),
-             "matched_budget.csv": atomic_write_text(out_dir / "matched_budget.csv",
-                                                     matched.to_csv(index=False, float_format="%.6g")),
-             "ablation.csv": atomic_write_text(out_dir / "ablation.csv", abl.to_csv(index=False, float_format="%.6g"))}
+    caption = (
+        f"Results of suite {suite} on {dataset}: top-1 mean ± std over seeds; GMACs counted by fvcore "
+        f"(1 multiply-add = 1 flop); speed-up measured against dense."
+    )
+    paths = {
+        "results.tex": atomic_write_text(out_dir / "results.tex", render_latex(summary, caption)),
+        "results.csv": atomic_write_text(out_dir / "results.csv", render_csv(summary)),
+        "matched_budget.csv": atomic_write_text(
+            out_dir / "matched_budget.csv", matched.to_csv(index=False, float_format="%.6g")
+        ),
+        "ablation.csv": atomic_write_text(out_dir / "ablation.csv", abl.to_csv(index=False, float_format="%.6g")),
+    }
     from bench.report.timing_section import speedup_by_batch_markdown, what_was_timed_markdown
 
-    figures = [("top-1 vs GMACs", "tradeoff_top1_vs_gmacs.png"),
-               ("top-1 vs throughput", "tradeoff_top1_vs_throughput.png"),
-               ("top-1 vs paired speed-up over dense", "tradeoff_top1_vs_speedup.png")]
-    extra = ["## What was timed", what_was_timed_markdown(table),
-             "## Speed-up by batch size", speedup_by_batch_markdown(table, summary), "## Matched-budget comparison", matched_markdown(matched), "![matched budgets](matched_budget.png)",
-             "## Ablation: learned vs control token selection at equal keep ratios", ablation_markdown(abl),
-             "![ablation](ablation.png)"]
+    figures = [
+        ("top-1 vs GMACs", "tradeoff_top1_vs_gmacs.png"),
+        ("top-1 vs throughput", "tradeoff_top1_vs_throughput.png"),
+        ("top-1 vs paired speed-up over dense", "tradeoff_top1_vs_speedup.png"),
+    ]
+    extra = [
+        "## What was timed",
+        what_was_timed_markdown(table),
+        "## Speed-up by batch size",
+        speedup_by_batch_markdown(table, summary),
+        "## Matched-budget comparison",
+        matched_markdown(matched),
+        "![matched budgets](matched_budget.png)",
+        "## Ablation: learned vs control token selection at equal keep ratios",
+        ablation_markdown(abl),
+        "![ablation](ablation.png)",
+    ]
     holes, provenance = holes_section(table), provenance_section(table)
     report_md = render_markdown(table, summary, suite, dataset, figures, extra, holes=holes, provenance=provenance)
     return paths, report_md, holes, provenance
 
 
-def build_report(suite_dir: Path, out_dir: Path | None = None, workers: int | None = None,
-                 paper_figures: bool = False) -> dict[str, Path]:
+def build_report(
+    suite_dir: Path, out_dir: Path | None = None, workers: int | None = None, paper_figures: bool = False
+) -> dict[str, Path]:
     """Write the report; returns {file name: path}. ``workers``: processes drawing figures (default: the
     CPU count, or ``TOKENBENCH_REPORT_WORKERS``). Paper figures are ``bench figures``' job (the pipeline runs
     it first) unless ``paper_figures``; the index links whichever are in the folder."""
@@ -143,10 +176,24 @@ def build_report(suite_dir: Path, out_dir: Path | None = None, workers: int | No
     # Figures are submitted as soon as their data exists, so workers draw while this process computes.
     with _Renderer(workers, 6 + len(names)) as renderer:
         renderer.submit(plot_tradeoff, summary, f"{title}: top-1 vs compute", out_dir, styles=styles)
-        renderer.submit(plot_tradeoff, summary, f"{title}: top-1 vs throughput", out_dir,
-                        stem="tradeoff_top1_vs_throughput", x="throughput", styles=styles)
-        renderer.submit(plot_tradeoff, summary, f"{title}: top-1 vs paired speed-up", out_dir,
-                        stem="tradeoff_top1_vs_speedup", x="speedup", styles=styles)
+        renderer.submit(
+            plot_tradeoff,
+            summary,
+            f"{title}: top-1 vs throughput",
+            out_dir,
+            stem="tradeoff_top1_vs_throughput",
+            x="throughput",
+            styles=styles,
+        )
+        renderer.submit(
+            plot_tradeoff,
+            summary,
+            f"{title}: top-1 vs paired speed-up",
+            out_dir,
+            stem="tradeoff_top1_vs_speedup",
+            x="speedup",
+            styles=styles,
+        )
         renderer.submit(_gallery, table, suite_dir, out_dir)
         matched = matched_budget(table)
         renderer.submit(plot_matched, matched, out_dir, styles=styles)
@@ -161,31 +208,55 @@ def build_report(suite_dir: Path, out_dir: Path | None = None, workers: int | No
     # paper figures drawn earlier by `bench figures` into this folder are part of the report too
     paths.update({p.name: p for p in sorted(out_dir.glob("paper_*.p*")) if p.name not in paths})
     paths[REPORT_MD] = atomic_write_text(out_dir / REPORT_MD, report_md)
-    paths[INDEX_MD] = atomic_write_text(out_dir / INDEX_MD, render_index(table, suite, dataset, paths,
-                                                                         holes=holes, provenance=provenance))
+    paths[INDEX_MD] = atomic_write_text(
+        out_dir / INDEX_MD, render_index(table, suite, dataset, paths, holes=holes, provenance=provenance)
+    )
     return dict(sorted(paths.items()))
 
 
-def render_index(table: pd.DataFrame, suite: str, dataset: str, paths: dict[str, Path], *,
-                 holes: str | None = None, provenance: str | None = None) -> str:
+def render_index(
+    table: pd.DataFrame,
+    suite: str,
+    dataset: str,
+    paths: dict[str, Path],
+    *,
+    holes: str | None = None,
+    provenance: str | None = None,
+) -> str:
     """One page linking every table and figure, with provenance and the runs that are holes (both sections
     are taken from the caller when it has already rendered them)."""
     names = sorted(paths)
-    groups = [("Report", [n for n in names if n == REPORT_MD]),
-              ("Tables", [n for n in names if n.endswith((".tex", ".csv"))]),
-              ("Trade-off figures", [n for n in names if n.startswith("tradeoff_")]),
-              ("Matched budgets and ablation", [n for n in names if n.startswith(("matched_", "ablation"))
-                                                and not n.endswith(".csv")]),
-              ("Paper figures", [n for n in names if n.startswith("paper_")]),
-              ("Kept tokens", [n for n in names if n.startswith("kept_tokens")])]
-    lines = [f"# Suite `{suite}` ({dataset})", "",
-             "Everything here is regenerated from `table.parquet` by `bench report` (no training).", ""]
+    groups = [
+        ("Report", [n for n in names if n == REPORT_MD]),
+        ("Tables", [n for n in names if n.endswith((".tex", ".csv"))]),
+        ("Trade-off figures", [n for n in names if n.startswith("tradeoff_")]),
+        (
+            "Matched budgets and ablation",
+            [n for n in names if n.startswith(("matched_", "ablation")) and not n.endswith(".csv")],
+        ),
+        ("Paper figures", [n for n in names if n.startswith("paper_")]),
+        ("Kept tokens", [n for n in names if n.startswith("kept_tokens")]),
+    ]
+    lines = [
+        f"# Suite `{suite}` ({dataset})",
+        "",
+        "Everything here is regenerated from `table.parquet` by `bench report` (no training).",
+        "",
+    ]
     for heading, files in groups:
         if files:
             lines += [f"## {heading}", ""] + [f"- [{n}]({n})" for n in files] + [""]
     registered = ", ".join(f"`{n}`" for n in FIGURES.names())
-    lines += [f"Paper figures registered: {registered} (each draws only when the suite has its methods).", "",
-              "## Failed or missing runs", "",
-              holes_section(table) if holes is None else holes, "", "## Provenance", "",
-              provenance_section(table) if provenance is None else provenance, ""]
+    lines += [
+        f"Paper figures registered: {registered} (each draws only when the suite has its methods).",
+        "",
+        "## Failed or missing runs",
+        "",
+        holes_section(table) if holes is None else holes,
+        "",
+        "## Provenance",
+        "",
+        provenance_section(table) if provenance is None else provenance,
+        "",
+    ]
     return "\n".join(lines)

@@ -11,12 +11,14 @@ it can draw, so one command serves every suite:
 Published numbers (``bench/reference/published.csv``) are drawn as hollow markers where the suite's
 backbone and dataset match theirs.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -24,8 +26,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from bench.registry import Registry
-from bench.report.style import whitegrid
 from bench.report.plots import GMACS_LABEL, draw_error_bars, fixed_layout, is_reference, reference_first, save_figure
+from bench.report.style import whitegrid
 from bench.report.summary import methods_with_role
 
 PUBLISHED_DATASET = "imagenet-1k"
@@ -33,8 +35,8 @@ PUBLISHED_DATASET = "imagenet-1k"
 
 @dataclass
 class FigureContext:
-    table: pd.DataFrame           # one row per run (bench collect)
-    summary: pd.DataFrame         # one row per backbone x method x keep ratio (bench.report.summary)
+    table: pd.DataFrame  # one row per run (bench collect)
+    summary: pd.DataFrame  # one row per backbone x method x keep ratio (bench.report.summary)
     out_dir: Path
     styles: dict[str, dict[str, Any]]
     published: pd.DataFrame
@@ -118,13 +120,22 @@ def _lines(ax: Any, data: pd.DataFrame, x: str, styles: dict[str, dict[str, Any]
         xs, ys = rows[x].to_numpy(dtype=float), rows["top1_mean"].to_numpy(dtype=float)
         err = rows["top1_std"].where(rows["n_ok"] > 1).to_numpy(dtype=float)
         draw_error_bars(ax, xs, ys - err, ys + err, [st["color"]] * len(rows))
-        ax.plot(xs, ys, color=st["color"], marker=st["marker"], markersize=st["markersize"],
-                linestyle="-" if len(rows) > 1 else "none", label=method,
-                markeredgecolor="black" if is_reference(styles, method) else "white", markeredgewidth=0.6)
+        ax.plot(
+            xs,
+            ys,
+            color=st["color"],
+            marker=st["marker"],
+            markersize=st["markersize"],
+            linestyle="-" if len(rows) > 1 else "none",
+            label=method,
+            markeredgecolor="black" if is_reference(styles, method) else "white",
+            markeredgewidth=0.6,
+        )
 
 
-def _published(ax: Any, ctx: FigureContext, backbone: str, methods: set[str], x: str,
-               colors: dict[str, Any] | None = None) -> bool:
+def _published(
+    ax: Any, ctx: FigureContext, backbone: str, methods: set[str], x: str, colors: dict[str, Any] | None = None
+) -> bool:
     """Hollow markers for published points of these registry methods on this backbone (ImageNet-1k only).
     ``x``: a column of published.csv (gmacs, keep_ratio, weight_sparsity_pct); ``colors`` overrides the
     report's per-method colours (figures that colour by method family)."""
@@ -137,8 +148,17 @@ def _published(ax: Any, ctx: FigureContext, backbone: str, methods: set[str], x:
     for r in pub.itertuples(index=False):
         st = ctx.styles.get(r.method, {"color": "black", "marker": "o"})
         color = (colors or {}).get(r.method, st["color"])
-        ax.plot([getattr(r, x)], [r.top1], linestyle="none", marker=st.get("marker", "o"), markersize=9,
-                markerfacecolor="none", markeredgecolor=color, markeredgewidth=1.5, zorder=5)
+        ax.plot(
+            [getattr(r, x)],
+            [r.top1],
+            linestyle="none",
+            marker=st.get("marker", "o"),
+            markersize=9,
+            markerfacecolor="none",
+            markeredgecolor=color,
+            markeredgewidth=1.5,
+            zorder=5,
+        )
     return not pub.empty
 
 
@@ -150,8 +170,17 @@ def _finish(fig: Figure, axes: Any, ctx: FigureContext, stem: str, title: str, p
                 handles.append(h)
                 labels.append(lab)
     if published:
-        handles.append(Line2D([], [], linestyle="none", marker="o", markerfacecolor="none", markeredgecolor="black",
-                              label="published (hollow)"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                linestyle="none",
+                marker="o",
+                markerfacecolor="none",
+                markeredgecolor="black",
+                label="published (hollow)",
+            )
+        )
         labels.append("published (hollow)")
     fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title="method")
     fig.suptitle(title)
@@ -161,8 +190,9 @@ def _finish(fig: Figure, axes: Any, ctx: FigureContext, stem: str, title: str, p
     return list(paths.values())
 
 
-def _cost_accuracy(ctx: FigureContext, labels: list[str], published_methods: set[str], stem: str, title: str,
-                   xlabel: str) -> list[Path]:
+def _cost_accuracy(
+    ctx: FigureContext, labels: list[str], published_methods: set[str], stem: str, title: str, xlabel: str
+) -> list[Path]:
     """Top-1 vs GMACs, a panel per backbone, published points of ``published_methods`` as hollow markers."""
     data = _ok(ctx.summary, labels)
     backbones = sorted(data["backbone"].unique())
@@ -173,20 +203,30 @@ def _cost_accuracy(ctx: FigureContext, labels: list[str], published_methods: set
         published = False
         for ax, backbone in zip(axes, backbones):
             _lines(ax, data[data["backbone"] == backbone], "gmacs", ctx.styles)
-            published |= _published(ax, ctx, backbone, published_methods | _names(ctx, _role(ctx, "reference")),
-                                    "gmacs")
+            published |= _published(
+                ax, ctx, backbone, published_methods | _names(ctx, _role(ctx, "reference")), "gmacs"
+            )
             ax.set(title=backbone, xlabel=xlabel, ylabel="Top-1 accuracy (%)")
         return _finish(fig, axes, ctx, stem, title, published)
 
 
-@register_figure("dynamicvit_tradeoff", "DynamicViT-style top-1 vs GMACs across keep ratios (learned, controls, "
-                 "reference)", family="dynamicvit")
+@register_figure(
+    "dynamicvit_tradeoff",
+    "DynamicViT-style top-1 vs GMACs across keep ratios (learned, controls, reference)",
+    family="dynamicvit",
+)
 def dynamicvit_tradeoff(ctx: FigureContext) -> list[Path]:
     labels = _family(ctx, "dynamicvit")
     if not labels:
         return []
-    return _cost_accuracy(ctx, labels + _role(ctx, "control", "reference"), _names(ctx, labels),
-                          "paper_dynamicvit_tradeoff", "Top-1 vs GMACs (DynamicViT, Fig. 1 style)", GMACS_LABEL)
+    return _cost_accuracy(
+        ctx,
+        labels + _role(ctx, "control", "reference"),
+        _names(ctx, labels),
+        "paper_dynamicvit_tradeoff",
+        "Top-1 vs GMACs (DynamicViT, Fig. 1 style)",
+        GMACS_LABEL,
+    )
 
 
 @register_figure("pruning_ablation", "learned vs control token selection: top-1 against the keep ratio")
@@ -209,24 +249,41 @@ def pruning_ablation(ctx: FigureContext) -> list[Path]:
             # e.g. DynamicViT's Table 1 ratios and its Table 4 static/random rows at rho 0.7's budget
             published |= _published(ax, ctx, backbone, _names(ctx, learned + controls), "keep_ratio")
             ax.set(title=backbone, xlabel="keep ratio rho (tokens kept per stage)", ylabel="Top-1 accuracy (%)")
-        return _finish(fig, axes, ctx, "paper_pruning_ablation", "Learned vs control token selection at equal keep "
-                       "ratios", published)
+        return _finish(
+            fig,
+            axes,
+            ctx,
+            "paper_pruning_ablation",
+            "Learned vs control token selection at equal keep ratios",
+            published,
+        )
 
 
-@register_figure("token_pooling_curves", "Token Pooling-style cost-accuracy curves of the pooling variants and "
-                 "baselines", family="token_pooling")
+@register_figure(
+    "token_pooling_curves",
+    "Token Pooling-style cost-accuracy curves of the pooling variants and baselines",
+    family="token_pooling",
+)
 def token_pooling_curves(ctx: FigureContext) -> list[Path]:
     pooling = _family(ctx, "token_pooling")
     if not pooling:
         return []
-    labels = sorted(set(pooling) | set(_role(ctx, "learned", "control", "reference")) - set(_role(ctx, "weight_budget")))
-    return _cost_accuracy(ctx, labels, _names(ctx, pooling), "paper_token_pooling_curves",
-                          "Cost-accuracy of token downsampling (Token Pooling style)",
-                          GMACS_LABEL + ", clustering included")
+    labels = sorted(
+        set(pooling) | set(_role(ctx, "learned", "control", "reference")) - set(_role(ctx, "weight_budget"))
+    )
+    return _cost_accuracy(
+        ctx,
+        labels,
+        _names(ctx, pooling),
+        "paper_token_pooling_curves",
+        "Cost-accuracy of token downsampling (Token Pooling style)",
+        GMACS_LABEL + ", clustering included",
+    )
 
 
-@register_figure("svite_sparsity", "SViTE-style top-1 against sparsity, with measured and theoretical GMACs",
-                 family="svite")
+@register_figure(
+    "svite_sparsity", "SViTE-style top-1 against sparsity, with measured and theoretical GMACs", family="svite"
+)
 def svite_sparsity(ctx: FigureContext) -> list[Path]:
     sparse = _family(ctx, "svite")
     if not sparse:
@@ -260,19 +317,39 @@ def svite_sparsity(ctx: FigureContext) -> list[Path]:
                 draw_error_bars(ax_s, xs, ys - err, ys + err, [c] * len(rows))
                 ax_s.plot(xs, ys, marker="o", color=c)
                 for r in rows[rows["keep_ratio"] < 1.0].itertuples(index=False):
-                    ax_s.annotate(f"keep {r.keep_ratio:g}", (r.sparsity_pct, r.top1_mean), textcoords="offset points",
-                                  xytext=(6, 0), fontsize=7, color="0.3", va="center")
+                    ax_s.annotate(
+                        f"keep {r.keep_ratio:g}",
+                        (r.sparsity_pct, r.top1_mean),
+                        textcoords="offset points",
+                        xytext=(6, 0),
+                        fontsize=7,
+                        color="0.3",
+                        va="center",
+                    )
                 ax_g.plot(rows["gmacs"], rows["top1_mean"], marker="o", color=c, label=f"{family} (measured)")
                 if rows["theoretical_gmacs"].notna().any():
-                    ax_g.plot(rows["theoretical_gmacs"], rows["top1_mean"], marker="o", markerfacecolor="none",
-                              linestyle="--", color=c, label=f"{family} (theoretical)")
-            published |= _published(ax_s, ctx, backbone, _names(ctx, sparse), "weight_sparsity_pct",
-                                    colors=palette)
-            ax_s.set(title=backbone, xlabel="sparsity (% of weights, heads or neurons removed)",
-                     ylabel="Top-1 accuracy (%)")
+                    ax_g.plot(
+                        rows["theoretical_gmacs"],
+                        rows["top1_mean"],
+                        marker="o",
+                        markerfacecolor="none",
+                        linestyle="--",
+                        color=c,
+                        label=f"{family} (theoretical)",
+                    )
+            published |= _published(ax_s, ctx, backbone, _names(ctx, sparse), "weight_sparsity_pct", colors=palette)
+            ax_s.set(
+                title=backbone, xlabel="sparsity (% of weights, heads or neurons removed)", ylabel="Top-1 accuracy (%)"
+            )
             ax_g.set(title=backbone, xlabel=GMACS_LABEL, ylabel="Top-1 accuracy (%)")
-        return _finish(fig, grid.flat, ctx, "paper_svite_sparsity",
-                       "Top-1 vs sparsity (SViTE style); GMACs measured (solid) and nonzero-only (dashed)", published)
+        return _finish(
+            fig,
+            grid.flat,
+            ctx,
+            "paper_svite_sparsity",
+            "Top-1 vs sparsity (SViTE style); GMACs measured (solid) and nonzero-only (dashed)",
+            published,
+        )
 
 
 def build_figures(ctx: FigureContext, only: list[str] | None = None) -> dict[str, list[Path]]:

@@ -5,6 +5,7 @@ Evaluation records, next to each run of a token-reducing method, ``kept_tokens.n
 pooled into. The report draws the gallery from those files only (no model is loaded): one row per
 run, the input then each stage with dropped patches blanked; merged groups are outlined.
 """
+
 from __future__ import annotations
 
 import sys
@@ -35,15 +36,21 @@ def _outline(ax, groups: np.ndarray, ph: int, pw: int) -> None:
         ax.add_collection(LineCollection(segs, colors="#d62728", linewidths=0.8))
 
 
-def plot_gallery(entries: list[tuple[str, Path]], path: str | Path, image_index: int = 0,
-                 panel_inches: float = 1.5) -> Path:
+def plot_gallery(
+    entries: list[tuple[str, Path]], path: str | Path, image_index: int = 0, panel_inches: float = 1.5
+) -> Path:
     """One row per (label, kept_tokens.npz): the input, then each stage's kept (or pooled) patches."""
     data = []
     for label, p in entries:
         try:  # allow_pickle stays False: a planted object array is refused; a damaged file costs only its row
             with np.load(p) as npz:
-                data.append((label, {k: npz[k] for k in ("images", "masks", "grid") if k in npz.files}
-                             | ({"groups": npz["groups"]} if "groups" in npz.files else {})))
+                data.append(
+                    (
+                        label,
+                        {k: npz[k] for k in ("images", "masks", "grid") if k in npz.files}
+                        | ({"groups": npz["groups"]} if "groups" in npz.files else {}),
+                    )
+                )
         except Exception as e:  # noqa: BLE001
             print(f"bench: report: {p} is unreadable ({type(e).__name__}); left out of the gallery", file=sys.stderr)
     data = [(label, d) for label, d in data if {"images", "masks", "grid"} <= set(d)]
@@ -81,7 +88,8 @@ def plot_gallery(entries: list[tuple[str, Path]], path: str | Path, image_index:
                 ax.set_title(f"stage {j + 1}: {int(mask.sum())} kept", fontsize=7)
     fig.tight_layout()
     out = Path(path)
-    atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None},
-                                              facecolor="white"))
+    atomic_write(
+        out, lambda tmp: fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None}, facecolor="white")
+    )
     fig.clear()
     return out

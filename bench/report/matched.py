@@ -5,6 +5,7 @@ given compute budget. Here each seed's (GMACs, top-1) curve is interpolated at c
 budgets (never extrapolated), and differences are paired by seed so seed noise shared by
 two methods cancels. Everything is vectorised over runs; figures follow ``plots.py``.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -17,8 +18,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from bench.report.plots import (GMACS_LABEL, draw_error_bars, fixed_layout, method_styles, reference_first,
-                                save_figure)
+from bench.report.plots import GMACS_LABEL, draw_error_bars, fixed_layout, method_styles, reference_first, save_figure
 from bench.report.style import whitegrid
 from bench.report.summary import methods_with_role, reference_methods
 from bench.report.table import DASH, md_table
@@ -27,10 +27,34 @@ GMACS = "gmacs_fvcore_1mac_eq_1flop"
 N_BUDGETS = 5
 MATCH_RTOL = 1e-9
 TOP1_LABEL = "Top-1 accuracy (%)"
-MATCHED_COLUMNS = ["backbone", "budget_gmacs", "method", "n_seeds", "top1_mean", "top1_ci_low", "top1_ci_high",
-                   "best_method", "diff_to_best", "diff_ci_low", "diff_ci_high"]
-ABLATION_COLUMNS = ["backbone", "keep_ratio", "method", "role", "n_seeds", "top1_mean", "top1_ci_low",
-                    "top1_ci_high", "control", "n_pairs", "diff_mean", "diff_ci_low", "diff_ci_high"]
+MATCHED_COLUMNS = [
+    "backbone",
+    "budget_gmacs",
+    "method",
+    "n_seeds",
+    "top1_mean",
+    "top1_ci_low",
+    "top1_ci_high",
+    "best_method",
+    "diff_to_best",
+    "diff_ci_low",
+    "diff_ci_high",
+]
+ABLATION_COLUMNS = [
+    "backbone",
+    "keep_ratio",
+    "method",
+    "role",
+    "n_seeds",
+    "top1_mean",
+    "top1_ci_low",
+    "top1_ci_high",
+    "control",
+    "n_pairs",
+    "diff_mean",
+    "diff_ci_low",
+    "diff_ci_high",
+]
 _CURVE = ["backbone", "method", "seed"]
 _TOP1 = ("n_seeds", "top1_mean", "top1_ci_low", "top1_ci_high")
 _BOOT_CELLS = 1 << 22  # groups x resamples per block: bounds bootstrap memory
@@ -42,22 +66,38 @@ def _ok_points(table: pd.DataFrame | None) -> pd.DataFrame:
     need = ["status", "backbone", "method", "seed", "top1", GMACS]
     if table is None or len(table) == 0 or any(c not in table.columns for c in need):
         return pd.DataFrame({c: pd.Series(dtype=float if c in cols[3:] else object) for c in cols})
-    num = {c: pd.to_numeric(table[c], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-           for c in ("seed", "top1", GMACS)}
-    ratio = (pd.to_numeric(table["keep_ratio"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-             if "keep_ratio" in table.columns else np.full(len(table), np.nan))
-    keep = (table["status"].astype(object).eq("ok").to_numpy(dtype=bool)
-            & table["backbone"].notna().to_numpy() & table["method"].notna().to_numpy()
-            & np.isfinite(num["seed"]) & np.isfinite(num["top1"]) & np.isfinite(num[GMACS]))
-    return pd.DataFrame({
-        "backbone": table["backbone"].astype(str).to_numpy()[keep],
-        "method": table["method"].astype(str).to_numpy()[keep],
-        "seed": num["seed"][keep].astype(np.int64), "keep_ratio": np.round(ratio[keep], 6),
-        "gmacs": num[GMACS][keep], "top1": num["top1"][keep]})
+    num = {
+        c: pd.to_numeric(table[c], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        for c in ("seed", "top1", GMACS)
+    }
+    ratio = (
+        pd.to_numeric(table["keep_ratio"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        if "keep_ratio" in table.columns
+        else np.full(len(table), np.nan)
+    )
+    keep = (
+        table["status"].astype(object).eq("ok").to_numpy(dtype=bool)
+        & table["backbone"].notna().to_numpy()
+        & table["method"].notna().to_numpy()
+        & np.isfinite(num["seed"])
+        & np.isfinite(num["top1"])
+        & np.isfinite(num[GMACS])
+    )
+    return pd.DataFrame(
+        {
+            "backbone": table["backbone"].astype(str).to_numpy()[keep],
+            "method": table["method"].astype(str).to_numpy()[keep],
+            "seed": num["seed"][keep].astype(np.int64),
+            "keep_ratio": np.round(ratio[keep], 6),
+            "gmacs": num[GMACS][keep],
+            "top1": num["top1"][keep],
+        }
+    )
 
 
-def _boot_stats(df: pd.DataFrame, keys: list[str], value: str, n_boot: int, seed: int,
-                names: Sequence[str] = _TOP1) -> pd.DataFrame:
+def _boot_stats(
+    df: pd.DataFrame, keys: list[str], value: str, n_boot: int, seed: int, names: Sequence[str] = _TOP1
+) -> pd.DataFrame:
     """Per group of ``keys``: n, mean and the 95 % percentile bootstrap CI of the mean (NaN for n < 2),
     in columns named ``names``.
 
@@ -76,19 +116,19 @@ def _boot_stats(df: pd.DataFrame, keys: list[str], value: str, n_boot: int, seed
         u = np.random.default_rng(seed).random((n_boot, int(n.max())))
         for size in np.unique(n[n >= 2]):
             idx = np.minimum((u[:, :size] * size).astype(np.int64), size - 1)
-            counts = np.bincount((idx + size * np.arange(n_boot)[:, None]).ravel(),
-                                 minlength=n_boot * size).reshape(n_boot, size)
+            counts = np.bincount((idx + size * np.arange(n_boot)[:, None]).ravel(), minlength=n_boot * size).reshape(
+                n_boot, size
+            )
             which = np.flatnonzero(n == size)
             step = max(1, _BOOT_CELLS // n_boot)
             for i in range(0, len(which), step):
-                part = which[i:i + step]
+                part = which[i : i + step]
                 means = vals[starts[part][:, None] + np.arange(size)] @ counts.T / size
                 lo[part], hi[part] = np.percentile(means, [2.5, 97.5], axis=1)
     return out.assign(lo=lo, hi=hi).rename(columns=dict(zip(("n", "mean", "lo", "hi"), names)))
 
 
-def _budget_grid(curves: pd.DataFrame, budgets: Sequence[float] | Mapping[str, Sequence[float]] | None
-                 ) -> pd.DataFrame:
+def _budget_grid(curves: pd.DataFrame, budgets: Sequence[float] | Mapping[str, Sequence[float]] | None) -> pd.DataFrame:
     """(backbone, budget_gmacs) rows: given budgets, else N_BUDGETS across the methods' common range."""
     if isinstance(budgets, Mapping):
         rows = [(b, float(x)) for b, xs in budgets.items() for x in xs]
@@ -96,19 +136,26 @@ def _budget_grid(curves: pd.DataFrame, budgets: Sequence[float] | Mapping[str, S
     backbones = pd.Index(sorted(curves["backbone"].unique()), name="backbone")
     if budgets is not None:
         xs = np.unique(np.asarray(budgets, dtype=float))
-        return pd.DataFrame({"backbone": np.repeat(backbones.to_numpy(), len(xs)),
-                             "budget_gmacs": np.tile(xs, len(backbones))})
+        return pd.DataFrame(
+            {"backbone": np.repeat(backbones.to_numpy(), len(xs)), "budget_gmacs": np.tile(xs, len(backbones))}
+        )
     multi = curves[curves["npts"] >= 2]
     # A method's range is what all its seeds reach; the overlap is what every such method reaches.
     method = multi.groupby(["backbone", "method"]).agg(lo=("xmin", "max"), hi=("xmax", "min"))
     overlap = method.groupby("backbone").agg(lo=("lo", "max"), hi=("hi", "min")).reindex(backbones)
-    union = (multi.groupby("backbone").agg(lo=("xmin", "min"), hi=("xmax", "max")).reindex(backbones)
-             .fillna(curves.groupby("backbone").agg(lo=("xmin", "min"), hi=("xmax", "max"))))
+    union = (
+        multi.groupby("backbone")
+        .agg(lo=("xmin", "min"), hi=("xmax", "max"))
+        .reindex(backbones)
+        .fillna(curves.groupby("backbone").agg(lo=("xmin", "min"), hi=("xmax", "max")))
+    )
     shared = (overlap["lo"] <= overlap["hi"]).to_numpy()
-    grid = np.linspace(np.where(shared, overlap["lo"], union["lo"]), np.where(shared, overlap["hi"], union["hi"]),
-                       N_BUDGETS, axis=1)
-    return pd.DataFrame({"backbone": np.repeat(backbones.to_numpy(), N_BUDGETS),
-                         "budget_gmacs": grid.ravel()}).drop_duplicates()
+    grid = np.linspace(
+        np.where(shared, overlap["lo"], union["lo"]), np.where(shared, overlap["hi"], union["hi"]), N_BUDGETS, axis=1
+    )
+    return pd.DataFrame(
+        {"backbone": np.repeat(backbones.to_numpy(), N_BUDGETS), "budget_gmacs": grid.ravel()}
+    ).drop_duplicates()
 
 
 def _interp(points: pd.DataFrame, queries: pd.DataFrame) -> np.ndarray:
@@ -126,8 +173,8 @@ def _interp(points: pd.DataFrame, queries: pd.DataFrame) -> np.ndarray:
     inside = (b >= xmin) & (b <= xmax)
     ranks, inv = np.unique(np.concatenate([x, b]), return_inverse=True)
     scale = np.int64(len(ranks) + 1)
-    key_p = cid.astype(np.int64) * scale + inv[:len(x)]
-    key_q = queries["cid"].to_numpy().astype(np.int64) * scale + inv[len(x):]
+    key_p = cid.astype(np.int64) * scale + inv[: len(x)]
+    key_q = queries["cid"].to_numpy().astype(np.int64) * scale + inv[len(x) :]
     hi = np.clip(np.searchsorted(key_p, key_q), 0, len(x) - 1)
     lo = np.maximum(hi - 1, 0)
     exact = key_p[hi] == key_q
@@ -136,8 +183,12 @@ def _interp(points: pd.DataFrame, queries: pd.DataFrame) -> np.ndarray:
     return np.where(inside, y[lo] + frac * (y[hi] - y[lo]), np.nan)
 
 
-def matched_budget(table: pd.DataFrame, budgets: Sequence[float] | Mapping[str, Sequence[float]] | None = None,
-                   n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+def matched_budget(
+    table: pd.DataFrame,
+    budgets: Sequence[float] | Mapping[str, Sequence[float]] | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Top-1 of every method at common GMACs budgets per backbone, with the best and paired gaps to it.
 
     ``budgets``: one list for all backbones, a {backbone: list} mapping, or None for N_BUDGETS
@@ -148,8 +199,11 @@ def matched_budget(table: pd.DataFrame, budgets: Sequence[float] | Mapping[str, 
     pts = _ok_points(table).groupby(["backbone", "method", "seed", "gmacs"], sort=True, as_index=False)["top1"].mean()
     if pts.empty:
         return pd.DataFrame(columns=MATCHED_COLUMNS)
-    curves = pts.groupby(_CURVE, sort=True).agg(xmin=("gmacs", "min"), xmax=("gmacs", "max"),
-                                                npts=("gmacs", "size")).reset_index()
+    curves = (
+        pts.groupby(_CURVE, sort=True)
+        .agg(xmin=("gmacs", "min"), xmax=("gmacs", "max"), npts=("gmacs", "size"))
+        .reset_index()
+    )
     curves["cid"] = np.arange(len(curves))
     pts["cid"] = pts.groupby(_CURVE, sort=True).ngroup().to_numpy()
     queries = curves.merge(_budget_grid(curves, budgets), on="backbone")
@@ -157,23 +211,39 @@ def matched_budget(table: pd.DataFrame, budgets: Sequence[float] | Mapping[str, 
     interp = queries.loc[np.isfinite(queries["top1"]), ["backbone", "budget_gmacs", "method", "seed", "top1"]]
     keys = ["backbone", "budget_gmacs", "method"]
     rows = queries[keys].drop_duplicates().merge(_boot_stats(interp, keys, "top1", n_boot, seed), on=keys, how="left")
-    ranked = rows.dropna(subset=["top1_mean"]).sort_values(["backbone", "budget_gmacs", "top1_mean", "method"],
-                                                      ascending=[True, True, False, True], kind="mergesort")
+    ranked = rows.dropna(subset=["top1_mean"]).sort_values(
+        ["backbone", "budget_gmacs", "top1_mean", "method"], ascending=[True, True, False, True], kind="mergesort"
+    )
     best = ranked.drop_duplicates(["backbone", "budget_gmacs"])[keys].rename(columns={"method": "best_method"})
     best_vals = interp.merge(best, left_on=keys, right_on=["backbone", "budget_gmacs", "best_method"])
-    pairs = interp.merge(best_vals[["backbone", "budget_gmacs", "seed", "top1"]],
-                         on=["backbone", "budget_gmacs", "seed"], suffixes=("", "_best"))
-    diff = _boot_stats(pairs.assign(diff=pairs["top1"] - pairs["top1_best"]), keys, "diff", n_boot, seed,
-                       ("_n", "diff_to_best", "diff_ci_low", "diff_ci_high")).drop(columns="_n")
+    pairs = interp.merge(
+        best_vals[["backbone", "budget_gmacs", "seed", "top1"]],
+        on=["backbone", "budget_gmacs", "seed"],
+        suffixes=("", "_best"),
+    )
+    diff = _boot_stats(
+        pairs.assign(diff=pairs["top1"] - pairs["top1_best"]),
+        keys,
+        "diff",
+        n_boot,
+        seed,
+        ("_n", "diff_to_best", "diff_ci_low", "diff_ci_high"),
+    ).drop(columns="_n")
     out = rows.merge(best, on=["backbone", "budget_gmacs"], how="left").merge(diff, on=keys, how="left")
     out["n_seeds"] = out["n_seeds"].fillna(0).astype(int)
-    out = out.assign(_neg=-out["top1_mean"]).sort_values(["backbone", "budget_gmacs", "_neg", "method"],
-                                                         na_position="last", kind="mergesort")
+    out = out.assign(_neg=-out["top1_mean"]).sort_values(
+        ["backbone", "budget_gmacs", "_neg", "method"], na_position="last", kind="mergesort"
+    )
     return out[MATCHED_COLUMNS].reset_index(drop=True)
 
 
-def ablation(table: pd.DataFrame, learned: Sequence[str] | None = None,
-             controls: Sequence[str] | None = None, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+def ablation(
+    table: pd.DataFrame,
+    learned: Sequence[str] | None = None,
+    controls: Sequence[str] | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> pd.DataFrame:
     """Learned selectors against the controls (content-blind token selection) at the same keep ratio.
 
     Long format, one row per backbone x keep_ratio x method x control: ``role`` is "learned" or
@@ -204,10 +274,17 @@ def ablation(table: pd.DataFrame, learned: Sequence[str] | None = None,
     if present and len(rows):
         ctrl = per_seed[per_seed["method"].isin(present)].rename(columns={"method": "control", "top1": "top1_ctrl"})
         pairs = per_seed[per_seed["method"].isin(learned)].merge(ctrl, on=["backbone", "keep_ratio", "seed"])
-        diff = _boot_stats(pairs.assign(diff=pairs["top1"] - pairs["top1_ctrl"]), keys + ["control"], "diff",
-                           n_boot, seed, ("n_pairs", "diff_mean", "diff_ci_low", "diff_ci_high"))
+        diff = _boot_stats(
+            pairs.assign(diff=pairs["top1"] - pairs["top1_ctrl"]),
+            keys + ["control"],
+            "diff",
+            n_boot,
+            seed,
+            ("n_pairs", "diff_mean", "diff_ci_low", "diff_ci_high"),
+        )
         rows = rows.merge(pd.DataFrame({"control": present}), how="cross").merge(
-            diff, on=keys + ["control"], how="left")
+            diff, on=keys + ["control"], how="left"
+        )
         rows["n_pairs"] = rows["n_pairs"].fillna(0)
     else:
         rows = rows.assign(control=None, **nan_diff)
@@ -216,8 +293,7 @@ def ablation(table: pd.DataFrame, learned: Sequence[str] | None = None,
     out["n_pairs"] = out["n_pairs"].astype(int)
     out["control"] = out["control"].astype(object).where(out["control"].notna(), None)
     order = {c: i for i, c in enumerate(present)}
-    out = out.assign(_kr=-out["keep_ratio"], _role=out["role"] != "learned",
-                     _ctrl=out["control"].map(order).fillna(-1))
+    out = out.assign(_kr=-out["keep_ratio"], _role=out["role"] != "learned", _ctrl=out["control"].map(order).fillna(-1))
     out = out.sort_values(["backbone", "_kr", "_role", "method", "_ctrl"], kind="mergesort")
     return out[ABLATION_COLUMNS].reset_index(drop=True)
 
@@ -239,11 +315,24 @@ def matched_markdown(df: pd.DataFrame) -> str:
     """GitHub table of ``matched_budget``; the best method at each budget is marked "(best)"."""
     if df.empty:
         return "_No matched-budget comparison: no successful runs with top-1 and GMACs._"
-    rows = [[r.backbone, _budget(r.budget_gmacs), f"{r.method} (best)" if r.method == r.best_method else r.method,
-             str(r.n_seeds), _f(r.top1_mean), _ci(r.top1_ci_low, r.top1_ci_high), _f(r.diff_to_best, True),
-             _ci(r.diff_ci_low, r.diff_ci_high, True)] for r in df.itertuples(index=False)]
-    return md_table(["Backbone", "Budget (GMACs)", "Method", "Seeds", "Top-1 (%)", "95% CI", "Δ vs best (pp)", "95% CI"],
-               rows, "lrlrrrrr")
+    rows = [
+        [
+            r.backbone,
+            _budget(r.budget_gmacs),
+            f"{r.method} (best)" if r.method == r.best_method else r.method,
+            str(r.n_seeds),
+            _f(r.top1_mean),
+            _ci(r.top1_ci_low, r.top1_ci_high),
+            _f(r.diff_to_best, True),
+            _ci(r.diff_ci_low, r.diff_ci_high, True),
+        ]
+        for r in df.itertuples(index=False)
+    ]
+    return md_table(
+        ["Backbone", "Budget (GMACs)", "Method", "Seeds", "Top-1 (%)", "95% CI", "Δ vs best (pp)", "95% CI"],
+        rows,
+        "lrlrrrrr",
+    )
 
 
 def ablation_markdown(df: pd.DataFrame) -> str:
@@ -251,22 +340,60 @@ def ablation_markdown(df: pd.DataFrame) -> str:
     if df.empty:
         return "_No ablation: no successful runs of learned or control methods._"
     top = df.sort_values("top1_mean", ascending=False, kind="mergesort").dropna(subset=["top1_mean"])
-    best = set(top.drop_duplicates(["backbone", "keep_ratio"])[["backbone", "keep_ratio", "method"]]
-               .itertuples(index=False, name=None))
-    rows = [[r.backbone, f"{r.keep_ratio:g}", f"{r.method} (best)" if (r.backbone, r.keep_ratio, r.method) in best
-             else r.method, r.role, str(r.n_seeds), _f(r.top1_mean), _ci(r.top1_ci_low, r.top1_ci_high),
-             r.control if r.control is not None else DASH, str(r.n_pairs), _f(r.diff_mean, True),
-             _ci(r.diff_ci_low, r.diff_ci_high, True)] for r in df.itertuples(index=False)]
-    return md_table(["Backbone", "Keep ratio", "Method", "Role", "Seeds", "Top-1 (%)", "95% CI", "vs control", "Pairs",
-                "Δ top-1 (pp)", "95% CI"], rows, "lrllrrrlrrr")
+    best = set(
+        top.drop_duplicates(["backbone", "keep_ratio"])[["backbone", "keep_ratio", "method"]].itertuples(
+            index=False, name=None
+        )
+    )
+    rows = [
+        [
+            r.backbone,
+            f"{r.keep_ratio:g}",
+            f"{r.method} (best)" if (r.backbone, r.keep_ratio, r.method) in best else r.method,
+            r.role,
+            str(r.n_seeds),
+            _f(r.top1_mean),
+            _ci(r.top1_ci_low, r.top1_ci_high),
+            r.control if r.control is not None else DASH,
+            str(r.n_pairs),
+            _f(r.diff_mean, True),
+            _ci(r.diff_ci_low, r.diff_ci_high, True),
+        ]
+        for r in df.itertuples(index=False)
+    ]
+    return md_table(
+        [
+            "Backbone",
+            "Keep ratio",
+            "Method",
+            "Role",
+            "Seeds",
+            "Top-1 (%)",
+            "95% CI",
+            "vs control",
+            "Pairs",
+            "Δ top-1 (pp)",
+            "95% CI",
+        ],
+        rows,
+        "lrllrrrlrrr",
+    )
 
 
 def _ordered(methods: Any, styles: dict[str, dict[str, Any]]) -> list[str]:
     return reference_first(styles, methods)
 
 
-def _plot(df: pd.DataFrame, title: str, draw: Any, handles: Any, xlabel: str, out_dir: Path,
-          stem: str, styles: dict[str, dict[str, Any]] | None = None) -> dict[str, Path]:
+def _plot(
+    df: pd.DataFrame,
+    title: str,
+    draw: Any,
+    handles: Any,
+    xlabel: str,
+    out_dir: Path,
+    stem: str,
+    styles: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Path]:
     """One panel per backbone, legend right of the panels (never on data), or a "no data" panel; saved
     as PNG + PDF by ``plots.save_figure`` (atomic, build metadata stripped, so byte-stable)."""
     data = df[np.isfinite(df["top1_mean"].to_numpy(dtype=float))] if len(df) else df
@@ -284,8 +411,13 @@ def _plot(df: pd.DataFrame, title: str, draw: Any, handles: Any, xlabel: str, ou
             for ax, backbone in zip(axes, backbones):
                 draw(ax, data[data["backbone"] == backbone], styles)
                 ax.set_title(backbone)
-            fig.legend(handles=handles(data, styles), title="method", loc="center left",
-                       bbox_to_anchor=(1.0, 0.5), frameon=False)
+            fig.legend(
+                handles=handles(data, styles),
+                title="method",
+                loc="center left",
+                bbox_to_anchor=(1.0, 0.5),
+                frameon=False,
+            )
         for ax in axes:
             ax.set(xlabel=xlabel, ylabel=TOP1_LABEL)
         fig.suptitle(title)
@@ -305,28 +437,66 @@ def _draw_matched(ax: Any, data: pd.DataFrame, styles: dict[str, dict[str, Any]]
         x = rows["budget_gmacs"].to_numpy() + (i - (len(methods) - 1) / 2) * 0.3 * gap / max(len(methods), 1)
         style = styles[method]
         y = rows["top1_mean"].to_numpy(dtype=float)
-        draw_error_bars(ax, x, rows["top1_ci_low"].to_numpy(dtype=float), rows["top1_ci_high"].to_numpy(dtype=float),
-                        [style["color"]] * len(rows))
-        ax.plot(x, y, color=style["color"], marker=style["marker"], markersize=style["markersize"],
-                linestyle="-" if len(rows) > 1 else "none", linewidth=1.4, zorder=3)
+        draw_error_bars(
+            ax,
+            x,
+            rows["top1_ci_low"].to_numpy(dtype=float),
+            rows["top1_ci_high"].to_numpy(dtype=float),
+            [style["color"]] * len(rows),
+        )
+        ax.plot(
+            x,
+            y,
+            color=style["color"],
+            marker=style["marker"],
+            markersize=style["markersize"],
+            linestyle="-" if len(rows) > 1 else "none",
+            linewidth=1.4,
+            zorder=3,
+        )
         is_best = (rows["method"] == rows["best_method"]).to_numpy()
-        ax.scatter(x[is_best], rows["top1_mean"].to_numpy()[is_best], s=230, facecolors="none",
-                   edgecolors="black", linewidths=1.4, zorder=5)
+        ax.scatter(
+            x[is_best],
+            rows["top1_mean"].to_numpy()[is_best],
+            s=230,
+            facecolors="none",
+            edgecolors="black",
+            linewidths=1.4,
+            zorder=5,
+        )
     if len(xs) <= 8:
         ax.set_xticks(xs, [_budget(x) for x in xs])
     ax.margins(x=0.08, y=0.12)
 
 
 def _matched_handles(data: pd.DataFrame, styles: dict[str, dict[str, Any]]) -> list[Any]:
-    return [Line2D([], [], color=styles[m]["color"], marker=styles[m]["marker"], markersize=styles[m]["markersize"],
-                   label=m) for m in _ordered(data["method"], styles)] + [
-        Line2D([], [], marker="o", markersize=13, markerfacecolor="none", markeredgecolor="black",
-               linestyle="none", label="best at budget")]
+    return [
+        Line2D(
+            [], [], color=styles[m]["color"], marker=styles[m]["marker"], markersize=styles[m]["markersize"], label=m
+        )
+        for m in _ordered(data["method"], styles)
+    ] + [
+        Line2D(
+            [],
+            [],
+            marker="o",
+            markersize=13,
+            markerfacecolor="none",
+            markeredgecolor="black",
+            linestyle="none",
+            label="best at budget",
+        )
+    ]
 
 
-def plot_matched(df: pd.DataFrame, out_dir: Path, stem: str = "matched_budget", *,
-                 title: str = "Top-1 at matched compute (mean over seeds, 95% bootstrap CI)",
-                 styles: dict[str, dict[str, Any]] | None = None) -> dict[str, Path]:
+def plot_matched(
+    df: pd.DataFrame,
+    out_dir: Path,
+    stem: str = "matched_budget",
+    *,
+    title: str = "Top-1 at matched compute (mean over seeds, 95% bootstrap CI)",
+    styles: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Path]:
     """Save the matched-budget figure (PNG + PDF, byte-stable); returns {file name: path}. Pass the report's
     ``styles`` so a method keeps its colour across figures."""
     return _plot(df, title, _draw_matched, _matched_handles, GMACS_LABEL, out_dir, stem, styles)
@@ -349,23 +519,51 @@ def _draw_ablation(ax: Any, data: pd.DataFrame, styles: dict[str, dict[str, Any]
         x = np.searchsorted(ratios, rows["keep_ratio"].to_numpy(dtype=float)) + (i - (len(methods) - 1) / 2) * width
         control = rows["role"].iloc[0] == "control"
         style = styles[method]
-        draw_error_bars(ax, x, rows["top1_ci_low"].to_numpy(dtype=float), rows["top1_ci_high"].to_numpy(dtype=float),
-                        [style["color"]] * len(rows))
-        ax.plot(x, rows["top1_mean"].to_numpy(dtype=float), color=style["color"], marker=style["marker"],
-                markersize=7, linestyle="none", markerfacecolor="white" if control else style["color"], zorder=3)
+        draw_error_bars(
+            ax,
+            x,
+            rows["top1_ci_low"].to_numpy(dtype=float),
+            rows["top1_ci_high"].to_numpy(dtype=float),
+            [style["color"]] * len(rows),
+        )
+        ax.plot(
+            x,
+            rows["top1_mean"].to_numpy(dtype=float),
+            color=style["color"],
+            marker=style["marker"],
+            markersize=7,
+            linestyle="none",
+            markerfacecolor="white" if control else style["color"],
+            zorder=3,
+        )
     ax.set_xticks(np.arange(len(ratios)), [f"keep {r:g}" for r in ratios])
     ax.margins(y=0.12)
 
 
 def _ablation_handles(data: pd.DataFrame, styles: dict[str, dict[str, Any]]) -> list[Any]:
     roles = data.drop_duplicates("method").set_index("method")["role"]
-    return [Line2D([], [], color=styles[m]["color"], marker=styles[m]["marker"], linestyle="none", markersize=7,
-                   markerfacecolor="white" if roles[m] == "control" else styles[m]["color"],
-                   label=f"{m} (control, hollow)" if roles[m] == "control" else m) for m in _ablation_methods(data)]
+    return [
+        Line2D(
+            [],
+            [],
+            color=styles[m]["color"],
+            marker=styles[m]["marker"],
+            linestyle="none",
+            markersize=7,
+            markerfacecolor="white" if roles[m] == "control" else styles[m]["color"],
+            label=f"{m} (control, hollow)" if roles[m] == "control" else m,
+        )
+        for m in _ablation_methods(data)
+    ]
 
 
-def plot_ablation(df: pd.DataFrame, out_dir: Path, stem: str = "ablation", *,
-                  title: str = "Learned vs control token selection (mean over seeds, 95% bootstrap CI)",
-                  styles: dict[str, dict[str, Any]] | None = None) -> dict[str, Path]:
+def plot_ablation(
+    df: pd.DataFrame,
+    out_dir: Path,
+    stem: str = "ablation",
+    *,
+    title: str = "Learned vs control token selection (mean over seeds, 95% bootstrap CI)",
+    styles: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Path]:
     """Save the per-keep-ratio comparison (PNG + PDF, byte-stable); returns {file name: path}."""
     return _plot(df, title, _draw_ablation, _ablation_handles, "Keep ratio", out_dir, stem, styles)

@@ -10,10 +10,12 @@ Figures are built with the object API on an explicit Agg canvas: headless, and w
 alone. They are saved with timestamps/versions stripped from the metadata so the same
 table always gives identical PNG and PDF bytes.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -37,12 +39,21 @@ GMACS_LABEL = "GMACs per image (fvcore, 1 MAC = 1 flop)"
 THROUGHPUT_LABEL = "Throughput (images/s, median; model only)"
 #: x axes a trade-off figure can use: summary column, axis label, whether larger is better
 SPEEDUP_LABEL = "Speed-up over dense (paired timing, median; bars: 95 % CI)"
-AXES = {"gmacs": ("gmacs", GMACS_LABEL, False), "throughput": ("throughput", THROUGHPUT_LABEL, True),
-        "speedup": ("speedup", SPEEDUP_LABEL, True)}
+AXES = {
+    "gmacs": ("gmacs", GMACS_LABEL, False),
+    "throughput": ("throughput", THROUGHPUT_LABEL, True),
+    "speedup": ("speedup", SPEEDUP_LABEL, True),
+}
 #: which flag marks a point's x value unreliable (spread above the noise threshold after the retries)
 UNRELIABLE_FLAGS = {"throughput": ("throughput_unreliable", "speedup_unreliable"), "speedup": ("speedup_unreliable",)}
-UNRELIABLE_STYLE = {"marker": "o", "markersize": 15, "markerfacecolor": "none", "markeredgecolor": "#d62728",
-                    "markeredgewidth": 1.4, "linestyle": "none"}
+UNRELIABLE_STYLE = {
+    "marker": "o",
+    "markersize": 15,
+    "markerfacecolor": "none",
+    "markeredgecolor": "#d62728",
+    "markeredgewidth": 1.4,
+    "linestyle": "none",
+}
 
 
 def pareto_front(x: pd.Series, y: pd.Series, larger_x_better: bool) -> pd.Index:
@@ -65,8 +76,9 @@ def method_styles(methods: list[str], references: Iterable[str] = ()) -> dict[st
     references = set(references)
     others = sorted(m for m in set(methods) if m not in references)
     colors = palette(max(len(others), 10))
-    styles = {m: {"color": colors[i], "marker": _MARKERS[i % len(_MARKERS)], "markersize": 7}
-              for i, m in enumerate(others)}
+    styles = {
+        m: {"color": colors[i], "marker": _MARKERS[i % len(_MARKERS)], "markersize": 7} for i, m in enumerate(others)
+    }
     styles.update({m: dict(REFERENCE_STYLE) for m in references & set(methods)})
     return styles
 
@@ -80,8 +92,15 @@ def reference_first(styles: dict[str, dict[str, Any]], methods: Iterable[str]) -
     return sorted(set(methods), key=lambda m: (not is_reference(styles, m), m))
 
 
-def draw_error_bars(ax: Any, x: np.ndarray, low: np.ndarray, high: np.ndarray, colors: list[Any],
-                    linewidth: float = 1.4, zorder: float = 2.9) -> None:
+def draw_error_bars(
+    ax: Any,
+    x: np.ndarray,
+    low: np.ndarray,
+    high: np.ndarray,
+    colors: list[Any],
+    linewidth: float = 1.4,
+    zorder: float = 2.9,
+) -> None:
     """A panel's vertical error bars (seaborn style, no caps), every method at once as one line collection:
     ``errorbar()`` per method makes three or four artists each, a fifth of the drawing time of a figure with
     a few dozen methods. Bars with no finite, nonzero extent are skipped."""
@@ -89,8 +108,9 @@ def draw_error_bars(ax: Any, x: np.ndarray, low: np.ndarray, high: np.ndarray, c
     keep = np.flatnonzero(np.isfinite(x) & np.isfinite(low) & np.isfinite(high) & (high > low))
     if len(keep):
         segments = np.stack([np.column_stack([x[keep], low[keep]]), np.column_stack([x[keep], high[keep]])], axis=1)
-        ax.add_collection(LineCollection(segments, colors=[colors[i] for i in keep], linewidths=linewidth,
-                                         zorder=zorder))
+        ax.add_collection(
+            LineCollection(segments, colors=[colors[i] for i in keep], linewidths=linewidth, zorder=zorder)
+        )
 
 
 def _draw_panel(ax: Any, data: pd.DataFrame, styles: dict[str, dict[str, Any]], x: str = "gmacs") -> None:
@@ -100,8 +120,16 @@ def _draw_panel(ax: Any, data: pd.DataFrame, styles: dict[str, dict[str, Any]], 
     front = pareto_front(data[column], data["top1_mean"], larger_better)
     if len(front) > 1:
         pts = data.loc[front]
-        ax.step(pts[column], pts["top1_mean"], where="post", color="0.55",
-                linewidth=5, alpha=0.35, zorder=1, solid_capstyle="round")
+        ax.step(
+            pts[column],
+            pts["top1_mean"],
+            where="post",
+            color="0.55",
+            linewidth=5,
+            alpha=0.35,
+            zorder=1,
+            solid_capstyle="round",
+        )
     # plain arrays, one pass over the methods: pandas filtering per method dominated large figures
     methods = data["method"].to_numpy(dtype=object)
     xs, ys = data[column].to_numpy(dtype=float), data["top1_mean"].to_numpy(dtype=float)
@@ -112,9 +140,18 @@ def _draw_panel(ax: Any, data: pd.DataFrame, styles: dict[str, dict[str, Any]], 
         idx = np.flatnonzero(methods == method)
         idx = idx[np.argsort(xs[idx], kind="stable")]
         style = styles[method]
-        ax.plot(xs[idx], ys[idx], color=style["color"], marker=style["marker"], markersize=style["markersize"],
-                linestyle="-" if len(idx) > 1 else "none", linewidth=1.6,
-                markeredgecolor="black" if ref else "white", markeredgewidth=0.6, zorder=4 if ref else 3)
+        ax.plot(
+            xs[idx],
+            ys[idx],
+            color=style["color"],
+            marker=style["marker"],
+            markersize=style["markersize"],
+            linestyle="-" if len(idx) > 1 else "none",
+            linewidth=1.6,
+            markeredgecolor="black" if ref else "white",
+            markeredgewidth=0.6,
+            zorder=4 if ref else 3,
+        )
         if ref:
             for y in ys[idx]:
                 ax.axhline(y, color="black", linestyle=":", linewidth=0.9, alpha=0.5, zorder=1)
@@ -126,8 +163,9 @@ def _draw_panel(ax: Any, data: pd.DataFrame, styles: dict[str, dict[str, Any]], 
         keep = np.flatnonzero(np.isfinite(lo) & np.isfinite(hi) & (hi > lo))
         if len(keep):
             segs = np.stack([np.column_stack([lo[keep], ys[keep]]), np.column_stack([hi[keep], ys[keep]])], axis=1)
-            ax.add_collection(LineCollection(segs, colors=[styles[methods[i]]["color"] for i in keep],
-                                             linewidths=1.2, zorder=2.8))
+            ax.add_collection(
+                LineCollection(segs, colors=[styles[methods[i]]["color"] for i in keep], linewidths=1.2, zorder=2.8)
+            )
     flagged = unreliable_mask(data, x)
     if flagged.any():
         ax.plot(xs[flagged], ys[flagged], zorder=5, **UNRELIABLE_STYLE)
@@ -166,8 +204,16 @@ def _label_keep_ratios(ax: Any, xs: np.ndarray, bottoms: np.ndarray, ratios: np.
                 continue
             if cluster:
                 low = min(cluster, key=lambda j: (bottoms[j], j))
-                ax.annotate(text, ((xs[cluster[0]] + xs[cluster[-1]]) / 2, bottoms[low]), textcoords="offset points",
-                            xytext=(0, -8), ha="center", va="top", fontsize=LABEL_FONTSIZE, color="0.3")
+                ax.annotate(
+                    text,
+                    ((xs[cluster[0]] + xs[cluster[-1]]) / 2, bottoms[low]),
+                    textcoords="offset points",
+                    xytext=(0, -8),
+                    ha="center",
+                    va="top",
+                    fontsize=LABEL_FONTSIZE,
+                    color="0.3",
+                )
             cluster = [i] if i is not None else []
 
 
@@ -176,14 +222,23 @@ def _legend_handles(methods: list[str], styles: dict[str, dict[str, Any]]) -> li
     for method in reference_first(styles, methods):
         style, ref = styles[method], is_reference(styles, method)
         label = f"{method} (reference)" if ref else method
-        handles.append(Line2D([], [], color=style["color"], marker=style["marker"],
-                              markersize=style["markersize"], linestyle="none" if ref else "-",
-                              label=label))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color=style["color"],
+                marker=style["marker"],
+                markersize=style["markersize"],
+                linestyle="none" if ref else "-",
+                label=label,
+            )
+        )
     return handles
 
 
-def tradeoff_figure(summary: pd.DataFrame, title: str, x: str = "gmacs",
-                    styles: dict[str, dict[str, Any]] | None = None) -> Figure:
+def tradeoff_figure(
+    summary: pd.DataFrame, title: str, x: str = "gmacs", styles: dict[str, dict[str, Any]] | None = None
+) -> Figure:
     """Figure with one panel per backbone; rows of ``summary`` need n_ok > 0 to be drawn.
 
     ``summary`` columns used: backbone, method, keep_ratio, n_ok, top1_mean, top1_std and the x column.
@@ -198,8 +253,9 @@ def tradeoff_figure(summary: pd.DataFrame, title: str, x: str = "gmacs",
         axes = fig.subplots(1, n_panels, squeeze=False)[0]
         if data.empty:
             ax = axes[0]
-            ax.text(0.5, 0.5, "no successful runs to plot", ha="center", va="center",
-                    transform=ax.transAxes, fontsize=12)
+            ax.text(
+                0.5, 0.5, "no successful runs to plot", ha="center", va="center", transform=ax.transAxes, fontsize=12
+            )
             ax.set_xlabel(AXES[x][1])
             ax.set_ylabel("Top-1 accuracy (%)")
         else:
@@ -213,8 +269,7 @@ def tradeoff_figure(summary: pd.DataFrame, title: str, x: str = "gmacs",
             handles = _legend_handles(methods, styles)
             if any(unreliable_mask(data[data["backbone"] == b], x).any() for b in backbones):
                 handles.append(Line2D([], [], label="unreliable timing\n(spread above threshold)", **UNRELIABLE_STYLE))
-            fig.legend(handles=handles, title="method",
-                       loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+            fig.legend(handles=handles, title="method", loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
             if n_panels == 1:
                 title = f"{title}\nbackbone: {backbones[0]}"
         fig.suptitle(title)
@@ -225,8 +280,9 @@ def tradeoff_figure(summary: pd.DataFrame, title: str, x: str = "gmacs",
 def fixed_layout(fig: Figure, rows: int = 1) -> None:
     """Spacing without ``tight_layout``: that costs a full draw per call, which dominates large reports.
     Saving with ``bbox_inches="tight"`` then crops to the titles, labels and the outside legend."""
-    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.14 / rows, top=1 - 0.16 / rows, wspace=0.28,
-                        hspace=0.45 if rows > 1 else 0.2)
+    fig.subplots_adjust(
+        left=0.08, right=0.98, bottom=0.14 / rows, top=1 - 0.16 / rows, wspace=0.28, hspace=0.45 if rows > 1 else 0.2
+    )
 
 
 def save_figure(fig: Figure, png_path: Path, pdf_path: Path) -> dict[str, Path]:
@@ -237,17 +293,26 @@ def save_figure(fig: Figure, png_path: Path, pdf_path: Path) -> dict[str, Path]:
     cost of a big report."""
     bbox = fig.get_tightbbox(fig.canvas.get_renderer()).padded(0.15)
     save_kw: dict[str, Any] = {"bbox_inches": bbox, "facecolor": "white"}
-    atomic_write(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=PNG_DPI, metadata=PNG_METADATA,
-                                                   pil_kwargs=PNG_COMPRESSION, **save_kw))
+    atomic_write(
+        png_path,
+        lambda tmp: fig.savefig(
+            tmp, format="png", dpi=PNG_DPI, metadata=PNG_METADATA, pil_kwargs=PNG_COMPRESSION, **save_kw
+        ),
+    )
     atomic_write(pdf_path, lambda tmp: fig.savefig(tmp, format="pdf", metadata=PDF_METADATA, **save_kw))
     return {png_path.name: png_path, pdf_path.name: pdf_path}
 
 
-def plot_tradeoff(summary: pd.DataFrame, title: str, out_dir: Path, stem: str = "tradeoff_top1_vs_gmacs",
-                  x: str = "gmacs", styles: dict[str, dict[str, Any]] | None = None) -> dict[str, Path]:
+def plot_tradeoff(
+    summary: pd.DataFrame,
+    title: str,
+    out_dir: Path,
+    stem: str = "tradeoff_top1_vs_gmacs",
+    x: str = "gmacs",
+    styles: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Path]:
     """Draw and save a trade-off figure (x: "gmacs" or "throughput"); returns {file name: path}."""
     fig = tradeoff_figure(summary, title, x, styles)
     paths = save_figure(fig, Path(out_dir) / f"{stem}.png", Path(out_dir) / f"{stem}.pdf")
     fig.clear()
     return paths
-

@@ -3,6 +3,7 @@
 Vectorised (one groupby, no Python loop over runs or groups) so a 10,000-run table summarises in
 milliseconds. Failed runs count in ``n_runs`` but not in the statistics.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -10,7 +11,8 @@ import itertools
 import numpy as np
 import pandas as pd
 
-from bench.results.record import COLUMNS, DERIVED as DERIVED_COLUMNS, GROUP_KEYS
+from bench.results.record import COLUMNS, GROUP_KEYS
+from bench.results.record import DERIVED as DERIVED_COLUMNS
 from bench.roles import ROLES, role_column
 
 REFERENCE = role_column("reference")
@@ -58,8 +60,9 @@ def _joined(frame: pd.DataFrame, column: str, sep: str = "/") -> pd.Series:
     if not groups:
         return pd.Series(dtype=object)
     index = pd.MultiIndex.from_tuples(list(groups), names=GROUP_KEYS)
-    return pd.Series([sep.join(sorted(v, key=lambda s: (len(s), s))) for v in groups.values()], index=index,
-                     dtype=object)
+    return pd.Series(
+        [sep.join(sorted(v, key=lambda s: (len(s), s))) for v in groups.values()], index=index, dtype=object
+    )
 
 
 def check_one_device(table: pd.DataFrame) -> None:
@@ -67,17 +70,21 @@ def check_one_device(table: pd.DataFrame) -> None:
     dividing them would compare machines, not methods."""
     if "throughput_device_key" not in table or "speedup_vs_dense" not in table:
         return
-    timed = table[(table["status"] == "ok") & table["throughput_device_key"].notna() & table["speedup_vs_dense"].notna()]
+    timed = table[
+        (table["status"] == "ok") & table["throughput_device_key"].notna() & table["speedup_vs_dense"].notna()
+    ]
     for backbone, group in timed.groupby("backbone", sort=True):
         keys = sorted(group["throughput_device_key"].astype(str).unique())
         if len(keys) > 1:
             from bench.errors import UsageError
 
             runs = {k: group.loc[group["throughput_device_key"] == k, "run_id"].iloc[0] for k in keys}
-            raise UsageError(f"backbone {backbone}: speed-ups were timed on different devices ("
-                             + "; ".join(f"{k!r} e.g. {runs[k]}" for k in keys)
-                             + "); they are never compared across devices: re-run its timing step "
-                             "(bench time SUITE BACKBONE) so one job times them all")
+            raise UsageError(
+                f"backbone {backbone}: speed-ups were timed on different devices ("
+                + "; ".join(f"{k!r} e.g. {runs[k]}" for k in keys)
+                + "); they are never compared across devices: re-run its timing step "
+                "(bench time SUITE BACKBONE) so one job times them all"
+            )
 
 
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
@@ -93,8 +100,11 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     check_one_device(keyed)
     keyed["keep_ratio"] = keyed["keep_ratio"].astype(float).round(6)  # 0.7 and 0.7000000001 are one group
     ok = keyed[keyed["status"] == "ok"]
-    numeric = {c.name: _flag(ok, c.name) if c.dtype == "bool" else _col(ok, c.name)
-               for c in _AGGREGATED if c.agg not in ("join", "first")}
+    numeric = {
+        c.name: _flag(ok, c.name) if c.dtype == "bool" else _col(ok, c.name)
+        for c in _AGGREGATED
+        if c.agg not in ("join", "first")
+    }
     frame = pd.DataFrame(numeric, index=ok.index).apply(pd.to_numeric, errors="coerce")
     for k in GROUP_KEYS:
         frame[k] = ok[k]
@@ -113,13 +123,16 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
         if c.agg in ("join", "first"):
             text = ok[GROUP_KEYS].assign(value=_col(ok, c.name))
             if c.agg == "join":
-                stats_frame[c.summary_name] = _joined(text, "value", sep="," if c.dtype == "int" and c.name == "seed"
-                                                      else "/")
+                stats_frame[c.summary_name] = _joined(
+                    text, "value", sep="," if c.dtype == "int" and c.name == "seed" else "/"
+                )
             else:
-                stats_frame[c.summary_name] = keyed.groupby(GROUP_KEYS, sort=True)[c.name].first() \
-                    if c.name in keyed else None
-    counts = pd.DataFrame({"n_runs": keyed.groupby(GROUP_KEYS, sort=True).size(),
-                           "n_ok": ok.groupby(GROUP_KEYS, sort=True).size()})
+                stats_frame[c.summary_name] = (
+                    keyed.groupby(GROUP_KEYS, sort=True)[c.name].first() if c.name in keyed else None
+                )
+    counts = pd.DataFrame(
+        {"n_runs": keyed.groupby(GROUP_KEYS, sort=True).size(), "n_ok": ok.groupby(GROUP_KEYS, sort=True).size()}
+    )
     summary = counts.join(stats_frame, how="left").reset_index()
     summary["n_ok"] = summary["n_ok"].fillna(0).astype(int)
     for c in _AGGREGATED:
@@ -138,8 +151,9 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     summary["flops_implied_speedup"] = ref_gmacs / summary["gmacs"]
     # reading order: per backbone, the reference first, then methods by name, high keep ratio first
     summary["_reference_last"] = ~is_reference
-    summary = summary.sort_values(["backbone", "_reference_last", "method", "keep_ratio"],
-                                  ascending=[True, True, True, False], kind="mergesort")
+    summary = summary.sort_values(
+        ["backbone", "_reference_last", "method", "keep_ratio"], ascending=[True, True, True, False], kind="mergesort"
+    )
     for col in SUMMARY_COLUMNS:
         if col not in summary:
             summary[col] = np.nan
@@ -171,10 +185,10 @@ def missing_runs(table: pd.DataFrame) -> list[tuple[str, str, float, int]]:
     keyed = table.dropna(subset=GROUP_KEYS + ["seed"])
     if keyed.empty:
         return []
-    seen = set(zip(keyed["backbone"], keyed["method"], keyed["keep_ratio"].astype(float).round(6),
-                   keyed["seed"].astype(int)))
+    seen = set(
+        zip(keyed["backbone"], keyed["method"], keyed["keep_ratio"].astype(float).round(6), keyed["seed"].astype(int))
+    )
     configs = sorted(set(zip(keyed["method"], keyed["keep_ratio"].astype(float).round(6))))
     backbones = sorted(keyed["backbone"].unique())
     seeds = sorted(int(s) for s in keyed["seed"].unique())
-    return [(b, m, k, s) for b, (m, k), s in itertools.product(backbones, configs, seeds)
-            if (b, m, k, s) not in seen]
+    return [(b, m, k, s) for b, (m, k), s in itertools.product(backbones, configs, seeds) if (b, m, k, s) not in seen]

@@ -3,6 +3,7 @@
 Everything here reads the seed summary (:mod:`bench.report.summary`) and the runs table only. Failed and
 missing runs are listed, never fatal. Output is deterministic: same table, same bytes.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,8 +50,7 @@ def _cell(value: Any) -> str:
 
 
 def md_table(header: list[str], rows: list[list[Any]], align: str) -> str:
-    lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(":---" if a == "l" else "---:" for a in align) + "|"]
     lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -99,8 +99,16 @@ def table_rows(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], str]:
         columns.append((c, name))
     header = ["Backbone", "Method", "Keep ratio", "Seeds ok"] + [c.label for c, _ in columns]
     align = "llrr" + "".join("l" if c.cell in ("batch_device", "text") else "r" for c, _ in columns)
-    rows = [[r.backbone, r.method, str(round(r.keep_ratio, 6)), f"{r.n_ok}/{r.n_runs}",
-             *(_cell_text(c.cell, r, name) for c, name in columns)] for r in summary.itertuples(index=False)]
+    rows = [
+        [
+            r.backbone,
+            r.method,
+            str(round(r.keep_ratio, 6)),
+            f"{r.n_ok}/{r.n_runs}",
+            *(_cell_text(c.cell, r, name) for c, name in columns),
+        ]
+        for r in summary.itertuples(index=False)
+    ]
     return header, rows, align
 
 
@@ -129,8 +137,18 @@ def _results_section(summary: pd.DataFrame) -> str:
     return md_table(header, rows, align)
 
 
-_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_LATEX_ESCAPES = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
 
 
 def _latex(text: str) -> str:
@@ -142,11 +160,19 @@ def render_latex(summary: pd.DataFrame, caption: str) -> str:
     """A booktabs ``table`` environment (needs ``\\usepackage{booktabs}``), ready to ``\\input``."""
     header, rows, align = table_rows(summary)
     drop = header.index(BY_NAME["throughput_batch_size"].label)  # provenance, stated in the caption's source instead
-    header = header[:drop] + header[drop + 1:]
-    rows = [r[:drop] + r[drop + 1:] for r in rows]
-    align = align[:drop] + align[drop + 1:]
-    lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{_latex(caption)}}}",
-             rf"\begin{{tabular}}{{{align}}}", r"\toprule", " & ".join(_latex(h) for h in header) + r" \\", r"\midrule"]
+    header = header[:drop] + header[drop + 1 :]
+    rows = [r[:drop] + r[drop + 1 :] for r in rows]
+    align = align[:drop] + align[drop + 1 :]
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\small",
+        rf"\caption{{{_latex(caption)}}}",
+        rf"\begin{{tabular}}{{{align}}}",
+        r"\toprule",
+        " & ".join(_latex(h) for h in header) + r" \\",
+        r"\midrule",
+    ]
     previous = None
     for row in rows:
         if previous is not None and row[0] != previous:
@@ -177,19 +203,29 @@ def holes_section(table: pd.DataFrame) -> str:
     if failed.empty:
         parts.append("No failed runs.")
     else:
-        rows = [[r.run_id, r.status, r.method, r.backbone,
-                 str(round(r.keep_ratio, 6)) if _finite(r.keep_ratio) else DASH,
-                 r.seed if pd.notna(r.seed) else DASH, _short_error(r.error)]
-                for r in failed.fillna({"method": DASH, "backbone": DASH}).itertuples(index=False)]
-        parts.append(f"{len(rows)} failed or missing run(s):\n\n"
-                     + md_table(["Run id", "Status", "Method", "Backbone", "Keep ratio", "Seed", "Error"], rows,
-                                 "llllrrl"))
+        rows = [
+            [
+                r.run_id,
+                r.status,
+                r.method,
+                r.backbone,
+                str(round(r.keep_ratio, 6)) if _finite(r.keep_ratio) else DASH,
+                r.seed if pd.notna(r.seed) else DASH,
+                _short_error(r.error),
+            ]
+            for r in failed.fillna({"method": DASH, "backbone": DASH}).itertuples(index=False)
+        ]
+        parts.append(
+            f"{len(rows)} failed or missing run(s):\n\n"
+            + md_table(["Run id", "Status", "Method", "Backbone", "Keep ratio", "Seed", "Error"], rows, "llllrrl")
+        )
     missing = missing_runs(table)
     if missing:
         rows = [[b, m, str(k), s] for b, m, k, s in missing]
-        parts.append(f"{len(rows)} run(s) with no record (grid inferred from the methods, keep ratios, "
-                     "backbones and seeds present):\n\n"
-                     + md_table(["Backbone", "Method", "Keep ratio", "Seed"], rows, "llrr"))
+        parts.append(
+            f"{len(rows)} run(s) with no record (grid inferred from the methods, keep ratios, "
+            "backbones and seeds present):\n\n" + md_table(["Backbone", "Method", "Keep ratio", "Seed"], rows, "llrr")
+        )
     return "\n\n".join(parts)
 
 
@@ -210,7 +246,8 @@ def provenance_section(table: pd.DataFrame) -> str:
     dates = f"{stamps[0][1]} … {stamps[-1][1]}" if stamps else DASH
     items = [
         ("Git commit(s)", ", ".join(shas) or DASH),
-        ("torch", _values(table, "torch_version")), ("timm", _values(table, "timm_version")),
+        ("torch", _values(table, "torch_version")),
+        ("timm", _values(table, "timm_version")),
         ("Python", _values(table, "python_version")),
         ("Device (train/eval)", _values(table, "device")),
         ("Throughput device", _values(table, "throughput_device_key")),
@@ -229,16 +266,23 @@ def suite_and_dataset(table: pd.DataFrame, suite_dir: Path) -> tuple[str, str]:
     return (", ".join(suites) or suite_dir.name), (", ".join(datasets) or "unknown dataset")
 
 
-def render_markdown(table: pd.DataFrame, summary: pd.DataFrame, suite: str, dataset: str,
-                    figures: list[tuple[str, str]] | None = None, extra: list[str] | None = None, *,
-                    holes: str | None = None, provenance: str | None = None) -> str:
+def render_markdown(
+    table: pd.DataFrame,
+    summary: pd.DataFrame,
+    suite: str,
+    dataset: str,
+    figures: list[tuple[str, str]] | None = None,
+    extra: list[str] | None = None,
+    *,
+    holes: str | None = None,
+    provenance: str | None = None,
+) -> str:
     """Full report text: results table, figures, extra sections, holes, provenance (the last two taken from
     the caller when it has already rendered them)."""
     n_ok = int((table["status"] == "ok").sum())
     parts = [
         f"# Report: suite `{suite}`",
-        f"Dataset: **{dataset}**. Runs: {n_ok} ok, {len(table) - n_ok} failed or missing "
-        f"(source: `{TABLE_PARQUET}`).",
+        f"Dataset: **{dataset}**. Runs: {n_ok} ok, {len(table) - n_ok} failed or missing (source: `{TABLE_PARQUET}`).",
         "## Results",
         _results_section(summary),
         "Top-1/top-5: mean ± sample std over ok seeds (no ± with a single seed). "
@@ -257,6 +301,10 @@ def render_markdown(table: pd.DataFrame, summary: pd.DataFrame, suite: str, data
     for caption, name in figures or []:
         parts.append(f"![{caption}]({name})")
     parts += list(extra or [])
-    parts += ["## Failed or missing runs", holes_section(table) if holes is None else holes,
-              "## Provenance", provenance_section(table) if provenance is None else provenance]
+    parts += [
+        "## Failed or missing runs",
+        holes_section(table) if holes is None else holes,
+        "## Provenance",
+        provenance_section(table) if provenance is None else provenance,
+    ]
     return "\n\n".join(parts) + "\n"

@@ -2,6 +2,7 @@
 
 Read from the runs table only (the timing step's columns, :mod:`bench.results.timing_columns`).
 """
+
 from __future__ import annotations
 
 import statistics
@@ -23,15 +24,25 @@ def _sweeps(table: pd.DataFrame) -> pd.DataFrame:
     ok = table[(table["status"] == "ok") & table["throughput_sweep"].notna()]
     for r in ok.itertuples(index=False):
         for point in r.throughput_sweep:
-            rows.append({"backbone": r.backbone, "method": r.method, "keep_ratio": round(float(r.keep_ratio), 6),
-                         "seed": r.seed, "gmacs": getattr(r, GMACS), **point})
+            rows.append(
+                {
+                    "backbone": r.backbone,
+                    "method": r.method,
+                    "keep_ratio": round(float(r.keep_ratio), 6),
+                    "seed": r.seed,
+                    "gmacs": getattr(r, GMACS),
+                    **point,
+                }
+            )
     return pd.DataFrame(rows)
 
 
 def what_was_timed_markdown(table: pd.DataFrame) -> str:
     ok = table[table["status"] == "ok"]
     if "throughput_device_key" not in ok or ok["throughput_device_key"].isna().all():
-        return "_Nothing timed yet: the timing step writes `timing/<backbone>.json` once a backbone's runs are evaluated._"
+        return (
+            "_Nothing timed yet: the timing step writes `timing/<backbone>.json` once a backbone's runs are evaluated._"
+        )
     sweeps = _sweeps(table)
     lines = []
     for backbone, group in ok.groupby("backbone", sort=True):
@@ -41,12 +52,19 @@ def what_was_timed_markdown(table: pd.DataFrame) -> str:
             lines.append(f"- **{backbone}**: not timed yet ({len(untimed)} evaluated runs).")
             continue
         batches = sweeps[sweeps["backbone"] == backbone] if not sweeps.empty else sweeps
-        sizes = ", ".join(
-            f"{int(req)}" + (f"→{int(got)}" if int(got) != int(req) else "")
-            for req, got in sorted(set(zip(batches["batch_size_requested"], batches["batch_size"])))) or DASH
+        sizes = (
+            ", ".join(
+                f"{int(req)}" + (f"→{int(got)}" if int(got) != int(req) else "")
+                for req, got in sorted(set(zip(batches["batch_size_requested"], batches["batch_size"])))
+            )
+            or DASH
+        )
         iters = timed["timing_iters_per_repeat"].dropna()
-        fused = [f"{m} ({v})" for m, v in sorted(set(zip(timed["method"], timed["fused_attention"].astype(str))))
-                 if v not in ("on", "n/a")]
+        fused = [
+            f"{m} ({v})"
+            for m, v in sorted(set(zip(timed["method"], timed["fused_attention"].astype(str))))
+            if v not in ("on", "n/a")
+        ]
         retried = timed[timed["timing_attempts"].fillna(1) > 1]
         is_paired = timed["run_id"] != timed["timing_reference_run"]
         paired = timed[is_paired]
@@ -69,13 +87,17 @@ def what_was_timed_markdown(table: pd.DataFrame) -> str:
             "fused attention (SDPA) on in every block" + (f" except: {', '.join(fused)}" if fused else ""),
         ]
         if len(untimed):
-            items.append(f"not timed (evaluated after the timing, or not evaluated then): "
-                         f"{', '.join(f'`{r}`' for r in sorted(untimed['run_id']))}")
+            items.append(
+                f"not timed (evaluated after the timing, or not evaluated then): "
+                f"{', '.join(f'`{r}`' for r in sorted(untimed['run_id']))}"
+            )
         lines.append(f"- **{backbone}**: " + "; ".join(items) + ".")
-    return ("Model forward only: random inputs already on the device, eval mode, `torch.inference_mode`, CUDA "
-            "events on a GPU; no data loading. Every run of a backbone was timed in one job, interleaved with its "
-            "dense run (R, A, R, B, R, ... in a random order per round): each speed-up is the median of ratios to "
-            "the two dense repeats beside it.\n\n" + "\n".join(lines))
+    return (
+        "Model forward only: random inputs already on the device, eval mode, `torch.inference_mode`, CUDA "
+        "events on a GPU; no data loading. Every run of a backbone was timed in one job, interleaved with its "
+        "dense run (R, A, R, B, R, ... in a random order per round): each speed-up is the median of ratios to "
+        "the two dense repeats beside it.\n\n" + "\n".join(lines)
+    )
 
 
 def speedup_by_batch_markdown(table: pd.DataFrame, summary: pd.DataFrame) -> str:
@@ -96,12 +118,34 @@ def speedup_by_batch_markdown(table: pd.DataFrame, summary: pd.DataFrame) -> str
         flops = implied.get((backbone, method, keep), float("nan"))
         mark = f" {UNRELIABLE_MARK}" if group["speedup_unreliable"].fillna(False).astype(bool).any() else ""
         ratio = f"{med / flops:.3f}" if pd.notna(flops) and flops else DASH
-        rows.append([backbone, method, f"{keep:g}", str(int(batch)), f"{med:.3f}× [{low:.3f}, {high:.3f}]{mark}",
-                     f"{flops:.3f}×" if pd.notna(flops) else DASH, ratio])
-    return (md_table(["Backbone", "Method", "Keep ratio", "Batch", "Speed-up (paired, 95% CI)",
-                       "FLOPs-implied", "Measured / FLOPs-implied"], rows, "llrrrrr")
-            + "\n\nMeasured / FLOPs-implied below 1: part of the FLOPs saving did not become wall-clock saving "
-              "(memory-bound or launch-bound kernels, the method's own overhead).")
+        rows.append(
+            [
+                backbone,
+                method,
+                f"{keep:g}",
+                str(int(batch)),
+                f"{med:.3f}× [{low:.3f}, {high:.3f}]{mark}",
+                f"{flops:.3f}×" if pd.notna(flops) else DASH,
+                ratio,
+            ]
+        )
+    return (
+        md_table(
+            [
+                "Backbone",
+                "Method",
+                "Keep ratio",
+                "Batch",
+                "Speed-up (paired, 95% CI)",
+                "FLOPs-implied",
+                "Measured / FLOPs-implied",
+            ],
+            rows,
+            "llrrrrr",
+        )
+        + "\n\nMeasured / FLOPs-implied below 1: part of the FLOPs saving did not become wall-clock saving "
+        "(memory-bound or launch-bound kernels, the method's own overhead)."
+    )
 
 
 __all__: list[Any] = ["speedup_by_batch_markdown", "what_was_timed_markdown"]

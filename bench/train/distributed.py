@@ -4,6 +4,7 @@
 process trains on. Without a multi-process launcher it returns a world of one and creates no group, so
 every caller can use the same code path. The collectives below are no-ops in a world of one.
 """
+
 from __future__ import annotations
 
 import os

@@ -5,11 +5,13 @@ otherwise start by forking and warming N processes), each keeps ``prefetch_facto
 are pinned on GPU hosts so the copies to the device are non-blocking. Worker count and prefetch are runtime
 settings (``bench.runtime``); the data order and the augmentations do not depend on them.
 """
+
 from __future__ import annotations
 
 import math
 import random
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,8 +41,16 @@ class EpochBatches(Sampler[list[Any]]):
     a dataset with a random transform draws its augmentation from: the same for any worker count or world size.
     """
 
-    def __init__(self, n: int, global_batch: int, seed: int = 0, rank: int = 0, world: int = 1, repeats: int = 1,
-                 sample_seeds: bool = False):
+    def __init__(
+        self,
+        n: int,
+        global_batch: int,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        repeats: int = 1,
+        sample_seeds: bool = False,
+    ):
         self.n, self.global_batch, self.seed, self.rank, self.world = n, global_batch, seed, rank, world
         self.local_batch = global_batch // world
         self.repeats, self.sample_seeds = repeats, sample_seeds
@@ -58,7 +68,7 @@ class EpochBatches(Sampler[list[Any]]):
         torch.empty((), dtype=torch.int64).random_(generator=g)  # the draw DataLoader made for its workers
         perm = torch.randperm(self.n, generator=g)
         if self.repeats > 1:
-            perm = perm[:math.ceil(self.n / self.repeats)].repeat_interleave(self.repeats)[:self.n]
+            perm = perm[: math.ceil(self.n / self.repeats)].repeat_interleave(self.repeats)[: self.n]
         perm = perm.tolist()
         base = (self.seed * 1_000_003 + self.epoch) * _GOLDEN
         lo = self.rank * self.local_batch
@@ -66,7 +76,7 @@ class EpochBatches(Sampler[list[Any]]):
             start = i * self.global_batch
             slots = list(range(start, min(start + self.global_batch, self.n)))
             if self.world > 1:  # repeated copies are strided across ranks, as RASampler; otherwise contiguous
-                slots = slots[self.rank::self.world] if self.repeats > 1 else slots[lo:lo + self.local_batch]
+                slots = slots[self.rank :: self.world] if self.repeats > 1 else slots[lo : lo + self.local_batch]
             if self.sample_seeds:
                 yield [(perm[p], (base + p * _GOLDEN) % 2**63) for p in slots]
             else:
@@ -137,8 +147,12 @@ def _worker_options(ds: Dataset, runtime: Runtime, persistent: bool) -> dict[str
 def train_loader(ds: Dataset, sampler: EpochBatches, runtime: Runtime) -> DataLoader:
     """One loader for every epoch of a run (call ``sampler.set_epoch`` before each)."""
     # a private generator: the loader's worker-seed draw must not consume the training process's torch RNG
-    return DataLoader(SeededItems(ds) if sampler.sample_seeds else ds, batch_sampler=sampler, generator=torch.Generator().manual_seed(sampler.seed),
-                      **_worker_options(ds, runtime, persistent=True))
+    return DataLoader(
+        SeededItems(ds) if sampler.sample_seeds else ds,
+        batch_sampler=sampler,
+        generator=torch.Generator().manual_seed(sampler.seed),
+        **_worker_options(ds, runtime, persistent=True),
+    )
 
 
 def eval_loader(ds: Dataset, batch_size: int, runtime: Runtime) -> DataLoader:

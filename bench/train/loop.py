@@ -12,6 +12,7 @@ global batch: every rank draws the same permutation and takes its slice of each 
 is wrapped in DistributedDataParallel (gradients are averaged, so a step equals the single-process step),
 logged losses are averaged over ranks, and only rank 0 writes files.
 """
+
 from __future__ import annotations
 
 import functools
@@ -20,9 +21,10 @@ import random
 import resource
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -41,8 +43,8 @@ from bench.methods.base import Method
 from bench.runtime import Runtime, micro_batches
 from bench.train import distributed as D
 from bench.train.loaders import EpochBatches, in_memory, random_transform, train_loader
-from bench.train.step import forward_backward
 from bench.train.optim import LR_RULE, GroupSchedule, build_optimizer, describe_groups, param_groups
+from bench.train.step import forward_backward
 
 STATE_FILE = "train_state.pth"
 LOG_FILE = "train_log.jsonl"
@@ -54,18 +56,18 @@ class TrainResult:
     steps: int
     wall_s: float
     final_loss: float
-    peak_mem_mb: float             # the largest over ranks
+    peak_mem_mb: float  # the largest over ranks
     resumed_from_epoch: int | None
     world_size: int
     per_device_batch_size: int
     global_batch_size: int
-    lr: float                      # the recipe's base learning rate
-    lr_effective: float            # after the linear scaling rule, when the recipe sets lr_base_batch
+    lr: float  # the recipe's base learning rate
+    lr_effective: float  # after the linear scaling rule, when the recipe sets lr_base_batch
     method_metrics: dict[str, Any] | None = None  # the method's figures at the end (e.g. nonzero weights)
     optimizer_groups: list[dict[str, Any]] | None = None  # name, params, lr_scale, weight_decay, frozen_epochs
     lr_rule: str = LR_RULE
     ema_state: dict[str, Any] | None = None  # the EMA weights (CPU) when the recipe keeps an EMA
-    accumulation_steps: int = 1    # micro-batches per optimiser step (the runtime's device_batch cap)
+    accumulation_steps: int = 1  # micro-batches per optimiser step (the runtime's device_batch cap)
     micro_batch_size: int | None = None
     runtime: dict[str, Any] | None = None  # loader workers, prefetch, cap, channels_last, compile as run
 
@@ -87,14 +89,18 @@ def batch_plan(recipe: dict[str, Any], world: int, n_train: int) -> tuple[int, i
     """(global batch, per-device batch, effective lr) of a recipe in a world of ``world`` ranks."""
     global_batch = int(recipe["batch_size"])
     if global_batch % world:
-        raise UsageError(f"batch_size {global_batch} is the global batch and must be divisible by the "
-                         f"{world} processes")
+        raise UsageError(
+            f"batch_size {global_batch} is the global batch and must be divisible by the {world} processes"
+        )
     if mixup_active(recipe) and (global_batch // world) % 2:
-        raise UsageError(f"mixup/cutmix pair the images of a batch: the per-device batch "
-                         f"({global_batch // world}) must be even")
+        raise UsageError(
+            f"mixup/cutmix pair the images of a batch: the per-device batch ({global_batch // world}) must be even"
+        )
     if world > 1 and n_train < global_batch:
-        raise UsageError(f"{n_train} training images are fewer than one global batch ({global_batch}); "
-                         f"a multi-process run needs at least one full batch")
+        raise UsageError(
+            f"{n_train} training images are fewer than one global batch ({global_batch}); "
+            f"a multi-process run needs at least one full batch"
+        )
     lr = float(recipe["lr"])
     base = recipe.get("lr_base_batch")
     return global_batch, global_batch // world, lr * global_batch / float(base) if base else lr
@@ -108,20 +114,34 @@ def make_mixup(recipe: dict[str, Any], num_classes: int) -> Mixup | None:
     """timm's Mixup/CutMix with label smoothing folded into the soft targets, as DeiT; None when off."""
     if not mixup_active(recipe):
         return None
-    return Mixup(mixup_alpha=float(recipe["mixup"]), cutmix_alpha=float(recipe["cutmix"]),
-                 cutmix_minmax=recipe["cutmix_minmax"], prob=float(recipe["mixup_prob"]),
-                 switch_prob=float(recipe["mixup_switch_prob"]), mode=recipe["mixup_mode"],
-                 label_smoothing=float(recipe["label_smoothing"]), num_classes=num_classes)
+    return Mixup(
+        mixup_alpha=float(recipe["mixup"]),
+        cutmix_alpha=float(recipe["cutmix"]),
+        cutmix_minmax=recipe["cutmix_minmax"],
+        prob=float(recipe["mixup_prob"]),
+        switch_prob=float(recipe["mixup_switch_prob"]),
+        mode=recipe["mixup_mode"],
+        label_smoothing=float(recipe["label_smoothing"]),
+        num_classes=num_classes,
+    )
 
 
 def _rng_state(method: Method, device: torch.device) -> dict[str, Any]:
     # numpy's state as a tensor and plain ints: the checkpoint then loads with weights_only (no pickled objects)
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"method": method.train_state(), "torch_rng": torch.get_rng_state(),
-            "numpy_rng": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                          "has_gauss": int(has_gauss), "gauss": float(gauss)},
-            "python_rng": random.getstate(),
-            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
+    return {
+        "method": method.train_state(),
+        "torch_rng": torch.get_rng_state(),
+        "numpy_rng": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+        "python_rng": random.getstate(),
+        "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
 
 
 def _load_rng_state(state: dict[str, Any], method: Method, device: torch.device) -> None:
@@ -129,16 +149,33 @@ def _load_rng_state(state: dict[str, Any], method: Method, device: torch.device)
     torch.set_rng_state(state["torch_rng"])
     if "numpy_rng" in state:  # checkpoints written before Mixup and timm's transforms drew from them lack these
         np_state = state["numpy_rng"]
-        np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
-                             np_state["has_gauss"], np_state["gauss"]))
+        np.random.set_state(
+            (
+                np_state["kind"],
+                np_state["keys"].numpy().astype(np.uint32),
+                np_state["pos"],
+                np_state["has_gauss"],
+                np_state["gauss"],
+            )
+        )
         random.setstate(state["python_rng"])
     if device.type == "cuda" and state.get("cuda_rng") is not None:
         torch.cuda.set_rng_state(state["cuda_rng"], device)
 
 
-def train_model(model: nn.Module, method: Method, train_ds: Dataset, recipe: dict[str, Any], *, seed: int,
-                out_dir: Path, device: torch.device, teacher: nn.Module | None = None, runtime: Runtime | None = None,
-                log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> TrainResult:
+def train_model(
+    model: nn.Module,
+    method: Method,
+    train_ds: Dataset,
+    recipe: dict[str, Any],
+    *,
+    seed: int,
+    out_dir: Path,
+    device: torch.device,
+    teacher: nn.Module | None = None,
+    runtime: Runtime | None = None,
+    log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
+) -> TrainResult:
     from bench.config import DEFAULT_RECIPE
 
     runtime = runtime or Runtime()
@@ -160,8 +197,15 @@ def train_model(model: nn.Module, method: Method, train_ds: Dataset, recipe: dic
         teacher.to(device).eval().requires_grad_(False)
         method.attach_teacher(teacher)
 
-    sampler = EpochBatches(len(train_ds), global_batch, seed, rank, world, int(recipe["repeated_aug"]),
-                           sample_seeds=random_transform(train_ds))
+    sampler = EpochBatches(
+        len(train_ds),
+        global_batch,
+        seed,
+        rank,
+        world,
+        int(recipe["repeated_aug"]),
+        sample_seeds=random_transform(train_ds),
+    )
     steps_per_epoch = len(sampler)
     if recipe["max_steps_per_epoch"]:
         steps_per_epoch = min(steps_per_epoch, int(recipe["max_steps_per_epoch"]))
@@ -179,8 +223,11 @@ def train_model(model: nn.Module, method: Method, train_ds: Dataset, recipe: dic
     mixup = make_mixup(recipe, int(model.num_classes))
     soft_ce = SoftTargetCrossEntropy()
     # averaged weights only (never run forward during training), created before DDP wraps the model
-    ema = ModelEmaV3(model, decay=float(recipe["model_ema_decay"]), use_warmup=bool(recipe["model_ema_warmup"])) \
-        if recipe["model_ema"] else None
+    ema = (
+        ModelEmaV3(model, decay=float(recipe["model_ema_decay"]), use_warmup=bool(recipe["model_ema_warmup"]))
+        if recipe["model_ema"]
+        else None
+    )
     amp_dtype = _amp_dtype(device, bool(recipe["amp"]))
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
@@ -202,8 +249,10 @@ def train_model(model: nn.Module, method: Method, train_ds: Dataset, recipe: dic
             # same global batches and schedule; only the per-process random streams restart
             method.load_train_state(state["method"])
             if main:
-                log(f"checkpoint written by {saved_world} process(es), resuming with {world}: "
-                    f"random streams are reseeded, so the resume is not bit-exact")
+                log(
+                    f"checkpoint written by {saved_world} process(es), resuming with {world}: "
+                    f"random streams are reseeded, so the resume is not bit-exact"
+                )
         start_epoch = resumed = int(state["epoch"]) + 1
         if main:
             log(f"resuming from the checkpoint of epoch {start_epoch - 1} ({state_path})")
@@ -214,8 +263,11 @@ def train_model(model: nn.Module, method: Method, train_ds: Dataset, recipe: dic
     net: nn.Module = model
     if world > 1:
         # hooks were registered on ``model`` by method.apply; DDP calls its forward, so they still fire
-        ids = [device.index if device.index is not None else torch.cuda.current_device()] \
-            if device.type == "cuda" else None
+        ids = (
+            [device.index if device.index is not None else torch.cuda.current_device()]
+            if device.type == "cuda"
+            else None
+        )
         net = DistributedDataParallel(model, device_ids=ids)
     if runtime.compile:
         net = torch.compile(net, **({"backend": runtime.compile} if isinstance(runtime.compile, str) else {}))
@@ -223,8 +275,11 @@ def train_model(model: nn.Module, method: Method, train_ds: Dataset, recipe: dic
         torch.cuda.reset_peak_memory_stats(device)
 
     method.on_train_start(model, total)
-    task_loss = soft_ce if mixup is not None else \
-        functools.partial(F.cross_entropy, label_smoothing=float(recipe["label_smoothing"]))
+    task_loss = (
+        soft_ce
+        if mixup is not None
+        else functools.partial(F.cross_entropy, label_smoothing=float(recipe["label_smoothing"]))
+    )
     loader = train_loader(train_ds, sampler, runtime)
     t0, step, loss_value = time.time(), start_epoch * steps_per_epoch, float("nan")
     for epoch in range(start_epoch, epochs):
@@ -233,8 +288,15 @@ def train_model(model: nn.Module, method: Method, train_ds: Dataset, recipe: dic
         method.on_epoch_start(model, epoch, epochs)
         sampler.set_epoch(epoch)
         sums: dict[str, float] = {}
-        bar = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
-                   disable=None if main else True, mininterval=2.0, file=sys.stderr)
+        bar = tqdm(
+            loader,
+            total=steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{epochs}",
+            leave=False,
+            disable=None if main else True,
+            mininterval=2.0,
+            file=sys.stderr,
+        )
         for i, (images, targets) in enumerate(bar):
             if i >= steps_per_epoch:
                 break
@@ -249,14 +311,27 @@ def train_model(model: nn.Module, method: Method, train_ds: Dataset, recipe: dic
             optimizer.zero_grad(set_to_none=True)
             try:
                 loss_value, terms = forward_backward(
-                    net, model, method, teacher, images, targets, micro_batches=micro, task_loss=task_loss,
-                    scaler=scaler, amp_dtype=amp_dtype, world=world, where=f"epoch {epoch + 1}, step {step + 1}")
+                    net,
+                    model,
+                    method,
+                    teacher,
+                    images,
+                    targets,
+                    micro_batches=micro,
+                    task_loss=task_loss,
+                    scaler=scaler,
+                    amp_dtype=amp_dtype,
+                    world=world,
+                    where=f"epoch {epoch + 1}, step {step + 1}",
+                )
             except torch.cuda.OutOfMemoryError:
                 size = -(-images.shape[0] // micro)
-                raise RunFailed(f"out of GPU memory at a per-device micro-batch of {size} images "
-                                f"(global batch {global_batch} on {world} device(s)); cap it in the profile: "
-                                f"device_batch: {max(1, size // 2)} (or snakemake --config device_batch="
-                                f"{max(1, size // 2)}), gradients are then accumulated to the same batch") from None
+                raise RunFailed(
+                    f"out of GPU memory at a per-device micro-batch of {size} images "
+                    f"(global batch {global_batch} on {world} device(s)); cap it in the profile: "
+                    f"device_batch: {max(1, size // 2)} (or snakemake --config device_batch="
+                    f"{max(1, size // 2)}), gradients are then accumulated to the same batch"
+                ) from None
             if recipe["clip_grad"]:
                 scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(net.parameters(), recipe["clip_grad"])
@@ -273,26 +348,53 @@ def train_model(model: nn.Module, method: Method, train_ds: Dataset, recipe: dic
         n = max(1, min(steps_per_epoch, len(loader)))
         ranks = D.all_gather_object(_rng_state(method, device)) if world > 1 else None
         if main:
-            record = {"epoch": epoch + 1, "step": step, "lr": schedule.scheduled_lr(step - 1, epoch),
-                      **{f"lr_{g['name']}": g["lr"] for g in optimizer.param_groups},
-                      "loss": sum(sums.values()) / n, **{f"loss_{k}": v / n for k, v in sums.items()},
-                      "elapsed_s": round(time.time() - t0, 2), "epoch_s": round(time.time() - t_epoch, 2),
-                      "epochs_total": epochs, **method.train_metrics()}
+            record = {
+                "epoch": epoch + 1,
+                "step": step,
+                "lr": schedule.scheduled_lr(step - 1, epoch),
+                **{f"lr_{g['name']}": g["lr"] for g in optimizer.param_groups},
+                "loss": sum(sums.values()) / n,
+                **{f"loss_{k}": v / n for k, v in sums.items()},
+                "elapsed_s": round(time.time() - t0, 2),
+                "epoch_s": round(time.time() - t_epoch, 2),
+                "epochs_total": epochs,
+                **method.train_metrics(),
+            }
             log(json.dumps(record))
             _append_log(out_dir / LOG_FILE, record)
-            atomic_torch_save(state_path, {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "epoch": epoch, "world_size": world, "ranks": ranks, **_rng_state(method, device),
-                "ema": ema.state_dict() if ema is not None else None,
-            })
+            atomic_torch_save(
+                state_path,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "epoch": epoch,
+                    "world_size": world,
+                    "ranks": ranks,
+                    **_rng_state(method, device),
+                    "ema": ema.state_dict() if ema is not None else None,
+                },
+            )
         D.barrier()  # the checkpoint is complete before any rank moves on
-    return TrainResult(epochs=epochs, steps=step, wall_s=time.time() - t0, final_loss=loss_value,
-                       peak_mem_mb=D.all_reduce_max(_peak_mem_mb(device), device), resumed_from_epoch=resumed,
-                       world_size=world, per_device_batch_size=local_batch, global_batch_size=global_batch,
-                       lr=float(recipe["lr"]), lr_effective=lr, method_metrics=method.train_metrics() or None,
-                       optimizer_groups=group_record, accumulation_steps=micro,
-                       micro_batch_size=-(-local_batch // micro), runtime=runtime.record(in_memory(train_ds)),
-                       ema_state={k: v.detach().cpu() for k, v in ema.module.state_dict().items()} if ema else None)
+    return TrainResult(
+        epochs=epochs,
+        steps=step,
+        wall_s=time.time() - t0,
+        final_loss=loss_value,
+        peak_mem_mb=D.all_reduce_max(_peak_mem_mb(device), device),
+        resumed_from_epoch=resumed,
+        world_size=world,
+        per_device_batch_size=local_batch,
+        global_batch_size=global_batch,
+        lr=float(recipe["lr"]),
+        lr_effective=lr,
+        method_metrics=method.train_metrics() or None,
+        optimizer_groups=group_record,
+        accumulation_steps=micro,
+        micro_batch_size=-(-local_batch // micro),
+        runtime=runtime.record(in_memory(train_ds)),
+        ema_state={k: v.detach().cpu() for k, v in ema.module.state_dict().items()} if ema else None,
+    )
 
 
 def _read_state(path: Path, log: Callable[[str], None]) -> dict[str, Any] | None:

@@ -11,6 +11,7 @@ recipe's ``backbone_lr_scale``, frozen for ``freeze_backbone_epochs``), each spl
 no-decay parameters as timm does (1-D tensors, biases and ``model.no_weight_decay()`` get none);
 ``frozen_params`` are never optimised.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -42,17 +43,29 @@ def param_groups(model: nn.Module, lr_scales: dict[str, float], recipe: dict[str
         decay = not (p.ndim <= 1 or name.endswith(".bias") or name in no_wd)
         key = (owner or "backbone") + ("" if decay else "_no_decay")
         if key not in groups:
-            groups[key] = {"name": key, "params": [], "weight_decay": wd if decay else 0.0,
-                           "lr_scale": float(lr_scales[owner]) if owner else float(recipe["backbone_lr_scale"]),
-                           "frozen_epochs": 0 if owner else int(recipe["freeze_backbone_epochs"])}
+            groups[key] = {
+                "name": key,
+                "params": [],
+                "weight_decay": wd if decay else 0.0,
+                "lr_scale": float(lr_scales[owner]) if owner else float(recipe["backbone_lr_scale"]),
+                "frozen_epochs": 0 if owner else int(recipe["freeze_backbone_epochs"]),
+            }
         groups[key]["params"].append(p)
     return list(groups.values())
 
 
 def describe_groups(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """What the run record states about its groups."""
-    return [{"name": g["name"], "params": sum(p.numel() for p in g["params"]), "lr_scale": g["lr_scale"],
-             "weight_decay": g["weight_decay"], "frozen_epochs": g["frozen_epochs"]} for g in groups]
+    return [
+        {
+            "name": g["name"],
+            "params": sum(p.numel() for p in g["params"]),
+            "lr_scale": g["lr_scale"],
+            "weight_decay": g["weight_decay"],
+            "frozen_epochs": g["frozen_epochs"],
+        }
+        for g in groups
+    ]
 
 
 def build_optimizer(groups: list[dict[str, Any]], recipe: dict[str, Any], lr: float) -> torch.optim.Optimizer:
@@ -82,10 +95,15 @@ class GroupSchedule:
         total = max(1, epochs * unit)
         warmup = int(float(recipe["warmup_epochs"]) * unit)
         prefix = bool(recipe["warmup_prefix"])
-        self.scheduler = CosineLRScheduler(optimizer, t_initial=max(1, total - warmup) if prefix else total,
-                                           lr_min=float(recipe["min_lr"]), warmup_t=warmup,
-                                           warmup_lr_init=float(recipe["warmup_lr"]), warmup_prefix=prefix,
-                                           t_in_epochs=self.per_epoch)
+        self.scheduler = CosineLRScheduler(
+            optimizer,
+            t_initial=max(1, total - warmup) if prefix else total,
+            lr_min=float(recipe["min_lr"]),
+            warmup_t=warmup,
+            warmup_lr_init=float(recipe["warmup_lr"]),
+            warmup_prefix=prefix,
+            t_in_epochs=self.per_epoch,
+        )
 
     def apply(self, step: int, epoch: int) -> None:
         """Set every group's lr for this step (of this epoch)."""

@@ -10,11 +10,13 @@ through ``torch.autograd.grad``) and added, divided by the final count, before t
 already mixed the whole per-device batch, so pairs and lambda are those of the big batch. Under DDP the
 earlier micro-batches run under ``no_sync`` and the last backward averages the accumulated gradients.
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,18 +26,29 @@ from bench.methods.base import BatchSum, Method, TrainContext
 from bench.train import distributed as D
 
 
-def forward_backward(net: nn.Module, model: nn.Module, method: Method, teacher: nn.Module | None,
-                     images: torch.Tensor, targets: torch.Tensor, *, micro_batches: int,
-                     task_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], scaler: torch.amp.GradScaler,
-                     amp_dtype: torch.dtype | None, world: int, where: str) -> tuple[float, dict[str, float]]:
+def forward_backward(
+    net: nn.Module,
+    model: nn.Module,
+    method: Method,
+    teacher: nn.Module | None,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    micro_batches: int,
+    task_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    scaler: torch.amp.GradScaler,
+    amp_dtype: torch.dtype | None,
+    world: int,
+    where: str,
+) -> tuple[float, dict[str, float]]:
     """Accumulate the step's (scaled) gradients into ``.grad``; returns the loss and its terms (means over
     ranks). Raises RunFailed, on every rank before the last backward, when the loss is not finite."""
     n = images.shape[0]
     xs, ys = images.tensor_split(micro_batches), targets.tensor_split(micro_batches)
     params = [p for p in model.parameters() if p.requires_grad]
     means: dict[str, torch.Tensor] = {}
-    sums: dict[str, list[torch.Tensor]] = {}          # name -> [total, count] over the micro-batches so far
-    held: dict[str, list[torch.Tensor | None]] = {}   # name -> its gradient on the earlier micro-batches
+    sums: dict[str, list[torch.Tensor]] = {}  # name -> [total, count] over the micro-batches so far
+    held: dict[str, list[torch.Tensor | None]] = {}  # name -> its gradient on the earlier micro-batches
     order: list[str] = []
     for j, (x, y) in enumerate(zip(xs, ys)):
         last = j == len(xs) - 1
@@ -65,8 +78,11 @@ def forward_backward(net: nn.Module, model: nn.Module, method: Method, teacher: 
                 for k, term in coupled.items():
                     grads = torch.autograd.grad(scaler.scale(term.total), params, retain_graph=True, allow_unused=True)
                     prev = held.get(k)
-                    held[k] = list(grads) if prev is None else \
-                        [g if a is None else a if g is None else a + g for a, g in zip(prev, grads)]
+                    held[k] = (
+                        list(grads)
+                        if prev is None
+                        else [g if a is None else a if g is None else a + g for a, g in zip(prev, grads)]
+                    )
                 scaler.scale(local).backward()
                 continue
             counts = {k: acc[1].clamp_min(1.0) for k, acc in sums.items()}
@@ -76,8 +92,10 @@ def forward_backward(net: nn.Module, model: nn.Module, method: Method, teacher: 
             loss_value, *term_values = D.all_reduce_mean(stats).tolist()
             if not math.isfinite(loss_value):
                 mean = f" (mean over {world} processes)" if world > 1 else ""
-                raise RunFailed(f"non-finite loss ({loss_value}) at {where}{mean}; "
-                                f"terms: {', '.join(f'{k}={v:.4g}' for k, v in zip(order, term_values))}")
+                raise RunFailed(
+                    f"non-finite loss ({loss_value}) at {where}{mean}; "
+                    f"terms: {', '.join(f'{k}={v:.4g}' for k, v in zip(order, term_values))}"
+                )
             for k, grads in held.items():
                 for p, g in zip(params, grads):
                     if g is not None:

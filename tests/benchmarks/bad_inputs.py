@@ -7,6 +7,7 @@ Each case is a suite (the tiny BASE suite with one value broken) or a command li
 case, the exit code, the number of stderr lines the user sees and the message, then the share of cases that
 exit 2 with one line naming what is wrong. ``tests/test_bad_inputs.py`` runs the same cases in-process.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,9 +15,9 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -49,10 +50,10 @@ def recipe(extra: str) -> str:
 @dataclass
 class Case:
     name: str
-    expect: str                      # a substring the message must hold (the field or file named)
+    expect: str  # a substring the message must hold (the field or file named)
     suite: str | bytes | None = BASE  # written to <tmp>/suite.yaml; None: no suite file
     argv: list[str] = field(default_factory=lambda: ["validate", "--build", "{suite}"])
-    snakemake: bool = False          # argv are snakemake --config values instead of bench arguments
+    snakemake: bool = False  # argv are snakemake --config values instead of bench arguments
     setup: Callable[[Path], None] | None = None
 
 
@@ -94,7 +95,9 @@ CASES: list[Case] = [
     Case("name with a space", "field name", sub("name: tiny", "name: 'a b'")),
     Case("label '..'", "methods[1].label", method("{name: static, label: '..'}")),
     Case("label with a slash", "methods[1].label", method("{name: static, label: x/../y}")),
-    Case("backbone with a slash", "not a valid name", sub("backbones: [tb_vit_pico_patch4_32]", "backbones: ['../vit']")),
+    Case(
+        "backbone with a slash", "not a valid name", sub("backbones: [tb_vit_pico_patch4_32]", "backbones: ['../vit']")
+    ),
     Case("method name '..'", "methods[1]", method("'..'")),
     # -- the grid
     Case("keep ratio .nan", "keep_ratios[0]", sub("keep_ratios: [0.5]", "keep_ratios: [.nan]")),
@@ -103,52 +106,74 @@ CASES: list[Case] = [
     Case("keep ratio 1.5", "keep_ratios[0]", sub("keep_ratios: [0.5]", "keep_ratios: [1.5]")),
     Case("keep ratio a string", "keep_ratios[0]", sub("keep_ratios: [0.5]", "keep_ratios: [half]")),
     Case("keep ratios with one run id", "share the run id", sub("keep_ratios: [0.5]", "keep_ratios: [0.701, 0.704]")),
-    Case("method keep ratios with one run id", "share the run id",
-         method("{name: static, keep_ratios: [0.501, 0.499]}")),
+    Case(
+        "method keep ratios with one run id", "share the run id", method("{name: static, keep_ratios: [0.501, 0.499]}")
+    ),
     Case("no keep ratios", "keep_ratios", sub("keep_ratios: [0.5]", "keep_ratios: []")),
     Case("seed not an integer", "seeds[0]", sub("seeds: [0]", "seeds: [zero]")),
     Case("seed a float", "seeds[0]", sub("seeds: [0]", "seeds: [0.5]")),
     Case("method listed twice", "methods[2]", method("static, static")),
-    Case("backbone listed twice", "backbones", sub("backbones: [tb_vit_pico_patch4_32]",
-                                                  "backbones: [tb_vit_pico_patch4_32, tb_vit_pico_patch4_32]")),
+    Case(
+        "backbone listed twice",
+        "backbones",
+        sub("backbones: [tb_vit_pico_patch4_32]", "backbones: [tb_vit_pico_patch4_32, tb_vit_pico_patch4_32]"),
+    ),
     # -- methods and their parameters, checked on the backbone before anything runs
     Case("unknown method", "methods[1]", method("statik")),
     Case("unknown method parameter", "methods[1]", method("{name: static, params: {num_stage: 2}}")),
     Case("num_stages 0", "num_stages", method("{name: random, params: {num_stages: 0}}")),
     Case("num_stages -2", "num_stages", method("{name: random, params: {num_stages: -2}}")),
     Case("num_stages too many for the depth", "methods[1].params", method("{name: random, params: {num_stages: 9}}")),
-    Case("stage_blocks beyond the depth", "methods[1].params", method("{name: static, params: {stage_blocks: [2, 4, 99]}}")),
+    Case(
+        "stage_blocks beyond the depth",
+        "methods[1].params",
+        method("{name: static, params: {stage_blocks: [2, 4, 99]}}"),
+    ),
     Case("stage_blocks not increasing", "methods[1].params", method("{name: static, params: {stage_blocks: [6, 3]}}")),
-    Case("stage_blocks with every_block", "methods[1].params",
-         method("{name: static, params: {stage_blocks: [2], schedule: every_block}}")),
+    Case(
+        "stage_blocks with every_block",
+        "methods[1].params",
+        method("{name: static, params: {stage_blocks: [2], schedule: every_block}}"),
+    ),
     Case("schedule not a choice", "schedule", method("{name: static, params: {schedule: sometimes}}")),
     Case("dynamicvit tau .nan", "tau", method("{name: dynamicvit, params: {tau: .nan}}")),
     Case("dynamicvit negative loss weight", "ratio_weight", method("{name: dynamicvit, params: {ratio_weight: -1}}")),
-    Case("token_pooling clustering not a choice", "clustering",
-         method("{name: token_pooling, params: {clustering: dbscan}}")),
+    Case(
+        "token_pooling clustering not a choice",
+        "clustering",
+        method("{name: token_pooling, params: {clustering: dbscan}}"),
+    ),
     Case("token_pooling negative iterations", "iterations", method("{name: token_pooling, params: {iterations: -1}}")),
     Case("svite density 1.5", "density", method("{name: svite, params: {density: 1.5}}")),
     Case("svite density 0", "density", method("{name: svite, params: {density: 0}}")),
     Case("svite update_interval 0", "update_interval", method("{name: svite, params: {update_interval: 0}}")),
     Case("parameter of the wrong type", "num_stages", method("{name: static, params: {num_stages: two}}")),
-    Case("learned method, no fine-tune, no weights", "learns parameters",
-         method("{name: dynamicvit, finetune: none}")),
+    Case("learned method, no fine-tune, no weights", "learns parameters", method("{name: dynamicvit, finetune: none}")),
     Case("weights file missing", "weights", method("{name: dynamicvit, finetune: none, weights: /nonexistent.pth}")),
     Case("weights with a fine-tune", "weights", method("{name: dynamicvit, weights: /nonexistent.pth}")),
     # -- recipes: optimiser, schedule, augmentation built before anything runs
     Case("opt adamww", "finetune.opt", recipe("opt: adamww")),
     Case("opt in a method's recipe", "methods[1].finetune.opt", method("{name: static, finetune: {opt: sgdd}}")),
-    Case("pretrain opt unknown", "pretrain.recipe.opt",
-         sub("recipe: {epochs: 1, batch_size: 64", "recipe: {opt: lamb2, epochs: 1, batch_size: 64")),
+    Case(
+        "pretrain opt unknown",
+        "pretrain.recipe.opt",
+        sub("recipe: {epochs: 1, batch_size: 64", "recipe: {opt: lamb2, epochs: 1, batch_size: 64"),
+    ),
     Case("opt_betas of length 1", "finetune.opt_betas", recipe("opt_betas: [0.9]")),
     Case("lr a string", "finetune.lr", recipe("lr: fast")),
     Case("lr .nan", "finetune.lr", recipe("lr: .nan")),
-    Case("negative epochs", "finetune.epochs", recipe("lr: 1.0e-3") .replace("epochs: 1, batch", "epochs: -1, batch")),
-    Case("batch size 0", "finetune.batch_size", recipe("lr: 1.0e-3").replace("batch_size: 64, max_steps_per_epoch: 2",
-                                                                              "batch_size: 0, max_steps_per_epoch: 2")),
+    Case("negative epochs", "finetune.epochs", recipe("lr: 1.0e-3").replace("epochs: 1, batch", "epochs: -1, batch")),
+    Case(
+        "batch size 0",
+        "finetune.batch_size",
+        recipe("lr: 1.0e-3").replace("batch_size: 64, max_steps_per_epoch: 2", "batch_size: 0, max_steps_per_epoch: 2"),
+    ),
     Case("unknown recipe key", "learning_rate", recipe("learning_rate: 1.0e-3")),
-    Case("unknown named recipe", "finetune.recipe", sub("finetune: {epochs: 1, batch_size: 64, max_steps_per_epoch: 2}",
-                                                 "finetune: deit3")),
+    Case(
+        "unknown named recipe",
+        "finetune.recipe",
+        sub("finetune: {epochs: 1, batch_size: 64, max_steps_per_epoch: 2}", "finetune: deit3"),
+    ),
     Case("runtime key in a suite", "loader_workers", recipe("num_workers: 8")),
     Case("auto_augment not a policy", "finetune.auto_augment", recipe("auto_augment: rand-zz9")),
     Case("mixup_mode not a mode", "finetune", recipe("mixup: 0.8, mixup_mode: pairs")),
@@ -160,41 +185,97 @@ CASES: list[Case] = [
     Case("unknown backbone", "backbones[0]", sub("backbones: [tb_vit_pico_patch4_32]", "backbones: [vit_tinyy]")),
     Case("init hub without hub weights", "backbones[0].init", sub("init: scratch", "init: hub")),
     Case("init checkpoint missing", "backbones[0].init", sub("init: scratch", "init: /nonexistent/ckpt.pth")),
-    Case("image size too small", "backbones[0]", sub("backbones: [tb_vit_pico_patch4_32]",
-                                                      "backbones: [{name: tb_vit_pico_patch4_32, image_size: 2}]")),
+    Case(
+        "image size too small",
+        "backbones[0]",
+        sub("backbones: [tb_vit_pico_patch4_32]", "backbones: [{name: tb_vit_pico_patch4_32, image_size: 2}]"),
+    ),
     Case("unknown data source", "data", sub("source: embedded", "source: s3")),
     Case("unknown embedded set", "data", sub("name: canvas-digits", "name: mnist-fashion")),
-    Case("image folder missing", "data", sub("data: {source: embedded, name: canvas-digits}",
-                                             "data: {source: imagefolder, path: /nonexistent/imagenet}")),
+    Case(
+        "image folder missing",
+        "data",
+        sub(
+            "data: {source: embedded, name: canvas-digits}", "data: {source: imagefolder, path: /nonexistent/imagenet}"
+        ),
+    ),
     Case("unknown data key", "data", sub("name: canvas-digits}", "name: canvas-digits, split: train}")),
-    Case("evaluate precision unknown", "evaluate", sub("repeats: 2, warmup: 1", "repeats: 2, warmup: 1, precision: fp8")),
-    Case("evaluate batch size 0", "evaluate", sub("evaluate: {max_val_images", "evaluate: {batch_size: 0, max_val_images")),
+    Case(
+        "evaluate precision unknown", "evaluate", sub("repeats: 2, warmup: 1", "repeats: 2, warmup: 1, precision: fp8")
+    ),
+    Case(
+        "evaluate batch size 0",
+        "evaluate",
+        sub("evaluate: {max_val_images", "evaluate: {batch_size: 0, max_val_images"),
+    ),
     Case("throughput batch sizes a word", "batch_sizes", sub("batch_sizes: [2]", "batch_sizes: many")),
     Case("throughput noise threshold 0", "noise_threshold", sub("warmup: 1}", "warmup: 1, noise_threshold: 0}")),
     Case("throughput min_time_s negative", "min_time_s", sub("warmup: 1}", "warmup: 1, min_time_s: -1}")),
     Case("throughput max_attempts 0", "max_attempts", sub("warmup: 1}", "warmup: 1, max_attempts: 0}")),
     # -- command lines
     Case("train without --run or --pretrain", "--run", BASE, ["train", "{suite}", "--results", "{tmp}/results"]),
-    Case("train an unknown run", "no run", BASE, ["train", "{suite}", "--run", "static__k9", "--results", "{tmp}/results"]),
-    Case("pretrain an unknown backbone", "no backbone", BASE,
-         ["train", "{suite}", "--pretrain", "vit_x", "--results", "{tmp}/results"]),
-    Case("evaluate a run never trained", "not trained", BASE, ["evaluate", "{suite}", RUN, "--results", "{tmp}/results"]),
-    Case("--device cuda without a GPU", "--device", BASE,
-         ["evaluate", "{suite}", RUN, "--device", "cuda", "--results", "{tmp}/results"]),
+    Case(
+        "train an unknown run",
+        "no run",
+        BASE,
+        ["train", "{suite}", "--run", "static__k9", "--results", "{tmp}/results"],
+    ),
+    Case(
+        "pretrain an unknown backbone",
+        "no backbone",
+        BASE,
+        ["train", "{suite}", "--pretrain", "vit_x", "--results", "{tmp}/results"],
+    ),
+    Case(
+        "evaluate a run never trained", "not trained", BASE, ["evaluate", "{suite}", RUN, "--results", "{tmp}/results"]
+    ),
+    Case(
+        "--device cuda without a GPU",
+        "--device",
+        BASE,
+        ["evaluate", "{suite}", RUN, "--device", "cuda", "--results", "{tmp}/results"],
+    ),
     Case("--device gpu0", "--device", BASE, ["train", "{suite}", "--run", RUN, "--device", "gpu0"]),
     Case("--threads 0", "--threads", BASE, ["train", "{suite}", "--run", RUN, "--threads", "0"]),
     Case("--workers -1", "loader_workers", BASE, ["train", "{suite}", "--run", RUN, "--workers", "-1"]),
-    Case("evaluate a planted pickle", "model.pth", BASE, ["evaluate", "{suite}", RUN, "--results", "{tmp}/results"],
-         setup=_plant_pickle),
-    Case("evaluate a truncated model.pth", "model.pth", BASE, ["evaluate", "{suite}", RUN, "--results", "{tmp}/results"],
-         setup=_truncated_model),
-    Case("time an unknown backbone", "no runs on backbone", BASE, ["time", "{suite}", "vit_x", "--results", "{tmp}/results"]),
-    Case("time a backbone never evaluated", "no evaluated run", BASE,
-         ["time", "{suite}", "tb_vit_pico_patch4_32", "--results", "{tmp}/results"]),
-    Case("time in an unknown precision", "--timing-precision", BASE,
-         ["time", "{suite}", "tb_vit_pico_patch4_32", "--timing-precision", "fp8"]),
-    Case("throughput batch sizes not integers", "--batch-sizes", None,
-         ["throughput", "tb_vit_pico_patch4_32", "--batch-sizes", "1,x"]),
+    Case(
+        "evaluate a planted pickle",
+        "model.pth",
+        BASE,
+        ["evaluate", "{suite}", RUN, "--results", "{tmp}/results"],
+        setup=_plant_pickle,
+    ),
+    Case(
+        "evaluate a truncated model.pth",
+        "model.pth",
+        BASE,
+        ["evaluate", "{suite}", RUN, "--results", "{tmp}/results"],
+        setup=_truncated_model,
+    ),
+    Case(
+        "time an unknown backbone",
+        "no runs on backbone",
+        BASE,
+        ["time", "{suite}", "vit_x", "--results", "{tmp}/results"],
+    ),
+    Case(
+        "time a backbone never evaluated",
+        "no evaluated run",
+        BASE,
+        ["time", "{suite}", "tb_vit_pico_patch4_32", "--results", "{tmp}/results"],
+    ),
+    Case(
+        "time in an unknown precision",
+        "--timing-precision",
+        BASE,
+        ["time", "{suite}", "tb_vit_pico_patch4_32", "--timing-precision", "fp8"],
+    ),
+    Case(
+        "throughput batch sizes not integers",
+        "--batch-sizes",
+        None,
+        ["throughput", "tb_vit_pico_patch4_32", "--batch-sizes", "1,x"],
+    ),
     Case("flops of an unknown backbone", "backbone", None, ["flops", "vit_nope"]),
     Case("flops at keep ratio 0", "--keep-ratio", None, ["flops", "tb_vit_pico_patch4_32", "--keep-ratio", "0"]),
     Case("flops --param without =", "--param", None, ["flops", "tb_vit_pico_patch4_32", "--param", "num_stages"]),
@@ -230,12 +311,29 @@ def run_case(case: Case, tmp: Path) -> tuple[int, list[str]]:
     argv = prepare(case, tmp)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     if case.snakemake:
-        cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp), "-n",
-               "--workflow-profile", "none", "--cores", "1", "--config", f"results={tmp / 'results'}", *argv]
+        cmd = [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-s",
+            str(REPO / "Snakefile"),
+            "--directory",
+            str(tmp),
+            "-n",
+            "--workflow-profile",
+            "none",
+            "--cores",
+            "1",
+            "--config",
+            f"results={tmp / 'results'}",
+            *argv,
+        ]
     else:
         cmd = [sys.executable, "-m", "bench", *argv]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp, timeout=300)
-    lines = [ln for ln in p.stderr.splitlines() if ln.strip() and not ln.startswith(("Using workflow", "Using profile"))]
+    lines = [
+        ln for ln in p.stderr.splitlines() if ln.strip() and not ln.startswith(("Using workflow", "Using profile"))
+    ]
     return p.returncode, lines
 
 

@@ -26,6 +26,7 @@ runs; ``--folder`` uses an existing folder instead. What is measured, and the cl
 Timings share the machine with whatever else runs: wall-clock figures are noisy, ratios of interleaved
 medians and the per-CPU-second figures much less so. Prints figures; asserts nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -49,9 +51,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train_loader_vs_timm as tl  # noqa: E402
 
 CLASSES = 100
-GPU_RATE = 1500.0      # img/s one GPU trains DeiT-S at: what the loader must deliver per GPU
-CLAIM_INDEX = 1.5      # index build / plain walk
-CLAIM_LOAD_S = 1.0     # a job's load_data through the index
+GPU_RATE = 1500.0  # img/s one GPU trains DeiT-S at: what the loader must deliver per GPU
+CLAIM_INDEX = 1.5  # index build / plain walk
+CLAIM_LOAD_S = 1.0  # a job's load_data through the index
 CLAIM_LOADER = tl.CLAIM  # harness / timm img/s at 2 workers
 # a job in a fresh interpreter: the imports load_data makes lazily, timed apart from the load itself
 FRESH_JOB = """import sys, time
@@ -118,9 +120,11 @@ def listing(folder: Path, index_path: Path, reps: int) -> Any:
     total = [b + w for b, w in zip(t["build"], t["write"])]
     print(f"(a) listing, {reps} alternated reps, median [all]: {n_walk} files in the tree, {index.files} indexed")
     print(f"    plain os.scandir walk           {med(t['walk']):7.3f} s  [{', '.join(f'{x:.3f}' for x in t['walk'])}]")
-    print(f"    build_index + write_index       {med(total):7.3f} s  [{', '.join(f'{x:.3f}' for x in total)}]"
-          f"  (build {med(t['build']):.3f} s, write {med(t['write']):.3f} s, "
-          f"{index_path.stat().st_size / 2**20:.2f} MiB)")
+    print(
+        f"    build_index + write_index       {med(total):7.3f} s  [{', '.join(f'{x:.3f}' for x in total)}]"
+        f"  (build {med(t['build']):.3f} s, write {med(t['write']):.3f} s, "
+        f"{index_path.stat().st_size / 2**20:.2f} MiB)"
+    )
     ratio = med(total) / med(t["walk"])
     print(f"    index / walk = {ratio:.2f} (claim: <= {CLAIM_INDEX}) -> {verdict(ratio <= CLAIM_INDEX)}", flush=True)
     return index
@@ -136,14 +140,17 @@ def job_start(folder: Path, index_path: Path, reps: int) -> None:
     cfg = {"source": "imagefolder", "path": str(folder)}
     t_read = [timed(lambda: read_index(index_path))[0] for _ in range(reps)]
     t_load = [timed(lambda: load_data(cfg, index_path))[0] for _ in range(reps)]
-    out = subprocess.run([sys.executable, "-c", FRESH_JOB, str(folder), str(index_path)], capture_output=True,
-                         text=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", FRESH_JOB, str(folder), str(index_path)], capture_output=True, text=True, check=True
+    ).stdout.split()
     imports, fresh = float(out[0]), float(out[1])
     print(f"(b) job start, median of {reps} in this process [all]:")
     print(f"    read_index                      {med(t_read):7.3f} s  [{', '.join(f'{x:.3f}' for x in t_read)}]")
     print(f"    load_data(cfg, index_path)      {med(t_load):7.3f} s  [{', '.join(f'{x:.3f}' for x in t_load)}]")
-    print(f"    fresh interpreter: imports (datasets, pyarrow, bench.data) {imports:.3f} s, then load_data "
-          f"{fresh:.3f} s ({out[2]} train images)")
+    print(
+        f"    fresh interpreter: imports (datasets, pyarrow, bench.data) {imports:.3f} s, then load_data "
+        f"{fresh:.3f} s ({out[2]} train images)"
+    )
     worst = max(med(t_load), fresh)
     print(f"    load_data <= {CLAIM_LOAD_S:g} s (in process and fresh) -> {verdict(worst <= CLAIM_LOAD_S)}", flush=True)
 
@@ -158,9 +165,11 @@ def loaders(folder: Path, index_path: Path, args: argparse.Namespace) -> None:
     t_ds, t_make, note = tl.timm_side(folder, 224, recipe)
     t_make(args.batch_size, 0)  # create_loader installs the transform on the dataset
     same = [repr(t) for t in h_ds.transform.transforms[1:]] == [repr(t) for t in t_ds.transform.transforms]
-    print(f"(c) training loader: DeiT transform ({recipe['auto_augment']}, re_prob {recipe['re_prob']}), "
-          f"transforms identical: {'yes' if same else 'NO'}; batch {args.batch_size}, warm-up {args.warmup} + "
-          f"timed {args.batches} batches, {args.rounds} rounds, {len(h_ds)} train images")
+    print(
+        f"(c) training loader: DeiT transform ({recipe['auto_augment']}, re_prob {recipe['re_prob']}), "
+        f"transforms identical: {'yes' if same else 'NO'}; batch {args.batch_size}, warm-up {args.warmup} + "
+        f"timed {args.batches} batches, {args.rounds} rounds, {len(h_ds)} train images"
+    )
     print(f"    {note}" + (f"\n    {guard}" if guard else ""), flush=True)
     sides = (("harness", h_make), ("timm", t_make))
     res: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
@@ -181,16 +190,20 @@ def loaders(folder: Path, index_path: Path, args: argparse.Namespace) -> None:
         print(f"    {w:7d}   {h:13.1f}   {t:10.1f}   {h / t:5.3f}   | {hc:21.1f} {tc:5.1f}  {hc / tc:5.3f}")
     if 2 in args.workers:
         ratio = med([x[0] for x in res["harness", 2]]) / med([x[0] for x in res["timm", 2]])
-        print(f"    harness / timm at 2 workers = {ratio:.3f} (claim: >= {CLAIM_LOADER}) -> "
-              f"{verdict(ratio >= CLAIM_LOADER)}")
+        print(
+            f"    harness / timm at 2 workers = {ratio:.3f} (claim: >= {CLAIM_LOADER}) -> "
+            f"{verdict(ratio >= CLAIM_LOADER)}"
+        )
     one = min((w for w in args.workers if w > 0), default=None)
     if one is not None:  # (d): n images / the workers' own CPU seconds = images per core-second of a worker
         per_core = {s: med([x[2] for x in res[s, one]]) for s in ("harness", "timm")}
         cores = math.ceil(GPU_RATE / per_core["harness"])
-        print(f"(d) one worker's CPU (at {one} worker{'s' * (one > 1)}): harness {per_core['harness']:.1f} img per "
-              f"CPU-s per core (timm {per_core['timm']:.1f}); to feed one GPU at {GPU_RATE:,.0f} img/s: "
-              f"ceil({GPU_RATE:.0f} / {per_core['harness']:.1f}) = {cores} loader cores per GPU, "
-              f"plus the training process's own")
+        print(
+            f"(d) one worker's CPU (at {one} worker{'s' * (one > 1)}): harness {per_core['harness']:.1f} img per "
+            f"CPU-s per core (timm {per_core['timm']:.1f}); to feed one GPU at {GPU_RATE:,.0f} img/s: "
+            f"ceil({GPU_RATE:.0f} / {per_core['harness']:.1f}) = {cores} loader cores per GPU, "
+            f"plus the training process's own"
+        )
     print(f"load average now: {', '.join(f'{x:.1f}' for x in os.getloadavg())} ({os.cpu_count()} cpus)")
 
 
@@ -198,8 +211,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", type=int, default=50_000, help="images to generate (train + val)")
     ap.add_argument("--folder", type=Path, default=None, help="an existing ROOT/<split>/<class>/<image> folder")
-    ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "tokenbench-data-pipeline",
-                    help="where the folder is generated and the index written (kept: reruns reuse them)")
+    ap.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "tokenbench-data-pipeline",
+        help="where the folder is generated and the index written (kept: reruns reuse them)",
+    )
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--warmup", type=int, default=3, help="untimed batches per loader")
@@ -211,8 +228,9 @@ def main() -> None:
 
     if args.folder is None:
         n_val = max(1, args.files // 50)
-        t, folder = timed(lambda: tl.generate_folder(args.workdir, CLASSES, args.files - n_val, n_val, seed=0,
-                                                     val_split="val"))
+        t, folder = timed(
+            lambda: tl.generate_folder(args.workdir, CLASSES, args.files - n_val, n_val, seed=0, val_split="val")
+        )
         print(f"folder: {folder} (ready in {t:.1f} s)", flush=True)
     else:
         folder = args.folder.expanduser().resolve()
@@ -227,8 +245,11 @@ def main() -> None:
     sample = np.random.default_rng(0).choice(index.table["path"].to_pylist(), min(300, index.files), replace=False)
     kib = np.mean([os.path.getsize(folder / p) for p in sample]) / 1024
     px = np.mean([size(folder / p) for p in sample], axis=0)
-    print(f"    images: {dict(sorted(index.counts.items()))}, {len(index.classes)} classes, mean file {kib:.0f} KiB, "
-          f"mean size {px[0]:.0f}x{px[1]:.0f} px (a sample of {len(sample)})", flush=True)
+    print(
+        f"    images: {dict(sorted(index.counts.items()))}, {len(index.classes)} classes, mean file {kib:.0f} KiB, "
+        f"mean size {px[0]:.0f}x{px[1]:.0f} px (a sample of {len(sample)})",
+        flush=True,
+    )
     job_start(folder, index_path, args.reps)
     if args.rounds:
         loaders(folder, index_path, args)

@@ -6,6 +6,7 @@ What the launcher adds on top of SLURM: from its start until the job is submitte
 submitit pickling, sbatch) plus from the job's result file being written until the launcher exits
 (noticing the end). SLURM's own Submit/Start/End (1 s resolution) are printed for context.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,16 @@ from pathlib import Path
 
 def sacct_times(job_id: str) -> tuple[datetime, datetime, datetime]:
     for _ in range(60):  # accounting lags the job's end by a moment
-        out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "Submit,Start,End", "-j", job_id],
-                             capture_output=True, text=True, check=True).stdout.split("\n")[0].split("|")
+        out = (
+            subprocess.run(
+                ["sacct", "-n", "-X", "-P", "-o", "Submit,Start,End", "-j", job_id],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            .stdout.split("\n")[0]
+            .split("|")
+        )
         if "Unknown" not in out and len(out) == 3:
             return tuple(datetime.fromisoformat(t) for t in out)  # type: ignore[return-value]
         time.sleep(0.5)
@@ -38,8 +47,24 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.jobs):
             folder = Path(tmp) / str(i)
-            cmd = [sys.executable, "-m", "bench.launch", "--launcher", "slurm", "--folder", str(folder),
-                   "--name", f"tb.overhead.{i}", "--cpus", "1", "--partition", args.partition, "--", "ls", "suites"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "bench.launch",
+                "--launcher",
+                "slurm",
+                "--folder",
+                str(folder),
+                "--name",
+                f"tb.overhead.{i}",
+                "--cpus",
+                "1",
+                "--partition",
+                args.partition,
+                "--",
+                "ls",
+                "suites",
+            ]
             t0 = time.time()
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             while not (folder / "launch.json").exists() and proc.poll() is None:
@@ -53,12 +78,17 @@ def main() -> None:
             submit_s, notice_s = t_submitted - t0, t_end - result.stat().st_mtime
             submit, start, end = sacct_times(job_id)
             rows.append((submit_s, notice_s))
-            print(f"job {job_id}: launcher {t_end - t0:.1f}s; submitted after {submit_s:.2f}s, exited "
-                  f"{notice_s:.2f}s after the result; SLURM: queued {(start - submit).total_seconds():.0f}s, "
-                  f"ran {(end - start).total_seconds():.0f}s", flush=True)
+            print(
+                f"job {job_id}: launcher {t_end - t0:.1f}s; submitted after {submit_s:.2f}s, exited "
+                f"{notice_s:.2f}s after the result; SLURM: queued {(start - submit).total_seconds():.0f}s, "
+                f"ran {(end - start).total_seconds():.0f}s",
+                flush=True,
+            )
     overhead = [a + b for a, b in rows]
-    print(f"dispatch overhead beyond SLURM scheduling: median {statistics.median(overhead):.1f}s "
-          f"(min {min(overhead):.1f}s, max {max(overhead):.1f}s) over {len(rows)} jobs")
+    print(
+        f"dispatch overhead beyond SLURM scheduling: median {statistics.median(overhead):.1f}s "
+        f"(min {min(overhead):.1f}s, max {max(overhead):.1f}s) over {len(rows)} jobs"
+    )
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ teacher):
 Prints figures; asserts nothing. ``--device cpu --model tb_vit_pico_patch4_32 --image-size 32`` runs the same
 code path on a laptop (no busy figure: that needs CUDA).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,11 @@ GOAL_BUSY = 0.9
 
 def busy_fraction(prof: torch.profiler.profile) -> float | None:
     """Union of the CUDA kernel intervals over the profiled window (first kernel start to last kernel end)."""
-    spans = sorted((e.time_range.start, e.time_range.end) for e in prof.events()
-                   if e.device_type == torch.autograd.DeviceType.CUDA and e.time_range.end > e.time_range.start)
+    spans = sorted(
+        (e.time_range.start, e.time_range.end)
+        for e in prof.events()
+        if e.device_type == torch.autograd.DeviceType.CUDA and e.time_range.end > e.time_range.start
+    )
     if not spans:
         return None
     busy, (lo, hi) = 0, spans[0]
@@ -89,18 +93,32 @@ def train_harness(args: argparse.Namespace, method_name: str, folder: Path, work
 
     device = torch.device(args.device)
     bundle = load_data({"source": "imagefolder", "path": str(folder)}, work / "index.parquet")
-    recipe, _ = resolve_recipe(("finetune", {"recipe": "dynamicvit", "epochs": 1, "batch_size": args.batch_size,
-                                             "max_steps_per_epoch": args.steps, "model_ema": False,
-                                             "amp": device.type == "cuda"}))
+    recipe, _ = resolve_recipe(
+        (
+            "finetune",
+            {
+                "recipe": "dynamicvit",
+                "epochs": 1,
+                "batch_size": args.batch_size,
+                "max_steps_per_epoch": args.steps,
+                "model_ema": False,
+                "amp": device.type == "cuda",
+            },
+        )
+    )
     kwargs = {"in_chans": 3, **({"img_size": args.image_size} if args.image_size else {})}
     model = build_backbone(args.model, num_classes=bundle.num_classes, pretrained=False, **kwargs)
     method = create_method(method_name, 0.7) if method_name != "dense" else create_method("dense")
     method.apply(model)
-    teacher = build_backbone(args.model, num_classes=bundle.num_classes, pretrained=False, **kwargs) \
-        if method.needs_teacher() else None
+    teacher = (
+        build_backbone(args.model, num_classes=bundle.num_classes, pretrained=False, **kwargs)
+        if method.needs_teacher()
+        else None
+    )
     size = int(model.patch_embed.img_size[0])
-    train, _ = make_torch_datasets(bundle, image_size=size, in_chans=3, mean=(0.485, 0.456, 0.406),
-                                   std=(0.229, 0.224, 0.225), recipe=recipe)
+    train, _ = make_torch_datasets(
+        bundle, image_size=size, in_chans=3, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), recipe=recipe
+    )
     prof = None
     if device.type == "cuda":
         window = torch.profiler.schedule(wait=args.warmup, warmup=5, active=args.profile_steps, repeat=1)
@@ -109,13 +127,29 @@ def train_harness(args: argparse.Namespace, method_name: str, folder: Path, work
     clock = StepClock(method, prof, sync=device.type == "cuda")
     runtime = Runtime(workers=args.workers, prefetch_factor=args.prefetch_factor, device_batch=args.device_batch)
     out = Path(tempfile.mkdtemp(prefix=f"{method_name}-", dir=work))  # fresh: never resume an earlier run
-    result = train_model(model, method, train, recipe, seed=0, out_dir=out, device=device,
-                         teacher=teacher, runtime=runtime, log=lambda s: None)
+    result = train_model(
+        model,
+        method,
+        train,
+        recipe,
+        seed=0,
+        out_dir=out,
+        device=device,
+        teacher=teacher,
+        runtime=runtime,
+        log=lambda s: None,
+    )
     if prof is not None:
         prof.stop()
-    return {"method": method_name, "img_s": clock.rate(args.batch_size, args.warmup), "steps": result.steps,
-            "busy": busy_fraction(prof) if prof is not None else None, "workers": result.runtime["workers"],
-            "accumulation_steps": result.accumulation_steps, "peak_mem_mb": result.peak_mem_mb}
+    return {
+        "method": method_name,
+        "img_s": clock.rate(args.batch_size, args.warmup),
+        "steps": result.steps,
+        "busy": busy_fraction(prof) if prof is not None else None,
+        "workers": result.runtime["workers"],
+        "accumulation_steps": result.accumulation_steps,
+        "peak_mem_mb": result.peak_mem_mb,
+    }
 
 
 def timm_benchmark(args: argparse.Namespace, work: Path) -> float | None:
@@ -123,9 +157,26 @@ def timm_benchmark(args: argparse.Namespace, work: Path) -> float | None:
     if not args.timm_benchmark:
         return None
     out = work / "timm_bench.json"
-    cmd = [sys.executable, args.timm_benchmark, "--bench", "train", "-m", args.model, "-b", str(args.batch_size),
-           "--device", args.device, "--num-bench-iter", str(max(40, args.steps // 2)), "--results-file", str(out),
-           "--results-format", "json", "--opt", "adamw"]
+    cmd = [
+        sys.executable,
+        args.timm_benchmark,
+        "--bench",
+        "train",
+        "-m",
+        args.model,
+        "-b",
+        str(args.batch_size),
+        "--device",
+        args.device,
+        "--num-bench-iter",
+        str(max(40, args.steps // 2)),
+        "--results-file",
+        str(out),
+        "--results-format",
+        "json",
+        "--opt",
+        "adamw",
+    ]
     if args.device.startswith("cuda"):
         cmd += ["--amp", "--amp-dtype", "bfloat16"]
     if args.image_size:
@@ -165,14 +216,18 @@ def main() -> None:
         n_val = max(100, args.files // 50)
         folder = generate_folder(args.workdir / "images", 100, args.files - n_val, n_val, seed=0, val_split="val")
     name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    print(f"{args.model} on {name}, batch {args.batch_size}, {args.steps} steps ({args.warmup} warm-up), folder {folder}")
+    print(
+        f"{args.model} on {name}, batch {args.batch_size}, {args.steps} steps ({args.warmup} warm-up), folder {folder}"
+    )
     reference = timm_benchmark(args, args.workdir)
     for method in args.methods:
         r = train_harness(args, method, folder, args.workdir)
         ratio = f"{r['img_s'] / reference:.2f}x timm benchmark.py" if reference else "timm benchmark.py not run"
         busy = f"{r['busy']:.2f} (goal >= {GOAL_BUSY})" if r["busy"] is not None else "n/a (no CUDA)"
-        print(f"  {method:10s} {r['img_s']:8.1f} img/s  ({ratio})  GPU busy/wall {busy}  workers {r['workers']}  "
-              f"accumulation {r['accumulation_steps']}  peak {r['peak_mem_mb']:.0f} MiB")
+        print(
+            f"  {method:10s} {r['img_s']:8.1f} img/s  ({ratio})  GPU busy/wall {busy}  workers {r['workers']}  "
+            f"accumulation {r['accumulation_steps']}  peak {r['peak_mem_mb']:.0f} MiB"
+        )
     if reference:
         print(f"  timm benchmark.py --bench train: {reference:.1f} img/s (synthetic inputs, plain CE, no teacher)")
 

@@ -10,6 +10,7 @@ process group (everything dies). Then `snakemake --unlock` and `snakemake` again
 step's ``.kept/attempts.jsonl``: how many times each result was made (must be 1), restored or found done; every
 artifact is checked whole (``bench.artifacts.problem``); every run must have its record.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,10 +40,30 @@ MOMENTS = ("pretrain", "finetune", "evaluate")
 
 
 def snakemake_cmd(work: Path, suite: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(work),
-            "--cores", "2", "--workflow-profile", "none", "--keep-going", "--rerun-incomplete",
-            "--set-threads", "pretrain=1", "finetune=1", "evaluate=1", "timing=1",
-            "--config", f"suite={suite}", f"results={work / 'results'}", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(REPO / "Snakefile"),
+        "--directory",
+        str(work),
+        "--cores",
+        "2",
+        "--workflow-profile",
+        "none",
+        "--keep-going",
+        "--rerun-incomplete",
+        "--set-threads",
+        "pretrain=1",
+        "finetune=1",
+        "evaluate=1",
+        "timing=1",
+        "--config",
+        f"suite={suite}",
+        f"results={work / 'results'}",
+        *extra,
+    ]
 
 
 def _reached(out: Path, moment: str) -> bool:
@@ -62,8 +83,13 @@ def scenario(work: Path, moment: str, mode: str, timeout: float = 900) -> dict:
     suite.write_text(SUITE)
     out = work / "results" / "kill"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    first = subprocess.Popen(snakemake_cmd(work, suite), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             env=env, start_new_session=True)
+    first = subprocess.Popen(
+        snakemake_cmd(work, suite),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
     t0 = time.time()
     while not _reached(out, moment):
         if first.poll() is not None or time.time() - t0 > timeout:
@@ -85,14 +111,29 @@ def scenario(work: Path, moment: str, mode: str, timeout: float = 900) -> dict:
             outcomes.setdefault(key, []).append(rec["outcome"])
             made[key] = made.get(key, 0) + (rec["outcome"] == "made")
     expected = [d.name for d in (out / "runs").iterdir()] if (out / "runs").is_dir() else []
-    artifacts = [p for p in out.rglob("*") if p.is_file() and p.suffix in (".pth", ".json", ".parquet")
-                 and ".kept" not in p.parts and not p.name.endswith(CORRUPT_SUFFIX)]
+    artifacts = [
+        p
+        for p in out.rglob("*")
+        if p.is_file()
+        and p.suffix in (".pth", ".json", ".parquet")
+        and ".kept" not in p.parts
+        and not p.name.endswith(CORRUPT_SUFFIX)
+    ]
     corrupt = [str(p) for p in artifacts if problem(p) is not None]
     lost = [r for r in expected if not (out / "runs" / r / "run.json").is_file()]
     trained = {k: v for k, v in made.items() if k.endswith("model.pth")}
-    return {"moment": moment, "mode": mode, "restart_rc": second.returncode, "runs": len(expected),
-            "trained": trained, "outcomes": outcomes, "corrupt": corrupt, "lost": lost,
-            "report": (out / "report" / "report.md").is_file(), "stderr_tail": second.stderr[-1500:]}
+    return {
+        "moment": moment,
+        "mode": mode,
+        "restart_rc": second.returncode,
+        "runs": len(expected),
+        "trained": trained,
+        "outcomes": outcomes,
+        "corrupt": corrupt,
+        "lost": lost,
+        "report": (out / "report" / "report.md").is_file(),
+        "stderr_tail": second.stderr[-1500:],
+    }
 
 
 def twin_pipelines(work: Path, timeout: float = 900) -> dict:
@@ -130,20 +171,30 @@ def main() -> int:
             r = twin_pipelines(Path(d))
         ok = r["codes"] == [0, 0] and sorted(r["trained"].values()) == [1, 1, 1, 1]
         bad += not ok
-        print(f"{'ok  ' if ok else 'FAIL'} two pipelines on one results folder: exit codes {r['codes']}, trained per "
-              f"model {sorted(r['trained'].values())} [{time.time() - t0:.0f} s]")
+        print(
+            f"{'ok  ' if ok else 'FAIL'} two pipelines on one results folder: exit codes {r['codes']}, trained per "
+            f"model {sorted(r['trained'].values())} [{time.time() - t0:.0f} s]"
+        )
     for moment in args.moment or MOMENTS:
         for mode in args.mode or ("process", "group"):
             with tempfile.TemporaryDirectory() as d:
                 t0 = time.time()
                 r = scenario(Path(d), moment, mode)
-            ok = (r["restart_rc"] == 0 and all(v == 1 for v in r["trained"].values()) and len(r["trained"]) == 4
-                  and not r["corrupt"] and not r["lost"] and r["report"])
+            ok = (
+                r["restart_rc"] == 0
+                and all(v == 1 for v in r["trained"].values())
+                and len(r["trained"]) == 4
+                and not r["corrupt"]
+                and not r["lost"]
+                and r["report"]
+            )
             bad += not ok
-            print(f"{'ok  ' if ok else 'FAIL'} kill -9 {mode:7s} during {moment:8s}: restart rc {r['restart_rc']}, "
-                  f"trained per model {sorted(r['trained'].values())} ({len(r['trained'])} models), "
-                  f"{len(r['corrupt'])} corrupt, {len(r['lost'])} lost, report {r['report']} "
-                  f"[{time.time() - t0:.0f} s]")
+            print(
+                f"{'ok  ' if ok else 'FAIL'} kill -9 {mode:7s} during {moment:8s}: restart rc {r['restart_rc']}, "
+                f"trained per model {sorted(r['trained'].values())} ({len(r['trained'])} models), "
+                f"{len(r['corrupt'])} corrupt, {len(r['lost'])} lost, report {r['report']} "
+                f"[{time.time() - t0:.0f} s]"
+            )
             skipped = sorted({o for v in r["outcomes"].values() for o in v if o != "made"})
             if skipped:
                 print(f"     other outcomes: {skipped}")

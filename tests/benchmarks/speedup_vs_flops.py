@@ -14,6 +14,7 @@ methods the theoretical GMACs (nonzero weights only) sit next to the measured on
 (no hub here): token choices and masks are those of an untrained model, costs are not. Prints figures;
 asserts nothing (timings depend on the machine).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,23 +31,29 @@ from bench.methods.token_pooling import POOLER
 from bench.models import build_backbone
 
 GROUPS = {
-    "reducing": [("static", "static", 0.7, {}),
-                 ("random", "random", 0.7, {}),
-                 ("dynamicvit", "dynamicvit", 0.7, {}),
-                 ("token_pooling", "token_pooling", 0.7, {}),
-                 ("importance", "importance", 0.7, {}),
-                 ("grid_pool", "grid_pool", 0.7, {}),
-                 ("svite_plus k70", "svite_plus", 0.7, {"density": 0.5})],
-    "token_pooling": [("dynamicvit", "dynamicvit", 0.7, {}),
-                      ("kmedoids w", "token_pooling", 0.7, {}),
-                      ("kmeans w", "token_pooling", 0.7, {"clustering": "kmeans"}),
-                      ("importance", "importance", 0.7, {}),
-                      ("grid_pool", "grid_pool", 0.7, {})],
-    "svite": [("svite d50", "svite", 1.0, {"density": 0.5}),
-              ("s2vite d50", "s2vite", 1.0, {"density": 0.5}),
-              ("s2vite d70", "s2vite", 1.0, {"density": 0.7}),
-              ("svite+ k95", "svite_plus", 0.95, {"density": 0.5}),
-              ("svite+ k90", "svite_plus", 0.9, {"density": 0.5})],
+    "reducing": [
+        ("static", "static", 0.7, {}),
+        ("random", "random", 0.7, {}),
+        ("dynamicvit", "dynamicvit", 0.7, {}),
+        ("token_pooling", "token_pooling", 0.7, {}),
+        ("importance", "importance", 0.7, {}),
+        ("grid_pool", "grid_pool", 0.7, {}),
+        ("svite_plus k70", "svite_plus", 0.7, {"density": 0.5}),
+    ],
+    "token_pooling": [
+        ("dynamicvit", "dynamicvit", 0.7, {}),
+        ("kmedoids w", "token_pooling", 0.7, {}),
+        ("kmeans w", "token_pooling", 0.7, {"clustering": "kmeans"}),
+        ("importance", "importance", 0.7, {}),
+        ("grid_pool", "grid_pool", 0.7, {}),
+    ],
+    "svite": [
+        ("svite d50", "svite", 1.0, {"density": 0.5}),
+        ("s2vite d50", "s2vite", 1.0, {"density": 0.5}),
+        ("s2vite d70", "s2vite", 1.0, {"density": 0.7}),
+        ("svite+ k95", "svite_plus", 0.95, {"density": 0.5}),
+        ("svite+ k90", "svite_plus", 0.9, {"density": 0.5}),
+    ],
 }
 
 
@@ -97,28 +104,34 @@ def main() -> None:
         model, m = model_for(args.backbone, method, keep, **params)
         layers = list(sparse_layers(model)) if m.weight_sparse else None
         rep = count_flops(model, x, layers=layers)
-        costs[label] = (rep.gmacs, rep.gmacs - zero_weight_gmacs(model, rep.by_layer) if m.weight_sparse else None,
-                        sum(rep.by_module.get(n, 0.0) for n in m.overhead_modules),
-                        clustering_share(model, x[:1].repeat(sizes[0], 1, 1, 1), 3)[1] if hasattr(model, POOLER)
-                        else None)
+        costs[label] = (
+            rep.gmacs,
+            rep.gmacs - zero_weight_gmacs(model, rep.by_layer) if m.weight_sparse else None,
+            sum(rep.by_module.get(n, 0.0) for n in m.overhead_modules),
+            clustering_share(model, x[:1].repeat(sizes[0], 1, 1, 1), 3)[1] if hasattr(model, POOLER) else None,
+        )
         models[label] = model
     protocol = TimingProtocol(batch_sizes=sizes, rounds=args.rounds, min_time_s=args.min_time, warmup=1)
     rows = time_paired(models, "dense", image_size=224, device=dev, protocol=protocol, log=print)
     key = device_key(device_fingerprint(dev))
     print(f"\n{args.backbone}, fp32, on {key}; {args.rounds} paired repeats of >= {args.min_time} s per variant")
-    print("| variant | batch | GMACs | theory | own | cluster % | img/s (CV) | speed-up [95% CI] | FLOPs-implied | "
-          "measured / implied |")
+    print(
+        "| variant | batch | GMACs | theory | own | cluster % | img/s (CV) | speed-up [95% CI] | FLOPs-implied | "
+        "measured / implied |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     dense_gmacs = costs["dense"][0]
     for row in sorted(rows, key=lambda r: (r["batch_size"], r["label"] != "dense", r["label"])):
         gmacs, theory, own, share = costs[row["label"]]
         implied = dense_gmacs / gmacs
         flag = " (unreliable)" if row["speedup_unreliable"] else ""
-        print(f"| {row['label']} | {row['batch_size']} | {gmacs:.3f} | {'' if theory is None else f'{theory:.3f}'} | "
-              f"{own:.3f} | {'' if share is None else f'{100 * share:.1f}'} | "
-              f"{row['img_per_s_median']:.4g} ({row['img_per_s_cv']:.1%}) | "
-              f"{row['speedup']:.3f} [{row['speedup_ci_low']:.3f}, {row['speedup_ci_high']:.3f}]{flag} | "
-              f"{implied:.3f} | {row['speedup'] / implied:.3f} |")
+        print(
+            f"| {row['label']} | {row['batch_size']} | {gmacs:.3f} | {'' if theory is None else f'{theory:.3f}'} | "
+            f"{own:.3f} | {'' if share is None else f'{100 * share:.1f}'} | "
+            f"{row['img_per_s_median']:.4g} ({row['img_per_s_cv']:.1%}) | "
+            f"{row['speedup']:.3f} [{row['speedup_ci_low']:.3f}, {row['speedup_ci_high']:.3f}]{flag} | "
+            f"{implied:.3f} | {row['speedup'] / implied:.3f} |"
+        )
 
 
 if __name__ == "__main__":

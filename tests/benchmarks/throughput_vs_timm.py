@@ -9,6 +9,7 @@ the figures are the median over rounds of each tool's img/s and the median of th
 Every tool runs the same model (DeiT-S, random weights: no hub here), the same batch, ``torch.inference_mode``,
 the same number of timed forward passes and threads. Prints figures; asserts nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,15 @@ from bench.models import build_backbone
 
 
 def bench_tool(model, batch: int, args) -> float:
-    rep = measure_throughput(model, image_size=224, device=args.device, batch_sizes=[batch], warmup=args.warmup,
-                             repeats=args.iters, min_time_s=0.0)
+    rep = measure_throughput(
+        model,
+        image_size=224,
+        device=args.device,
+        batch_sizes=[batch],
+        warmup=args.warmup,
+        repeats=args.iters,
+        min_time_s=0.0,
+    )
     return rep.headline()["img_per_s_median"]
 
 
@@ -55,9 +63,27 @@ def hand_loop(model, batch: int, args) -> float:
 def timm_tool(batch: int, args) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "r.json"
-        cmd = [sys.executable, args.timm_benchmark, "--bench", "inference", "-m", args.model, "-b", str(batch),
-               "--device", args.device, "--num-warm-iter", str(args.warmup), "--num-bench-iter", str(args.iters),
-               "--no-retry", "--results-file", str(out), "--results-format", "json"]
+        cmd = [
+            sys.executable,
+            args.timm_benchmark,
+            "--bench",
+            "inference",
+            "-m",
+            args.model,
+            "-b",
+            str(batch),
+            "--device",
+            args.device,
+            "--num-warm-iter",
+            str(args.warmup),
+            "--num-bench-iter",
+            str(args.iters),
+            "--no-retry",
+            "--results-file",
+            str(out),
+            "--results-format",
+            "json",
+        ]
         env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
         done = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if done.returncode != 0 or not out.exists():
@@ -86,8 +112,11 @@ def main() -> None:
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     rng = random.Random(args.seed)
     rates = {(b, t): [] for b in sizes for t in ("bench", "timm", "hand")}
-    tools = {"bench": lambda b: bench_tool(model, b, args), "hand": lambda b: hand_loop(model, b, args),
-             "timm": lambda b: timm_tool(b, args)}
+    tools = {
+        "bench": lambda b: bench_tool(model, b, args),
+        "hand": lambda b: hand_loop(model, b, args),
+        "timm": lambda b: timm_tool(b, args),
+    }
     for r in range(args.rounds):
         for b in sizes:
             order = list(tools)
@@ -96,8 +125,10 @@ def main() -> None:
                 rates[(b, name)].append(tools[name](b))
             print(f"round {r + 1} batch {b}: " + ", ".join(f"{n} {rates[(b, n)][-1]:.2f}" for n in tools), flush=True)
     dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    print(f"\n{args.model} on {dev}, {torch.get_num_threads()} threads, torch {torch.__version__}, fp32, "
-          f"{args.iters} timed passes per tool, {args.rounds} interleaved rounds")
+    print(
+        f"\n{args.model} on {dev}, {torch.get_num_threads()} threads, torch {torch.__version__}, fp32, "
+        f"{args.iters} timed passes per tool, {args.rounds} interleaved rounds"
+    )
     print("| batch | bench img/s | timm benchmark.py img/s | hand loop img/s | bench / timm | bench / hand |")
     print("|---:|---:|---:|---:|---:|---:|")
     for b in sizes:

@@ -8,6 +8,7 @@ again, and prints every run's paired speed-up from each next to the spread betwe
 run's img/s under load by dense's idle img/s, which is what dividing figures from separate evaluate jobs gives.
 The suite's timing file is put back as it was. Prints figures; asserts nothing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,13 +62,19 @@ def main() -> None:
             path.write_bytes(original)
     a, b, c = headline(idle), headline(loaded), headline(idle2)
     ref = idle["reference_run_id"]
-    print(f"{suite.name} / {backbone} on {idle['device_key']}, batch {a[ref]['batch_size']}, "
-          f"{idle['protocol']['rounds']} paired repeats of >= {idle['protocol']['min_time_s']} s")
-    print(f"dense img/s: idle {a[ref]['img_per_s_median']:.1f} (CV {a[ref]['img_per_s_cv']:.1%}), one core loaded "
-          f"{b[ref]['img_per_s_median']:.1f} (CV {b[ref]['img_per_s_cv']:.1%}), idle again "
-          f"{c[ref]['img_per_s_median']:.1f}")
-    print("| run | speed-up idle [95% CI] | speed-up loaded [95% CI] | loaded / idle | idle again / idle | "
-          "unpaired (loaded img/s / idle dense img/s) | attempts idle/loaded |")
+    print(
+        f"{suite.name} / {backbone} on {idle['device_key']}, batch {a[ref]['batch_size']}, "
+        f"{idle['protocol']['rounds']} paired repeats of >= {idle['protocol']['min_time_s']} s"
+    )
+    print(
+        f"dense img/s: idle {a[ref]['img_per_s_median']:.1f} (CV {a[ref]['img_per_s_cv']:.1%}), one core loaded "
+        f"{b[ref]['img_per_s_median']:.1f} (CV {b[ref]['img_per_s_cv']:.1%}), idle again "
+        f"{c[ref]['img_per_s_median']:.1f}"
+    )
+    print(
+        "| run | speed-up idle [95% CI] | speed-up loaded [95% CI] | loaded / idle | idle again / idle | "
+        "unpaired (loaded img/s / idle dense img/s) | attempts idle/loaded |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     worst = 0.0
     for rid in sorted(a):
@@ -77,10 +84,12 @@ def main() -> None:
         drift = y["speedup"] / x["speedup"]
         worst = max(worst, abs(drift - 1))
         mark = lambda r: " †" if r["speedup_unreliable"] else ""  # noqa: E731
-        print(f"| {rid} | {x['speedup']:.3f} [{x['speedup_ci_low']:.3f}, {x['speedup_ci_high']:.3f}]{mark(x)} | "
-              f"{y['speedup']:.3f} [{y['speedup_ci_low']:.3f}, {y['speedup_ci_high']:.3f}]{mark(y)} | {drift:.3f} | "
-              f"{z['speedup'] / x['speedup']:.3f} | {y['img_per_s_median'] / a[ref]['img_per_s_median']:.3f} | "
-              f"{x['attempts']}/{y['attempts']} |")
+        print(
+            f"| {rid} | {x['speedup']:.3f} [{x['speedup_ci_low']:.3f}, {x['speedup_ci_high']:.3f}]{mark(x)} | "
+            f"{y['speedup']:.3f} [{y['speedup_ci_low']:.3f}, {y['speedup_ci_high']:.3f}]{mark(y)} | {drift:.3f} | "
+            f"{z['speedup'] / x['speedup']:.3f} | {y['img_per_s_median'] / a[ref]['img_per_s_median']:.3f} | "
+            f"{x['attempts']}/{y['attempts']} |"
+        )
     print(f"largest change of a speed-up under load: {100 * worst:.1f} %")
 
 

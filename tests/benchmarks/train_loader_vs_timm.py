@@ -37,6 +37,7 @@ own seed, in parallel) and reused when already there. The harness's folder index
 ``--workdir``/<folder name>.index.parquet (rebuilt when the folder changed), as the pipeline's index step does.
 Prints figures; asserts nothing (timings depend on the machine).
 """
+
 from __future__ import annotations
 
 import os
@@ -48,13 +49,16 @@ import gc
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 CLAIM = 0.95  # the harness should deliver at least this fraction of timm's throughput
+
+
 def guard_posterize() -> str | None:
     """The harness's guard (bench.data.transforms.guard_timm_posterize) installed before either side builds
     its transform, so both run the same ops."""
@@ -64,8 +68,10 @@ def guard_posterize() -> str | None:
 
     if not guard_timm_posterize():
         return None
-    return (f"posterize guard ON (both sides): Pillow {PIL.__version__} rejects posterize(bits=0), which timm's "
-            f"PosterizeIncreasing asks for at magnitude 10 (~0.15% of images); done as older Pillow did it (black)")
+    return (
+        f"posterize guard ON (both sides): Pillow {PIL.__version__} rejects posterize(bits=0), which timm's "
+        f"PosterizeIncreasing asks for at magnitude 10 (~0.15% of images); done as older Pillow did it (black)"
+    )
 
 
 #: the octaves of smooth content (cells across the width, amplitude), then luma noise: JPEGs of about 100 KiB
@@ -90,8 +96,15 @@ def _write_image(job: tuple[str, tuple[int, ...]]) -> None:
     make_image(job[1]).save(job[0], quality=90)
 
 
-def generate_folder(root: Path, n_classes: int, n_train: int, n_val: int, seed: int, val_split: str = "validation",
-                    processes: int | None = None) -> Path:
+def generate_folder(
+    root: Path,
+    n_classes: int,
+    n_train: int,
+    n_val: int,
+    seed: int,
+    val_split: str = "validation",
+    processes: int | None = None,
+) -> Path:
     """FOLDER/train/<class>/*.jpg and FOLDER/<val_split>/<class>/*.jpg; image i of a split is drawn from the seed
     (seed, split, i), so the folder is the same whatever the number of ``processes`` (default: all CPUs)."""
     import multiprocessing
@@ -104,8 +117,9 @@ def generate_folder(root: Path, n_classes: int, n_train: int, n_val: int, seed: 
     for k, (split, n) in enumerate((("train", n_train), (val_split, n_val))):
         for c in range(min(n, n_classes)):
             (folder / split / f"class{c:03d}").mkdir(parents=True, exist_ok=True)
-        jobs += [(str(folder / split / f"class{i % n_classes:03d}" / f"{split}_{i:06d}.jpg"), (seed, k, i))
-                 for i in range(n)]
+        jobs += [
+            (str(folder / split / f"class{i % n_classes:03d}" / f"{split}_{i:06d}.jpg"), (seed, k, i)) for i in range(n)
+        ]
     with multiprocessing.get_context("fork").Pool(processes or os.cpu_count()) as pool:
         for _ in pool.imap_unordered(_write_image, jobs, chunksize=64):
             pass
@@ -126,13 +140,15 @@ def harness_side(folder: Path, image_size: int, index_path: Path) -> tuple[Any, 
 
     recipe, _ = resolve_recipe(("finetune", "deit"))
     bundle = load_data({"source": "imagefolder", "path": str(folder)}, index_path)
-    train_ds, _val = make_torch_datasets(bundle, image_size=image_size, in_chans=3, mean=IMAGENET_DEFAULT_MEAN,
-                                         std=IMAGENET_DEFAULT_STD, recipe=recipe)
+    train_ds, _val = make_torch_datasets(
+        bundle, image_size=image_size, in_chans=3, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, recipe=recipe
+    )
 
     def make(batch_size: int, workers: int, epoch: int = 0) -> Any:
         # epoch e of a job (seed 0): round r times epoch r, so rounds draw different batches, as timm's do
-        sampler = EpochBatches(len(train_ds), batch_size, 0, 0, 1, int(recipe["repeated_aug"]),
-                               sample_seeds=random_transform(train_ds))
+        sampler = EpochBatches(
+            len(train_ds), batch_size, 0, 0, 1, int(recipe["repeated_aug"]), sample_seeds=random_transform(train_ds)
+        )
         sampler.set_epoch(epoch)
         return train_loader(train_ds, sampler, Runtime(workers=workers))
 
@@ -151,21 +167,32 @@ def timm_side(folder: Path, image_size: int, recipe: dict[str, Any]) -> tuple[An
     src = inspect.getsource(create_loader)
     supported = "RepeatAugment not currently supported in non-distributed" not in src
     kwargs: dict[str, Any] = dict(
-        input_size=(3, image_size, image_size), is_training=True, use_prefetcher=False, no_aug=False,
-        re_prob=float(recipe["re_prob"]), re_mode=recipe["re_mode"], re_count=int(recipe["re_count"]),
+        input_size=(3, image_size, image_size),
+        is_training=True,
+        use_prefetcher=False,
+        no_aug=False,
+        re_prob=float(recipe["re_prob"]),
+        re_mode=recipe["re_mode"],
+        re_count=int(recipe["re_count"]),
         scale=tuple(recipe["scale"]) if recipe["scale"] else None,
         ratio=tuple(recipe["ratio"]) if recipe["ratio"] else None,
         hflip=recipe["hflip"] if recipe["hflip"] is not None else 0.5,
-        color_jitter=recipe["color_jitter"], auto_augment=recipe["auto_augment"],
-        interpolation=recipe["interpolation"], mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
-        distributed=False, pin_memory=torch.cuda.is_available(),  # as the harness's train_loader: False on CPU
+        color_jitter=recipe["color_jitter"],
+        auto_augment=recipe["auto_augment"],
+        interpolation=recipe["interpolation"],
+        mean=IMAGENET_DEFAULT_MEAN,
+        std=IMAGENET_DEFAULT_STD,
+        distributed=False,
+        pin_memory=torch.cuda.is_available(),  # as the harness's train_loader: False on CPU
     )
     if supported and repeats > 1:
         kwargs["num_aug_repeats"] = repeats
         note = f"timm: num_aug_repeats={repeats}"
     else:
-        note = (f"timm: no repeated augmentation (create_loader supports num_aug_repeats only when distributed); "
-                f"the harness samples with repeats={repeats}, which does not change the per-image decode+augment cost")
+        note = (
+            f"timm: no repeated augmentation (create_loader supports num_aug_repeats only when distributed); "
+            f"the harness samples with repeats={repeats}, which does not change the per-image decode+augment cost"
+        )
 
     def make(batch_size: int, workers: int, epoch: int = 0) -> Any:
         return create_loader(dataset, batch_size=batch_size, num_workers=workers, **kwargs)
@@ -265,8 +292,11 @@ def main() -> None:
         print(f"folder: {folder}", flush=True)
     files = sorted((folder / "train").glob("*/*"))
     sizes = [Image.open(f).size for f in files[:200]]
-    print(f"train images: {len(files)}, mean file {np.mean([f.stat().st_size for f in files]) / 1024:.0f} KiB, "
-          f"mean size {np.mean([s[0] for s in sizes]):.0f}x{np.mean([s[1] for s in sizes]):.0f} px", flush=True)
+    print(
+        f"train images: {len(files)}, mean file {np.mean([f.stat().st_size for f in files]) / 1024:.0f} KiB, "
+        f"mean size {np.mean([s[0] for s in sizes]):.0f}x{np.mean([s[1] for s in sizes]):.0f} px",
+        flush=True,
+    )
 
     h_ds, recipe, h_make = harness_side(folder, args.image_size, workdir / f"{folder.name}.index.parquet")
     t_ds, t_make, note = timm_side(folder, args.image_size, recipe)
@@ -275,13 +305,17 @@ def main() -> None:
     t_tf = [repr(t) for t in t_ds.transform.transforms]
     n_batches = len(h_make(args.batch_size, 0))
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"torch {torch.__version__}, timm {timm.__version__}, cpus {os.cpu_count()} (load average {load}), "
-          f"workers {args.workers}, batch {args.batch_size}, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, "
-          f"warm-up {args.warmup} + timed {args.batches} batches per round ({n_batches} in an epoch)")
-    print(f"recipe finetune/deit: auto_augment={recipe['auto_augment']} color_jitter={recipe['color_jitter']} "
-          f"re_prob={recipe['re_prob']} re_mode={recipe['re_mode']} interpolation={recipe['interpolation']} "
-          f"scale={recipe['scale']} ratio={recipe['ratio']} hflip={recipe['hflip']} "
-          f"repeated_aug={recipe['repeated_aug']}")
+    print(
+        f"torch {torch.__version__}, timm {timm.__version__}, cpus {os.cpu_count()} (load average {load}), "
+        f"workers {args.workers}, batch {args.batch_size}, OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}, "
+        f"warm-up {args.warmup} + timed {args.batches} batches per round ({n_batches} in an epoch)"
+    )
+    print(
+        f"recipe finetune/deit: auto_augment={recipe['auto_augment']} color_jitter={recipe['color_jitter']} "
+        f"re_prob={recipe['re_prob']} re_mode={recipe['re_mode']} interpolation={recipe['interpolation']} "
+        f"scale={recipe['scale']} ratio={recipe['ratio']} hflip={recipe['hflip']} "
+        f"repeated_aug={recipe['repeated_aug']}"
+    )
     print(f"transforms identical (after the harness's ConvertMode): {'yes' if h_tf == t_tf else 'NO'}")
     if h_tf != t_tf:
         print("  harness:", h_tf, "\n  timm:   ", t_tf)
@@ -290,18 +324,23 @@ def main() -> None:
         print(guard)
     print("excluded from both sides: Mixup/CutMix (applied on the batch in the training loop, on the device)")
     if args.warmup + args.batches > n_batches:
-        raise SystemExit(f"--warmup + --batches ({args.warmup + args.batches}) exceeds one epoch ({n_batches} "
-                         f"batches); generate more images or time fewer batches")
+        raise SystemExit(
+            f"--warmup + --batches ({args.warmup + args.batches}) exceeds one epoch ({n_batches} "
+            f"batches); generate more images or time fewer batches"
+        )
 
     if args.profile_items:
         n = min(args.profile_items, len(h_ds))
-        ms = profile_items({
-            "harness: index path, no open": lambda i: os.path.join(h_ds.image_root, h_ds.paths[i].as_py()),
-            "harness: path + open + decode": h_ds._image,
-            "timm: reader + open + convert": lambda i: Image.open(t_ds.reader[i][0]).convert("RGB"),
-            "harness: __getitem__": lambda i: h_ds[i],
-            "timm: __getitem__": lambda i: t_ds[i],
-        }, np.random.default_rng(args.seed).permutation(len(h_ds))[:n].tolist())
+        ms = profile_items(
+            {
+                "harness: index path, no open": lambda i: os.path.join(h_ds.image_root, h_ds.paths[i].as_py()),
+                "harness: path + open + decode": h_ds._image,
+                "timm: reader + open + convert": lambda i: Image.open(t_ds.reader[i][0]).convert("RGB"),
+                "harness: __getitem__": lambda i: h_ds[i],
+                "timm: __getitem__": lambda i: t_ds[i],
+            },
+            np.random.default_rng(args.seed).permutation(len(h_ds))[:n].tolist(),
+        )
         print(f"__getitem__ in one process, {n} items, same augmentation draws, best of 3 (CPU ms/item):")
         for k, v in ms.items():
             print(f"  {k:<31} {v:7.3f}")
@@ -322,8 +361,10 @@ def main() -> None:
             per_cpu[side].append(rate_cpu)
             print(f"round {r + 1}: {side:<8} {rate:7.1f} img/s   ({rate_cpu:6.1f} img per CPU-s)", flush=True)
     busy = os.getloadavg()[0] > (os.cpu_count() or 1)
-    print(f"load average now: {', '.join(f'{x:.1f}' for x in os.getloadavg())}"
-          + (" (above the cpu count: other work shares the machine, the wall-clock figures are noisy)" if busy else ""))
+    print(
+        f"load average now: {', '.join(f'{x:.1f}' for x in os.getloadavg())}"
+        + (" (above the cpu count: other work shares the machine, the wall-clock figures are noisy)" if busy else "")
+    )
     h, t = statistics.median(rates["harness"]), statistics.median(rates["timm"])
     hc, tc = statistics.median(per_cpu["harness"]), statistics.median(per_cpu["timm"])
     print(f"median: harness {h:.1f} img/s, timm {t:.1f} img/s; per CPU-s: harness {hc:.1f}, timm {tc:.1f}")

@@ -68,7 +68,7 @@ def process_identity(pid: int) -> tuple[str, int] | None:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except (OSError, ValueError):
         return None
-    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state is field 3, starttime field 22
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state is field 3, starttime field 22
     if fields[0] in ("Z", "X"):
         return None
     return comm, int(fields[19])
@@ -86,8 +86,9 @@ def record_processes(pids: dict[str, int]) -> dict[str, list]:
 
 def still_running(recorded: dict[str, list]) -> dict[str, list]:
     """The recorded processes that are still the same process (PID, name and start time all match)."""
-    return {name: [pid, start] for name, (pid, start) in recorded.items()
-            if process_identity(pid) == (name[:15], start)}
+    return {
+        name: [pid, start] for name, (pid, start) in recorded.items() if process_identity(pid) == (name[:15], start)
+    }
 
 
 def stop_recorded(recorded: dict[str, list], grace_s: float = 10.0) -> list[str]:
@@ -138,8 +139,14 @@ def _pids_in_output(text: str) -> dict[str, int]:
 def _cluster_sh(command: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
     """`cluster.sh stop|start` in a session of its own: a second Ctrl-C at the terminal does not cut a stop in
     half; an interrupted start is stopped by :func:`_start` itself."""
-    return subprocess.run(["bash", str(CLUSTER_SH), command], env=env, capture_output=True, text=True,
-                          timeout=timeout, start_new_session=True)
+    return subprocess.run(
+        ["bash", str(CLUSTER_SH), command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        start_new_session=True,
+    )
 
 
 # ------------------------------------------------------------------------------------ teardown
@@ -273,8 +280,14 @@ def _start(env: dict[str, str], base: Path) -> subprocess.CompletedProcess:
     """`cluster.sh start`, interruptible: on KeyboardInterrupt (or a timeout) the start's process group is
     terminated and the daemons it had launched are stopped by PID before the exception goes on. (cluster.sh's
     own EXIT trap does not stop them: bash reports status 0 to an EXIT trap run on SIGINT/SIGTERM.)"""
-    proc = subprocess.Popen(["bash", str(CLUSTER_SH), "start"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        ["bash", str(CLUSTER_SH), "start"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=START_TIMEOUT_S)
     except BaseException:

@@ -33,7 +33,10 @@ def rank_and_host() -> tuple[int, int, str]:
 def sacct_state(cluster, job_id: str) -> str:
     out = subprocess.run(
         ["sacct", "-n", "-X", "-P", "-j", job_id, "-o", "State"],
-        env=cluster.env, capture_output=True, text=True, check=True,
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     return out.splitlines()[-1] if out else ""
 

@@ -2,6 +2,7 @@
 
 Every compute step goes through `snakemake --profile slurm` -> bench.launch -> submitit -> sbatch.
 """
+
 import json
 import os
 import signal
@@ -29,9 +30,11 @@ pretrain: {{init: scratch, recipe: {{epochs: 1, batch_size: 64, max_steps_per_ep
 finetune: {{epochs: {epochs}, batch_size: 32, max_steps_per_epoch: {steps}}}
 evaluate: {{max_val_images: 64, flops_images: 4, throughput: {{batch_sizes: [2], repeats: 2, warmup: 1, min_time_s: 0.01}}}}
 """
-CPU_RESOURCES = [f"{rule}:{key}={value}" for rule in ("pretrain", "finetune", "evaluate", "timing")
-                 for key, value in (("gpus", 0), ("cpus_per_task", 1), ("mem_mb", 0), ("runtime", 10),
-                                    ("slurm_partition", "debug"))]
+CPU_RESOURCES = [
+    f"{rule}:{key}={value}"
+    for rule in ("pretrain", "finetune", "evaluate", "timing")
+    for key, value in (("gpus", 0), ("cpus_per_task", 1), ("mem_mb", 0), ("runtime", 10), ("slurm_partition", "debug"))
+]
 METRICS = ["run_id", "top1", "top5", "gmacs_fvcore_1mac_eq_1flop", "params_m", "mean_tokens", "tokens_per_block"]
 
 
@@ -42,21 +45,35 @@ def write_suite(tmp_path, name="s", methods="[dense, static]", epochs=1, steps=2
 
 
 def snakemake_cmd(tmp_path, suite, *, slurm=True):
-    cmd = [PY, "-m", "snakemake", "--directory", str(tmp_path), "--config", f"suite={suite}",
-           f"results={tmp_path / 'results'}"]
+    cmd = [
+        PY,
+        "-m",
+        "snakemake",
+        "--directory",
+        str(tmp_path),
+        "--config",
+        f"suite={suite}",
+        f"results={tmp_path / 'results'}",
+    ]
     if slurm:
         return cmd + ["--profile", "slurm", "--set-resources", *CPU_RESOURCES]
     return cmd + ["--cores", "2", "--set-threads", "pretrain=1", "finetune=1", "evaluate=1", "timing=1"]
 
 
 def run(cmd, env, timeout=600):
-    return subprocess.run(cmd, cwd=REPO, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        cmd, cwd=REPO, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def sacct(env, *job_ids) -> dict[str, str]:
-    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,JobName,State", "-j", ",".join(job_ids)],
-                         env=env, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-o", "JobID,JobName,State", "-j", ",".join(job_ids)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return {line.split("|")[0]: line.split("|")[2] for line in out.splitlines() if line}
 
 
@@ -85,16 +102,51 @@ def test_suite_on_slurm_gives_the_local_table(slurm_cluster, tmp_path):
 def _finetune_with_launcher(tmp_path, env, suite, extra=()):
     """Pretrain locally, then start the fine-tune of the static run as a SLURM job in the background."""
     results = tmp_path / "results"
-    p = run([PY, "-m", "bench", "train", str(suite), "--pretrain", "tb_vit_pico_patch4_32", "--results", str(results),
-             "--threads", "1"], env)
+    p = run(
+        [
+            PY,
+            "-m",
+            "bench",
+            "train",
+            str(suite),
+            "--pretrain",
+            "tb_vit_pico_patch4_32",
+            "--results",
+            str(results),
+            "--threads",
+            "1",
+        ],
+        env,
+    )
     assert p.returncode == 0, p.stderr[-2000:]
     run_id = "static__tb_vit_pico_patch4_32__k0.50__s0"
     folder = results / "s" / "runs" / run_id / "slurm" / "finetune"
-    cmd = [PY, "-m", "bench.launch", "--launcher", "slurm", "--folder", str(folder), "--name", "tb.requeue",
-           "--cpus", "1", "--partition", "debug", *extra, "--", "train", str(suite), "--run", run_id,
-           "--results", str(results)]
-    proc = subprocess.Popen(cmd, cwd=REPO, env={**env, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    cmd = [
+        PY,
+        "-m",
+        "bench.launch",
+        "--launcher",
+        "slurm",
+        "--folder",
+        str(folder),
+        "--name",
+        "tb.requeue",
+        "--cpus",
+        "1",
+        "--partition",
+        "debug",
+        *extra,
+        "--",
+        "train",
+        str(suite),
+        "--run",
+        run_id,
+        "--results",
+        str(results),
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env={**env, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     return proc, results / "s" / "runs" / run_id, folder, run_id
 
 
@@ -128,8 +180,9 @@ def _assert_resumed_to_reference(tmp_path, env, suite, proc, run_dir, folder, ru
 
 
 def _snakemake_in_background(tmp_path, suite, env, **popen_kwargs) -> subprocess.Popen:
-    return subprocess.Popen(snakemake_cmd(tmp_path, suite), cwd=REPO, env={**env, "OMP_NUM_THREADS": "1"},
-                            **popen_kwargs)
+    return subprocess.Popen(
+        snakemake_cmd(tmp_path, suite), cwd=REPO, env={**env, "OMP_NUM_THREADS": "1"}, **popen_kwargs
+    )
 
 
 def _wait_for(predicate, timeout, what):
@@ -157,7 +210,8 @@ def test_time_limit_checkpoints_requeues_and_resumes(slurm_cluster, tmp_path):
     # (~2 s) is always interrupted once, and the rest (< 60 s) finishes in the second attempt.
     suite = write_suite(tmp_path, epochs=45, steps=40)
     proc, run_dir, folder, run_id = _finetune_with_launcher(
-        tmp_path, slurm_cluster.env, suite, extra=["--time-min", "3", "--signal-delay-s", "120"])
+        tmp_path, slurm_cluster.env, suite, extra=["--time-min", "3", "--signal-delay-s", "120"]
+    )
     _assert_resumed_to_reference(tmp_path, slurm_cluster.env, suite, proc, run_dir, folder, run_id)
 
 
@@ -166,19 +220,41 @@ def test_snakemake_killed_and_restarted_submits_nothing_twice(slurm_cluster, tmp
     name = f"k{uuid.uuid4().hex[:8]}"  # job names unique to this test, whatever ran on the cluster before
     suite = write_suite(tmp_path, name=name, methods="[dense, static, random]", epochs=3, steps=8)
     results = tmp_path / "results" / name
-    first = _snakemake_in_background(tmp_path, suite, slurm_cluster.env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
+    first = _snakemake_in_background(
+        tmp_path, suite, slurm_cluster.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     _wait_for(lambda: any(results.glob("runs/*/slurm/finetune/launch.json")), 300, "a fine-tune to be submitted")
     os.killpg(first.pid, signal.SIGKILL)  # snakemake and its launchers die; the SLURM jobs go on
     first.wait()
-    subprocess.run([PY, "-m", "snakemake", "--directory", str(tmp_path), "--unlock", "--config", f"suite={suite}",
-                    f"results={tmp_path / 'results'}", "--profile", "slurm"], cwd=REPO, env=slurm_cluster.env,
-                   capture_output=True, check=True)
+    subprocess.run(
+        [
+            PY,
+            "-m",
+            "snakemake",
+            "--directory",
+            str(tmp_path),
+            "--unlock",
+            "--config",
+            f"suite={suite}",
+            f"results={tmp_path / 'results'}",
+            "--profile",
+            "slurm",
+        ],
+        cwd=REPO,
+        env=slurm_cluster.env,
+        capture_output=True,
+        check=True,
+    )
     p = run(snakemake_cmd(tmp_path, suite), slurm_cluster.env)
     assert p.returncode == 0, p.stderr[-3000:]
     assert pd.read_parquet(results / "table.parquet")["status"].tolist() == ["ok"] * 3
-    names = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobName", "-S", "now-1hour"], env=slurm_cluster.env,
-                           capture_output=True, text=True, check=True).stdout.split()
+    names = subprocess.run(
+        ["sacct", "-n", "-X", "-P", "-o", "JobName", "-S", "now-1hour"],
+        env=slurm_cluster.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     mine = [n for n in names if n.startswith(f"tb.{name}.")]
     assert len(mine) == 8 and len(set(mine)) == 8, mine  # 1 pretrain, 3 fine-tunes, 3 evaluations, 1 timing, once each
 
@@ -187,8 +263,9 @@ def test_snakemake_killed_and_restarted_submits_nothing_twice(slurm_cluster, tmp
 def test_cancelled_job_is_a_recorded_hole(slurm_cluster, tmp_path):
     suite = write_suite(tmp_path, name="c", methods="[dense, static]", epochs=20, steps=12)
     results = tmp_path / "results" / "c"
-    proc = _snakemake_in_background(tmp_path, suite, slurm_cluster.env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True)
+    proc = _snakemake_in_background(
+        tmp_path, suite, slurm_cluster.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     launch = results / "runs" / "static__tb_vit_pico_patch4_32__k0.50__s0" / "slurm" / "finetune" / "launch.json"
     _wait_for(launch.exists, 300, "the static fine-tune to be submitted")
     job_id = json.loads(launch.read_text())["job_id"]
