@@ -87,3 +87,31 @@ def test_every_column_is_documented_with_a_unit_where_it_has_one():
     assert "1 multiply-add = 1 flop" in record.GMACS_UNIT
     assert all(r["doc"] for r in docs.values())
     assert {"top1", "speedup_vs_dense", "throughput_img_s"} <= {c for c, r in docs.items() if r["unit"]}
+
+
+def test_speedups_aggregate_as_medians_and_their_intervals_as_envelopes():
+    """Seeds' paired speed-ups: the median (one noisy seed must not drag it), CI from the lowest to the highest."""
+    rows = []
+    for seed, (speedup, low, high) in enumerate(((1.0, 0.9, 1.1), (1.1, 1.0, 1.2), (2.0, 1.8, 2.2))):
+        rows.append(
+            record.flatten(
+                {
+                    "suite": "s",
+                    "run_id": f"static-{seed}",
+                    "method": "static",
+                    "backbone": "vit",
+                    "keep_ratio": 0.5,
+                    "seed": seed,
+                    "status": "ok",
+                    "top1": 70.0,
+                    "speedup_vs_dense": speedup,
+                    "speedup_ci_low": low,
+                    "speedup_ci_high": high,
+                    "throughput_device_key": "cpu",
+                    "speedup_unreliable": seed == 2,
+                }
+            )
+        )
+    s = summarize(build_table(rows)).iloc[0]
+    assert s["speedup"] == 1.1 and (s["speedup_ci_low"], s["speedup_ci_high"]) == (0.9, 2.2)
+    assert s["speedup_unreliable"] is True
