@@ -10,16 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.report.matched import (
-    ABLATION_COLUMNS,
-    MATCHED_COLUMNS,
-    ablation,
-    ablation_markdown,
-    matched_budget,
-    matched_markdown,
-    plot_ablation,
-    plot_matched,
-)
+from bench.report.matched import ABLATION_COLUMNS, MATCHED_COLUMNS, ablation, matched_budget
+from bench.report.matched_render import ablation_markdown, matched_markdown, plot_ablation, plot_matched
 from bench.results.collect import build_table
 
 BB = "deit_tiny"

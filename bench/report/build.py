@@ -119,7 +119,7 @@ def _write_tables(
 ) -> tuple[dict[str, Path], str, str, str]:
     """Write the LaTeX and CSV tables; return their paths, the report text (written last, once the figures it
     links exist) and the holes and provenance sections (shared with the index)."""
-    from bench.report.matched import ablation_markdown, matched_markdown
+    from bench.report.matched_render import ablation_markdown, matched_markdown
 
     caption = (
         f"Results of suite {suite} on {dataset}: top-1 mean ± std over seeds; GMACs counted by fvcore "
@@ -163,7 +163,8 @@ def build_report(
     """Write the report; returns {file name: path}. ``workers``: processes drawing figures (default: the
     CPU count, or ``TOKENBENCH_REPORT_WORKERS``). Paper figures are ``bench figures``' job (the pipeline runs
     it first) unless ``paper_figures``; the index links whichever are in the folder."""
-    from bench.report.matched import ablation, matched_budget, plot_ablation, plot_matched
+    from bench.report.matched import ablation, matched_budget
+    from bench.report.matched_render import plot_ablation, plot_matched
 
     suite_dir = Path(suite_dir)
     out_dir = Path(out_dir) if out_dir is not None else suite_dir / "report"
