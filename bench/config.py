@@ -14,57 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import UsageError
+from bench.recipe_config import DEFAULT_RECIPE, resolve_recipe  # noqa: F401  (re-exported)
+from bench.run_identity import evaluate_spec, pretrain_spec, run_identity, run_spec  # noqa: F401  (re-exported)
 from bench.suite_checks import check_build, check_paths, check_static, method_info_at, refuse_id_collisions
 
-#: every recipe key and its default. The augmentation defaults are off: the embedded data's random
-#: placement is its augmentation; the named recipes (``bench/recipes``) turn on the papers' stacks.
-DEFAULT_RECIPE: dict[str, Any] = {
-    # optimisation
-    "epochs": 0,
-    "batch_size": 128,
-    "opt": "adamw",
-    "lr": 5e-4,
-    "min_lr": 1e-6,
-    "warmup_lr": 1e-6,
-    "warmup_epochs": 0,
-    "warmup_prefix": False,
-    "lr_step": "step",
-    "weight_decay": 0.05,
-    "opt_eps": None,
-    "opt_betas": None,
-    "clip_grad": 1.0,
-    "label_smoothing": 0.1,
-    "drop_path": 0.0,
-    "amp": True,
-    "max_steps_per_epoch": None,
-    "lr_base_batch": None,
-    # parameter groups: the backbone's lr as a multiple of the scheduled lr, frozen (lr 0) epochs, never trained
-    "backbone_lr_scale": 1.0,
-    "freeze_backbone_epochs": 0,
-    "frozen_params": [],
-    # image augmentation (timm.data.create_transform)
-    "auto_augment": None,
-    "color_jitter": None,
-    "interpolation": "bicubic",
-    "scale": None,
-    "ratio": None,
-    "hflip": None,
-    "re_prob": 0.0,
-    "re_mode": "pixel",
-    "re_count": 1,
-    # batch augmentation (timm.data.Mixup) and sampling
-    "mixup": 0.0,
-    "cutmix": 0.0,
-    "cutmix_minmax": None,
-    "mixup_prob": 1.0,
-    "mixup_switch_prob": 0.5,
-    "mixup_mode": "batch",
-    "repeated_aug": 1,
-    # weight averaging (timm.utils.ModelEmaV3), evaluated as its own metrics
-    "model_ema": False,
-    "model_ema_decay": 0.9999,
-    "model_ema_warmup": False,
-}
 #: a suite's or method's ``finetune: none``: evaluate the pretrained backbone with the method applied
 NO_FINETUNE = "none"
 DEFAULT_EVALUATE: dict[str, Any] = {
@@ -290,33 +243,6 @@ def _checks_marker(raw: dict[str, Any]) -> Path:
     return cache_root() / "validated-suites" / h.hexdigest()[:24]
 
 
-def resolve_recipe(*layers: tuple[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
-    """The recipe and each value's source from ``(where, spec)`` layers, later ones winning.
-
-    A spec is a mapping of recipe keys, optionally naming a preset (``recipe: dynamicvit``) whose values
-    come first, or a preset name alone. Sources read "default", "recipe <name>: <official file:line>" or
-    the suite field that set the value.
-    """
-    from bench.recipes import preset
-
-    out, sources = copy.deepcopy(DEFAULT_RECIPE), {k: "default" for k in DEFAULT_RECIPE}
-    for where, spec in layers:
-        if spec is None:
-            continue
-        spec = {"recipe": spec} if isinstance(spec, str) else spec
-        if "recipe" in spec:
-            try:
-                values = preset(spec["recipe"])
-            except UsageError as e:
-                raise UsageError(f"{where}.recipe: {e}") from None
-            for k, (v, src) in values.items():
-                out[k], sources[k] = copy.deepcopy(v), src
-        for k, v in spec.items():
-            if k != "recipe":
-                out[k], sources[k] = copy.deepcopy(v), where
-    return out, sources
-
-
 def expand(raw: dict[str, Any], path: Path, *, check_names: bool = True, build: bool = True) -> Suite:
     where = str(path)
     evaluate = copy.deepcopy(DEFAULT_EVALUATE)
@@ -396,55 +322,3 @@ def expand(raw: dict[str, Any], path: Path, *, check_names: bool = True, build: 
         if build:
             check_build(suite, where)
     return suite
-
-
-def run_identity(suite: Suite, run: Run, dataset: str) -> dict[str, Any]:
-    """The columns that identify a run in every record (results, failures, missing rows)."""
-    from bench.methods.catalog import method_info
-
-    info = method_info(run.method_name)
-    return {
-        "suite": suite.name,
-        "run_id": run.run_id,
-        "method": run.method,
-        "method_name": run.method_name,
-        **info.record_columns(),
-        "method_params": info.check_params(run.method_params),  # defaults filled: the record says every value
-        "backbone": run.backbone,
-        "keep_ratio": run.keep_ratio,
-        "seed": run.seed,
-        "dataset": dataset,
-    }
-
-
-def run_spec(suite: Suite, run: Run) -> dict[str, Any]:
-    """Everything that defines a fine-tuned run's result (the Snakefile's rerun trigger, and what a kept or
-    concurrently written result must match to be taken as this run's)."""
-    from bench.data.sources import identity
-
-    return {
-        "method": run.method_name,
-        "params": run.method_params,
-        "keep": run.keep_ratio,
-        "seed": run.seed,
-        "recipe": run.finetune,
-        "weights": run.weights,
-        "data": identity(suite.data),
-    }
-
-
-def evaluate_spec(suite: Suite) -> dict[str, Any]:
-    """What an evaluation's result depends on: the evaluate block without its timing protocol (throughput is
-    measured by the timing step, so changing the protocol re-times and re-evaluates nothing)."""
-    return {k: v for k, v in suite.evaluate.items() if k != "throughput"}
-
-
-def pretrain_spec(suite: Suite, backbone: str) -> dict[str, Any]:
-    from bench.data.sources import identity
-
-    return {
-        "backbone": suite.backbone(backbone).__dict__,
-        "recipe": suite.pretrain_recipe,
-        "seed": suite.pretrain_seed,
-        "data": identity(suite.data),
-    }
