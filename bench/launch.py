@@ -13,38 +13,30 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pickle
 import shlex
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from datetime import datetime, timezone
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import submitit
 
+from bench.launch_jobs import (
+    ACTIVE_STATES,
+    _last_error_line,
+    _now,
+    job_state,
+    plain_results,
+    queued_job_named,
+    record_job_failure,
+    squeue_state,
+    wait,
+)
 from bench.requeue import RequeueRefused, read_progress, requeue_refusal, slurm_restarts, train_log_path
 
 LAUNCH_RECORD = "launch.json"
 SUBMITIT_MAX_TIMEOUTS = 10_000
-ACTIVE_STATES = {
-    "PENDING",
-    "RUNNING",
-    "REQUEUED",
-    "REQUEUE_HOLD",
-    "REQUEUE_FED",
-    "CONFIGURING",
-    "COMPLETING",
-    "SUSPENDED",
-    "RESIZING",
-    "PREEMPTED",
-    "UNKNOWN",
-    "READY",
-    "SIGNALING",
-    "STAGE_OUT",
-}
 
 
 class BenchStep(submitit.helpers.Checkpointable):
@@ -140,37 +132,6 @@ def restore_outputs(folder: Path, outputs: Sequence[str]) -> bool:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         os.link(kept, out)
     return True
-
-
-class _PlainUnpickler(pickle.Unpickler):
-    """Plain values only (a job's result is its exit code or its traceback text): a result file planted in a
-    shared job folder cannot run code in this launcher when it is read back."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        raise pickle.UnpicklingError(f"refused to load {module}.{name}")
-
-
-@contextmanager
-def plain_results() -> Iterator[None]:
-    """Make submitit read job results with :class:`_PlainUnpickler` (it reads them with ``pickle.load``)."""
-    original = submitit.core.utils.pickle_load
-
-    def load(filename: str | Path) -> Any:
-        with open(filename, "rb") as f:
-            try:
-                return _PlainUnpickler(f).load()
-            except pickle.UnpicklingError as e:
-                raise RuntimeError(f"{filename}: refused: {e} (a job result holds only plain values)") from None
-
-    submitit.core.utils.pickle_load = load
-    try:
-        yield
-    finally:
-        submitit.core.utils.pickle_load = original
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
@@ -330,104 +291,6 @@ def attach_or_submit(args: argparse.Namespace, cmd: list[str], log=print) -> sub
     _record_submission(args, cmd, job)
     log(f"bench.launch: submitted {args.launcher} job {job.job_id} ({args.name}); logs in {job.paths.folder}")
     return job
-
-
-def queued_job_named(name: str) -> str | None:
-    """The id of this user's one pending or running job of that name, if SLURM holds exactly one."""
-    import getpass
-    import subprocess
-
-    try:
-        out = subprocess.run(
-            ["squeue", "-h", "-u", getpass.getuser(), "-n", name, "-o", "%i"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        ).stdout.split()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out[0] if len(out) == 1 else None
-
-
-def squeue_state(job_id: str) -> str | None:
-    """The job's state while SLURM still holds it (pending, running, requeued), else None."""
-    import subprocess
-
-    try:
-        out = subprocess.run(
-            ["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True, timeout=30
-        ).stdout.split()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out[0].upper() if out else None
-
-
-def wait(job: submitit.Job, poll_s: float = 0.5) -> None:
-    """Block until the job ends. The result file is checked often (cheap); the scheduler, rarely.
-
-    A requeued job (preemption, time limit, `scontrol requeue`) briefly looks finished in sacct
-    before it runs again, so an end without a result is confirmed with squeue.
-    """
-    start, last_force = time.time(), time.time()
-    while True:
-        force = isinstance(job, submitit.SlurmJob) and time.time() - last_force > min(
-            60.0, 5.0 + (time.time() - start) / 10
-        )
-        if force:
-            last_force = time.time()
-        if job.done(force_check=force):
-            if job.paths.result_pickle.exists() or not isinstance(job, submitit.SlurmJob):
-                return
-            time.sleep(2.0)  # let a requeue reach the queue
-            if squeue_state(job.job_id) not in ACTIVE_STATES and not job.paths.result_pickle.exists():
-                return
-        time.sleep(poll_s)
-
-
-def job_state(job: submitit.Job) -> str:
-    try:
-        return (
-            str(job.watcher.get_state(job.job_id, mode="force"))
-            if isinstance(job, submitit.SlurmJob)
-            else str(job.state)
-        )
-    except Exception as e:  # the scheduler may be unreachable; the failure record still gets written
-        return f"UNKNOWN ({type(e).__name__})"
-
-
-def record_job_failure(path: Path, job: submitit.Job, reason: str, submitted_at: str) -> None:
-    """Write or complete failure.json with what the scheduler knows; the step's own record is kept."""
-    from bench.io import atomic_write_json
-
-    record: dict[str, Any] = {}
-    if path.exists():
-        try:
-            record = json.loads(path.read_text())
-        except ValueError:
-            record = {}
-        if str(record.get("created_at", "")) < submitted_at:
-            record = {}  # left over from an earlier attempt
-    record.setdefault("run_id", path.parent.name)
-    record.setdefault("error", reason)
-    record.update(
-        {
-            "status": "failed",
-            "job_id": str(job.job_id),
-            "job_state": job_state(job),
-            "job_stdout": str(job.paths.stdout),
-            "job_stderr": str(job.paths.stderr),
-        }
-    )
-    record.setdefault("created_at", _now())
-    atomic_write_json(path, record)
-
-
-def _last_error_line(e: BaseException) -> str:
-    """The exception line of the job's traceback, not submitit's boilerplate around it."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    lines = lines[: next((i for i, ln in enumerate(lines) if ln.startswith("You can check")), len(lines))]
-    lines = [ln for ln in lines if not set(ln) <= set("-")]
-    return (lines[-1] if lines else type(e).__name__)[:300]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

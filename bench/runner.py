@@ -16,22 +16,33 @@ from typing import Any
 import torch
 from torch import nn
 
-from bench.config import Backbone, Run, Suite, evaluate_spec, pretrain_spec, run_identity, run_spec
+from bench.config import Run, Suite, run_identity
 from bench.errors import UsageError
 from bench.io import atomic_torch_save, atomic_write_json, load_torch
 from bench.methods import Method, create_method
-from bench.models import build_backbone
-from bench.outputs import StepOutput, step_key
 from bench.provenance import pick_device, provenance
 from bench.requeue import slurm_restarts
 from bench.results.collect import FAILURE_FILE, KEPT_NPZ
 from bench.results.collect import RUN_FILE as RECORD_FILE
 from bench.results.record import check as check_record
+from bench.run_setup import (  # the names marked noqa are re-exported (bench.cli uses them from here)
+    INDEX_FILE,  # noqa: F401
+    MODEL_FILE,
+    _data,
+    _model,
+    _torch_data,
+    build_run_model,
+    evaluated_inputs,  # noqa: F401
+    index_path,  # noqa: F401
+    pretrain_dir,
+    pretrain_output,  # noqa: F401
+    run_dir,
+    step_output,
+)
 from bench.runtime import Runtime
 from bench.train import TrainResult, train_model
 from bench.train import distributed as D
 
-MODEL_FILE = "model.pth"
 #: how a model was trained across processes: batch size and learning-rate scaling made explicit
 TRAIN_META_KEYS = (
     "world_size",
@@ -44,106 +55,10 @@ TRAIN_META_KEYS = (
     "accumulation_steps",
     "micro_batch_size",
 )
-INDEX_FILE = "index.parquet"
-
-
-def pretrain_dir(suite: Suite, backbone: str, root: str | Path = "results") -> Path:
-    return suite.results_dir(root) / "pretrain" / backbone
-
-
-def run_dir(suite: Suite, run: Run, root: str | Path = "results") -> Path:
-    return suite.results_dir(root) / "runs" / run.run_id
-
-
-def _data_inputs(suite: Suite, root: str | Path) -> list[Path]:
-    index = index_path(suite, root)
-    return [index] if index else []
-
-
-def pretrain_output(suite: Suite, backbone: str, root: str | Path = "results") -> StepOutput:
-    """The pretrain step's model.pth, keyed by its spec and the folder index it read."""
-    return StepOutput(
-        pretrain_dir(suite, backbone, root) / MODEL_FILE,
-        step_key(pretrain_spec(suite, backbone), _data_inputs(suite, root)),
-    )
-
-
-def evaluated_inputs(suite: Suite, run: Run, root: str | Path = "results") -> list[Path]:
-    """The files an evaluation reads: the fine-tuned model, or (finetune: none) the backbone and given weights."""
-    if run.finetune is not None:
-        return [run_dir(suite, run, root) / MODEL_FILE]
-    return [pretrain_dir(suite, run.backbone, root) / MODEL_FILE, *([Path(run.weights)] if run.weights else [])]
-
-
-def step_output(suite: Suite, run: Run, step: str, root: str | Path = "results") -> StepOutput:
-    """A run's finetune (model.pth) or evaluate (run.json) output, keyed by the run's spec and its inputs."""
-    spec = run_spec(suite, run)
-    if step == "finetune":
-        inputs = [pretrain_dir(suite, run.backbone, root) / MODEL_FILE]
-        return StepOutput(run_dir(suite, run, root) / MODEL_FILE, step_key(spec, inputs + _data_inputs(suite, root)))
-    inputs = evaluated_inputs(suite, run, root) + _data_inputs(suite, root)
-    return StepOutput(
-        run_dir(suite, run, root) / RECORD_FILE,
-        step_key({**spec, "evaluate": evaluate_spec(suite)}, inputs),
-        run.run_id,
-    )
 
 
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def index_path(suite: Suite, root: str | Path = "results") -> Path | None:
-    """Where the pipeline's index step writes the suite's folder index (local image folders only)."""
-    return suite.results_dir(root) / "data" / INDEX_FILE if suite.data.get("source") == "imagefolder" else None
-
-
-def _data(suite: Suite, root: str | Path):
-    from bench.data import load_data
-
-    return load_data(suite.data, index_path(suite, root))
-
-
-def _model(
-    suite: Suite, backbone: Backbone, bundle, pretrained: bool | str | None, recipe: dict[str, Any] | None = None
-) -> nn.Module:
-    """The backbone; a training ``recipe`` sets the student's drop-path rate (teachers and evaluation: 0)."""
-    kwargs = dict(backbone.kwargs)
-    if recipe is not None and recipe["drop_path"]:
-        kwargs["drop_path_rate"] = float(recipe["drop_path"])
-    return build_backbone(
-        backbone.name,
-        num_classes=bundle.num_classes,
-        in_chans=bundle.in_chans,
-        img_size=backbone.image_size,
-        pretrained=pretrained,
-        **kwargs,
-    )
-
-
-def _torch_data(suite: Suite, model: nn.Module, bundle, recipe: dict[str, Any] | None = None):
-    """Train and val datasets: the training transform from the ``recipe``, evaluation as the backbone's
-    pretrained_cfg says (interpolation, crop_pct, mean/std) unless the suite's ``evaluate.crop_pct`` is set."""
-    from timm.data import resolve_data_config
-
-    from bench.data.transforms import make_torch_datasets
-
-    cfg = resolve_data_config(model=model)
-    in_chans = int(model.patch_embed.proj.in_channels)
-    mean, std = tuple(cfg["mean"]), tuple(cfg["std"])
-    if len(mean) != in_chans:  # e.g. an RGB-pretrained backbone on grayscale data
-        mean, std = (sum(mean) / len(mean),) * in_chans, (sum(std) / len(std),) * in_chans
-    crop_pct = suite.evaluate.get("crop_pct") or cfg.get("crop_pct")
-    return make_torch_datasets(
-        bundle,
-        image_size=int(model.patch_embed.img_size[0]),
-        in_chans=in_chans,
-        mean=mean,
-        std=std,
-        recipe=recipe,
-        crop_pct=crop_pct,
-        eval_interpolation=str(cfg.get("interpolation") or "bicubic"),
-    )
 
 
 def _train_meta(result: TrainResult | None) -> dict[str, Any]:
@@ -238,17 +153,6 @@ def pretrain(
     (out / "train_state.pth").unlink(missing_ok=True)
     D.barrier()
     return out / MODEL_FILE
-
-
-def build_run_model(
-    suite: Suite, run: Run, bundle, weights: str | Path | None, recipe: dict[str, Any] | None = None
-) -> tuple[nn.Module, Method]:
-    """Backbone + method, patched; ``weights`` is a pretrain checkpoint (for fine-tuning) or None; a
-    training ``recipe`` sets the student's drop-path rate."""
-    model = _model(suite, suite.backbone(run.backbone), bundle, str(weights) if weights else None, recipe)
-    method = create_method(run.method_name, run.keep_ratio, run.seed, **run.method_params)
-    method.apply(model)
-    return model, method
 
 
 def finetune(
