@@ -330,13 +330,14 @@ def _ema_model(suite: Suite, run: Run, bundle, saved: dict[str, Any]) -> nn.Modu
 
 
 def _record_kept_tokens(model: nn.Module, method: Method, val_ds, out: Path, n_images: int = 6) -> None:
-    """For pruning methods: a few val images and each stage's kept patches, which the report's gallery draws."""
+    """For token-reducing methods (before or inside blocks): a few val images and each reduction's kept patches
+    (and merged groups), which the report's gallery draws."""
     from timm.data import resolve_data_config
 
     from bench.measure.kept_tokens import record_kept_tokens
-    from bench.methods.pruning import StagedPruning
 
-    if not isinstance(method, StagedPruning) or method.keep_ratio >= 1.0:
+    schedule = method.token_schedule(model)
+    if not hasattr(method, "record_kept") or min(schedule) == max(schedule):
         return
     cfg = resolve_data_config(model=model)
     images = torch.stack([val_ds[i][0] for i in range(min(n_images, len(val_ds)))])
