@@ -254,6 +254,12 @@ def evaluate_run(
         "finetuned": run.finetune is not None,
         "weights": run.weights,
         "recipe_sources": meta.get("recipe_sources"),
+        # what the method derived for this model beyond its parameters (e.g. ToMe's r from the keep ratio)
+        "method_derived": {
+            k: v
+            for k, v in method.describe().items()
+            if k not in ("method", "keep_ratio", "seed") and k not in method.config
+        },
         **cost,  # GMACs (total, the method's own, nonzero weights only), params, ops fvcore skipped
         "mean_tokens": acc.mean_tokens,
         "tokens_per_block": acc.tokens_per_block,

@@ -55,6 +55,39 @@ def test_class_token_is_kept(tiny_vit, name):
         torch.testing.assert_close(ins[i], outs[i - 1], rtol=0, atol=0)
 
 
+IN_BLOCK = [n for n in ALL if issubclass(METHODS.get(n), InBlockMethod)]
+
+
+@pytest.mark.parametrize("name", IN_BLOCK)
+def test_class_token_is_kept_inside_the_block(tiny_vit, name):
+    """Where a reduction happens inside a block, the prefix tokens come out first and unchanged."""
+    model, method = patched(tiny_vit, name, 0.5)
+    seen = []
+    reduce = method.reduce
+
+    def checked(m, view):
+        out = reduce(m, view)
+        seen.append(view.index)
+        torch.testing.assert_close(out[:, : view.prefix], view.x[:, : view.prefix], rtol=0, atol=0)
+        assert out.shape[1] <= view.x.shape[1]
+        return out
+
+    method.reduce = checked
+    with torch.no_grad():
+        model(torch.randn(2, 1, 32, 32))
+    assert seen, "no reduction inside a block at keep ratio 0.5"
+
+
+@pytest.mark.parametrize("name", IN_BLOCK)
+def test_method_derived_settings_are_recordable(tiny_vit, name):
+    """What the runner records of a method (describe()) fits the run record's schema."""
+    from bench.results.record import flatten
+
+    model, method = patched(tiny_vit, name, 0.5)
+    derived = {k: v for k, v in method.describe().items() if k not in ("method", "keep_ratio", "seed")}
+    flatten({"run_id": "x", "method_derived": {k: v for k, v in derived.items() if k not in method.config}})
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_keep_ratio_one_equals_dense(tiny_vit, name):
     """ToMe's rule: with nothing to drop (keep 1.0, and density 1.0 for weight sparsity) logits are the dense ones."""

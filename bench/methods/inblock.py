@@ -18,8 +18,9 @@ row of the attention is recomputed from them (one row: N x head_dim per head, no
 itself is replaced, by the same two residual lines with the reduction between them (as ToMe's official timm
 patch does); ``remove`` restores it. No parameter or state_dict key is added.
 
-The class token (and any prefix token) is never reduced: ``reduce`` receives and returns prefix tokens first, and
-the base class checks that they come back unchanged.
+The class token (and any prefix token) is never reduced: ``reduce`` receives and returns prefix tokens first and
+unchanged (the contract tests check this for every in-block method; a check in the forward would cost a host
+synchronisation).
 """
 
 from __future__ import annotations

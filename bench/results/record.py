@@ -12,6 +12,7 @@ columns; nothing is stored as a JSON string. fvcore counts one multiply-add as o
 
 Plain Python (no pandas, no torch): the runner, the report and the suite loader all import it.
 """
+
 from __future__ import annotations
 
 import math
@@ -78,49 +79,138 @@ COLUMNS: tuple[Column, ...] = (
     _c("weights", "str", "trained weights given in the suite (finetune: none)"),
     _c("finetuned", "bool", "fine-tuned by the harness"),
     # -- accuracy -------------------------------------------------------------------------------------------
-    _c("top1", "float", "top-1 accuracy on the validation split", unit="%", agg="mean_std", label="Top-1 (%)",
-       cell="mean_std"),
+    _c(
+        "top1",
+        "float",
+        "top-1 accuracy on the validation split",
+        unit="%",
+        agg="mean_std",
+        label="Top-1 (%)",
+        cell="mean_std",
+    ),
     _c("top5", "float", "top-5 accuracy", unit="%", agg="mean_std", label="Top-5 (%)", cell="mean_std"),
-    _c("top1_ema", "float", "top-1 of the recipe's EMA weights", unit="%", agg="mean_std", label="Top-1 EMA (%)",
-       cell="mean_std", optional=True),
+    _c(
+        "top1_ema",
+        "float",
+        "top-1 of the recipe's EMA weights",
+        unit="%",
+        agg="mean_std",
+        label="Top-1 EMA (%)",
+        cell="mean_std",
+        optional=True,
+    ),
     _c("top5_ema", "float", "top-5 of the EMA weights", unit="%"),
     _c("val_images", "int", "validation images scored", unit="images"),
     # -- cost -----------------------------------------------------------------------------------------------
-    _c("gmacs_fvcore_1mac_eq_1flop", "float", "per-image compute counted by fvcore", unit=_GM, agg="mean",
-       summary="gmacs", label="GMACs (fvcore, 1 MAC = 1 flop)", cell="num3"),
-    _c("method_gmacs_fvcore_1mac_eq_1flop", "float", "the method's own compute (scorers, clustering), inside the "
-       "total", unit=_GM, agg="mean", summary="method_gmacs"),
-    _c("theoretical_gmacs_nonzero_weights_fvcore_1mac_eq_1flop", "float", "only nonzero weights counted: what "
-       "sparse kernels could at best run", unit=_GM, agg="mean", summary="theoretical_gmacs",
-       label="Theoretical GMACs (nonzero weights only)", cell="num3", optional=True),
-    _c("flops_skipped_ops", "str", "operators fvcore could not count and that multiply no tensors (op:count; ...)",
-       agg="join", label="Ops fvcore skipped", cell="text", optional=True),
+    _c(
+        "gmacs_fvcore_1mac_eq_1flop",
+        "float",
+        "per-image compute counted by fvcore",
+        unit=_GM,
+        agg="mean",
+        summary="gmacs",
+        label="GMACs (fvcore, 1 MAC = 1 flop)",
+        cell="num3",
+    ),
+    _c(
+        "method_gmacs_fvcore_1mac_eq_1flop",
+        "float",
+        "the method's own compute (scorers, clustering), inside the total",
+        unit=_GM,
+        agg="mean",
+        summary="method_gmacs",
+    ),
+    _c(
+        "theoretical_gmacs_nonzero_weights_fvcore_1mac_eq_1flop",
+        "float",
+        "only nonzero weights counted: what sparse kernels could at best run",
+        unit=_GM,
+        agg="mean",
+        summary="theoretical_gmacs",
+        label="Theoretical GMACs (nonzero weights only)",
+        cell="num3",
+        optional=True,
+    ),
+    _c(
+        "flops_skipped_ops",
+        "str",
+        "operators fvcore could not count and that multiply no tensors (op:count; ...)",
+        agg="join",
+        label="Ops fvcore skipped",
+        cell="text",
+        optional=True,
+    ),
     _c("flops_skipped_op_count", "int", "calls of operators fvcore skipped", unit="calls"),
     _c("params_m", "float", "parameters", unit="M", agg="mean", label="Params (M)", cell="num2"),
     _c("nonzero_params_m", "float", "nonzero parameters", unit="M", agg="mean"),
-    _c("mean_tokens", "float", "tokens entering a block, averaged over blocks and images", unit="tokens",
-       agg="mean", label="Mean tokens", cell="num1"),
+    _c(
+        "mean_tokens",
+        "float",
+        "tokens entering a block, averaged over blocks and images",
+        unit="tokens",
+        agg="mean",
+        label="Mean tokens",
+        cell="num1",
+    ),
     _c("tokens_per_block", "list[float]", "mean tokens entering each block", unit="tokens"),
     _c("token_schedule", "list[int]", "the method's token schedule (tokens entering each block)", unit="tokens"),
     # -- timing (from the backbone's timing job) --------------------------------------------------------------
-    _c("throughput_img_s", "float", "model-only img/s at the largest batch timed, median over repeats",
-       unit="img/s", agg="median", summary="throughput", label="Throughput img/s, median (IQR; CV)",
-       cell="throughput"),
-    _c("throughput_img_s_iqr", "float", "interquartile range of img/s over repeats", unit="img/s", agg="median",
-       summary="throughput_iqr"),
-    _c("throughput_img_s_cv", "float", "coefficient of variation of img/s over repeats", unit="fraction",
-       agg="median", summary="throughput_cv"),
+    _c(
+        "throughput_img_s",
+        "float",
+        "model-only img/s at the largest batch timed, median over repeats",
+        unit="img/s",
+        agg="median",
+        summary="throughput",
+        label="Throughput img/s, median (IQR; CV)",
+        cell="throughput",
+    ),
+    _c(
+        "throughput_img_s_iqr",
+        "float",
+        "interquartile range of img/s over repeats",
+        unit="img/s",
+        agg="median",
+        summary="throughput_iqr",
+    ),
+    _c(
+        "throughput_img_s_cv",
+        "float",
+        "coefficient of variation of img/s over repeats",
+        unit="fraction",
+        agg="median",
+        summary="throughput_cv",
+    ),
     _c("throughput_unreliable", "bool", "img/s spread above the noise threshold after retries", agg="any"),
     _c("throughput_latency_ms", "float", "milliseconds per batch, median", unit="ms"),
-    _c("throughput_batch_size", "int", "batch size timed (fitted)", unit="images", agg="join",
-       summary="throughput_batch", label="Throughput batch @ device", cell="batch_device"),
+    _c(
+        "throughput_batch_size",
+        "int",
+        "batch size timed (fitted)",
+        unit="images",
+        agg="join",
+        summary="throughput_batch",
+        label="Throughput batch @ device",
+        cell="batch_device",
+    ),
     _c("throughput_batch_size_requested", "int", "batch size requested", unit="images"),
     _c("throughput_device", "str", "device name the timing ran on", agg="join"),
-    _c("throughput_device_key", "str", "device, torch, CUDA, driver and CPU threads: speed-ups are compared "
-       "only within one key"),
+    _c(
+        "throughput_device_key",
+        "str",
+        "device, torch, CUDA, driver and CPU threads: speed-ups are compared only within one key",
+    ),
     _c("throughput_sweep", "list[struct]", "every batch size timed: img/s median/IQR/CV, speed-up and its CI"),
-    _c("speedup_vs_dense", "float", "median of paired ratios to the reference run timed interleaved with it",
-       unit="x", agg="median", summary="speedup", label="Speed-up vs reference (paired, 95% CI)", cell="speedup"),
+    _c(
+        "speedup_vs_dense",
+        "float",
+        "median of paired ratios to the reference run timed interleaved with it",
+        unit="x",
+        agg="median",
+        summary="speedup",
+        label="Speed-up vs reference (paired, 95% CI)",
+        cell="speedup",
+    ),
     _c("speedup_ci_low", "float", "95 % CI of the speed-up, low end", unit="x", agg="min"),
     _c("speedup_ci_high", "float", "95 % CI of the speed-up, high end", unit="x", agg="max"),
     _c("speedup_ci_level", "float", "confidence level the order-statistic CI reaches", unit="fraction"),
@@ -128,8 +218,12 @@ COLUMNS: tuple[Column, ...] = (
     _c("speedup_unreliable", "bool", "speed-up spread above the noise threshold after retries", agg="any"),
     _c("precision", "str", "timing precision (fp32 or autocast dtype)"),
     _c("peak_mem_mb", "float", "peak device memory while timing (GPU)", unit="MB"),
-    _c("fused_attention", "str", "whether every block runs fused SDPA attention ('on', 'off' or 'k/n blocks')",
-       agg="join"),
+    _c(
+        "fused_attention",
+        "str",
+        "whether every block runs fused SDPA attention ('on', 'off' or 'k/n blocks')",
+        agg="join",
+    ),
     _c("timing_attempts", "int", "timing attempts made (re-timed when noisy)"),
     _c("timing_repeats", "int", "paired repeats per attempt"),
     _c("timing_iters_per_repeat", "int", "forward passes per repeat (calibrated to min_time_s)"),
@@ -183,16 +277,36 @@ COLUMNS: tuple[Column, ...] = (
 
 #: summary-only columns, computed from the aggregated ones relative to the backbone's reference run
 DERIVED: tuple[Column, ...] = (
-    _c("flops_implied_speedup", "float", "reference GMACs / GMACs", unit="x", label="FLOPs-implied speed-up",
-       cell="times"),
-    _c("flops_reduction_pct", "float", "1 - GMACs / reference GMACs", unit="%", label="FLOPs reduction vs reference",
-       cell="pct"),
-    _c("theoretical_flops_reduction_pct", "float", "1 - theoretical GMACs / reference GMACs", unit="%",
-       label="Theoretical FLOPs reduction", cell="pct", optional=True),
+    _c(
+        "flops_implied_speedup",
+        "float",
+        "reference GMACs / GMACs",
+        unit="x",
+        label="FLOPs-implied speed-up",
+        cell="times",
+    ),
+    _c(
+        "flops_reduction_pct",
+        "float",
+        "1 - GMACs / reference GMACs",
+        unit="%",
+        label="FLOPs reduction vs reference",
+        cell="pct",
+    ),
+    _c(
+        "theoretical_flops_reduction_pct",
+        "float",
+        "1 - theoretical GMACs / reference GMACs",
+        unit="%",
+        label="Theoretical FLOPs reduction",
+        cell="pct",
+        optional=True,
+    ),
 )
 
 PREFIXES: tuple[Prefix, ...] = (
     Prefix("param_", "method_params", "the method parameters the suite set"),
+    Prefix("derived_", "method_derived", "what the method derived for the model beyond its parameters (ToMe's r)"),
     Prefix("train_metric_", "method_train_metrics", "the method's own training figures (SViTE's nonzero weights)"),
     Prefix("recipe_source_", "recipe_sources", "where each recipe value came from (default, preset, suite)"),
     Prefix("train_runtime_", "train_runtime", "runtime settings of the fine-tune (workers, channels_last, ...)"),
@@ -232,7 +346,8 @@ def _fits(dtype: str, value: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if dtype == "int":
         return (isinstance(value, int) and not isinstance(value, bool)) or (
-            isinstance(value, float) and value.is_integer())
+            isinstance(value, float) and value.is_integer()
+        )
     if dtype == "bool":
         return isinstance(value, bool)
     if dtype == "str":
@@ -286,8 +401,9 @@ def flatten(record: Mapping[str, Any], run_id: str | None = None) -> dict[str, A
         if column is None:
             raise RecordError(f"run {who}: unknown column {key!r} (declare it in bench/results/record.py)")
         if isinstance(column, Column) and not _fits(column.dtype, value):
-            raise RecordError(f"run {who}: column {key!r} must be {column.dtype}, got {type(value).__name__} "
-                              f"{value!r:.80}")
+            raise RecordError(
+                f"run {who}: column {key!r} must be {column.dtype}, got {type(value).__name__} {value!r:.80}"
+            )
         row[key] = value
     for column in COLUMNS:
         if column.derived is not None and _missing(row.get(column.name)):
@@ -307,10 +423,19 @@ def _prefixed(key: str) -> Prefix | None:
 
 def schema_rows() -> list[dict[str, str]]:
     """Every column as documentation rows (name, dtype, unit, aggregation, doc): ``bench ls columns`` prints them."""
-    rows = [{"column": c.name, "dtype": c.dtype, "unit": c.unit, "aggregation": c.agg or "", "doc": c.doc}
-            for c in COLUMNS]
-    rows += [{"column": f"{p.prefix}<key>", "dtype": "inferred", "unit": "", "aggregation": "",
-              "doc": f"{p.doc} (from the record's {p.source!r} mapping)"} for p in PREFIXES]
+    rows = [
+        {"column": c.name, "dtype": c.dtype, "unit": c.unit, "aggregation": c.agg or "", "doc": c.doc} for c in COLUMNS
+    ]
+    rows += [
+        {
+            "column": f"{p.prefix}<key>",
+            "dtype": "inferred",
+            "unit": "",
+            "aggregation": "",
+            "doc": f"{p.doc} (from the record's {p.source!r} mapping)",
+        }
+        for p in PREFIXES
+    ]
     return rows
 
 
