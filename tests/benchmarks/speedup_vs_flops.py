@@ -3,6 +3,7 @@
     python tests/benchmarks/speedup_vs_flops.py                         # every token-reducing method, keep 0.7
     python tests/benchmarks/speedup_vs_flops.py --group token_pooling   # at DynamicViT rho=0.7's schedule
     python tests/benchmarks/speedup_vs_flops.py --group svite           # S2ViTE physically pruned, SViTE+
+    python tests/benchmarks/speedup_vs_flops.py --group evit_tome --batch-sizes 1,32,64   # EViT, ToMe r 8/13/16
     python tests/benchmarks/speedup_vs_flops.py --device cuda --batch-sizes 256
 
 Speed-ups come from the harness's paired timing (bench.measure.paired): every variant timed interleaved with
@@ -38,6 +39,8 @@ GROUPS = {
         ("token_pooling", "token_pooling", 0.7, {}),
         ("importance", "importance", 0.7, {}),
         ("grid_pool", "grid_pool", 0.7, {}),
+        ("evit", "evit", 0.7, {}),
+        ("tome", "tome", 0.7, {}),
         ("svite_plus k70", "svite_plus", 0.7, {"density": 0.5}),
     ],
     "token_pooling": [
@@ -46,6 +49,14 @@ GROUPS = {
         ("kmeans w", "token_pooling", 0.7, {"clustering": "kmeans"}),
         ("importance", "importance", 0.7, {}),
         ("grid_pool", "grid_pool", 0.7, {}),
+    ],
+    "evit_tome": [
+        ("evit k70", "evit", 0.7, {}),
+        ("evit k50", "evit", 0.5, {}),
+        ("tome r8", "tome", 1.0, {"r": 8}),
+        ("tome r13", "tome", 1.0, {"r": 13}),
+        ("tome r16", "tome", 1.0, {"r": 16}),
+        ("static k70", "static", 0.7, {}),
     ],
     "svite": [
         ("svite d50", "svite", 1.0, {"density": 0.5}),
