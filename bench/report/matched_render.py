@@ -104,6 +104,12 @@ def ablation_markdown(df: pd.DataFrame) -> str:
     )
 
 
+def _ci_bars(ax: Any, x: np.ndarray, rows: pd.DataFrame, color: Any) -> None:
+    """The seeds' bootstrap CI of top-1 as vertical bars at ``x``."""
+    low, high = rows["top1_ci_low"].to_numpy(dtype=float), rows["top1_ci_high"].to_numpy(dtype=float)
+    draw_error_bars(ax, x, low, high, [color] * len(rows))
+
+
 def _ordered(methods: Any, styles: dict[str, dict[str, Any]]) -> list[str]:
     return reference_first(styles, methods)
 
@@ -161,13 +167,7 @@ def _draw_matched(ax: Any, data: pd.DataFrame, styles: dict[str, dict[str, Any]]
         x = rows["budget_gmacs"].to_numpy() + (i - (len(methods) - 1) / 2) * 0.3 * gap / max(len(methods), 1)
         style = styles[method]
         y = rows["top1_mean"].to_numpy(dtype=float)
-        draw_error_bars(
-            ax,
-            x,
-            rows["top1_ci_low"].to_numpy(dtype=float),
-            rows["top1_ci_high"].to_numpy(dtype=float),
-            [style["color"]] * len(rows),
-        )
+        _ci_bars(ax, x, rows, style["color"])
         ax.plot(
             x,
             y,
@@ -243,13 +243,7 @@ def _draw_ablation(ax: Any, data: pd.DataFrame, styles: dict[str, dict[str, Any]
         x = np.searchsorted(ratios, rows["keep_ratio"].to_numpy(dtype=float)) + (i - (len(methods) - 1) / 2) * width
         control = rows["role"].iloc[0] == "control"
         style = styles[method]
-        draw_error_bars(
-            ax,
-            x,
-            rows["top1_ci_low"].to_numpy(dtype=float),
-            rows["top1_ci_high"].to_numpy(dtype=float),
-            [style["color"]] * len(rows),
-        )
+        _ci_bars(ax, x, rows, style["color"])
         ax.plot(
             x,
             rows["top1_mean"].to_numpy(dtype=float),
