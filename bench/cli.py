@@ -63,7 +63,7 @@ def ls(what: str) -> None:
                 f"{name:14s} [{roles}] {info.description}" + (f"  [{params}]" if params else "") + f"  ({info.origin})"
             )
     elif what == "columns":
-        from bench.results.record import schema_rows
+        from bench.results.row import schema_rows
 
         for row in schema_rows():
             unit = f" [{row['unit']}]" if row["unit"] else ""

@@ -30,6 +30,7 @@ from bench.launch_jobs import (
     plain_results,
     queued_job_named,
     record_job_failure,
+    sacct_state,
     squeue_state,
     wait,
 )
@@ -262,7 +263,7 @@ def attach_or_submit(args: argparse.Namespace, cmd: list[str], log=print) -> sub
     old = _read_record(args.folder)
     if old and args.launcher == "slurm" and old.get("cmd") == cmd and old.get("launcher") == "slurm":
         job = submitit.SlurmJob(folder=args.folder, job_id=str(old["job_id"]), tasks=tuple(range(old.get("tasks", 1))))
-        state = squeue_state(job.job_id) or job.watcher.get_state(job.job_id, mode="force").upper()
+        state = squeue_state(job.job_id) or sacct_state(job.job_id)
         finished = state == "COMPLETED" and job.paths.result_pickle.exists()
         if state in ACTIVE_STATES or (finished and restore_outputs(args.folder, args.output)):
             log(f"bench.launch: re-attaching to SLURM job {job.job_id} ({state}) instead of submitting again")

@@ -96,6 +96,25 @@ def squeue_state(job_id: str) -> str | None:
     return out[0].upper() if out else None
 
 
+def sacct_state(job_id: str) -> str:
+    """The job's state in SLURM's accounting, asked afresh (submitit's watcher caches the states of jobs it
+    saw finish, and a job id met earlier in the same process would answer from that cache)."""
+    import subprocess
+
+    try:
+        lines = subprocess.run(
+            ["sacct", "-j", str(job_id), "-o", "JobID,State", "--parsable2"], capture_output=True, text=True, timeout=30
+        ).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return "UNKNOWN"
+    header = lines[0].split("|") if lines else []
+    for line in lines[1:]:
+        row = dict(zip(header, line.split("|")))
+        if row.get("JobID") == str(job_id):
+            return (row.get("State", "").split() or ["UNKNOWN"])[0].upper()  # "CANCELLED by 0" -> CANCELLED
+    return "UNKNOWN"
+
+
 def wait(job: submitit.Job, poll_s: float = 0.5) -> None:
     """Block until the job ends. The result file is checked often (cheap); the scheduler, rarely.
 
@@ -120,11 +139,7 @@ def wait(job: submitit.Job, poll_s: float = 0.5) -> None:
 
 def job_state(job: submitit.Job) -> str:
     try:
-        return (
-            str(job.watcher.get_state(job.job_id, mode="force"))
-            if isinstance(job, submitit.SlurmJob)
-            else str(job.state)
-        )
+        return sacct_state(job.job_id) if isinstance(job, submitit.SlurmJob) else str(job.state)
     except Exception as e:  # the scheduler may be unreachable; the failure record still gets written
         return f"UNKNOWN ({type(e).__name__})"
 

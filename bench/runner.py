@@ -24,7 +24,7 @@ from bench.provenance import pick_device, provenance
 from bench.requeue import slurm_restarts
 from bench.results.collect import FAILURE_FILE, KEPT_NPZ
 from bench.results.collect import RUN_FILE as RECORD_FILE
-from bench.results.record import check as check_record
+from bench.results.row import check as check_record
 from bench.run_setup import (  # the names marked noqa are re-exported (bench.cli uses them from here)
     INDEX_FILE,  # noqa: F401
     MODEL_FILE,

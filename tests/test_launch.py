@@ -371,6 +371,18 @@ def test_restarted_launcher_reattaches_to_its_queued_job_and_resubmits_a_failed_
     assert other.job_id == "4244" and len(calls(fake_slurm, "sbatch")) == 3
 
 
+def test_job_state_is_asked_afresh_from_sacct(fake_slurm):
+    # submitit's watcher is shared by the process and keeps the states of jobs it saw finish: a job id met
+    # earlier (another launch, another test) answered from that cache and a FAILED job was re-attached to
+    from bench.launch_jobs import sacct_state
+
+    (fake_slurm / "sacct_state").write_text("COMPLETED")
+    assert sacct_state("5151") == "COMPLETED"
+    (fake_slurm / "sacct_state").write_text("CANCELLED by 0")
+    assert sacct_state("5151") == "CANCELLED"
+    assert calls(fake_slurm, "sacct")[-1][:3] == ["sacct", "-j", "5151"]
+
+
 def test_killed_between_sbatch_and_the_record_reattaches_by_job_name(tmp_path, fake_slurm):
     (fake_slurm / "queued_id").write_text("777")
     args, cmd = _parse([*SLURM_ARGS, "--folder", str(tmp_path / "job"), "--", *CMD])

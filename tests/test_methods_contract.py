@@ -81,7 +81,7 @@ def test_class_token_is_kept_inside_the_block(tiny_vit, name):
 @pytest.mark.parametrize("name", IN_BLOCK)
 def test_method_derived_settings_are_recordable(tiny_vit, name):
     """What the runner records of a method (describe()) fits the run record's schema."""
-    from bench.results.record import flatten
+    from bench.results.row import flatten
 
     model, method = patched(tiny_vit, name, 0.5)
     derived = {k: v for k, v in method.describe().items() if k not in ("method", "keep_ratio", "seed")}

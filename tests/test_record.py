@@ -6,7 +6,7 @@ import pytest
 
 from bench.report.summary import summarize
 from bench.report.table import table_rows
-from bench.results import record
+from bench.results import record, row
 from bench.results.collect import build_table
 
 
@@ -15,7 +15,7 @@ def _rows(skipped: str = "") -> list[dict]:
     for method, roles, gmacs in (("dense", "reference", 4.0), ("static", "control", 2.0)):
         for seed in (0, 1):
             rows.append(
-                record.flatten(
+                row.flatten(
                     {
                         "suite": "s",
                         "run_id": f"{method}-{seed}",
@@ -82,7 +82,7 @@ def test_a_derived_column_is_one_declaration(monkeypatch):
 
 
 def test_every_column_is_documented_with_a_unit_where_it_has_one():
-    docs = {r["column"]: r for r in record.schema_rows()}
+    docs = {r["column"]: r for r in row.schema_rows()}
     assert docs["gmacs_fvcore_1mac_eq_1flop"]["unit"] == record.GMACS_UNIT
     assert "1 multiply-add = 1 flop" in record.GMACS_UNIT
     assert all(r["doc"] for r in docs.values())
@@ -94,7 +94,7 @@ def test_speedups_aggregate_as_medians_and_their_intervals_as_envelopes():
     rows = []
     for seed, (speedup, low, high) in enumerate(((1.0, 0.9, 1.1), (1.1, 1.0, 1.2), (2.0, 1.8, 2.2))):
         rows.append(
-            record.flatten(
+            row.flatten(
                 {
                     "suite": "s",
                     "run_id": f"static-{seed}",

@@ -18,6 +18,7 @@ import pandas as pd
 from bench.errors import UsageError
 from bench.io import atomic_write
 from bench.results import record as record_mod
+from bench.results.row import RecordError, flatten
 
 RUN_FILE = "run.json"
 FAILURE_FILE = "failure.json"
@@ -81,8 +82,8 @@ def _run_row(run_dir: Path, suite: str) -> dict[str, Any] | None:
     name, found, _ = max(readable, key=lambda c: parse_created_at(c[1].get("created_at")))  # type: ignore[union-attr]
     assert found is not None
     try:
-        row = record_mod.flatten(found, run_dir.name)
-    except record_mod.RecordError as e:
+        row = flatten(found, run_dir.name)
+    except RecordError as e:
         raise UsageError(f"{run_dir / name}: {e}") from None
     row.setdefault("suite", suite)
     row.setdefault("run_id", run_dir.name)
@@ -141,7 +142,7 @@ def _infer(values: list[Any]) -> str:
 
 
 def build_table(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """Typed, deterministically ordered table from flat rows (``record.flatten``'s output)."""
+    """Typed, deterministically ordered table from flat rows (``row.flatten``'s output)."""
     extras = sorted({key for row in rows for key in row} - set(RESULT_COLUMNS))
     columns = RESULT_COLUMNS + extras
     data = {name: _typed_column(name, [row.get(name) for row in rows]) for name in columns}
@@ -214,11 +215,11 @@ def collect(suite_dir: Path, expected: Sequence[Mapping[str, Any]] | None = None
     if expected is not None:
         by_id = {e["run_id"]: e for e in expected}
         for row in rows:  # a record written by the launcher (job cancelled, OOM) names only the run
-            for key, value in record_mod.flatten(by_id.get(row["run_id"], {}), row["run_id"]).items():
+            for key, value in flatten(by_id.get(row["run_id"], {}), row["run_id"]).items():
                 if row.get(key) is None:
                     row[key] = value
         have = {row["run_id"] for row in rows}
-        rows += [{**record_mod.flatten(e), "status": "missing", "error": MISSING_ERROR}
+        rows += [{**flatten(e), "status": "missing", "error": MISSING_ERROR}
                  for e in expected if e["run_id"] not in have]
     for row in rows:
         _fill_method_columns(row)

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench.results.record import flatten
+from bench.results.row import flatten
 
 TIMING_DIR = "timing"
 #: figures a run record of an older harness carried from its own evaluate job: never mixed with paired ones
