@@ -36,9 +36,11 @@ def kept_masks(
         method.record_kept = was_recording
     masks = []
     for positions in kept:
-        mask = torch.zeros(positions.shape[0], rows * cols, dtype=torch.bool)
-        mask.scatter_(1, positions.long(), True)
-        masks.append(mask.view(-1, rows, cols))
+        # -1 pads a row with fewer patches of its own than the others (e.g. EViT's fused token): no patch
+        pos = positions.long()
+        hits = torch.zeros(pos.shape[0], rows * cols, dtype=torch.int32)
+        hits.scatter_add_(1, pos.clamp_min(0), (pos >= 0).to(torch.int32))
+        masks.append((hits > 0).view(-1, rows, cols))
     return masks
 
 

@@ -146,11 +146,8 @@ class EViT(InBlockMethod):
         the token each original patch is in (``last_groups``: the fused patches are one group)."""
         positions = self.state.extra["positions"]  # (B, n): original position of each token, -1 for a fused one
         kept = positions.gather(1, idx)
-        # the fused token has no position of its own: a duplicate of the row's most attended real one stands in
-        # for it (same mask). A row whose only kept token is the fused one (possible only when left == 1) has no
-        # patch of its own and cannot be written in this rectangular format: it shows patch 0.
-        real = torch.where(kept < 0, kept.max(dim=1, keepdim=True).values, kept).clamp_min(0)
-        self.last_kept.append(real.detach().cpu())
+        # the fused token has no patch of its own: its -1 stays, and kept_masks skips it
+        self.last_kept.append(kept.detach().cpu())
         if self.config["fuse"]:
             kept = torch.cat([kept, kept.new_full((kept.shape[0], 1), -1)], dim=1)
             order = torch.arange(left, device=idx.device).expand(idx.shape[0], -1)

@@ -279,6 +279,10 @@ $(tail_of "$B/log/slurmctld.log")"
 
   # From here on a failure leaves nothing running: stop what was started, keep the logs.
   trap 'rc=$?; if [ $rc != 0 ]; then do_stop >/dev/null 2>&1 || true; fi' EXIT
+  # a signal must reach the EXIT trap as a failure (bash runs it with status 0 after an untrapped INT/TERM/HUP)
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  trap 'exit 129' HUP
 
   rm -rf "$B/etc" "$B/state" "$B/log" "$B/run" "$B/munge" "$B/mysql"
   mkdir -p "$B/etc" "$B/state/ctld" "$B/state/d" "$B/log" "$B/run"
@@ -366,7 +370,7 @@ $(tail_of "$B/log/slurmd.log")"
   log "smoke test ok (batch job + srun + sacct)"
 
   echo "tests/slurm/cluster.sh $(date -Is)" > "$B/run/harness"
-  trap - EXIT
+  trap - EXIT INT TERM HUP
   echo "pids: $(for d in $DAEMONS; do printf '%s=%s ' "$d" "$(pid_of "$d")"; done)"
   echo "slurm ready: started (SLURM_CONF=$SLURM_CONF)"
 }
