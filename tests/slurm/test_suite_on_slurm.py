@@ -147,18 +147,46 @@ def _finetune_with_launcher(tmp_path, env, suite, extra=()):
     proc = subprocess.Popen(
         cmd, cwd=REPO, env={**env, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
+    # the uninterrupted reference trains beside the job (one thread each on the 2-core node), not after it
+    _start_reference(tmp_path, env, suite, run_id)
     return proc, results / "s" / "runs" / run_id, folder, run_id
 
 
-def _reference_weights(tmp_path, env, suite, run_id):
-    """The same fine-tune, uninterrupted, from the same pretrained weights."""
+_REFERENCES: dict[Path, subprocess.Popen] = {}
+
+
+@pytest.fixture(autouse=True)
+def _no_reference_left_running(tmp_path):
+    yield
+    ref = _REFERENCES.pop(tmp_path, None)  # a test that failed before comparing its weights
+    if ref is not None:
+        ref.kill()
+        ref.wait()
+
+
+def _start_reference(tmp_path, env, suite, run_id):
+    """The same fine-tune, uninterrupted, from the same pretrained weights, started in the background."""
     ref = tmp_path / "ref"
     (ref / "s" / "pretrain" / "tb_vit_pico_patch4_32").mkdir(parents=True)
     src = tmp_path / "results" / "s" / "pretrain" / "tb_vit_pico_patch4_32" / "model.pth"
     (ref / "s" / "pretrain" / "tb_vit_pico_patch4_32" / "model.pth").write_bytes(src.read_bytes())
-    p = run([PY, "-m", "bench", "train", str(suite), "--run", run_id, "--results", str(ref), "--threads", "1"], env)
-    assert p.returncode == 0, p.stderr[-2000:]
-    return torch.load(ref / "s" / "runs" / run_id / "model.pth", weights_only=True)["model"]
+    with open(tmp_path / "ref.log", "w") as log:
+        _REFERENCES[tmp_path] = subprocess.Popen(
+            [PY, "-m", "bench", "train", str(suite), "--run", run_id, "--results", str(ref), "--threads", "1"],
+            cwd=REPO,
+            env={**env, "OMP_NUM_THREADS": "1"},
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+
+
+def _reference_weights(tmp_path, run_id):
+    ref = _REFERENCES.pop(tmp_path)
+    try:
+        assert ref.wait(timeout=600) == 0, (tmp_path / "ref.log").read_text()[-2000:]
+    finally:
+        ref.kill()
+    return torch.load(tmp_path / "ref" / "s" / "runs" / run_id / "model.pth", weights_only=True)["model"]
 
 
 def _assert_same_weights(run_dir, reference):
@@ -176,7 +204,7 @@ def _assert_resumed_to_reference(tmp_path, env, suite, proc, run_dir, folder, ru
     assert "resuming from the checkpoint of epoch" in log
     # the record states how many times SLURM requeued the job (SLURM_RESTART_COUNT of the last attempt)
     assert torch.load(run_dir / "model.pth", weights_only=True)["meta"]["train_requeues"] >= 1
-    _assert_same_weights(run_dir, _reference_weights(tmp_path, env, suite, run_id))
+    _assert_same_weights(run_dir, _reference_weights(tmp_path, run_id))
 
 
 def _snakemake_in_background(tmp_path, suite, env, **popen_kwargs) -> subprocess.Popen:
