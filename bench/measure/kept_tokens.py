@@ -36,11 +36,12 @@ def kept_masks(
         method.record_kept = was_recording
     masks = []
     for positions in kept:
-        # -1 pads a row with fewer patches of its own than the others (e.g. EViT's fused token): no patch
+        # -1 pads a row with fewer patches of its own than the others (e.g. EViT's fused token): it lands in a
+        # spare last column that is dropped
         pos = positions.long()
-        hits = torch.zeros(pos.shape[0], rows * cols, dtype=torch.int32)
-        hits.scatter_add_(1, pos.clamp_min(0), (pos >= 0).to(torch.int32))
-        masks.append((hits > 0).view(-1, rows, cols))
+        mask = torch.zeros(pos.shape[0], rows * cols + 1, dtype=torch.bool)
+        mask.scatter_(1, torch.where(pos < 0, rows * cols, pos), True)
+        masks.append(mask[:, :-1].reshape(-1, rows, cols))
     return masks
 
 
