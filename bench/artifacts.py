@@ -26,6 +26,8 @@ import zipfile
 from pathlib import Path
 from typing import IO, Any
 
+from bench.errors import clip
+
 CORRUPT_SUFFIX = ".corrupt"
 LOCK_FILE = ".writer.lock"
 
@@ -50,11 +52,11 @@ def problem(path: str | os.PathLike, run_id: str | None = None) -> str | None:
 
             pq.read_metadata(path)
     except (zipfile.BadZipFile, UnicodeDecodeError, json.JSONDecodeError) as e:
-        return f"truncated or corrupt ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
+        return f"truncated or corrupt ({type(e).__name__}: {clip(e, 120)})"
     except OSError as e:
         return f"unreadable ({e.strerror or e})"
     except Exception as e:  # noqa: BLE001 - pyarrow's errors: a truncated footer
-        return f"truncated or corrupt ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
+        return f"truncated or corrupt ({type(e).__name__}: {clip(e, 120)})"
     return None
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.errors import ArtifactError, DiskFull, UnsafeArtifact
+from bench.errors import ArtifactError, DiskFull, UnsafeArtifact, clip
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -136,4 +136,4 @@ def load_torch(path: str | os.PathLike) -> Any:
 
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
-    return (text.splitlines()[0] if text else type(e).__name__)[:200]
+    return clip(text) if text else type(e).__name__

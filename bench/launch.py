@@ -22,6 +22,7 @@ from typing import Any
 
 import submitit
 
+from bench.errors import clip
 from bench.launch_jobs import (
     ACTIVE_STATES,
     _last_error_line,
@@ -300,7 +301,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         job = attach_or_submit(args, cmd, log=lambda s: print(s, file=sys.stderr, flush=True))
     except submitit.core.utils.FailedJobError as e:  # sbatch refused the job (bad partition, account, ...)
-        print(f"bench.launch: error: submission failed: {str(e).strip().splitlines()[-1][:300]}", file=sys.stderr)
+        print(f"bench.launch: error: submission failed: {clip(str(e).strip().splitlines()[-1], 300)}", file=sys.stderr)
         return 2
     submitted_at = (_read_record(args.folder) or {}).get("submitted_at", _now())
     try:

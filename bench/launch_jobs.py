@@ -17,6 +17,8 @@ from typing import Any
 
 import submitit
 
+from bench.errors import clip
+
 ACTIVE_STATES = {
     "PENDING",
     "RUNNING",
@@ -176,4 +178,4 @@ def _last_error_line(e: BaseException) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     lines = lines[: next((i for i, ln in enumerate(lines) if ln.startswith("You can check")), len(lines))]
     lines = [ln for ln in lines if not set(ln) <= set("-")]
-    return (lines[-1] if lines else type(e).__name__)[:300]
+    return clip(lines[-1], 300) if lines else type(e).__name__

@@ -13,7 +13,7 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
-from bench.errors import UsageError
+from bench.errors import UsageError, clip
 
 #: classes and image statistics stand-ins: the real ones come from the data, which is not read here
 _CLASSES, _MEAN, _STD = 10, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
@@ -26,7 +26,7 @@ def _at(where: str, field_name: str, fn: Callable[..., Any], *args: Any, **kwarg
     except UsageError as e:
         raise UsageError(f"{where}: field {field_name}: {e}") from None
     except Exception as e:  # noqa: BLE001 - an exception from a library on a bad value is bad input too
-        text = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        text = clip(e)
         raise UsageError(f"{where}: field {field_name}: {type(e).__name__}: {text}") from None
 
 
@@ -148,7 +148,7 @@ def preflight(suite: Any, where: str) -> None:
         except Exception as e:  # noqa: BLE001
             raise UsageError(
                 f"{where}: field {field_name}.params: do not fit {run.backbone}: "
-                f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                f"{type(e).__name__}: {clip(e)}"
             ) from None
         _at(where, f"{field_name}.params", method.token_schedule, model)
         if run.finetune is not None:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from bench.config import Run, Suite, run_identity
-from bench.errors import UsageError
+from bench.errors import UsageError, clip
 from bench.io import atomic_torch_save, atomic_write_json, load_torch
 from bench.methods import Method, create_method
 from bench.provenance import pick_device, provenance
@@ -374,7 +374,7 @@ def record_failure(suite: Suite, run: Run, step: str, exc: BaseException, *, roo
         **run_identity(suite, run, dataset),
         "status": "failed",
         "failed_step": step,
-        "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:500],
+        "error": clip(f"{type(exc).__name__}: {exc}", 500),
         "traceback": "".join(traceback.format_exception(exc))[-4000:],
         **provenance(pick_device()),
     }

@@ -10,7 +10,7 @@ import timm
 import torch
 from torch import nn
 
-from bench.errors import ArtifactError, UsageError
+from bench.errors import ArtifactError, UsageError, clip
 from bench.io import load_torch
 from bench.models import tiny_vits  # noqa: F401  (registers the small ViTs with timm)
 from bench.models.names import KNOWN_BACKBONES, list_backbones  # noqa: F401  (re-exported)
@@ -49,9 +49,9 @@ def build_backbone(
         if from_hub:
             raise UsageError(
                 f"could not fetch pretrained weights for {name!r} from the hub ({type(e).__name__}: "
-                f"{str(e).splitlines()[0][:160]}); pass a local checkpoint path instead"
+                f"{clip(e, 160)}); pass a local checkpoint path instead"
             ) from None
-        raise UsageError(f"could not build backbone {name!r}: {str(e).splitlines()[0][:200]}") from None
+        raise UsageError(f"could not build backbone {name!r}: {clip(e)}") from None
     if not (hasattr(model, "blocks") and hasattr(model, "patch_embed")):
         raise UsageError(
             f"backbone {name!r} is not a ViT (no blocks/patch_embed); token methods need a timm VisionTransformer"
@@ -72,7 +72,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             sd = load_file(str(path))
         except Exception as e:  # truncated, or not a safetensors file
             raise ArtifactError(
-                f"{path}: unreadable (truncated or corrupt: {str(e).splitlines()[0][:200]}); delete it and rebuild it"
+                f"{path}: unreadable (truncated or corrupt: {clip(e)}); delete it and rebuild it"
             ) from None
     else:
         sd = load_torch(path)
