@@ -47,6 +47,13 @@ BACKBONES = sorted({r.backbone for r in SUITE.runs})
 BENCH = [sys.executable, "-m", "bench"]
 print(f"tokenbench: suite {SUITE.name} ({SUITE_FILE}), {len(RUNS)} runs, launcher {LAUNCHER}", file=sys.stderr)
 
+from bench import progress
+
+# status lines of the running steps on this terminal (a thread of this snakemake process, started by onstart;
+# spawned job processes build it too but never start it); `--config progress_s=0` turns them off
+MONITOR = progress.Monitor(f"{OUT}/logs", launcher=LAUNCHER,
+                           every_s=float(config.get("progress_s", progress.SHOW_EVERY_S)))
+
 # Compute rules declare these; profiles override them per rule (set-resources). Under a launcher they
 # become submitit/SLURM parameters; without one only threads matter. tasks=0: one task per GPU.
 COMPUTE_RESOURCES = dict(gpus=0, tasks=0, cpus_per_task=1, mem_mb=0, runtime=60, slurm_partition="", slurm_account="",
@@ -73,20 +80,27 @@ def run_step(step, key, bench_args, resources, threads, log, folder, output, fai
             prefix += ["--output", path]
         prefix.append("--")
     run_logged([*prefix, *bench_args, "--results", ROOT, "--threads", torch_threads,
-                *(RUNTIME_ARGS if bench_args[0] in ("train", "evaluate", "time") else [])], log[0])
+                *(RUNTIME_ARGS if bench_args[0] in ("train", "evaluate", "time") else [])], log[0],
+               step=(step, key), job_folder=None if LAUNCHER == "none" else folder)
 
 
-def run_logged(argv, log=None, check=True):
+def run_logged(argv, log=None, check=True, step=None, job_folder=None):
     """Run a command without a shell (paths from the config reach it as arguments, never as shell text),
-    its output appended to ``log`` (or to this terminal)."""
+    its output appended to ``log`` (or to this terminal). With a log, the step's progress record sits beside it
+    (bench.progress: <log name>.progress.json), named ``step`` = (step, id), for the terminal's status lines."""
     argv = [str(a) for a in argv]
     print(shlex.join(argv) + (f" > {shlex.quote(str(log))} 2>&1" if log else ""), file=sys.stderr, flush=True)
     if log is None:
         code = subprocess.run(argv).returncode
     else:
         os.makedirs(os.path.dirname(str(log)) or ".", exist_ok=True)
+        record = os.path.abspath(progress.progress_path(log))
+        name, key = step or (Path(str(log)).stem, "")
+        progress.step_started(record, step=name, key=key, log=os.path.abspath(str(log)), job_folder=job_folder)
         with open(str(log), "w") as f:
-            code = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT).returncode
+            code = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT,
+                                  env={**os.environ, progress.ENV: record}).returncode
+        progress.step_finished(record, code)
     if check and code != 0:
         raise WorkflowError(f"{shlex.join(argv[:4])} ... exited with code {code}" + (f" (log: {log})" if log else ""))
     return code
@@ -116,11 +130,11 @@ if INDEX:
 # depends on it: a zip directory, JSON parse or parquet footer per file, nothing loaded
 from bench.artifacts import quarantine_damaged
 
-quarantine_damaged([(Path(f"{OUT}/pretrain/{b.name}/model.pth"), None) for b in SUITE.backbones]
+quarantine_damaged([(Path(f"{OUT}/pretrain/{b.label}/model.pth"), None) for b in SUITE.backbones]
                    + [(Path(f"{OUT}/runs/{rid}/model.pth"), None) for rid in RUNS]
                    + [(Path(f"{OUT}/runs/{rid}/run.json"), rid) for rid in RUNS]
                    + [(Path(p), None) for p in [f"{OUT}/table.parquet", *DATA_INPUT]]
-                   + [(Path(f"{OUT}/timing/{b.name}.json"), None) for b in SUITE.backbones])
+                   + [(Path(f"{OUT}/timing/{b.label}.json"), None) for b in SUITE.backbones])
 
 
 def data_spec():
@@ -280,7 +294,16 @@ rule report:
         run_logged([*BENCH, "report", SUITE_FILE, "--results", ROOT])
 
 
+onstart:
+    MONITOR.start()
+
+
+onsuccess:
+    MONITOR.stop()
+
+
 onerror:
+    MONITOR.stop()
     # failed runs never hide: the table and report still show every finished run and list the holes;
     # removing the collect marker makes the next run rebuild them once the holes are filled
     for step in ("collect", "figures", "report"):

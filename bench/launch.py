@@ -35,6 +35,8 @@ from bench.launch_jobs import (
     squeue_state,
     wait,
 )
+from bench.progress import ENV as PROGRESS_ENV
+from bench.progress import write_job_state
 from bench.requeue import RequeueRefused, read_progress, requeue_refusal, slurm_restarts, train_log_path
 
 LAUNCH_RECORD = "launch.json"
@@ -57,6 +59,7 @@ class BenchStep(submitit.helpers.Checkpointable):
         time_min: int | None = None,
         max_requeues: int | None = None,
         signal_delay_s: int = 0,
+        progress_file: str | None = None,
     ):
         self.argv = list(argv)
         self.threads = threads
@@ -66,6 +69,8 @@ class BenchStep(submitit.helpers.Checkpointable):
         self.max_requeues = max_requeues  # None: the budget follows from the run's measured epoch time
         self.signal_delay_s = signal_delay_s
         self._attempt: tuple[float, int] | None = None  # (start time, epochs done) of this attempt
+        # the pipeline's progress record of this step, carried explicitly: a cluster may not export the environment
+        self.progress_file = progress_file
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         """Called by submitit on the time-limit warning (and on preemption): requeue unless the budget says no."""
@@ -88,6 +93,8 @@ class BenchStep(submitit.helpers.Checkpointable):
         argv = list(self.argv)
         if self.threads and "--threads" not in argv and argv and argv[0] in ("train", "evaluate", "time"):
             argv += ["--threads", str(self.threads)]
+        if getattr(self, "progress_file", None):  # absent from a job pickled before it existed
+            os.environ[PROGRESS_ENV] = self.progress_file
         from bench.cli import main
 
         try:
@@ -288,6 +295,7 @@ def attach_or_submit(args: argparse.Namespace, cmd: list[str], log=print) -> sub
             time_min=args.time_min,
             max_requeues=args.max_requeues,
             signal_delay_s=args.signal_delay_s if args.launcher == "slurm" else 0,
+            progress_file=os.environ.get(PROGRESS_ENV) or None,
         )
     )
     _record_submission(args, cmd, job)
@@ -305,7 +313,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     submitted_at = (_read_record(args.folder) or {}).get("submitted_at", _now())
     try:
-        wait(job, args.poll_s)
+        # the job's state as polled anyway, for the pipeline's queued/running counts (bench.progress)
+        wait(job, args.poll_s, on_state=lambda state: write_job_state(args.folder, job.job_id, state))
         with plain_results():
             job.results()
         if not restore_outputs(args.folder, args.output):

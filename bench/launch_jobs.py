@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import pickle
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -117,26 +117,43 @@ def sacct_state(job_id: str) -> str:
     return "UNKNOWN"
 
 
-def wait(job: submitit.Job, poll_s: float = 0.5) -> None:
+def wait(job: submitit.Job, poll_s: float = 0.5, on_state: Callable[[str], None] | None = None) -> None:
     """Block until the job ends. The result file is checked often (cheap); the scheduler, rarely.
 
     A requeued job (preemption, time limit, `scontrol requeue`) briefly looks finished in sacct
-    before it runs again, so an end without a result is confirmed with squeue.
+    before it runs again, so an end without a result is confirmed with squeue. ``on_state`` is called
+    with the job's state whenever it changes, as last polled (for the pipeline's queued/running counts).
     """
-    start, last_force = time.time(), time.time()
+    start, last_force, seen = time.time(), time.time(), None
     while True:
         force = isinstance(job, submitit.SlurmJob) and time.time() - last_force > min(
             60.0, 5.0 + (time.time() - start) / 10
         )
         if force:
             last_force = time.time()
-        if job.done(force_check=force):
+        finished = job.done(force_check=force)
+        if on_state is not None:
+            state = _cached_state(job)
+            if state != seen:
+                seen = state
+                on_state(state)
+        if finished:
             if job.paths.result_pickle.exists() or not isinstance(job, submitit.SlurmJob):
                 return
             time.sleep(2.0)  # let a requeue reach the queue
             if squeue_state(job.job_id) not in ACTIVE_STATES and not job.paths.result_pickle.exists():
                 return
         time.sleep(poll_s)
+
+
+def _cached_state(job: submitit.Job) -> str:
+    """The state ``job.done`` just polled, without asking the scheduler again."""
+    try:
+        if isinstance(job, submitit.SlurmJob):
+            return str(job.watcher.get_state(job.job_id, mode="cache"))
+        return str(job.state)  # a local job: a poll of its process
+    except Exception:
+        return "UNKNOWN"
 
 
 def job_state(job: submitit.Job) -> str:

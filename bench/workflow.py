@@ -71,8 +71,8 @@ def _describe(prop: Mapping[str, Any]) -> str:
     for branch in prop.get("anyOf", [prop]):
         if "const" in branch:
             parts.append(repr(branch["const"]))
-        elif branch.get("type") == "integer":
-            parts.append(f"an integer >= {branch.get('minimum', 0)}")
+        elif branch.get("type") in ("integer", "number"):
+            parts.append(f"{'an integer' if branch['type'] == 'integer' else 'a number'} >= {branch.get('minimum', 0)}")
         elif branch.get("type"):
             parts.append(str(branch["type"]))
     return "expected " + " or ".join(parts) if parts else ""

@@ -40,6 +40,7 @@ from tqdm import tqdm
 from bench.errors import RunFailed, UsageError
 from bench.io import atomic_torch_save
 from bench.methods.base import Method
+from bench.progress import TrainProgress
 from bench.runtime import Runtime, micro_batches
 from bench.train import distributed as D
 from bench.train.checkpoint import _append_log, _load_rng_state, _read_state, _rng_state
@@ -246,6 +247,18 @@ def train_model(
     )
     loader = train_loader(train_ds, sampler, runtime)
     t0, step, loss_value = time.time(), start_epoch * steps_per_epoch, float("nan")
+    # epoch/step/loss/ETA for the pipeline's terminal (a record beside the step's log, at most every few seconds)
+    # and, where tqdm's bar is off (a log file), a log line at most every LOG_EVERY_S seconds instead of per step
+    progress = (
+        TrainProgress.from_env(
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            batch_size=global_batch,
+            log=None if sys.stderr.isatty() else log,
+        )
+        if main
+        else None
+    )
     for epoch in range(start_epoch, epochs):
         t_epoch = time.time()
         net.train()
@@ -309,6 +322,8 @@ def train_model(
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
+            if progress is not None:
+                progress.update(epoch=epoch + 1, batch=i + 1, global_step=step, loss=sum(sums.values()) / (i + 1))
         n = max(1, min(steps_per_epoch, len(loader)))
         ranks = D.all_gather_object(_rng_state(method, device)) if world > 1 else None
         if main:
@@ -340,6 +355,8 @@ def train_model(
                 },
             )
         D.barrier()  # the checkpoint is complete before any rank moves on
+    if progress is not None:
+        progress.finish()
     return TrainResult(
         epochs=epochs,
         steps=step,
