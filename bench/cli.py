@@ -157,8 +157,7 @@ def index(suite: str, root: str) -> None:
     """
     from bench import runner
     from bench.config import load_suite
-    from bench.data.index import refresh
-    from bench.data.sources import validate
+    from bench.data.sources import refresh_index
 
     s = load_suite(suite, check_names=False)
     path = runner.index_path(s, root)
@@ -167,7 +166,7 @@ def index(suite: str, root: str) -> None:
             f"suite {s.name!r} reads {s.data.get('source', 'embedded')!r} data, which has no folder "
             f"index (only source: imagefolder)"
         )
-    click.echo(refresh(validate(s.data)["path"], path))
+    click.echo(refresh_index(s.data, path))
 
 
 @cli.command()

@@ -14,8 +14,10 @@ import torch
 from torch.utils.data import TensorDataset
 
 from bench.config import DEFAULT_RECIPE, load_suite
+from bench.data import folder_checks as FC
 from bench.data import index as I
 from bench.data import load_data, make_torch_datasets
+from bench.data.sources import refresh_index
 from bench.errors import UsageError
 from bench.methods import create_method
 from bench.runtime import Runtime, job_cpus, micro_batches
@@ -128,6 +130,164 @@ def test_folder_layouts_as_users_hold_them(tmp_path):
         load_data({"source": "imagefolder", "path": str(flat)})
     with pytest.raises(UsageError, match="unknown key 'image_key' for source 'imagefolder'"):
         load_data({"source": "imagefolder", "path": str(flat), "image_key": "img"})
+
+
+# ---------------------------------------------------------------- the folder checks
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _empty_class(root):
+    for f in (root / "train" / "eel").iterdir():
+        f.unlink()
+    (root / "train" / "eel" / "README.txt").write_text("no images: still an empty class folder")
+
+
+def _move(src, dst):
+    def move(root):
+        (root / dst).parent.mkdir(parents=True, exist_ok=True)
+        (root / src).rename(root / dst)
+
+    return move
+
+
+def _add_class(split, cls):
+    def add(root):
+        (root / split / cls).mkdir(parents=True)
+        (root / split / cls / "0.png").write_bytes((root / "train" / "cat" / "0.png").read_bytes())
+
+    return add
+
+
+@pytest.mark.parametrize(
+    "spoil, message",
+    [
+        (_empty_class, r"1 empty class folder\(s\) \(no images, a label no image has\): train/eel; add images"),
+        (_move("train/dog", "train/Cat"), r"differ only in case: train/Cat, train/cat, val/cat \(one class would"),
+        (_move("val/dog", "val/Dog"), r"differ only in case: train/dog, val/Dog"),
+        (_add_class("val", "fox"), r"1 class\(es\) with no images in train/ \(never trained; found in val/\): fox"),
+        (_add_class("train", "fox"), r"with no images in val/ \(never evaluated; found in train/\): fox"),
+        (_add_class("holdout", "fox"), r"with no images in train/ \(never trained; found in holdout/\): fox"),
+        (_move("val", "valid"), r"has no split 'validation'; did you mean 'valid'"),
+    ],
+    ids=[
+        "empty class",
+        "case clash in a split",
+        "case clash across splits",
+        "val-only",
+        "train-only",
+        "extra split",
+        "split gone",
+    ],
+)
+def test_the_index_step_refuses_a_bad_folder_naming_the_folders(tmp_path, spoil, message):
+    root = write_folder(tmp_path / "pets")
+    spoil(root)
+    with pytest.raises(UsageError, match=message) as e:
+        refresh_index({"source": "imagefolder", "path": str(root)}, tmp_path / "res" / "index.parquet")
+    assert "\n" not in str(e.value) and not (tmp_path / "res" / "index.parquet").exists()
+
+
+def test_a_split_the_suite_does_not_read_is_not_checked(tmp_path):
+    root = write_folder(tmp_path / "pets", splits=(("train", 2), ("val", 1), ("test", 1)), classes=("cat", "dog"))
+    for f in (root / "test" / "dog").iterdir():
+        f.unlink()  # test/dog empty, test/ lacks a class: neither is read
+    _truncate(root / "test" / "cat" / "0.png")
+    line = refresh_index({"source": "imagefolder", "path": str(root)}, tmp_path / "index.parquet")
+    assert "decoded 6 images of train/, val/" in line
+
+
+def test_an_unchanged_folder_is_not_decoded_again(tmp_path, monkeypatch):
+    decoded = []
+    real = FC.decode_error
+    monkeypatch.setattr(FC, "decode_error", lambda p: decoded.append(p) or real(p))
+    root = write_folder(tmp_path / "pets")
+    index, cfg = tmp_path / "res" / "index.parquet", {"source": "imagefolder", "path": str(root)}
+    assert "decoded 27 images" in refresh_index(cfg, index) and len(decoded) == 27
+    assert refresh_index(cfg, index).endswith("up to date") and len(decoded) == 27
+    index.unlink()  # the index rebuilt (as after a folder change): the verdicts come from the cache
+    assert "decoded 0 images of train/, val/ (27 unchanged" in refresh_index(cfg, index) and len(decoded) == 27
+    time.sleep(0.01)
+    (root / "train" / "dog" / "new.png").write_bytes((root / "train" / "dog" / "0.png").read_bytes())
+    _truncate(root / "val" / "eel" / "2.png")  # rewritten in place: a new size and mtime
+    with pytest.raises(UsageError, match=r"1 unreadable image\(s\): val/eel/2.png \(OSError: image file is trunc"):
+        refresh_index(cfg, index)
+    assert sorted(decoded[27:]) == sorted(str(root.resolve() / p) for p in ("train/dog/new.png", "val/eel/2.png"))
+    with pytest.raises(UsageError, match="val/eel/2.png"):  # the failed verdict is cached too
+        refresh_index(cfg, index)
+    assert len(decoded) == 29
+
+
+def test_skip_unreadable_leaves_images_out_and_records_them(tmp_path, capsys):
+    from bench.results.row import flatten
+
+    root = write_folder(tmp_path / "pets")
+    _truncate(root / "train" / "dog" / "3.png")
+    (root / "val" / "cat" / "notes.jpg").write_text("a text file named like an image")
+    index, cfg = tmp_path / "res" / "index.parquet", {"source": "imagefolder", "path": str(root)}
+    with pytest.raises(UsageError, match=r"2 unreadable image\(s\): train/dog/3.png \(.*\); val/cat/notes.jpg "):
+        refresh_index(cfg, index)
+    line = refresh_index({**cfg, "skip_unreadable": True}, index)
+    assert "warning: skipped 2 unreadable image(s) (skip_unreadable): train/dog/3.png, val/cat/notes.jpg" in line
+    assert I.read_index(index).skipped == ["train/dog/3.png", "val/cat/notes.jpg"]
+    bundle = load_data({**cfg, "skip_unreadable": True}, index)
+    assert (len(bundle.train), len(bundle.val)) == (17, 9)
+    row = flatten({"data_index": bundle.index}, "r")
+    assert row["data_index_unreadable_skipped"] == 2
+    assert row["data_index_unreadable_files"] == "train/dog/3.png; val/cat/notes.jpg"
+    with pytest.raises(UsageError, match="was checked with other data keys"):  # a job never reads it unchecked
+        load_data(cfg, index)
+    for f in (root / "val" / "eel").iterdir():
+        _truncate(f)  # every val image of a class skipped: the class is missing from val/ now
+    index.unlink()
+    with pytest.raises(UsageError, match=r"no images in val/ \(never evaluated; found in train/\): eel"):
+        refresh_index({**cfg, "skip_unreadable": True}, index)
+
+
+@pytest.mark.parametrize("plant", ["symlink", "garbage", "other folder"])
+def test_a_planted_decode_cache_is_never_trusted(tmp_path, plant):
+    root = write_folder(tmp_path / "pets", classes=("cat", "dog"))
+    other = write_folder(tmp_path / "other", classes=("cat", "dog"))
+    res = tmp_path / "res"
+    refresh_index({"source": "imagefolder", "path": str(other)}, tmp_path / "elsewhere" / "index.parquet")
+    cached = tmp_path / "elsewhere" / FC.CACHE_NAME  # verdicts "readable" for every path, as in pets
+    _truncate(root / "train" / "cat" / "1.png")
+    os.utime(root / "train" / "cat" / "1.png", ns=(0, (other / "train" / "cat" / "1.png").stat().st_mtime_ns))
+    res.mkdir()
+    if plant == "symlink":
+        (res / FC.CACHE_NAME).symlink_to(cached)
+    elif plant == "garbage":
+        (res / FC.CACHE_NAME).write_bytes(b"PAR1 not a parquet file")
+    else:
+        (res / FC.CACHE_NAME).write_bytes(cached.read_bytes())
+    with pytest.raises(UsageError, match=r"1 unreadable image\(s\): train/cat/1.png"):
+        refresh_index({"source": "imagefolder", "path": str(root)}, res / "index.parquet")
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_image_that_fails_in_training_is_named_in_one_line(tmp_path, workers):
+    from bench.data.transforms import UnreadableImage
+    from bench.train.loaders import EpochBatches, eval_loader, train_loader
+
+    root = write_folder(tmp_path / "pets")
+    bundle = load_data({"source": "imagefolder", "path": str(root)}, tmp_path / "index.parquet")
+    train, val = make_torch_datasets(bundle, image_size=16, in_chans=3, mean=(0.5,) * 3, std=(0.5,) * 3)
+    _truncate(root / "train" / "dog" / "4.png")  # rewritten in place after the index step
+    (root / "val" / "eel" / "1.png").write_bytes(b"")
+    runtime = Runtime(workers=workers, prefetch_factor=2)
+    sampler = EpochBatches(len(train), 6, sample_seeds=False)
+    for loader, name in (
+        (train_loader(train, sampler, runtime), "train/dog/4.png"),
+        (eval_loader(val, 4, runtime), "val/eel/1.png"),
+    ):
+        with pytest.raises(UnreadableImage) as e:
+            for _ in loader:
+                pass
+        assert str(e.value).startswith(f"data: image {str(root.resolve() / name)!r} does not decode (")
+        assert "\n" not in str(e.value) and "skip_unreadable: true" in str(e.value)
 
 
 # ---------------------------------------------------------------- runtime settings

@@ -292,6 +292,7 @@ def imagefolder_cfg(root: Path) -> dict:
         "in_chans": 1,
         "image_size": 20,
         "fixed_size": True,
+        "skip_unreadable": True,
     }
 
 
@@ -360,8 +361,13 @@ def test_imagefolder_keys_act(tmp_path):
     assert (plain.in_chans, plain.image_size, plain.fixed_size) == (3, 224, False)
     assert transform_kind(plain) == (False, (3, 16, 16))
 
+    cut = (root / "validation" / "cat" / "0.png").read_bytes()
+    (root / "validation" / "cat" / "9.png").write_bytes(cut[: len(cut) // 2])  # a truncated image
+    with pytest.raises(UsageError, match=r"1 unreadable image\(s\): validation/cat/9.png .*skip_unreadable: true"):
+        load_via_suite(tmp_path, {**imagefolder_cfg(root), "skip_unreadable": False})
     b = load_via_suite(tmp_path, imagefolder_cfg(root))
     assert (b.name, len(b.train), len(b.val)) == ("pets-v2", 4, 2)  # train_split validation/, val_split holdout/
+    assert (b.index["unreadable_skipped"], b.index["unreadable_files"]) == (1, "validation/cat/9.png")
     assert (b.in_chans, b.image_size, b.fixed_size) == (1, 20, True)
     assert transform_kind(b) == (True, (1, 16, 16))  # fixed_size: only converted; in_chans: one channel
     assert sources.describe(imagefolder_cfg(root)) == "pets-v2"

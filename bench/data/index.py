@@ -4,7 +4,8 @@ ImageNet as users hold it is ``ROOT/<split>/<class>/<image>`` (splits ``train`` 
 Listing 1.28 million files costs minutes per job (``datasets``' imagefolder builder globs the tree dozens of
 times), so the pipeline's ``index`` step writes one parquet file per suite: a row per image (split, path
 relative to ROOT, label) and, in the file's metadata, the class names, the file counts and the tree's
-fingerprint. Jobs read that file and open images by path; they never list a directory.
+fingerprint. Jobs read that file and open images by path; they never list a directory. Before it is written
+the folder is checked (``bench.data.folder_checks``: class folders, every image decoded, verdicts cached).
 
 The fingerprint is the modification time of every directory of the tree: adding, removing or renaming a file
 changes its parent directory's mtime, so a changed tree is detected with a ``stat`` per directory (about two
@@ -16,16 +17,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.errors import UsageError
+
+if TYPE_CHECKING:
+    from bench.data.folder_checks import FolderChecks
 
 INDEX_FORMAT = 1
 #: what counts as an image (lower-cased suffix); ImageNet's are ``.JPEG``
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"})
 _META_KEY = b"tokenbench_index"
+_SUMMARY_NAMES = 20  # skipped files a run record names
 
 
 @dataclass
@@ -36,6 +41,10 @@ class FolderIndex:
     loose: dict[str, int]  # images directly in a split folder (no class folder: unlabelled)
     dirs: dict[str, int]  # every directory (relative, "." for ROOT) -> st_mtime_ns
     table: Any  # pyarrow.Table: split (dictionary), path (relative to ROOT), label (int64)
+    empty: list[str] = field(default_factory=list)  # class folders without images ("train/eel")
+    #: the data keys the folder was checked with (bench.data.folder_checks.FolderChecks); None: not checked
+    checks: dict[str, Any] | None = None
+    skipped: list[str] = field(default_factory=list)  # unreadable images left out (skip_unreadable)
 
     @property
     def fingerprint(self) -> str:
@@ -55,13 +64,22 @@ class FolderIndex:
         return self.table.filter(pc.equal(self.table["split"], split)).select(["path", "label"])
 
     def summary(self) -> dict[str, Any]:
-        """What a run record states about the data: the folder, its fingerprint and its file counts."""
-        return {
+        """What a run record states about the data: the folder, its fingerprint, its file counts and, once
+        checked, the unreadable images left out (their number, and the first of them by name)."""
+        out: dict[str, Any] = {
             "root": self.root,
             "fingerprint": self.fingerprint,
             "classes": len(self.classes),
             "images": dict(sorted(self.counts.items())),
         }
+        if self.checks is not None:
+            out["unreadable_skipped"] = len(self.skipped)
+        if self.skipped:
+            more = f" (+{len(self.skipped) - _SUMMARY_NAMES} more, listed in the index)"
+            out["unreadable_files"] = "; ".join(self.skipped[:_SUMMARY_NAMES]) + (
+                more if len(self.skipped) > _SUMMARY_NAMES else ""
+            )
+        return out
 
 
 def tree_fingerprint(dirs: dict[str, int]) -> str:
@@ -139,13 +157,15 @@ def build_index(root: str | Path) -> FolderIndex:
     per_flat = np.bincount(owner.to_numpy(), minlength=len(flat))
     starts = dict(zip(flat, np.concatenate([[0], np.cumsum(per_flat)[:-1]]).tolist()))
     sizes = dict(zip(flat, per_flat.tolist()))
-    chunks, runs, counts = [], [], {}
+    chunks, runs, counts, empty = [], [], {}, []
     for i, (split, cls, found, done) in enumerate(folders):
         chunk = pa.array(found, pa.string()) if done else flat_paths.slice(starts[i], sizes[i])
         if len(chunk):
             chunks.append(chunk)
             runs.append((split, cls, len(chunk)))
             counts[split] = counts.get(split, 0) + len(chunk)
+        else:
+            empty.append(f"{split}/{cls}")
     if not counts and not loose:
         raise UsageError(
             f"data: imagefolder {str(top)!r} holds no images in SPLIT/CLASS/ folders (e.g. {top}/train/<class>/*.JPEG)"
@@ -164,7 +184,7 @@ def build_index(root: str | Path) -> FolderIndex:
             "label": pa.array(np.repeat(np.array([label_of[c] for _, c, _ in runs], dtype=np.int64), run_sizes)),
         }
     )
-    return FolderIndex(str(top), classes, counts, loose, dirs, table)
+    return FolderIndex(str(top), classes, counts, loose, dirs, table, empty)
 
 
 def _walk_class(rel: str, path: str, dirs: dict[str, int], out: list[str], listed: bool = False) -> int:
@@ -205,6 +225,9 @@ def write_index(index: FolderIndex, path: str | Path) -> Path:
         "loose": index.loose,
         "dirs": index.dirs,
         "fingerprint": index.fingerprint,
+        "empty": index.empty,
+        "checks": index.checks,
+        "skipped": index.skipped,
     }
     table = index.table.replace_schema_metadata({_META_KEY: json.dumps(meta).encode()})
     # paths are unique: a dictionary for them would be wasted work; snappy writes twice as fast as zstd
@@ -240,6 +263,9 @@ def read_index(path: str | Path) -> FolderIndex:
         meta["loose"],
         {k: int(v) for k, v in meta["dirs"].items()},
         table,
+        list(meta.get("empty") or []),
+        meta.get("checks"),
+        list(meta.get("skipped") or []),
     )
 
 
@@ -275,11 +301,34 @@ def drop_if_stale(index_path: str | Path, root: str | Path) -> bool:
     return True
 
 
-def ensure_index(root: str | Path, path: str | Path, *, build: bool = True) -> FolderIndex:
-    """The index at ``path`` when it still describes ``root``; else built (and written) when ``build``, else a
-    UsageError naming the step that rebuilds it."""
+def _checked_alike(meta: dict[str, Any], checks: FolderChecks | None, unchecked_ok: bool) -> bool:
+    """Whether an index was checked with the data keys ``checks`` (None: any); ``unchecked_ok``: an index of an
+    earlier harness, never checked, passes too (a job reads it; ``bench index`` rebuilds it)."""
+    if checks is None:
+        return True
+    done = meta.get("checks")
+    return done == checks.as_meta() or (done is None and unchecked_ok)
+
+
+def checked(root: str | Path, path: str | Path | None, checks: FolderChecks | None) -> tuple[FolderIndex, str]:
+    """``root`` listed and, with ``checks``, checked (decode verdicts cached beside ``path``); the index and a
+    line on the check. Raises a one-line UsageError for what the checks refuse."""
+    from bench.data.folder_checks import CACHE_NAME, check_folder
+
+    index = build_index(root)
+    if checks is None:
+        return index, "not checked"
+    cache = Path(path).with_name(CACHE_NAME) if path is not None else None
+    return check_folder(index, checks, f"data: imagefolder {str(root)!r}", cache)
+
+
+def ensure_index(
+    root: str | Path, path: str | Path, *, build: bool = True, checks: FolderChecks | None = None
+) -> FolderIndex:
+    """The index at ``path`` when it still describes ``root`` (and was checked with ``checks``); else built,
+    checked and written when ``build``, else a UsageError naming the step that rebuilds it."""
     meta = read_meta(path)
-    if is_fresh(meta, root):
+    if is_fresh(meta, root) and _checked_alike(meta, checks, unchecked_ok=True):
         return read_index(path)
     if not build:
         why = (
@@ -288,27 +337,31 @@ def ensure_index(root: str | Path, path: str | Path, *, build: bool = True) -> F
             else "describes another folder"
             if meta["root"] != str(Path(root).expanduser().resolve())
             else "is stale (files were added or removed)"
+            if current_fingerprint(meta) != meta["fingerprint"]
+            else f"was checked with other data keys ({meta.get('checks')})"
         )
         raise UsageError(
             f"the folder index {str(path)!r} of {str(root)!r} {why}; rebuild it with `bench index SUITE` "
             f"(the pipeline's index step)"
         )
-    index = build_index(root)
+    index, _ = checked(root, path, checks)
     write_index(index, path)
     return index
 
 
-def refresh(root: str | Path, path: str | Path) -> str:
-    """``bench index``: write the index of ``root`` at ``path`` unless it is up to date; says what it did."""
+def refresh(root: str | Path, path: str | Path, checks: FolderChecks | None = None) -> str:
+    """``bench index``: write the index of ``root`` at ``path`` unless it is up to date (and was checked with
+    ``checks``); says what it did."""
     import time
 
-    if is_fresh(read_meta(path), root):
+    meta = read_meta(path)
+    if meta is not None and is_fresh(meta, root) and _checked_alike(meta, checks, unchecked_ok=False):
         return f"{path}: up to date"
     t0 = time.perf_counter()
-    built = build_index(root)
+    built, check_line = checked(root, path, checks)
     write_index(built, path)
     counts = ", ".join(f"{k} {v}" for k, v in sorted(built.counts.items()))
     return (
         f"{path}: {built.files} images ({counts}), {len(built.classes)} classes, fingerprint {built.fingerprint}, "
-        f"listed in {time.perf_counter() - t0:.1f} s"
+        f"listed and checked in {time.perf_counter() - t0:.1f} s; {check_line}"
     )

@@ -33,8 +33,6 @@ if TYPE_CHECKING:
 REGISTRY = SourceRegistry("data source")
 #: the embedded datasets (``bench.data.embedded.NAME``; written out so declaring it imports no numpy)
 EMBEDDED_NAMES = ("canvas-digits",)
-#: the validation split of a local folder when the suite names none: the first of these on disk
-FOLDER_VAL_SPLITS = ("validation", "val")
 LOCAL_HINT = (
     "use a local copy instead: data: {source: imagefolder, path: DIR} (DIR/train/<class>/*.png, "
     "DIR/validation/<class>/*.png) or {source: disk, path: DIR} (a DatasetDict.save_to_disk folder)"
@@ -270,14 +268,9 @@ def _folder_split(index: FolderIndex, split: str, where: str) -> datasets.Datase
     import datasets
     from datasets.table import InMemoryTable
 
-    if split not in index.counts:
-        if split in index.loose:
-            raise UsageError(
-                f"{where}: split {split!r} holds {index.loose[split]} images but no class folders; "
-                f"sort them into {split}/<class>/ (for ImageNet's val: its valprep.sh)"
-            )
-        have = index.splits()
-        raise UsageError(f"{where} has no split {split!r}{did_you_mean(split, have)} (splits: {', '.join(have)})")
+    from bench.data.folder_checks import check_split
+
+    check_split(index, split, where)
     features = datasets.Features({"image": datasets.Value("string"), "label": datasets.ClassLabel(names=index.classes)})
     return datasets.Dataset(
         InMemoryTable(index.split_table(split).rename_columns(["image", "label"])),
@@ -287,21 +280,23 @@ def _folder_split(index: FolderIndex, split: str, where: str) -> datasets.Datase
 
 
 def load_imagefolder(cfg: Mapping[str, Any], index_path: str | Path | None = None) -> DataBundle:
-    """A local folder through its index (``bench.data.index``): read from ``index_path`` (built there when it
-    is missing), or listed now when no index path is given. Images are opened by path, never via a listing."""
-    from bench.data.index import build_index, ensure_index
+    """A local folder through its index (``bench.data.index``): read from ``index_path`` (built and checked there
+    when it is missing), or listed and checked now when no index path is given. Images are opened by path, never
+    via a listing."""
+    from bench.data.folder_checks import FolderChecks
+    from bench.data.index import checked, ensure_index
 
     path = _local_path(cfg)
     where = f"imagefolder {str(path)!r}"
+    checks = FolderChecks.from_cfg(cfg)
     # a job builds a missing index (``bench train`` run by hand) but never replaces one: a folder that changed
     # under a running suite is an error, so one suite's runs never read two versions of it
     index = (
-        build_index(path) if index_path is None else ensure_index(path, index_path, build=not Path(index_path).exists())
+        checked(path, None, checks)[0]
+        if index_path is None
+        else ensure_index(path, index_path, build=not Path(index_path).exists(), checks=checks)
     )
-    val_split = cfg.get("val_split") or next(
-        (s for s in FOLDER_VAL_SPLITS if s in index.splits()), FOLDER_VAL_SPLITS[0]
-    )
-    train, val = (_folder_split(index, s, where) for s in (cfg["train_split"], val_split))
+    train, val = (_folder_split(index, s, where) for s in (cfg["train_split"], checks.val(index)))
     return DataBundle(
         name=short_name(cfg),
         train=train,
@@ -332,12 +327,29 @@ REGISTRY.add_source(
             _TRAIN_SPLIT,
             Key("val_split", "string", "the split folder to evaluate on (default: validation/, else val/)"),
             *_IMAGES,  # a folder's columns are its own: no image_key or label_key
+            Key(
+                "skip_unreadable",
+                "boolean",
+                "whether images that do not decode (truncated, not an image) are left out of the index, which "
+                "lists them as run records do, instead of refused by name",
+                default=False,
+            ),
         ),
         loader=load_imagefolder,
         check=lambda cfg: _local_path(cfg),
         indexed=True,
     )
 )
+
+
+def refresh_index(cfg: Mapping[str, Any], index_path: str | Path) -> str:
+    """``bench index``: list and check the folder of an imagefolder ``data:`` mapping into ``index_path``
+    unless that index is up to date; says what it did."""
+    from bench.data.folder_checks import FolderChecks
+    from bench.data.index import refresh
+
+    out = validate(cfg)
+    return refresh(out["path"], index_path, FolderChecks.from_cfg(out))
 
 
 def load_disk(cfg: Mapping[str, Any]) -> DataBundle:

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from bench.config import DEFAULT_RECIPE
-from bench.errors import UsageError
+from bench.errors import UsageError, clip
 
 if TYPE_CHECKING:
     import datasets
@@ -46,6 +46,33 @@ _AUGMENT_OFF = {k: DEFAULT_RECIPE[k] for k in ("auto_augment", "color_jitter", "
 # Preload decoded fixed-size images when they fit in this many bytes (6.5k 32x32 gray = 6.6 MB).
 PRELOAD_MAX_BYTES = 512 * 2**20
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # the weights PIL's "L" conversion uses
+
+
+class UnreadableImage(UsageError):
+    """An image of a local folder that does not decode, named in one line. A DataLoader worker's error comes
+    back as ``UnreadableImage(<its whole traceback>)``: the message is cut back to the original line."""
+
+    def __init__(self, message: str):
+        if "\nOriginal Traceback" in message:
+            last = message.rstrip().splitlines()[-1]
+            message = last.split(f"{type(self).__name__}: ", 1)[-1]
+        super().__init__(message)
+
+
+def open_image(root: str, rel: str) -> Image.Image:
+    """The image at ``root/rel``, decoded; an UnreadableImage naming the file when it does not decode (a
+    truncated JPEG fails here with PIL's bare "Truncated File Read" otherwise)."""
+    path = os.path.join(root, rel)
+    try:
+        image = Image.open(path)
+        image.load()  # decodes and closes the file
+    except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+        why = "not an image PIL can read" if isinstance(e, UnidentifiedImageError) else f"{type(e).__name__}: {e}"
+        raise UnreadableImage(
+            f"data: image {path!r} does not decode ({clip(why, 120)}); replace or remove it, or set "
+            "skip_unreadable: true under data: (the index step then leaves it out)"
+        ) from None
+    return image
 
 
 def channel_stats(values: Sequence[float], in_chans: int, what: str) -> tuple[float, ...]:
@@ -258,9 +285,7 @@ class TorchImageDataset(torch.utils.data.Dataset):
 
     def _image(self, index: int) -> Any:
         if self.paths is not None:
-            image = Image.open(os.path.join(self.image_root, self.paths[index].as_py()))
-            image.load()  # decodes and closes the file
-            return image
+            return open_image(self.image_root, self.paths[index].as_py())
         return self.images[index] if self.hf is None else self.hf[index][self.image_key]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:

@@ -75,6 +75,59 @@ def _truncated_model(tmp: Path) -> None:
     (d / "model.pth").write_bytes(b"PK\x03\x04 truncated")
 
 
+def _image_folder(spoil: Callable[[Path], None] | None = None, indexed: bool = False) -> Callable[[Path], None]:
+    """A setup: a small JPEG folder <tmp>/pets (train/ and val/, classes cat and dog) read by the suite file,
+    spoiled by ``spoil`` (after the index step when ``indexed``: a file rewritten in place)."""
+
+    def setup(tmp: Path) -> None:
+        import numpy as np
+        from PIL import Image
+
+        root, rng = tmp / "pets", np.random.default_rng(0)
+        for split, n in (("train", 4), ("val", 2)):
+            for cls in ("cat", "dog"):
+                (root / split / cls).mkdir(parents=True)
+                for i in range(n):
+                    pixels = rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
+                    Image.fromarray(pixels).save(root / split / cls / f"{i}.jpg")
+        folder = f"data: {{source: imagefolder, path: '{root}'}}"
+        suite = sub("data: {source: embedded, name: canvas-digits}", folder)
+        # two epochs: with one, timm's scheduler logs a warning line before the job reaches its first image
+        (tmp / "suite.yaml").write_text(suite.replace("recipe: {epochs: 1,", "recipe: {epochs: 2,"))
+        if indexed:
+            from bench.data.sources import refresh_index
+
+            refresh_index({"source": "imagefolder", "path": str(root)}, tmp / "results/tiny/data/index.parquet")
+        if spoil is not None:
+            spoil(root)
+
+    return setup
+
+
+def _cut(rel: str) -> Callable[[Path], None]:
+    def cut(root: Path) -> None:
+        data = (root / rel).read_bytes()
+        (root / rel).write_bytes(data[: len(data) // 2])
+
+    return cut
+
+
+def _add(rel: str, data: bytes | None = None) -> Callable[[Path], None]:
+    """A file (a copy of train/cat/0.jpg unless ``data``) or, for a path ending in /, a folder."""
+
+    def add(root: Path) -> None:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        if rel.endswith("/"):
+            (root / rel).mkdir()
+        else:
+            (root / rel).write_bytes((root / "train/cat/0.jpg").read_bytes() if data is None else data)
+
+    return add
+
+
+INDEX = ["index", "{suite}", "--results", "{tmp}/results"]
+
+
 CASES: list[Case] = [
     # -- the suite file itself
     Case("binary suite file", "not UTF-8", b"\xff\xfe\x00\x01name: x"),
@@ -282,6 +335,41 @@ CASES: list[Case] = [
     Case("flops of an unknown method", "method", None, ["flops", "tb_vit_pico_patch4_32", "--method", "tome2"]),
     Case("collect a suite never run", "no results", BASE, ["collect", "{suite}", "--results", "{tmp}/results"]),
     Case("figures --only unknown", "figure", BASE, ["figures", "{suite}", "--only", "paper_nope"]),
+    # -- a local image folder: the index step checks it, a job names the image that fails
+    Case("empty class folder", "train/eel", BASE, INDEX, setup=_image_folder(_add("train/eel/"))),
+    Case(
+        "class names equal but for case",
+        "train/Cat, train/cat",
+        BASE,
+        INDEX,
+        setup=_image_folder(lambda root: (root / "train/dog").rename(root / "train/Cat")),
+    ),
+    Case(
+        "class only in val/",
+        "never trained; found in val/): fox",
+        BASE,
+        INDEX,
+        setup=_image_folder(_add("val/fox/0.jpg")),
+    ),
+    Case(
+        "class only in train/",
+        "never evaluated; found in train/): fox",
+        BASE,
+        INDEX,
+        setup=_image_folder(_add("train/fox/0.jpg")),
+    ),
+    Case("truncated JPEG", "train/cat/1.jpg", BASE, INDEX, setup=_image_folder(_cut("train/cat/1.jpg"))),
+    Case(
+        "text file named .jpg", "val/dog/notes.jpg", BASE, INDEX, setup=_image_folder(_add("val/dog/notes.jpg", b"hi"))
+    ),
+    Case("empty .JPEG file", "train/dog/x.JPEG", BASE, INDEX, setup=_image_folder(_add("train/dog/x.JPEG", b""))),
+    Case(
+        "JPEG truncated after the index step",
+        "train/cat/1.jpg",
+        BASE,
+        ["train", "{suite}", "--pretrain", "tb_vit_pico_patch4_32", "--results", "{tmp}/results"],
+        setup=_image_folder(_cut("train/cat/1.jpg"), indexed=True),
+    ),
     # -- the pipeline's own config (snakemake --config)
     Case("snakemake --config foo=1", "foo", BASE, ["foo=1"], snakemake=True),
     Case("snakemake launcher=slurmm", "launcher", BASE, ["launcher=slurmm"], snakemake=True),
