@@ -57,7 +57,7 @@ def figures(suite: str | None, root: str, out: str | None, only: tuple[str, ...]
     import pandas as pd
 
     from bench.report.figures import FIGURES, FigureContext, build_figures, load_published
-    from bench.report.plots import method_styles
+    from bench.report.style import method_styles
     from bench.report.summary import summarize
     from bench.results.collect import TABLE_PARQUET, collect
 
@@ -74,9 +74,8 @@ def figures(suite: str | None, root: str, out: str | None, only: tuple[str, ...]
         collect(suite_dir)
     table = pd.read_parquet(suite_dir / TABLE_PARQUET)
     out_dir = Path(out) if out else suite_dir / "report"
-    ctx = FigureContext(
-        table, summarize(table), out_dir, method_styles(sorted(table["method"].dropna().unique())), load_published()
-    )
+    # the looks `bench report` gives the same methods: one function, from the whole table
+    ctx = FigureContext(table, summarize(table), out_dir, method_styles(table), load_published())
     drawn = build_figures(ctx, list(only) or None)
     for name, files in drawn.items():
         click.echo(f"{name}: " + (", ".join(str(p) for p in files) if files else "nothing to draw for this suite"))

@@ -17,7 +17,8 @@ from bench.methods import create_method
 from bench.report.build import build_report
 from bench.report.figures import FIGURES, FigureContext, _published, build_figures, load_published
 from bench.report.gallery import plot_gallery
-from bench.report.plots import method_styles, pareto_front
+from bench.report.plots import pareto_front
+from bench.report.style import method_styles
 from bench.report.summary import summarize
 from bench.results.collect import TABLE_PARQUET
 
@@ -31,9 +32,7 @@ def table():
 
 
 def ctx_for(table, out_dir):
-    return FigureContext(
-        table, summarize(table), out_dir, method_styles(sorted(table["method"].unique())), load_published()
-    )
+    return FigureContext(table, summarize(table), out_dir, method_styles(table), load_published())
 
 
 def test_every_paper_figure_draws_for_a_suite_with_its_methods(table, tmp_path):
@@ -376,11 +375,10 @@ def test_paper_figure_lines_put_each_method_at_its_x_and_mean_top1(x):
     a figure selects: one line per method labelled with it, through (x, top1_mean) sorted by x, bars of +-std
     where two or more seeds succeeded."""
     from bench.report.figures import _lines
-    from bench.report.summary import reference_methods
 
     summary = summarize(runs_table())
     data = summary[(summary["backbone"] == BACKBONES[1]) & (summary["n_ok"] > 0)]
-    styles = method_styles(sorted(data["method"].unique()), reference_methods(data))
+    styles = method_styles(data)
     fig = Figure()
     FigureCanvasAgg(fig)
     ax = fig.subplots()

@@ -20,8 +20,9 @@ import pandas as pd
 from bench.io import atomic_write_text
 from bench.report.figures import FIGURES, FigureContext, build_figures, load_published
 from bench.report.gallery import plot_gallery
-from bench.report.plots import method_styles, plot_tradeoff
-from bench.report.summary import reference_methods, summarize
+from bench.report.plots import plot_tradeoff, timing_setup
+from bench.report.style import method_styles
+from bench.report.summary import summarize
 from bench.report.table import (
     holes_section,
     provenance_section,
@@ -171,16 +172,16 @@ def build_report(
     table = _load(suite_dir)
     summary = summarize(table)
     suite, dataset = suite_and_dataset(table, suite_dir)
-    styles = method_styles(sorted(table["method"].dropna().unique()), reference_methods(table))  # one per method
-    title = f"Suite {suite} — {dataset}"
+    styles = method_styles(table)  # one look per method, for every figure below and the paper figures
+    timed = timing_setup(table)  # titles stay short: what was measured where, not the suite's options
     names = FIGURES.names() if paper_figures else []
     # Figures are submitted as soon as their data exists, so workers draw while this process computes.
     with _Renderer(workers, 6 + len(names)) as renderer:
-        renderer.submit(plot_tradeoff, summary, f"{title}: top-1 vs compute", out_dir, styles=styles)
+        renderer.submit(plot_tradeoff, summary, "Top-1 vs GMACs", out_dir, styles=styles)
         renderer.submit(
             plot_tradeoff,
             summary,
-            f"{title}: top-1 vs throughput",
+            f"Top-1 vs throughput\n{timed}",
             out_dir,
             stem="tradeoff_top1_vs_throughput",
             x="throughput",
@@ -189,7 +190,7 @@ def build_report(
         renderer.submit(
             plot_tradeoff,
             summary,
-            f"{title}: top-1 vs paired speed-up",
+            f"Top-1 vs paired speed-up over dense\n{timed}",
             out_dir,
             stem="tradeoff_top1_vs_speedup",
             x="speedup",

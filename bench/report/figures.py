@@ -116,7 +116,7 @@ def _figure(n_panels: int) -> tuple[Figure, Any]:
 def _lines(ax: Any, data: pd.DataFrame, x: str, styles: dict[str, dict[str, Any]]) -> None:
     for method in reference_first(styles, data["method"].unique()):
         rows = data[data["method"] == method].sort_values(x)
-        st = styles.get(method, {"color": "grey", "marker": "o", "markersize": 7})
+        st = styles[method]  # the report's look of every method of the table
         xs, ys = rows[x].to_numpy(dtype=float), rows["top1_mean"].to_numpy(dtype=float)
         err = rows["top1_std"].where(rows["n_ok"] > 1).to_numpy(dtype=float)
         draw_error_bars(ax, xs, ys - err, ys + err, [st["color"]] * len(rows))
@@ -126,7 +126,7 @@ def _lines(ax: Any, data: pd.DataFrame, x: str, styles: dict[str, dict[str, Any]
             color=st["color"],
             marker=st["marker"],
             markersize=st["markersize"],
-            linestyle="-" if len(rows) > 1 else "none",
+            linestyle=st["linestyle"] if len(rows) > 1 else "none",
             label=method,
             markeredgecolor="black" if is_reference(styles, method) else "white",
             markeredgewidth=0.6,
@@ -241,11 +241,10 @@ def pruning_ablation(ctx: FigureContext) -> list[Path]:
         fig, axes = _figure(len(backbones))
         published = False
         for ax, backbone in zip(axes, backbones):
-            panel = data[(data["backbone"] == backbone) & ~data["method"].isin(references)]
-            _lines(ax, panel, "keep_ratio", ctx.styles)
+            _lines(ax, data[data["backbone"] == backbone], "keep_ratio", ctx.styles)  # the reference: its star at 1
             reference = data[(data["backbone"] == backbone) & data["method"].isin(references)]
             for y in reference["top1_mean"]:
-                ax.axhline(y, color="black", linestyle=":", linewidth=1, label="reference")
+                ax.axhline(y, color="black", linestyle=":", linewidth=1)
             # e.g. DynamicViT's Table 1 ratios and its Table 4 static/random rows at rho 0.7's budget
             published |= _published(ax, ctx, backbone, _names(ctx, learned + controls), "keep_ratio")
             ax.set(title=backbone, xlabel="keep ratio rho (tokens kept per stage)", ylabel="Top-1 accuracy (%)")
@@ -301,21 +300,39 @@ def svite_sparsity(ctx: FigureContext) -> list[Path]:
         fig = Figure(figsize=(10.5, 4.0 * len(backbones)))
         FigureCanvasAgg(fig)
         grid = fig.subplots(len(backbones), 2, squeeze=False)
-        # a family takes the report-wide colour of its own name, else of its first label (svite_d50 -> svite)
-        palette = {}
-        for family, labels in data.groupby("family", sort=True)["method"]:
-            style = ctx.styles.get(family) or ctx.styles.get(sorted(labels)[0], {"color": "grey"})
-            palette[family] = style["color"]
+        # a line per registry method in the colour of its first label (its labels share a colour group); each
+        # point in its own label's look (svite_d50, svite_d70: one hue, two markers)
+        palette = {
+            family: ctx.styles[sorted(labels)[0]]["color"] for family, labels in data.groupby("family")["method"]
+        }
         published = False
         for (ax_s, ax_g), backbone in zip(grid, backbones):
             panel = data[data["backbone"] == backbone]
             for family, rows in panel.groupby("family", sort=True):
                 rows = rows.sort_values(["sparsity_pct", "keep_ratio"])
-                c = "black" if set(rows["method"]) <= set(references) else palette[family]
+                c = palette[family]
                 xs, ys = rows["sparsity_pct"].to_numpy(dtype=float), rows["top1_mean"].to_numpy(dtype=float)
                 err = rows["top1_std"].to_numpy(dtype=float)
                 draw_error_bars(ax_s, xs, ys - err, ys + err, [c] * len(rows))
-                ax_s.plot(xs, ys, marker="o", color=c)
+                ax_s.plot(xs, ys, color=c, linewidth=1.4)
+                ax_g.plot(rows["gmacs"], ys, color=c, linewidth=1.4)
+                theoretical = rows["theoretical_gmacs"].notna().any()
+                if theoretical:
+                    ax_g.plot(rows["theoretical_gmacs"], ys, color=c, linewidth=1.2, linestyle="--")
+                for method, pts in rows.groupby("method", sort=True):
+                    st = ctx.styles[method]
+                    look = {
+                        "color": st["color"],
+                        "marker": st["marker"],
+                        "markersize": st["markersize"],
+                        "linestyle": "none",
+                        "markeredgewidth": 0.6,
+                        "zorder": 3,
+                    }
+                    ax_s.plot(pts["sparsity_pct"], pts["top1_mean"], label=method, markeredgecolor="white", **look)
+                    ax_g.plot(pts["gmacs"], pts["top1_mean"], markeredgecolor="white", **look)
+                    if theoretical:
+                        ax_g.plot(pts["theoretical_gmacs"], pts["top1_mean"], markerfacecolor="none", **look)
                 for r in rows[rows["keep_ratio"] < 1.0].itertuples(index=False):
                     ax_s.annotate(
                         f"keep {r.keep_ratio:g}",
@@ -325,17 +342,6 @@ def svite_sparsity(ctx: FigureContext) -> list[Path]:
                         fontsize=7,
                         color="0.3",
                         va="center",
-                    )
-                ax_g.plot(rows["gmacs"], rows["top1_mean"], marker="o", color=c, label=f"{family} (measured)")
-                if rows["theoretical_gmacs"].notna().any():
-                    ax_g.plot(
-                        rows["theoretical_gmacs"],
-                        rows["top1_mean"],
-                        marker="o",
-                        markerfacecolor="none",
-                        linestyle="--",
-                        color=c,
-                        label=f"{family} (theoretical)",
                     )
             published |= _published(ax_s, ctx, backbone, _names(ctx, sparse), "weight_sparsity_pct", colors=palette)
             ax_s.set(
@@ -347,7 +353,7 @@ def svite_sparsity(ctx: FigureContext) -> list[Path]:
             grid.flat,
             ctx,
             "paper_svite_sparsity",
-            "Top-1 vs sparsity (SViTE style); GMACs measured (solid) and nonzero-only (dashed)",
+            "Top-1 vs sparsity (SViTE style)\nright: GMACs measured (filled, solid) and nonzero-only (hollow, dashed)",
             published,
         )
 

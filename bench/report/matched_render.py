@@ -14,9 +14,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from bench.report.plots import GMACS_LABEL, draw_error_bars, fixed_layout, method_styles, reference_first, save_figure
-from bench.report.style import whitegrid
-from bench.report.summary import reference_methods
+from bench.report.plots import GMACS_LABEL, draw_error_bars, fixed_layout, reference_first, save_figure
+from bench.report.style import method_styles, whitegrid
 from bench.report.table import DASH, md_table
 
 TOP1_LABEL = "Top-1 accuracy (%)"
@@ -137,7 +136,7 @@ def _plot(
             axes[0].text(0.5, 0.5, "no data", ha="center", va="center", transform=axes[0].transAxes, fontsize=12)
             axes[0].set(xticks=[], yticks=[])
         else:
-            styles = styles or method_styles(list(data["method"].unique()), reference_methods(data))
+            styles = styles or method_styles(data)  # callers pass the report's: this is for a frame on its own
             for ax, backbone in zip(axes, backbones):
                 draw(ax, data[data["backbone"] == backbone], styles)
                 ax.set_title(backbone)
@@ -174,7 +173,7 @@ def _draw_matched(ax: Any, data: pd.DataFrame, styles: dict[str, dict[str, Any]]
             color=style["color"],
             marker=style["marker"],
             markersize=style["markersize"],
-            linestyle="-" if len(rows) > 1 else "none",
+            linestyle=style["linestyle"] if len(rows) > 1 else "none",
             linewidth=1.4,
             zorder=3,
         )
@@ -196,7 +195,13 @@ def _draw_matched(ax: Any, data: pd.DataFrame, styles: dict[str, dict[str, Any]]
 def _matched_handles(data: pd.DataFrame, styles: dict[str, dict[str, Any]]) -> list[Any]:
     return [
         Line2D(
-            [], [], color=styles[m]["color"], marker=styles[m]["marker"], markersize=styles[m]["markersize"], label=m
+            [],
+            [],
+            color=styles[m]["color"],
+            marker=styles[m]["marker"],
+            markersize=styles[m]["markersize"],
+            linestyle=styles[m]["linestyle"],
+            label=m,
         )
         for m in _ordered(data["method"], styles)
     ] + [

@@ -2,8 +2,8 @@
 
 Each backbone gets a panel: one line per method across keep ratios, seed std as error bars, dense as
 the black-star reference, and the Pareto front (no other point is both cheaper/faster and more
-accurate) as a grey step line. A method keeps one colour and marker in every figure of a report:
-styles come from the report-wide method list, not from the methods a panel happens to show.
+accurate) as a grey step line. A method keeps one look in every figure of a report: styles come from
+``style.method_styles`` over the whole table, not from the methods a panel happens to show.
 
 Figures are built with the object API on an explicit Agg canvas: headless, and without
 ``matplotlib.use`` or pyplot state, so importing this in a notebook leaves its backend
@@ -25,11 +25,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from bench.io import atomic_write
-from bench.report.style import palette, whitegrid
-from bench.report.summary import reference_methods
+from bench.report.style import method_styles, whitegrid
 
-REFERENCE_STYLE = {"color": "black", "marker": "*", "markersize": 15, "reference": True}
-_MARKERS = ["o", "s", "D", "^", "v", "P", "X", "<", ">", "h", "p", "d"]
 PNG_DPI = 150
 LABEL_FONTSIZE = 8  # keep-ratio labels next to points
 PNG_METADATA: dict[str, Any] = {"Software": None}
@@ -56,6 +53,26 @@ UNRELIABLE_STYLE = {
 }
 
 
+def timing_setup(table: pd.DataFrame) -> str:
+    """What a speed figure's numbers hold for, for its title: device, precision and batch size of the timed runs
+    (e.g. "NVIDIA H100 80GB HBM3, bf16, batch 256"); several values are joined with "/"."""
+    timed = table
+    if "throughput_img_s" in table:
+        timed = table[table["throughput_img_s"].notna() & (table.get("status", "ok") == "ok")]
+    if timed.empty or "throughput_device" not in timed:
+        return "not timed"
+
+    def values(column: str) -> list[str]:
+        if column not in timed:
+            return ["?"]
+        v = timed[column].dropna()
+        v = v.astype(int).astype(str) if column == "throughput_batch_size" else v.astype(str)
+        return sorted(set(v), key=lambda x: (len(x), x)) or ["?"]
+
+    device, precision, batch = (values(c) for c in ("throughput_device", "precision", "throughput_batch_size"))
+    return f"{'/'.join(device)}, {'/'.join(precision)}, batch {'/'.join(batch)}"
+
+
 def pareto_front(x: pd.Series, y: pd.Series, larger_x_better: bool) -> pd.Index:
     """Index of the points no other point beats on both axes (y larger is better), ordered along x."""
     order = sorted(x.index, key=lambda i: (-x[i] if larger_x_better else x[i], -y[i]))
@@ -65,22 +82,6 @@ def pareto_front(x: pd.Series, y: pd.Series, larger_x_better: bool) -> pd.Index:
             front.append(i)
             best = y[i]
     return pd.Index(front)
-
-
-def method_styles(methods: list[str], references: Iterable[str] = ()) -> dict[str, dict[str, Any]]:
-    """Colour + marker per method, fixed by sorted name so every figure agrees.
-
-    The reference method (dense, see ``reference_methods``) is the black star; the others take the colour-blind
-    palette in order.
-    """
-    references = set(references)
-    others = sorted(m for m in set(methods) if m not in references)
-    colors = palette(max(len(others), 10))
-    styles = {
-        m: {"color": colors[i], "marker": _MARKERS[i % len(_MARKERS)], "markersize": 7} for i, m in enumerate(others)
-    }
-    styles.update({m: dict(REFERENCE_STYLE) for m in references & set(methods)})
-    return styles
 
 
 def is_reference(styles: dict[str, dict[str, Any]], method: str) -> bool:
@@ -146,7 +147,7 @@ def _draw_panel(ax: Any, data: pd.DataFrame, styles: dict[str, dict[str, Any]], 
             color=style["color"],
             marker=style["marker"],
             markersize=style["markersize"],
-            linestyle="-" if len(idx) > 1 else "none",
+            linestyle=style["linestyle"] if len(idx) > 1 else "none",
             linewidth=1.6,
             markeredgecolor="black" if ref else "white",
             markeredgewidth=0.6,
@@ -229,7 +230,9 @@ def _legend_handles(methods: list[str], styles: dict[str, dict[str, Any]]) -> li
                 color=style["color"],
                 marker=style["marker"],
                 markersize=style["markersize"],
-                linestyle="none" if ref else "-",
+                linestyle="none" if ref else style["linestyle"],
+                markeredgecolor="black" if ref else "white",
+                markeredgewidth=0.6,
                 label=label,
             )
         )
@@ -260,18 +263,15 @@ def tradeoff_figure(
             ax.set_ylabel("Top-1 accuracy (%)")
         else:
             methods = sorted(data["method"].unique())
-            styles = styles or method_styles(methods, reference_methods(data))
+            styles = styles or method_styles(summary)  # the whole summary: every method, drawn or not
             for ax, backbone in zip(axes, backbones):
                 _draw_panel(ax, data[data["backbone"] == backbone], styles, x)
-                if n_panels > 1:
-                    ax.set_title(backbone)
+                ax.set_title(backbone)
             # Legend right of the panels, so it can never sit on a data point.
             handles = _legend_handles(methods, styles)
             if any(unreliable_mask(data[data["backbone"] == b], x).any() for b in backbones):
                 handles.append(Line2D([], [], label="unreliable timing\n(spread above threshold)", **UNRELIABLE_STYLE))
             fig.legend(handles=handles, title="method", loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
-            if n_panels == 1:
-                title = f"{title}\nbackbone: {backbones[0]}"
         fig.suptitle(title)
         fixed_layout(fig)
     return fig

@@ -2,7 +2,10 @@
 
 seaborn's own import costs about 0.9 s (it imports scipy.stats for estimators the report never draws), a third of
 a cold `bench report` on 10,000 runs; the report uses nothing of it but these values. A test checks that they
-equal seaborn's (``tests/test_report_figures.py``), so an upgrade that changes seaborn's look shows up there.
+equal seaborn's (``tests/test_layers.py``), so an upgrade that changes seaborn's look shows up there.
+
+``method_styles`` gives each method of a suite its look (colour, marker, line style) once, from the runs table:
+every report and paper figure draws a method with the look it gets here, whichever methods a figure shows.
 """
 
 from __future__ import annotations
@@ -10,6 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 import matplotlib as mpl
+import pandas as pd
+
+from bench.roles import role_column
 
 #: seaborn.axes_style("whitegrid") without its colormap (registered by seaborn at import)
 WHITEGRID: dict[str, Any] = {
@@ -60,9 +66,79 @@ def whitegrid(**extra: Any) -> Any:
     return mpl.rc_context({**WHITEGRID, **extra})
 
 
-def palette(n: int) -> list[Any]:
-    """``n`` colours: the colour-blind palette, or evenly spaced hues when there are more methods than it has."""
-    if n <= len(COLORBLIND):
-        return [mpl.colors.to_rgb(c) for c in COLORBLIND[:n]]
-    cmap = mpl.colormaps["hsv"]
-    return [cmap(i / n)[:3] for i in range(n)]
+#: the reference (dense): a black star in every figure
+REFERENCE_STYLE = {"color": "black", "marker": "*", "markersize": 15, "linestyle": "-", "reference": True}
+#: markers and line styles of the methods within one colour group, in the group's name order
+MARKERS = ("o", "s", "D", "^", "v", "P", "X", "<", ">", "h", "p", "d")
+LINESTYLES = ("-", "--", "-.", ":")
+#: role groups with a colour of their own (content-blind controls grey, as the papers draw baselines)
+ROLE_COLORS = {"control": COLORBLIND[7], "learned": COLORBLIND[0], "merging": COLORBLIND[2]}
+#: the other groups (families in name order, then weight-budget methods, then methods with no role) take these
+#: in order; yellow last (faint on white); past the end they come round again darker
+GROUP_COLORS = tuple(COLORBLIND[i] for i in (1, 3, 4, 9, 5, 6, 8))
+ROLE_ORDER = ("control", "merging", "learned", "weight_budget")  # a method with several roles: the first listed
+
+
+def _darker(color: str, level: int) -> tuple[float, float, float]:
+    """``color`` mixed with black, a little more for each ``level``: a group's second round of markers, or a hue's
+    second round of groups, stays a colour of its own."""
+    r, g, b = mpl.colors.to_rgb(color)
+    f = 1.0 - 0.3 * min(level, 3)
+    return (round(r * f, 4), round(g * f, 4), round(b * f, 4))
+
+
+def method_group(family: Any, roles: set[str]) -> str:
+    """The colour group of a method: "reference", else its declared family (the paper figures it belongs to),
+    else its first role in ``ROLE_ORDER`` ("learned" for EViT, "merging" for ToMe), else "other"."""
+    if "reference" in roles:
+        return "reference"
+    if isinstance(family, str) and family:
+        return f"family:{family}"
+    return next((r for r in ROLE_ORDER if r in roles), "other")
+
+
+def _declarations(frame: pd.DataFrame) -> dict[str, tuple[Any, set[str]]]:
+    """Method label -> (family, roles), from the first row of each method that declares them."""
+    out: dict[str, tuple[Any, set[str]]] = {}
+    role_names = ("reference", *ROLE_ORDER)
+    for method, rows in frame.dropna(subset=["method"]).groupby("method", sort=True):
+        family = rows["method_family"].dropna() if "method_family" in rows else pd.Series(dtype=object)
+        roles = {
+            r
+            for r in role_names
+            if role_column(r) in rows and rows[role_column(r)].map(lambda v: v is True or v == 1).any()
+        }
+        out[str(method)] = (family.iloc[0] if len(family) else None, roles)
+    return out
+
+
+def method_styles(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """The look of every method of a suite, from its runs table (or summary): ``method``, ``method_family`` and the
+    ``role_*`` columns. Call it once per report with the whole table and hand the result to every figure.
+
+    Hue by group (``method_group``: the reference black, each family, each role group), from the colour-blind
+    palette; marker and line style by method within its group, in name order. A method's look depends only on its
+    own group and its rank there: adding a method of another group changes no one's look. The reference is the black
+    star (a second reference label a grey one)."""
+    groups: dict[str, list[str]] = {}
+    for method, (family, roles) in _declarations(frame).items():
+        groups.setdefault(method_group(family, roles), []).append(method)
+    others = sorted(g for g in groups if g not in ROLE_COLORS and g != "reference")
+    others.sort(key=lambda g: (not g.startswith("family:"), g == "other", g))  # families, weight_budget, other
+    hue = dict(ROLE_COLORS)
+    for i, g in enumerate(others):
+        hue[g] = _darker(GROUP_COLORS[i % len(GROUP_COLORS)], i // len(GROUP_COLORS))
+    styles: dict[str, dict[str, Any]] = {}
+    for i, method in enumerate(groups.pop("reference", [])):
+        styles[method] = {**REFERENCE_STYLE, "color": "black" if i == 0 else _darker("#949494", i - 1)}
+    for g, methods in groups.items():
+        for i, method in enumerate(sorted(methods)):
+            styles[method] = {
+                "color": mpl.colors.to_rgb(hue[g]) if i < len(MARKERS) else _darker(hue[g], i // len(MARKERS)),
+                "marker": MARKERS[i % len(MARKERS)],
+                "linestyle": LINESTYLES[i % len(LINESTYLES)],
+                "markersize": 7,
+                "reference": False,
+                "group": g.removeprefix("family:"),
+            }
+    return dict(sorted(styles.items()))
