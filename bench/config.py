@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -47,7 +48,7 @@ class Run:
     method: str  # label shown in results (the registry name unless the suite gives a label)
     method_name: str  # registry name
     method_params: dict[str, Any]
-    backbone: str
+    backbone: str  # the backbone's label (its timm name, ``@<image size>`` when resized, or the suite's label)
     keep_ratio: float
     seed: int
     finetune: dict[str, Any] | None  # the resolved recipe; None: no fine-tuning (``finetune: none``)
@@ -63,10 +64,34 @@ class Run:
 
 @dataclass(frozen=True)
 class Backbone:
-    name: str
-    image_size: int | None
+    name: str  # the timm model
+    image_size: int | None  # the suite's input resolution; None: the model's default
     init: str  # scratch | hub | checkpoint path
     kwargs: dict[str, Any]
+    #: what runs, results, the pretrain folder and the report name it by: unique in a suite (see backbone_label)
+    label: str = ""
+
+    def spec(self) -> dict[str, Any]:
+        """What the pretrained model depends on (not its label: renaming a folder trains nothing again)."""
+        return {"name": self.name, "image_size": self.image_size, "init": self.init, "kwargs": self.kwargs}
+
+
+def size_in_name(name: str) -> int | None:
+    """The input resolution a timm ViT name states (``deit_small_patch16_224`` -> 224; a ``.tag`` is ignored): a
+    number after the patch size, as timm names its ViTs (``levit_128``'s number is no resolution)."""
+    m = re.search(r"_patch\d+_(?:.*_)?(\d+)$", name.split(".", 1)[0])
+    return int(m.group(1)) if m else None
+
+
+def backbone_label(name: str, image_size: int | None, label: str | None = None) -> str:
+    """The suite's label, else the timm name, with ``@<image size>`` when the suite resizes the model to a size
+    its name does not state (``deit_small_patch16_224@160``): a run at another resolution never passes for
+    the model's own."""
+    if label:
+        return label
+    if image_size is None or size_in_name(name) == image_size:
+        return name
+    return f"{name}@{image_size}"
 
 
 @dataclass
@@ -92,14 +117,27 @@ class Suite:
             f"suite {self.name!r} has no run {run_id!r}{did_you_mean(run_id, [r.run_id for r in self.runs])}"
         )
 
-    def backbone(self, name: str) -> Backbone:
+    def backbone(self, label: str) -> Backbone:
+        """The backbone entry named ``label`` (runs, folders and the pipeline name backbones by label)."""
         for b in self.backbones:
-            if b.name == name:
+            if b.label == label:
                 return b
-        raise UsageError(f"suite {self.name!r} has no backbone {name!r}")
+        from bench.registry import did_you_mean
+
+        labels = [b.label for b in self.backbones]
+        raise UsageError(
+            f"suite {self.name!r} has no backbone {label!r}{did_you_mean(label, labels)} (backbones: {', '.join(labels)})"
+        )
 
     def results_dir(self, root: str | Path = "results") -> Path:
         return Path(root) / self.name
+
+
+def budget_params(info: Any, m: dict[str, Any]) -> list[str]:
+    """The parameters the suite gives ``m`` that fix its budget (``Param.replaces_keep_ratio``, ToMe's ``r``): with
+    any, the keep ratio is unused and the method runs once, at 1.0, not once per keep ratio."""
+    given = m.get("params") or {}
+    return [k for k, p in info.params.items() if p.replaces_keep_ratio and given.get(k) is not None]
 
 
 def _schema() -> dict[str, Any]:
@@ -253,12 +291,18 @@ def expand(raw: dict[str, Any], path: Path, *, check_names: bool = True, build: 
             evaluate[k] = v
     pre = raw.get("pretrain") or {}
     default_init = pre.get("init", "scratch")
-    backbones = []
-    for b in raw["backbones"]:
+    backbones: list[Backbone] = []
+    for i, b in enumerate(raw["backbones"]):
         b = {"name": b} if isinstance(b, str) else b
-        backbones.append(Backbone(b["name"], b.get("image_size"), b.get("init", default_init), b.get("kwargs", {})))
-    if len({b.name for b in backbones}) != len(backbones):
-        raise UsageError(f"{where}: field backbones: a backbone is listed twice")
+        label = backbone_label(b["name"], b.get("image_size"), b.get("label"))
+        twin = next((j for j, other in enumerate(backbones) if other.label == label), None)
+        if twin is not None:
+            raise UsageError(
+                f"{where}: field backbones[{i}]: label {label!r} is also backbones[{twin}]'s (a backbone listed "
+                f"twice needs another image_size or a distinct label)"
+            )
+        init = b.get("init", default_init)
+        backbones.append(Backbone(b["name"], b.get("image_size"), init, b.get("kwargs", {}), label))
     try:
         pretrain_recipe, pretrain_sources = resolve_recipe(("pretrain.recipe", pre.get("recipe")))
     except UsageError as e:
@@ -283,7 +327,13 @@ def expand(raw: dict[str, Any], path: Path, *, check_names: bool = True, build: 
             raise UsageError(f"{where}: field methods[{i}]: {label!r} appears twice (give one a distinct label)")
         seen.add(label)
         info = method_info_at(where, i, m)
-        full = info.has("reference") or info.has("weight_budget")  # no token budget: keep ratio 1.0 only
+        fixed = budget_params(info, m)
+        if fixed and sorted(set(m.get("keep_ratios", [1.0]))) != [1.0]:
+            raise UsageError(
+                f"{where}: field methods[{i}].keep_ratios: parameter {fixed[0]!r} fixes {m['name']}'s budget, so "
+                f"keep ratios {m['keep_ratios']} would all run one model; drop keep_ratios (it runs once, at 1.0)"
+            )
+        full = info.has("reference") or info.has("weight_budget") or fixed  # no token budget: keep ratio 1.0 only
         ratios = [1.0] if full else sorted(set(m.get("keep_ratios", raw["keep_ratios"])), reverse=True)
         spec = m.get("finetune", finetune_base)
         if spec == NO_FINETUNE:
@@ -308,7 +358,7 @@ def expand(raw: dict[str, Any], path: Path, *, check_names: bool = True, build: 
                             label,
                             m["name"],
                             dict(m.get("params", {})),
-                            b.name,
+                            b.label,
                             float(k),
                             int(s),
                             recipe,

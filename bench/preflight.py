@@ -10,7 +10,9 @@ masks) get a real two-block CPU model of the same widths, once per method and ba
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from bench.errors import UsageError, clip
@@ -37,6 +39,93 @@ def check_hub_weights(name: str) -> None:
         raise UsageError(
             f"backbone {name!r} has no hub weights in timm (init: hub would train from random "
             f"weights); use init: scratch or a checkpoint file"
+        )
+
+
+#: seconds the hub may take to answer one HEAD request at validation (the pipeline would wait far longer)
+HUB_TIMEOUT_S = 4.0
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _hub_cache() -> Path:
+    home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface")
+    return Path(os.environ.get("HF_HUB_CACHE") or os.path.join(home, "hub"))
+
+
+def _head(url: str) -> str | None:
+    """None when ``url``'s server answers a HEAD request (any HTTP status: it is reachable), else why not; bounded
+    by HUB_TIMEOUT_S (in a thread, so a name lookup that hangs cannot hold validation either)."""
+    import threading
+    import urllib.error
+    import urllib.request
+
+    outcome: list[str | None] = []
+
+    def head() -> None:
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=HUB_TIMEOUT_S).close()
+            outcome.append(None)
+        except urllib.error.HTTPError:  # an answer (404, 401, ...): the server is there; timm reports what it finds
+            outcome.append(None)
+        except Exception as e:  # noqa: BLE001 - connection refused, no name resolution, timeout, TLS
+            reason = getattr(e, "reason", e)
+            outcome.append(f"{type(reason).__name__}: {clip(reason, 120)}")
+
+    worker = threading.Thread(target=head, daemon=True)
+    worker.start()
+    worker.join(HUB_TIMEOUT_S + 1.0)
+    return outcome[0] if outcome else f"no answer within {HUB_TIMEOUT_S:g} s"
+
+
+def check_hub_reachable(name: str) -> None:
+    """``init: hub`` downloads the weights when pretraining starts: check now, in seconds, that it can (the weights
+    are in the local cache, or the hub answers), instead of a failure a minute into the pipeline."""
+    from huggingface_hub import hf_hub_url, try_to_load_from_cache
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name)
+    if cfg is None or not cfg.hf_hub_id:  # timm fetches these from cfg.url (torch.hub's cache) or a local file
+        return _check_url_reachable(name, getattr(cfg, "url", "") or "")
+    repo_id, _, revision = cfg.hf_hub_id.partition("@")
+    files = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+    cache = _hub_cache()
+    if any(
+        isinstance(try_to_load_from_cache(repo_id, f, cache_dir=cache, revision=revision or None), str) for f in files
+    ):
+        return
+    if _hub_offline():
+        raise UsageError(
+            f"HF_HUB_OFFLINE is set and {name}'s hub weights ({repo_id}) are not in the local cache ({cache}); "
+            f"unset HF_HUB_OFFLINE, fill the cache once where the hub is reachable, or use a checkpoint file"
+        )
+    endpoint = os.environ.get("HF_ENDPOINT") or None
+    why = _head(hf_hub_url(repo_id, files[0], revision=revision or None, endpoint=endpoint))
+    if why:
+        raise UsageError(
+            f"the hub ({endpoint or 'https://huggingface.co'}) is unreachable from this machine, no network? ({why}); "
+            f"{name}'s weights ({repo_id}) are not in the local cache ({cache}): fill it where the network "
+            f"reaches the hub, or use a checkpoint file"
+        )
+
+
+def _check_url_reachable(name: str, url: str) -> None:
+    if not url:
+        return
+    import torch.hub
+
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url.split("?")[0])
+    if cached.is_file():
+        return
+    if _hub_offline():  # timm honours it for every download
+        raise UsageError(f"HF_HUB_OFFLINE is set and {name}'s weights ({url}) are not in the cache ({cached.parent})")
+    why = _head(url)
+    if why:
+        raise UsageError(
+            f"{url} is unreachable from this machine, no network? ({why}); put {name}'s weights in {cached.parent} "
+            f"or use a checkpoint file"
         )
 
 
@@ -95,36 +184,37 @@ def preflight(suite: Any, where: str) -> None:
 
     meta_models: dict[str, Any] = {}
     cpu_models: dict[str, Any] = {}
-    index = {b.name: i for i, b in enumerate(suite.backbones)}
+    index = {b.label: i for i, b in enumerate(suite.backbones)}
 
-    def backbone(name: str, device: str) -> Any:
+    def backbone(label: str, device: str) -> Any:
         cache = meta_models if device == "meta" else cpu_models
-        if name not in cache:
-            b = suite.backbone(name)
+        if label not in cache:
+            b = suite.backbone(label)
             # a real model only for methods that read weight values: two blocks of the same widths and patches
             # (what their checks depend on) cost a fraction of the full depth's init and masks
             shallow = {"depth": 2} if device != "meta" and "depth" not in b.kwargs else {}
             with torch.device(device):
                 try:
-                    cache[name] = build_backbone(
+                    cache[label] = build_backbone(
                         b.name, num_classes=_CLASSES, img_size=b.image_size, **b.kwargs, **shallow
                     )
                 except Exception:  # noqa: BLE001 - e.g. a model that fixes its depth: built as it is
-                    cache[name] = _at(
+                    cache[label] = _at(
                         where,
-                        f"backbones[{index[name]}]",
+                        f"backbones[{index[label]}]",
                         build_backbone,
                         b.name,
                         num_classes=_CLASSES,
                         img_size=b.image_size,
                         **b.kwargs,
                     )
-        return cache[name]
+        return cache[label]
 
     for i, b in enumerate(suite.backbones):
         if b.init == "hub":
             _at(where, f"backbones[{i}].init", check_hub_weights, b.name)
-        check_recipe_at(where, "pretrain.recipe", suite.pretrain_recipe, backbone(b.name, "meta"), {})
+            _at(where, f"backbones[{i}].init", check_hub_reachable, b.name)
+        check_recipe_at(where, "pretrain.recipe", suite.pretrain_recipe, backbone(b.label, "meta"), {})
 
     labels = _method_fields(suite.raw)
     checked: set[tuple] = set()
@@ -142,13 +232,16 @@ def preflight(suite: Any, where: str) -> None:
             applied_for_real.add((run.method_name, run.backbone))
         model = copy.deepcopy(backbone(run.backbone, "cpu" if method.reads_weights else "meta"))
         try:
+            method.check_model(model)
+        except UsageError as e:  # the backbone lacks what the method reads (a class token): no parameter fixes it
+            raise UsageError(f"{where}: field {field_name}: on backbone {run.backbone}: {e}") from None
+        try:
             method.apply(model)
         except UsageError as e:
             raise UsageError(f"{where}: field {field_name}.params: {e}") from None
         except Exception as e:  # noqa: BLE001
             raise UsageError(
-                f"{where}: field {field_name}.params: do not fit {run.backbone}: "
-                f"{type(e).__name__}: {clip(e)}"
+                f"{where}: field {field_name}.params: do not fit {run.backbone}: {type(e).__name__}: {clip(e)}"
             ) from None
         _at(where, f"{field_name}.params", method.token_schedule, model)
         if run.finetune is not None:

@@ -65,7 +65,11 @@ def test_unknown_suite_name_suggests():
         load_suite("smok")
 
 
-def test_shipped_suites_validate():
+def test_shipped_suites_validate(monkeypatch):
+    import bench.preflight
+
+    # the suites' content is checked, not whether this machine reaches the hub (tests run with HF_HUB_OFFLINE)
+    monkeypatch.setattr(bench.preflight, "check_hub_reachable", lambda name: None)
     names = list_suites()
     assert "smoke" in names
     for name in names:

@@ -73,6 +73,11 @@ class Method:
     reads_weights: ClassVar[bool] = False
     #: parameters under which the method must compute exactly the dense model (checked by the contract tests)
     identity_params: ClassVar[dict[str, Any]] = {}
+    #: True when the method reads the class token (EViT ranks patches by its attention): a backbone without one
+    #: (timm's ``class_token=False``, ``global_pool='avg'``; register tokens are no class token) is refused by
+    #: :meth:`check_model`. Methods that leave it False treat every prefix token (class token or register) alike
+    #: and need none
+    needs_class_token: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -96,6 +101,21 @@ class Method:
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     # -- the contract -------------------------------------------------------------------------
+    @property
+    def reads_class_token(self) -> bool:
+        return self.needs_class_token
+
+    def check_model(self, model: nn.Module) -> None:
+        """Refuse, in one line, a backbone that lacks what the method reads (its class token); ``apply`` calls it,
+        and suite validation before anything runs."""
+        if self.reads_class_token and not has_class_token(model):
+            raise UsageError(
+                f"method {self.name!r} ranks tokens by the class token's attention, and {model_name(model)} has no "
+                f"class token ({prefix_description(model)}): it would rank by a "
+                f"{'register' if int(getattr(model, 'num_prefix_tokens', 0)) else 'patch'}'s attention; use a "
+                f"backbone with a class token"
+            )
+
     def apply(self, model: nn.Module) -> nn.Module:
         """Patch ``model`` in place and return it."""
         return model
@@ -167,6 +187,23 @@ def num_tokens(model: nn.Module) -> int:
 
 def num_patches(model: nn.Module) -> int:
     return int(model.patch_embed.num_patches)
+
+
+def has_class_token(model: nn.Module) -> bool:
+    """Whether the model's first token is a class token (timm's ``cls_token``; registers follow it)."""
+    return getattr(model, "cls_token", None) is not None
+
+
+def model_name(model: nn.Module) -> str:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return str(cfg.get("architecture") or type(model).__name__)
+
+
+def prefix_description(model: nn.Module) -> str:
+    """e.g. "global_pool='avg', 4 register tokens": how the model pools, for messages about its prefix tokens."""
+    registers = int(getattr(model, "num_reg_tokens", 0) or 0)
+    text = f"global_pool={getattr(model, 'global_pool', '?')!r}"
+    return text + (f", {registers} register token{'s' * (registers != 1)}" if registers else ", no prefix tokens")
 
 
 def check_vit(model: nn.Module, method: str) -> None:

@@ -3,6 +3,10 @@
 Inside each of a few blocks (3, 6, 9 of 12 by default: the official ``drop_loc``), after the attention residual
 and before the MLP, with N current tokens (prefix tokens included, p of them):
 
+* the model needs a class token: a ViT without one (``class_token=False``, ``global_pool='avg'``, with or
+  without registers) is refused in one line, at ``bench validate --build`` and when the method is applied,
+  rather than ranking by a register's or a patch's attention (:meth:`Method.check_model`);
+
 * ``left = ceil(rho * (N - p))`` patch tokens are kept (nothing happens when that is all of them);
 * the score of a token is the class token's attention to it in *this* block, averaged over heads
   (:attr:`BlockView.cls_attention`, its prefix columns left out);
@@ -59,6 +63,7 @@ class EViT(InBlockMethod):
     input_dependent = True
     learns_parameters = False
     reads = ("cls_attention",)
+    needs_class_token = True  # the score is the class token's attention: a model without one is refused
     params = {
         "fuse": Param(True, "fuse the inattentive tokens into one token (else drop them)", types=(bool,)),
         "stage_blocks": Param(

@@ -47,7 +47,8 @@ class BlockView:
     #: (B, N, head_dim) keys averaged over heads, when the method asks for them (``reads`` has "keys")
     keys: torch.Tensor | None = None
     #: (B, N) attention of the first prefix token (class token) to every token, averaged over heads, with the
-    #: block's attention bias applied, when the method asks for it (``reads`` has "cls_attention")
+    #: block's attention bias applied, when the method asks for it (``reads`` has "cls_attention"; such a method
+    #: declares ``needs_class_token``, so a model whose token 0 is a register or a patch is refused at ``apply``)
     cls_attention: torch.Tensor | None = None
 
 
@@ -98,8 +99,13 @@ class InBlockMethod(Method):
         """Called before the first block of every forward, with the tokens entering it."""
 
     # -- patching -----------------------------------------------------------------------------
+    @property
+    def reads_class_token(self) -> bool:
+        return self.needs_class_token or "cls_attention" in self.reads  # the view reads token 0's row
+
     def apply(self, model: nn.Module) -> nn.Module:
         check_vit(model, self.name)
+        self.check_model(model)
         self._num_prefix = int(model.num_prefix_tokens)
         blocks = self.reduction_blocks(model)
         if not blocks:

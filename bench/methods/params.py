@@ -19,6 +19,9 @@ class Param:
     choices: tuple[Any, ...] | None = None
     nullable: bool = False
     minimum: float | None = None  # inclusive lower bound of a number
+    #: a value given for it fixes the method's budget, so the keep ratio is unused (ToMe's ``r``): the suite then
+    #: runs the method once, at keep ratio 1.0 ("no token budget"), instead of once per keep ratio
+    replaces_keep_ratio: bool = False
 
     def check(self, method: str, name: str, value: Any) -> Any:
         if value is None and self.nullable:

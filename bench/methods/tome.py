@@ -20,7 +20,8 @@ What the official timm patch (facebookresearch/ToMe: ``tome/patch/timm.py``, ``t
 * Source tracking for the gallery: an identity adjacency merged with ``amax`` (``merge_source``), only while
   ``record_kept``.
 
-The harness's keep-ratio axis (r not given): the r whose analytic GMACs (:func:`block_macs`) are closest to those
+A suite that gives ``r`` runs ToMe once, at keep ratio 1.0 (``Param.replaces_keep_ratio``: the keep ratios
+would all run the same r). The harness's keep-ratio axis (r not given): the r whose analytic GMACs (:func:`block_macs`) are closest to those
 of the staged pruning schedule at the same keep ratio (3 stages before blocks 3/6/9 of 12 keeping
 ``int(n * k^s)`` patches: :func:`bench.methods.pruning.stage_keep_counts`). Keep ratio 1.0 merges nothing.
 """
@@ -150,6 +151,7 @@ class ToMe(InBlockMethod):
             types=(int, list),
             nullable=True,
             minimum=0,
+            replaces_keep_ratio=True,  # a given r is the budget: one run, not one per keep ratio
         ),
         "inflect": Param(
             0.0,

@@ -26,6 +26,16 @@ def check_backbone_name(name: str) -> None:
         raise UsageError(f"unknown backbone {name!r}{did_you_mean(name, candidates)}")
 
 
+def default_image_size(name: str) -> int:
+    """The input resolution timm builds ``name`` at (its pretrained_cfg's input size)."""
+    check_backbone_name(name)
+    cfg = timm.get_pretrained_cfg(name)
+    if cfg is not None and cfg.input_size:
+        return int(cfg.input_size[-1])
+    with torch.device("meta"):  # a model without a pretrained cfg (ours): its patch embedding says
+        return int(timm.create_model(name).patch_embed.img_size[0])
+
+
 def build_backbone(
     name: str,
     *,

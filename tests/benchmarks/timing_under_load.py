@@ -45,7 +45,7 @@ def main() -> None:
     from bench.timing import timing_path
 
     suite = load_suite(args.suite)
-    backbone = args.backbone or suite.backbones[0].name
+    backbone = args.backbone or suite.backbones[0].label
     path = timing_path(suite, backbone, args.results)
     original = path.read_bytes() if path.exists() else None
     try:
