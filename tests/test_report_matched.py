@@ -1,4 +1,5 @@
-"""Matched-budget comparison and learned-vs-control ablation on small synthetic tables."""
+"""Matched-budget comparison and learned-vs-control ablation on small synthetic tables: compared at matched
+measured GMACs, paired by seed, t-intervals from three seeds on and ranges at two, each with its n."""
 
 from __future__ import annotations
 
@@ -9,9 +10,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from bench.report.matched import ABLATION_COLUMNS, MATCHED_COLUMNS, ablation, matched_budget
-from bench.report.matched_render import ablation_markdown, matched_markdown, plot_ablation, plot_matched
+from bench.report.matched_render import (
+    ablation_markdown,
+    interval_cell,
+    intervals_caption,
+    matched_markdown,
+    plot_ablation,
+    plot_matched,
+)
 from bench.results.collect import build_table
 
 BB = "deit_tiny"
@@ -101,66 +110,246 @@ def test_best_method_and_paired_difference() -> None:
     assert (first["diff_to_best"].dropna() <= 0).all()
 
 
-def test_ci_contains_mean_and_is_nan_for_one_seed() -> None:
-    rng = np.random.default_rng(1)
-    noisy = build_table(
+def _noisy(n_seeds: int, seed: int = 1) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return build_table(
         [
             _row(m, k, s, g, t + rng.normal(0, 1.0))
             for m, pts in CURVES.items()
             for k, (g, t) in pts.items()
-            for s in range(6)
+            for s in range(n_seeds)
         ]
     )
+
+
+def test_t_interval_over_seeds_from_three_seeds_range_at_two() -> None:
+    """Intervals are two-sided 95 % t-intervals over seeds (scipy's), only from n = 3 on; n = 2 carries its
+    range (min, max) and no interval, n = 1 neither."""
+    noisy = _noisy(5)
     df = matched_budget(noisy, budgets=[2.5]).dropna(subset=["top1_mean"])
-    assert (df["top1_ci_low"] <= df["top1_mean"]).all() and (df["top1_mean"] <= df["top1_ci_high"]).all()
-    assert (df["top1_ci_low"] < df["top1_ci_high"]).all()
+    learned = noisy[noisy["method"] == "learned"].sort_values(["seed", "gmacs_fvcore_1mac_eq_1flop"])
+    per_seed = learned.groupby("seed").apply(
+        lambda r: np.interp(2.5, r["gmacs_fvcore_1mac_eq_1flop"], r["top1"]), include_groups=False
+    )
+    want = stats.t.interval(0.95, len(per_seed) - 1, loc=per_seed.mean(), scale=stats.sem(per_seed))
+    row = _at(df, "learned", 2.5)
+    assert row["n_seeds"] == 5 and row["top1_mean"] == pytest.approx(per_seed.mean())
+    assert (row["top1_ci_low"], row["top1_ci_high"]) == pytest.approx(want)
+    assert (row["top1_min"], row["top1_max"]) == pytest.approx((per_seed.min(), per_seed.max()))
+    # the paired gap to the best: the t-interval of the per-seed differences
+    static = _at(df, "static", 2.5)
+    st = noisy[noisy["method"] == "static"].sort_values(["seed", "gmacs_fvcore_1mac_eq_1flop"])
+    st_seed = st.groupby("seed").apply(
+        lambda r: np.interp(2.5, r["gmacs_fvcore_1mac_eq_1flop"], r["top1"]), include_groups=False
+    )
+    best = per_seed if row["best_method"] == "learned" else st_seed
+    d = st_seed - best
+    assert static["n_pairs"] == 5 and static["diff_to_best"] == pytest.approx(d.mean())
+    if d.std() > 0:
+        want = stats.t.interval(0.95, 4, loc=d.mean(), scale=stats.sem(d))
+        assert (static["diff_ci_low"], static["diff_ci_high"]) == pytest.approx(want)
+    two = matched_budget(_noisy(2), budgets=[2.5]).dropna(subset=["top1_mean"])
+    assert (two["n_seeds"] == 2).all() and two[["top1_ci_low", "top1_ci_high"]].isna().all().all()
+    assert (two["top1_min"] < two["top1_max"]).all()
     one = matched_budget(_table(seeds=(0,)), budgets=[2.5])
     assert one[["top1_ci_low", "top1_ci_high", "diff_ci_low", "diff_ci_high"]].isna().all().all()
     assert one["top1_mean"].notna().sum() == 3
 
 
-def test_bootstrap_is_deterministic() -> None:
-    rng = np.random.default_rng(2)
-    noisy = build_table(
-        [
-            _row(m, k, s, g, t + rng.normal(0, 1.0))
-            for m, pts in CURVES.items()
-            for k, (g, t) in pts.items()
-            for s in range(5)
-        ]
-    )
-    pd.testing.assert_frame_equal(matched_budget(noisy, seed=3), matched_budget(noisy, seed=3))
-    pd.testing.assert_frame_equal(ablation(noisy, seed=3), ablation(noisy, seed=3))
-    assert not matched_budget(noisy, seed=3)["top1_ci_low"].equals(matched_budget(noisy, seed=4)["top1_ci_low"])
+def test_results_are_deterministic() -> None:
+    noisy = _noisy(5, seed=2)
+    pd.testing.assert_frame_equal(matched_budget(noisy), matched_budget(noisy))
+    pd.testing.assert_frame_equal(ablation(noisy), ablation(noisy))
 
 
-def test_ablation_paired_differences() -> None:
+#: EViT-like: at each keep ratio 12 % more GMACs than static (a fused token, pruning inside the block)
+EVIT_LIKE = {
+    "evit": {0.5: (2.24, 75.0), 0.7: (3.36, 77.6)},
+    "static": {0.5: (2.0, 73.0), 0.7: (3.0, 76.0), 0.9: (4.0, 78.0)},
+}
+
+
+def test_ablation_compares_at_matched_gmacs_not_at_equal_keep_ratio() -> None:
+    """The learned method at keep 0.7 (3.36 GMACs) is compared with static read at 3.36 GMACs (between its keep
+    0.7 and 0.9), not with static at keep 0.7 (3.0 GMACs): the latter would credit evit with +1.6 pp, the
+    matched difference is 77.6 - 76.72 = +0.88 pp."""
+    roles = {**ROLES, "evit": "learned"}
+    rows = [
+        {**_row(m, k, s, g, t + 0.5 * s), **{f"role_{r}": roles[m] == r for r in ("reference", "control", "learned")}}
+        for m, pts in EVIT_LIKE.items()
+        for k, (g, t) in pts.items()
+        for s in range(3)
+    ]
+    df = ablation(build_table(rows))
+    mine = df[df["anchor"] == "learned"].set_index("keep_ratio")
+    assert set(mine.index) == {0.5, 0.7} and (mine["control"] == "static").all()
+    for k, (g, t) in EVIT_LIKE["evit"].items():
+        r = mine.loc[k]
+        control = np.interp(g, [2.0, 3.0, 4.0], [73.0, 76.0, 78.0])  # per seed + 0.5 s on both sides: cancels
+        assert r["n_pairs"] == 3 and r["anchor_gmacs"] == pytest.approx(g)
+        assert r["learned_gmacs"] == pytest.approx(g)
+        assert abs(r["control_gmacs"] - r["learned_gmacs"]) <= 0.02 * r["learned_gmacs"]  # compared GMACs within 2 %
+        assert r["diff_mean"] == pytest.approx(t - control)
+        assert r["control_top1_mean"] == pytest.approx(control + 0.5)
+        assert r["diff_mean"] != pytest.approx(t - EVIT_LIKE["static"][k][1])  # not the equal-keep-ratio gap
+    assert mine.loc[0.7, "diff_mean"] == pytest.approx(77.6 - 76.72)
+    # static's own settings as anchors: evit read at 3.0 GMACs (between its 2.24 and 3.36); 2.0 and 4.0 are
+    # outside evit's measured GMACs: stated, not extrapolated
+    theirs = df[df["anchor"] == "control"].set_index("keep_ratio")
+    assert theirs.loc[0.7, "diff_mean"] == pytest.approx(np.interp(3.0, [2.24, 3.36], [75.0, 77.6]) - 76.0)
+    for k in (0.5, 0.9):
+        assert theirs.loc[k, "n_pairs"] == 0 and np.isnan(theirs.loc[k, "diff_mean"])
+        assert (theirs.loc[k, "other_gmacs_min"], theirs.loc[k, "other_gmacs_max"]) == pytest.approx((2.24, 3.36))
+    paired = df[df["n_pairs"] > 0]
+    assert np.allclose(paired["learned_gmacs"], paired["control_gmacs"], rtol=0.02)
+    text = ablation_markdown(df)
+    assert "evit keep 0.7" in text and "+0.88" in text and "+1.60" not in text
+    assert "not compared: evit measured at 2.24–3.36 GMACs only" in text
+
+
+def test_ablation_pairs_by_seed() -> None:
+    """Differences pair runs of one seed: a seed only one side has drops out (n_pairs), and a seed effect shared
+    by both sides cancels (zero spread), where unpaired means would not."""
+    offsets = {0: 0.0, 1: 3.0, 2: -2.0, 3: 5.0}
+    rows = [
+        _row(m, k, s, g, t + offsets[s])
+        for m, seeds in (("learned", (0, 1, 2)), ("static", (1, 2, 3)))
+        for k, (g, t) in CURVES[m].items()
+        for s in seeds
+    ]
+    df = ablation(build_table(rows))
+    r = df[(df["anchor"] == "learned") & (df["keep_ratio"] == 0.7)].iloc[0]
+    assert r["n_pairs"] == 2 and r["diff_mean"] == pytest.approx(2.0)
+    assert (r["diff_min"], r["diff_max"]) == pytest.approx((2.0, 2.0))
+    assert np.isnan(r["diff_ci_low"])  # two pairs: a range, no interval
+
+
+def test_ablation_defaults_and_holes() -> None:
     df = ablation(_table())
     assert list(df.columns) == ABLATION_COLUMNS
-    assert "dense" not in set(df["method"])
-    row = df[(df["method"] == "learned") & (df["keep_ratio"] == 0.5) & (df["control"] == "static")].iloc[0]
-    assert row["role"] == "learned" and row["n_pairs"] == 3
-    assert row["diff_mean"] == pytest.approx(2.0)
+    assert "dense" not in set(df["learned"]) | set(df["control"])
+    assert set(df["learned"]) == {"learned"} and set(df["control"]) == {"static", "random"}
+    row = df[(df["anchor"] == "learned") & (df["keep_ratio"] == 0.5) & (df["control"] == "static")].iloc[0]
+    assert row["n_pairs"] == 3 and row["diff_mean"] == pytest.approx(2.0)
     assert row["diff_ci_low"] == pytest.approx(2.0) and row["diff_ci_high"] == pytest.approx(2.0)
-    vs_random = df[(df["method"] == "learned") & (df["control"] == "random")].set_index("keep_ratio")["diff_mean"]
+    vs_random = df[(df["anchor"] == "learned") & (df["control"] == "random")].set_index("keep_ratio")["diff_mean"]
     assert vs_random[0.5] == pytest.approx(4.0) and vs_random[0.7] == pytest.approx(3.0)
-    assert np.isnan(vs_random[0.9])  # random was not run at 0.9: a hole, not a crash
-    ctrl = df[df["role"] == "control"]
-    assert set(ctrl["method"]) == {"static", "random"} and ctrl["control"].isna().all()
-    assert list(df["keep_ratio"].unique()) == [0.9, 0.7, 0.5]
+    assert np.isnan(vs_random[0.9])  # random stops at 3 GMACs: a stated hole, not a crash or an extrapolation
+    # a control setting at the very GMACs of a learned one is the same comparison: one row
+    assert not (df["anchor"] == "control").any()
     only = ablation(_table(), learned=["learned"], controls=("static",))
-    assert set(only["method"]) == {"learned", "static"} and set(only["control"].dropna()) == {"static"}
+    assert set(only["learned"]) == {"learned"} and set(only["control"]) == {"static"}
 
 
-def test_markdown_renderers() -> None:
+def test_markdown_states_n_and_names_the_interval() -> None:
     text = matched_markdown(matched_budget(_table(), budgets=[2.0, 3.5]))
-    lines = text.splitlines()
+    caption, table = text.split("\n\n", 1)
+    lines = table.splitlines()
     assert lines[0].startswith("| Backbone") and set(lines[1]) <= set("|:-")
-    assert "learned (best)" in text and "—" in text and "[" in text and "74.50" in text
+    assert "95 % t-interval" in caption and "paired by seed" in caption
+    assert "learned (best)" in text and "—" in text and "[" in text and "74.50" in text and "(n = 3)" in text
+    assert "95" not in table  # the caption names the level; headers say "interval"
     text = ablation_markdown(ablation(_table()))
-    assert text.startswith("| Backbone") and "(best)" in text and "+2.00" in text and "[+2.00, +2.00]" in text
+    assert "+2.00" in text and "[+2.00, +2.00] (n = 3)" in text and "matched measured GMACs" in text
+    # two seeds: no 95 % claim anywhere, each cell "n = 2, range [a, b]"
+    noisy = _noisy(2)
+    for text in (matched_markdown(matched_budget(noisy, budgets=[2.5])), ablation_markdown(ablation(noisy))):
+        assert "95" not in text and "t-interval" not in text and "CI" not in text
+        assert "n = 2, range [" in text and "Intervals: n = 2: the range" in text
+    assert interval_cell(2, np.nan, np.nan, 73.5, 74.0) == "n = 2, range [73.50, 74.00]"
+    assert interval_cell(1, np.nan, np.nan, 74.0, 74.0) == "n = 1"
+    assert interval_cell(3, 1.0, 2.0, 1.2, 1.8, signed=True) == "[+1.00, +2.00] (n = 3)"
+    assert intervals_caption([1, 2, 4]).count("n = ") == 2 and "95 % t-interval" in intervals_caption([4])
     assert matched_markdown(matched_budget(pd.DataFrame())).startswith("_No")
     assert ablation_markdown(ablation(pd.DataFrame())).startswith("_No")
+
+
+def _capture(monkeypatch: pytest.MonkeyPatch, module: Any) -> list[dict[str, Any]]:
+    """Record every figure's title, legend texts and panels (x label, lines) as ``module`` saves it."""
+    seen: list[dict[str, Any]] = []
+    real = module.save_figure
+
+    def save(fig: Any, *paths: Any) -> Any:
+        panels = [
+            {
+                "xlabel": ax.get_xlabel(),
+                "title": ax.get_title(),
+                "lines": {ln.get_label(): np.asarray(ln.get_xdata(), dtype=float) for ln in ax.lines},
+                "bars": [seg for c in ax.collections for seg in getattr(c, "get_segments", list)()],
+            }
+            for ax in fig.axes
+        ]
+        legends = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+        seen.append({"title": fig._suptitle.get_text() if fig._suptitle else "", "legend": legends, "axes": panels})
+        return real(fig, *paths)
+
+    monkeypatch.setattr(module, "save_figure", save)
+    return seen
+
+
+def test_figures_name_their_bars_and_claim_no_95_at_two_seeds(tmp_path: Path, monkeypatch) -> None:
+    import bench.report.matched_render as render
+
+    seen = _capture(monkeypatch, render)
+    plot_matched(matched_budget(_noisy(2)), tmp_path)
+    plot_ablation(ablation(_noisy(2)), tmp_path)
+    plot_ablation(ablation(_noisy(4)), tmp_path / "four")
+    two_matched, two_ablation, four = seen
+    for fig in (two_matched, two_ablation):
+        assert "95" not in fig["title"] + " ".join(fig["legend"])
+        assert "bars over seeds (n = 2): range" in fig["legend"]
+    assert "bars over seeds (n = 4): 95 % t-interval" in four["legend"]
+    # the ablation: a panel per backbone and control, Δ drawn at the GMACs both sides were read at
+    abl = ablation(_noisy(2))
+    panels = {ax["title"]: ax for ax in two_ablation["axes"]}
+    assert set(panels) == {f"{BB}\nvs static", f"{BB}\nvs random"}
+    for control, ax in ((c, panels[f"{BB}\nvs {c}"]) for c in ("static", "random")):
+        rows = abl[(abl["control"] == control) & (abl["n_pairs"] > 0)].sort_values("learned_gmacs")
+        xs = [x for label, x in ax["lines"].items() if len(x) == len(rows) and len(x) > 1]
+        assert any(np.allclose(x, rows["learned_gmacs"]) for x in xs)
+        # range bars at n = 2: from the pair's min to its max difference
+        ends = sorted((round(seg[0][1], 6), round(seg[1][1], 6)) for seg in ax["bars"])
+        want = sorted((round(a, 6), round(b, 6)) for a, b in zip(rows["diff_min"], rows["diff_max"]) if b > a)
+        assert ends == want
+
+
+def test_paper_pruning_ablation_draws_against_gmacs_and_no_merging_method_on_a_keep_ratio_axis(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A merging method (ToMe: its keep ratio maps to r) has no keep-ratio axis: no paper figure draws it on one,
+    and the ablation figure puts every method at its measured GMACs."""
+    import bench.report.figures as figures
+    from bench.report.figures import FigureContext, build_figures, load_published
+    from bench.report.style import method_styles
+    from bench.report.summary import summarize
+
+    curves = {**CURVES, "merger": {0.5: (2.3, 73.0), 0.7: (3.4, 76.0)}}
+    roles = {**ROLES, "merger": "learned"}
+    rows = [
+        {
+            **_row(m, k, s, g, t + 0.5 * s),
+            **{f"role_{r}": roles[m] == r for r in ("reference", "control", "learned")},
+            "role_merging": m == "merger",
+        }
+        for m, pts in curves.items()
+        for k, (g, t) in pts.items()
+        for s in range(2)
+    ]
+    table = build_table(rows)
+    summary = summarize(table)
+    seen = _capture(monkeypatch, figures)
+    ctx = FigureContext(table, summary, tmp_path, method_styles(table), load_published())
+    drawn = build_figures(ctx)
+    assert drawn["pruning_ablation"], "the ablation figure draws for learned and control methods"
+    keep_axes = [ax for fig in seen for ax in fig["axes"] if "keep" in ax["xlabel"].lower()]
+    assert not any("merger" in ax["lines"] for ax in keep_axes)
+    fig = next(f for f in seen if f["title"].startswith("Learned vs control"))
+    assert "95" not in fig["title"] and any(t.startswith("bars: ± 1 std over seeds (n = 2)") for t in fig["legend"])
+    for ax in fig["axes"]:
+        assert "GMACs" in ax["xlabel"]
+        for method, xs in ax["lines"].items():
+            want = summary[summary["method"] == method].sort_values("gmacs")["gmacs"]
+            assert np.allclose(np.sort(xs), want), method
 
 
 def test_figures_written_and_byte_stable(tmp_path: Path) -> None:
@@ -194,7 +383,7 @@ def test_failed_runs_and_empty_tables_do_not_raise(tmp_path: Path) -> None:
     lone = build_table([_row("learned", 0.5, 0, 2.0, 74.0)])
     m = matched_budget(lone)
     assert list(m["top1_mean"]) == [74.0] and m["top1_ci_low"].isna().all() and m["diff_to_best"].iloc[0] == 0.0
-    assert ablation(lone)["control"].isna().all()
+    assert ablation(lone).empty  # no control to compare with
     plot_matched(m, tmp_path)
     plot_ablation(ablation(lone), tmp_path)
 
@@ -222,5 +411,6 @@ def test_ten_thousand_runs_are_fast() -> None:
     m, a = matched_budget(table), ablation(table)
     elapsed = time.perf_counter() - start
     assert m["top1_mean"].notna().all() and len(m) == 4 * 5 * 25
-    assert len(a) == 4 * 10 * (23 * 2 + 2)
+    assert len(a) == 4 * 2 * (23 * 10 * 2)  # every learned and every control setting against the other side
+    assert a["n_pairs"].gt(0).mean() > 0.8  # seeds' GMACs differ by 1 %: a few end settings fall outside a curve
     assert elapsed < 10.0, f"matched_budget + ablation took {elapsed:.2f} s on 10,000 runs"

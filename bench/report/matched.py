@@ -1,10 +1,11 @@
-"""Matched-compute comparison and learned-vs-control ablation, with seed-bootstrap CIs.
+"""Matched-compute comparison and learned-vs-control ablation, with t-intervals over seeds.
 
-A trade-off curve compares methods at their own keep ratios, which hides who wins at a
-given compute budget. Here each seed's (GMACs, top-1) curve is interpolated at common
-budgets (never extrapolated), and differences are paired by seed so seed noise shared by
-two methods cancels. Everything is vectorised over runs; the tables and figures of these
-frames are drawn by ``matched_render.py``.
+A trade-off curve compares methods at their own keep ratios, which hides who wins at a given compute
+budget: EViT at keep 0.7 runs about 12 % more GMACs than static at keep 0.7. Here each seed's (GMACs,
+top-1) curve is interpolated at common GMACs (never extrapolated), and differences are paired by seed
+so seed noise shared by two methods cancels. Intervals are two-sided LEVEL t-intervals over seeds,
+only from MIN_N_INTERVAL seeds on; every frame carries n and the seeds' min and max (the range a table
+shows at n = 2). Everything is vectorised over runs; ``matched_render.py`` draws the tables and figures.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ import pandas as pd
 from bench.report.summary import methods_with_role
 
 GMACS = "gmacs_fvcore_1mac_eq_1flop"
+TOKENS = "mean_tokens"
 N_BUDGETS = 5
 MATCH_RTOL = 1e-9
+LEVEL = 0.95  # two-sided level of every interval over seeds
+MIN_N_INTERVAL = 3  # below this, no interval: n = 2 shows its range, n = 1 its value
 MATCHED_COLUMNS = [
     "backbone",
     "budget_gmacs",
@@ -27,34 +31,49 @@ MATCHED_COLUMNS = [
     "top1_mean",
     "top1_ci_low",
     "top1_ci_high",
+    "top1_min",
+    "top1_max",
     "best_method",
+    "n_pairs",
     "diff_to_best",
     "diff_ci_low",
     "diff_ci_high",
+    "diff_min",
+    "diff_max",
 ]
+#: one row per measured setting of one side (the anchor) x a method of the other side: both are read at the
+#: anchor's measured GMACs, seed by seed (the other side interpolated along its own curve, never extrapolated)
 ABLATION_COLUMNS = [
     "backbone",
-    "keep_ratio",
-    "method",
-    "role",
-    "n_seeds",
-    "top1_mean",
-    "top1_ci_low",
-    "top1_ci_high",
+    "learned",
     "control",
+    "anchor",  # "learned" or "control": whose measured setting sets the GMACs
+    "keep_ratio",  # the anchor's setting (a merging method's keep ratio maps to its merge schedule)
+    "anchor_merging",
+    "anchor_n_seeds",
+    "anchor_gmacs",  # the anchor's GMACs, mean over its seeds
+    "anchor_mean_tokens",
+    "other_gmacs_min",  # the GMACs range all seeds of the other side reach: where it can be read
+    "other_gmacs_max",
     "n_pairs",
-    "diff_mean",
+    "learned_gmacs",  # the GMACs each side's top-1 was taken at, mean over the paired seeds
+    "control_gmacs",
+    "learned_top1_mean",
+    "control_top1_mean",
+    "diff_mean",  # learned - control, points, mean over the paired seeds
     "diff_ci_low",
     "diff_ci_high",
+    "diff_min",
+    "diff_max",
 ]
 _CURVE = ["backbone", "method", "seed"]
-_TOP1 = ("n_seeds", "top1_mean", "top1_ci_low", "top1_ci_high")
-_BOOT_CELLS = 1 << 22  # groups x resamples per block: bounds bootstrap memory
+_TOP1 = ("n_seeds", "top1_mean", "top1_ci_low", "top1_ci_high", "top1_min", "top1_max")
+_DIFF = ("n_pairs", "diff_mean", "diff_ci_low", "diff_ci_high", "diff_min", "diff_max")
 
 
 def _ok_points(table: pd.DataFrame | None) -> pd.DataFrame:
     """ok runs with finite top-1, GMACs and seed; anything else cannot be placed on a curve."""
-    cols = ["backbone", "method", "seed", "keep_ratio", "gmacs", "top1"]
+    cols = ["backbone", "method", "seed", "keep_ratio", "gmacs", "top1", "tokens"]
     need = ["status", "backbone", "method", "seed", "top1", GMACS]
     if table is None or len(table) == 0 or any(c not in table.columns for c in need):
         return pd.DataFrame({c: pd.Series(dtype=float if c in cols[3:] else object) for c in cols})
@@ -62,10 +81,11 @@ def _ok_points(table: pd.DataFrame | None) -> pd.DataFrame:
         c: pd.to_numeric(table[c], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
         for c in ("seed", "top1", GMACS)
     }
-    ratio = (
-        pd.to_numeric(table["keep_ratio"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-        if "keep_ratio" in table.columns
+    ratio, tokens = (
+        pd.to_numeric(table[c], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        if c in table.columns
         else np.full(len(table), np.nan)
+        for c in ("keep_ratio", TOKENS)
     )
     keep = (
         table["status"].astype(object).eq("ok").to_numpy(dtype=bool)
@@ -83,41 +103,31 @@ def _ok_points(table: pd.DataFrame | None) -> pd.DataFrame:
             "keep_ratio": np.round(ratio[keep], 6),
             "gmacs": num[GMACS][keep],
             "top1": num["top1"][keep],
+            "tokens": tokens[keep],
         }
     )
 
 
-def _boot_stats(
-    df: pd.DataFrame, keys: list[str], value: str, n_boot: int, seed: int, names: Sequence[str] = _TOP1
-) -> pd.DataFrame:
-    """Per group of ``keys``: n, mean and the 95 % percentile bootstrap CI of the mean (NaN for n < 2),
-    in columns named ``names``.
+def _seed_stats(df: pd.DataFrame, keys: list[str], value: str, names: Sequence[str] = _TOP1) -> pd.DataFrame:
+    """Per group of ``keys``: n, mean, the two-sided LEVEL t-interval of the mean (NaN for n < MIN_N_INTERVAL),
+    min and max (the range: what a table shows at n = 2), in columns named ``names``.
 
-    One uniform matrix from ``default_rng(seed)`` serves every group, so a group's CI depends only
-    on its own values; resample counts times values is a matrix product, fast for thousands of groups.
+    A t-interval over seeds holds at small n for roughly normal seed noise; a percentile bootstrap of 2-5
+    seeds covers far less than its nominal level, and no interval means anything at n = 2.
     """
     if df.empty:
         return pd.DataFrame(columns=[*keys, *names])
-    grouped = df.groupby(keys, sort=True)
-    df = df.assign(_g=grouped.ngroup().to_numpy()).sort_values("_g", kind="mergesort")
-    out = grouped[value].agg(n="size", mean="mean").reset_index()
-    vals, n = df[value].to_numpy(dtype=float), out["n"].to_numpy()
-    starts = np.concatenate([[0], np.cumsum(n)[:-1]])
-    lo, hi = np.full(len(out), np.nan), np.full(len(out), np.nan)
-    if n_boot >= 1 and (n >= 2).any():
-        u = np.random.default_rng(seed).random((n_boot, int(n.max())))
-        for size in np.unique(n[n >= 2]):
-            idx = np.minimum((u[:, :size] * size).astype(np.int64), size - 1)
-            counts = np.bincount((idx + size * np.arange(n_boot)[:, None]).ravel(), minlength=n_boot * size).reshape(
-                n_boot, size
-            )
-            which = np.flatnonzero(n == size)
-            step = max(1, _BOOT_CELLS // n_boot)
-            for i in range(0, len(which), step):
-                part = which[i : i + step]
-                means = vals[starts[part][:, None] + np.arange(size)] @ counts.T / size
-                lo[part], hi[part] = np.percentile(means, [2.5, 97.5], axis=1)
-    return out.assign(lo=lo, hi=hi).rename(columns=dict(zip(("n", "mean", "lo", "hi"), names)))
+    out = df.groupby(keys, sort=True)[value].agg(n="size", mean="mean", sd="std", lo="min", hi="max").reset_index()
+    n = out["n"].to_numpy(dtype=float)
+    half = np.full(len(out), np.nan)
+    ok = n >= MIN_N_INTERVAL
+    if ok.any():
+        from scipy.special import stdtrit  # Student t quantile; scipy.stats would cost 0.4 s of imports
+
+        half[ok] = stdtrit(n[ok] - 1, 0.5 + LEVEL / 2) * out["sd"].to_numpy(dtype=float)[ok] / np.sqrt(n[ok])
+    mean = out["mean"].to_numpy(dtype=float)
+    out = out.assign(ci_low=mean - half, ci_high=mean + half).drop(columns="sd")
+    return out[[*keys, "n", "mean", "ci_low", "ci_high", "lo", "hi"]].set_axis([*keys, *names], axis=1)
 
 
 def _budget_grid(curves: pd.DataFrame, budgets: Sequence[float] | Mapping[str, Sequence[float]] | None) -> pd.DataFrame:
@@ -176,17 +186,15 @@ def _interp(points: pd.DataFrame, queries: pd.DataFrame) -> np.ndarray:
 
 
 def matched_budget(
-    table: pd.DataFrame,
-    budgets: Sequence[float] | Mapping[str, Sequence[float]] | None = None,
-    n_boot: int = 2000,
-    seed: int = 0,
+    table: pd.DataFrame, budgets: Sequence[float] | Mapping[str, Sequence[float]] | None = None
 ) -> pd.DataFrame:
     """Top-1 of every method at common GMACs budgets per backbone, with the best and paired gaps to it.
 
     ``budgets``: one list for all backbones, a {backbone: list} mapping, or None for N_BUDGETS
     evenly spaced over the GMACs range all multi-point methods reach (their union if none is
     shared). Each seed's curve is interpolated, never extrapolated. Columns: MATCHED_COLUMNS;
-    every method appears at every budget (n_seeds 0, NaN stats where it cannot reach it).
+    every method appears at every budget (n_seeds 0, NaN stats where it cannot reach it). The gap
+    to the best is paired by seed (n_pairs: the seeds both reach).
     """
     pts = _ok_points(table).groupby(["backbone", "method", "seed", "gmacs"], sort=True, as_index=False)["top1"].mean()
     if pts.empty:
@@ -202,27 +210,23 @@ def matched_budget(
     queries["top1"] = _interp(pts, queries) if len(queries) else np.empty(0)
     interp = queries.loc[np.isfinite(queries["top1"]), ["backbone", "budget_gmacs", "method", "seed", "top1"]]
     keys = ["backbone", "budget_gmacs", "method"]
-    rows = queries[keys].drop_duplicates().merge(_boot_stats(interp, keys, "top1", n_boot, seed), on=keys, how="left")
+    rows = queries[keys].drop_duplicates().merge(_seed_stats(interp, keys, "top1"), on=keys, how="left")
     ranked = rows.dropna(subset=["top1_mean"]).sort_values(
         ["backbone", "budget_gmacs", "top1_mean", "method"], ascending=[True, True, False, True], kind="mergesort"
     )
     best = ranked.drop_duplicates(["backbone", "budget_gmacs"])[keys].rename(columns={"method": "best_method"})
     best_vals = interp.merge(best, left_on=keys, right_on=["backbone", "budget_gmacs", "best_method"])
-    pairs = interp.merge(
+    pairs = interp.merge(  # pairs by seed: a seed that only one of the two reaches drops out
         best_vals[["backbone", "budget_gmacs", "seed", "top1"]],
         on=["backbone", "budget_gmacs", "seed"],
         suffixes=("", "_best"),
     )
-    diff = _boot_stats(
-        pairs.assign(diff=pairs["top1"] - pairs["top1_best"]),
-        keys,
-        "diff",
-        n_boot,
-        seed,
-        ("_n", "diff_to_best", "diff_ci_low", "diff_ci_high"),
-    ).drop(columns="_n")
-    out = rows.merge(best, on=["backbone", "budget_gmacs"], how="left").merge(diff, on=keys, how="left")
+    diff = _seed_stats(pairs.assign(diff=pairs["top1"] - pairs["top1_best"]), keys, "diff", _DIFF)
+    out = rows.merge(best, on=["backbone", "budget_gmacs"], how="left").merge(
+        diff.rename(columns={"diff_mean": "diff_to_best"}), on=keys, how="left"
+    )
     out["n_seeds"] = out["n_seeds"].fillna(0).astype(int)
+    out["n_pairs"] = out["n_pairs"].fillna(0).astype(int)
     out = out.assign(_neg=-out["top1_mean"]).sort_values(
         ["backbone", "budget_gmacs", "_neg", "method"], na_position="last", kind="mergesort"
     )
@@ -230,21 +234,18 @@ def matched_budget(
 
 
 def ablation(
-    table: pd.DataFrame,
-    learned: Sequence[str] | None = None,
-    controls: Sequence[str] | None = None,
-    n_boot: int = 2000,
-    seed: int = 0,
+    table: pd.DataFrame, learned: Sequence[str] | None = None, controls: Sequence[str] | None = None
 ) -> pd.DataFrame:
-    """Learned selectors against the controls (content-blind token selection) at the same keep ratio.
+    """Learned selectors against the controls (content-blind token selection) at matched measured GMACs.
 
-    Long format, one row per backbone x keep_ratio x method x control: ``role`` is "learned" or
-    "control"; n_seeds/top1_mean/top1_ci_low/top1_ci_high are the method's top-1 over seeds (95 %
-    bootstrap CI). Learned rows repeat once per control seen in the table, with ``control`` naming
-    it, n_pairs the seeds both share, and diff_mean/diff_ci_* the paired top-1 difference
-    (learned − control, points) and its CI; control rows (and learned ones when no control was
-    run) have control None, n_pairs 0 and NaN differences. ``learned`` defaults to the methods declaring
-    the "learned" role that run below keep ratio 1.0, ``controls`` to those declaring "control". Sorted by backbone, keep ratio (high first), role, method.
+    Equal keep ratios are not equal compute (EViT fuses a token and prunes inside the block; a merging
+    method's keep ratio only sets its schedule), so every measured setting of either side is an anchor:
+    per seed, the anchor's own top-1 at its measured GMACs against the other method's same-seed curve
+    interpolated at those GMACs (never extrapolated: outside the other's range, n_pairs 0 and NaN). One row
+    per backbone x anchor setting x method of the other side (ABLATION_COLUMNS); diff is learned - control
+    in points, paired by seed. ``learned`` defaults to the methods declaring the "learned" role that run below
+    keep ratio 1.0, ``controls`` to those declaring "control". Sorted by backbone, learned, control, GMACs
+    (high first), anchor.
     """
     controls = list(dict.fromkeys(methods_with_role(table, "control") if controls is None else controls))
     pts = _ok_points(table).dropna(subset=["keep_ratio"])
@@ -254,37 +255,67 @@ def ablation(
         learned = [m for m in methods_with_role(table, "learned") if m in reducing]
     learned = [m for m in dict.fromkeys(learned) if m not in controls]
     pts = pts[pts["method"].isin(learned + controls)]
-    if pts.empty:
+    if pts.empty or not set(pts["method"]) & set(learned) or not set(pts["method"]) & set(controls):
         return pd.DataFrame(columns=ABLATION_COLUMNS)
-    keys = ["backbone", "keep_ratio", "method"]
-    per_seed = pts.groupby(keys + ["seed"], sort=True, as_index=False)["top1"].mean()
-    stats = _boot_stats(per_seed, keys, "top1", n_boot, seed)
-    stats["role"] = np.where(stats["method"].isin(controls), "control", "learned")
-    present = [c for c in controls if c in set(per_seed["method"])]
-    nan_diff = {"n_pairs": 0, "diff_mean": np.nan, "diff_ci_low": np.nan, "diff_ci_high": np.nan}
-    rows = stats[stats["role"] == "learned"]
-    if present and len(rows):
-        ctrl = per_seed[per_seed["method"].isin(present)].rename(columns={"method": "control", "top1": "top1_ctrl"})
-        pairs = per_seed[per_seed["method"].isin(learned)].merge(ctrl, on=["backbone", "keep_ratio", "seed"])
-        diff = _boot_stats(
-            pairs.assign(diff=pairs["top1"] - pairs["top1_ctrl"]),
-            keys + ["control"],
-            "diff",
-            n_boot,
-            seed,
-            ("n_pairs", "diff_mean", "diff_ci_low", "diff_ci_high"),
-        )
-        rows = rows.merge(pd.DataFrame({"control": present}), how="cross").merge(
-            diff, on=keys + ["control"], how="left"
-        )
-        rows["n_pairs"] = rows["n_pairs"].fillna(0)
-    else:
-        rows = rows.assign(control=None, **nan_diff)
-    ctrl_rows = stats[stats["role"] == "control"].assign(control=None, **nan_diff)
-    out = pd.concat([df for df in (rows, ctrl_rows) if len(df)], ignore_index=True)
-    out["n_pairs"] = out["n_pairs"].astype(int)
-    out["control"] = out["control"].astype(object).where(out["control"].notna(), None)
-    order = {c: i for i, c in enumerate(present)}
-    out = out.assign(_kr=-out["keep_ratio"], _role=out["role"] != "learned", _ctrl=out["control"].map(order).fillna(-1))
-    out = out.sort_values(["backbone", "_kr", "_role", "method", "_ctrl"], kind="mergesort")
+    setting = ["backbone", "method", "keep_ratio"]
+    seeds = pts.groupby([*setting, "seed"], sort=True, as_index=False)[["gmacs", "top1", "tokens"]].mean()
+    seeds["role"] = np.where(seeds["method"].isin(controls), "control", "learned")
+    curve_pts = seeds.groupby([*_CURVE, "gmacs"], sort=True, as_index=False)["top1"].mean()
+    curve_pts["cid"] = curve_pts.groupby(_CURVE, sort=True).ngroup().to_numpy()
+    curves = curve_pts.groupby([*_CURVE, "cid"], sort=True).agg(xmin=("gmacs", "min"), xmax=("gmacs", "max"))
+    curves = curves.reset_index().rename(columns={"method": "other"})
+    curves["other_role"] = np.where(curves["other"].isin(controls), "control", "learned")
+    # every seed of every setting against the same seed's curve of each method of the other side
+    q = seeds.merge(curves, on=["backbone", "seed"])
+    q = q[q["role"] != q["other_role"]].assign(budget_gmacs=lambda d: d["gmacs"])
+    read = _interp(curve_pts, q) if len(q) else np.empty(0)
+    is_learned = (q["role"] == "learned").to_numpy()
+    q = q.assign(
+        learned=np.where(is_learned, q["method"], q["other"]),
+        control=np.where(is_learned, q["other"], q["method"]),
+        anchor=q["role"],
+        learned_top1=np.where(is_learned, q["top1"], read),
+        control_top1=np.where(is_learned, read, q["top1"]),
+        # the anchor is read at its own GMACs; the other side at the budget it was interpolated at
+        learned_gmacs=np.where(is_learned, q["gmacs"], q["budget_gmacs"]),
+        control_gmacs=np.where(is_learned, q["budget_gmacs"], q["gmacs"]),
+    )
+    pairs = q[np.isfinite(read)]
+    keys = ["backbone", "learned", "control", "anchor", "keep_ratio"]
+    diff = _seed_stats(pairs.assign(diff=pairs["learned_top1"] - pairs["control_top1"]), keys, "diff", _DIFF)
+    sides = pairs.groupby(keys, sort=True)[["learned_gmacs", "control_gmacs", "learned_top1", "control_top1"]].mean()
+    sides = sides.rename(columns={"learned_top1": "learned_top1_mean", "control_top1": "control_top1_mean"})
+    anchors = seeds.groupby([*setting, "role"], sort=True).agg(
+        anchor_n_seeds=("seed", "size"), anchor_gmacs=("gmacs", "mean"), anchor_mean_tokens=("tokens", "mean")
+    )
+    # the other side's reach: the GMACs every one of its seeds covers
+    reach = curves.groupby(["backbone", "other", "other_role"], sort=True).agg(
+        other_gmacs_min=("xmin", "max"), other_gmacs_max=("xmax", "min")
+    )
+    rows = anchors.reset_index().merge(reach.reset_index(), on="backbone")
+    rows = rows[rows["role"] != rows["other_role"]]
+    is_learned = (rows["role"] == "learned").to_numpy()
+    rows = rows.assign(
+        learned=np.where(is_learned, rows["method"], rows["other"]),
+        control=np.where(is_learned, rows["other"], rows["method"]),
+        anchor=rows["role"],
+        anchor_merging=rows["method"].isin(set(methods_with_role(table, "merging"))),
+    )
+    out = rows.merge(diff, on=keys, how="left").merge(sides.reset_index(), on=keys, how="left")
+    # a control setting at the very GMACs of a learned one repeats that comparison: keep one row
+    pair = ["backbone", "learned", "control"]
+    twin = (
+        out[["anchor", "anchor_gmacs", *pair]]
+        .reset_index()
+        .merge(out.loc[out["anchor"] == "learned", [*pair, "anchor_gmacs"]], on=pair, suffixes=("", "_learned"))
+    )
+    twin = twin[
+        (twin["anchor"] == "control") & np.isclose(twin["anchor_gmacs"], twin["anchor_gmacs_learned"], MATCH_RTOL, 0)
+    ]
+    out = out.drop(index=twin["index"].unique())
+    out["n_pairs"] = out["n_pairs"].fillna(0).astype(int)
+    out["anchor_n_seeds"] = out["anchor_n_seeds"].astype(int)
+    out = out.assign(_g=-out["anchor_gmacs"]).sort_values(
+        ["backbone", "learned", "control", "_g", "anchor"], kind="mergesort"
+    )
     return out[ABLATION_COLUMNS].reset_index(drop=True)

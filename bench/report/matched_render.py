@@ -1,6 +1,8 @@
 """Markdown tables and figures of the matched-compute comparison and the learned-vs-control ablation.
 
-The frames come from ``matched.matched_budget`` and ``matched.ablation``; figures follow ``plots.py``.
+The frames come from ``matched.matched_budget`` and ``matched.ablation``; figures follow ``plots.py``. Every
+interval is shown with its n and named in a caption line (tables) or the legend (figures): a t-interval from
+``matched.MIN_N_INTERVAL`` seeds on, the range at n = 2, nothing at n = 1.
 """
 
 from __future__ import annotations
@@ -14,19 +16,42 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from bench.report.matched import LEVEL, MIN_N_INTERVAL
 from bench.report.plots import GMACS_LABEL, draw_error_bars, fixed_layout, reference_first, save_figure
 from bench.report.style import method_styles, whitegrid
 from bench.report.table import DASH, md_table
 
 TOP1_LABEL = "Top-1 accuracy (%)"
+DIFF_LABEL = "Δ top-1, learned − control (pp)"
+LEVEL_TEXT = f"{100 * LEVEL:g} %"  # "95 %"
 
 
 def _f(value: Any, signed: bool = False) -> str:
     return DASH if not np.isfinite(value) else f"{value:+.2f}" if signed else f"{value:.2f}"
 
 
-def _ci(lo: Any, hi: Any, signed: bool = False) -> str:
-    return f"[{_f(lo, signed)}, {_f(hi, signed)}]" if np.isfinite(lo) and np.isfinite(hi) else DASH
+def interval_cell(n: Any, low: Any, high: Any, lo: Any, hi: Any, signed: bool = False) -> str:
+    """A mean's interval over ``n`` seeds (or seed pairs), n stated: ``[low, high] (n = 5)`` (the t-interval)
+    from MIN_N_INTERVAL on, ``n = 2, range [lo, hi]`` (min and max) at 2, ``n = 1`` alone, a dash at 0."""
+    n = int(n) if np.isfinite(n) else 0
+    if n >= MIN_N_INTERVAL and np.isfinite(low) and np.isfinite(high):
+        return f"[{_f(low, signed)}, {_f(high, signed)}] (n = {n})"
+    if n == 2:
+        return f"n = 2, range [{_f(lo, signed)}, {_f(hi, signed)}]"
+    return f"n = {n}" if n else DASH
+
+
+def intervals_caption(ns: Any) -> str:
+    """The caption line naming the intervals a table or figure shows, for the n values it has."""
+    ns = {int(n) for n in ns if np.isfinite(n) and n > 0}
+    parts = []
+    if any(n >= MIN_N_INTERVAL for n in ns):
+        parts.append(f"two-sided {LEVEL_TEXT} t-interval of the mean over seeds (n ≥ {MIN_N_INTERVAL})")
+    if 2 in ns:
+        parts.append("n = 2: the range of the two seeds, no confidence interval")
+    if 1 in ns:
+        parts.append("n = 1: none")
+    return f"Intervals: {'; '.join(parts)}." if parts else "Intervals: none (no seeds)."
 
 
 def _budget(x: float) -> str:
@@ -35,7 +60,8 @@ def _budget(x: float) -> str:
 
 
 def matched_markdown(df: pd.DataFrame) -> str:
-    """GitHub table of ``matched_budget``; the best method at each budget is marked "(best)"."""
+    """GitHub table of ``matched_budget`` under its caption line; the best method at each budget is marked
+    "(best)"."""
     if df.empty:
         return "_No matched-budget comparison: no successful runs with top-1 and GMACs._"
     rows = [
@@ -43,74 +69,133 @@ def matched_markdown(df: pd.DataFrame) -> str:
             r.backbone,
             _budget(r.budget_gmacs),
             f"{r.method} (best)" if r.method == r.best_method else r.method,
-            str(r.n_seeds),
             _f(r.top1_mean),
-            _ci(r.top1_ci_low, r.top1_ci_high),
+            interval_cell(r.n_seeds, r.top1_ci_low, r.top1_ci_high, r.top1_min, r.top1_max),
             _f(r.diff_to_best, True),
-            _ci(r.diff_ci_low, r.diff_ci_high, True),
+            interval_cell(r.n_pairs, r.diff_ci_low, r.diff_ci_high, r.diff_min, r.diff_max, True),
         ]
         for r in df.itertuples(index=False)
     ]
-    return md_table(
-        ["Backbone", "Budget (GMACs)", "Method", "Seeds", "Top-1 (%)", "95% CI", "Δ vs best (pp)", "95% CI"],
-        rows,
-        "lrlrrrrr",
+    caption = (
+        "Each seed's (GMACs, top-1) curve read at each budget (interpolated, never extrapolated); Δ vs the best "
+        "method at that budget, paired by seed. " + intervals_caption([*df["n_seeds"], *df["n_pairs"]])
     )
+    return (
+        caption
+        + "\n\n"
+        + md_table(
+            ["Backbone", "Budget (GMACs)", "Method", "Top-1 (%)", "Top-1 interval", "Δ vs best (pp)", "Δ interval"],
+            rows,
+            "lrlrrrr",
+        )
+    )
+
+
+def _gmacs_cell(r: Any) -> str:
+    """Where both sides were read; both GMACs when they differ by more than 0.1 % (seeds of unequal cost)."""
+    if not r.n_pairs:
+        return _budget(r.anchor_gmacs)
+    if abs(r.learned_gmacs - r.control_gmacs) <= 1e-3 * max(abs(r.learned_gmacs), abs(r.control_gmacs)):
+        return _budget(r.learned_gmacs)
+    return f"{_budget(r.learned_gmacs)} / {_budget(r.control_gmacs)}"
+
+
+def _anchor_cell(r: Any) -> str:
+    """The measured setting both sides are read at: its keep ratio (a merging method's only sets its merge
+    schedule, so it is a "setting"), and its mean tokens where recorded."""
+    name = r.learned if r.anchor == "learned" else r.control
+    setting = f"{name} {'setting' if r.anchor_merging else 'keep'} {r.keep_ratio:g}"
+    return f"{setting}, {r.anchor_mean_tokens:.1f} tokens" if np.isfinite(r.anchor_mean_tokens) else setting
+
+
+def _side(r: Any, side: str) -> str:
+    value = _f(getattr(r, f"{side}_top1_mean"))
+    return value if r.anchor == side or value == DASH else f"{value} (interp.)"
 
 
 def ablation_markdown(df: pd.DataFrame) -> str:
-    """GitHub table of ``ablation``; the top method per backbone x keep ratio is marked "(best)"."""
+    """GitHub table of ``ablation`` under its caption line: each row one measured setting (the anchor) and the
+    other side read at its GMACs, with the paired difference and its interval."""
     if df.empty:
-        return "_No ablation: no successful runs of learned or control methods._"
-    top = df.sort_values("top1_mean", ascending=False, kind="mergesort").dropna(subset=["top1_mean"])
-    best = set(
-        top.drop_duplicates(["backbone", "keep_ratio"])[["backbone", "keep_ratio", "method"]].itertuples(
-            index=False, name=None
-        )
-    )
+        return "_No ablation: no successful runs of both learned and control methods._"
     rows = [
         [
             r.backbone,
-            f"{r.keep_ratio:g}",
-            f"{r.method} (best)" if (r.backbone, r.keep_ratio, r.method) in best else r.method,
-            r.role,
-            str(r.n_seeds),
-            _f(r.top1_mean),
-            _ci(r.top1_ci_low, r.top1_ci_high),
-            r.control if r.control is not None else DASH,
-            str(r.n_pairs),
+            r.learned,
+            r.control,
+            _anchor_cell(r),
+            _gmacs_cell(r),
+            _side(r, "learned"),
+            _side(r, "control"),
             _f(r.diff_mean, True),
-            _ci(r.diff_ci_low, r.diff_ci_high, True),
+            interval_cell(r.n_pairs, r.diff_ci_low, r.diff_ci_high, r.diff_min, r.diff_max, True)
+            if r.n_pairs
+            else f"not compared: {r.control if r.anchor == 'learned' else r.learned} measured at "
+            f"{_budget(r.other_gmacs_min)}–{_budget(r.other_gmacs_max)} GMACs only",
         ]
         for r in df.itertuples(index=False)
     ]
-    return md_table(
-        [
-            "Backbone",
-            "Keep ratio",
-            "Method",
-            "Role",
-            "Seeds",
-            "Top-1 (%)",
-            "95% CI",
-            "vs control",
-            "Pairs",
-            "Δ top-1 (pp)",
-            "95% CI",
-        ],
-        rows,
-        "lrllrrrlrrr",
+    caption = (
+        "Learned vs control at matched measured GMACs, not at equal keep ratio (equal keep ratios can differ in "
+        "compute): each row takes one method's measured setting (the anchor) and reads the other method's per-seed "
+        "(GMACs, top-1) curve at the same GMACs (interp.: interpolated, never extrapolated). "
+        "Δ = learned − control, paired by seed. " + intervals_caption(df["n_pairs"])
+    )
+    return (
+        caption
+        + "\n\n"
+        + md_table(
+            [
+                "Backbone",
+                "Learned",
+                "Control",
+                "Anchor (measured setting)",
+                "GMACs",
+                "Learned top-1 (%)",
+                "Control top-1 (%)",
+                "Δ top-1 (pp)",
+                "Δ interval",
+            ],
+            rows,
+            "llllrrrrr",
+        )
     )
 
 
-def _ci_bars(ax: Any, x: np.ndarray, rows: pd.DataFrame, color: Any) -> None:
-    """The seeds' bootstrap CI of top-1 as vertical bars at ``x``."""
-    low, high = rows["top1_ci_low"].to_numpy(dtype=float), rows["top1_ci_high"].to_numpy(dtype=float)
+def interval_bounds(rows: pd.DataFrame, n: str, prefix: str) -> tuple[np.ndarray, np.ndarray]:
+    """Bar ends per row: the t-interval (``{prefix}_ci_low/high``) where ``n`` reaches MIN_N_INTERVAL, the range
+    (``{prefix}_min/max``) at n = 2, none (NaN) below."""
+    count = rows[n].to_numpy(dtype=float)
+    ci = count >= MIN_N_INTERVAL
+    two = count == 2
+    low = np.where(ci, rows[f"{prefix}_ci_low"], np.where(two, rows[f"{prefix}_min"], np.nan)).astype(float)
+    high = np.where(ci, rows[f"{prefix}_ci_high"], np.where(two, rows[f"{prefix}_max"], np.nan)).astype(float)
+    return low, high
+
+
+def bars_label(ns: Any) -> str:
+    """Legend text for the bars of a figure whose points have these n."""
+    ns = {int(n) for n in ns if np.isfinite(n) and n > 0}
+    qualify = len({n >= MIN_N_INTERVAL for n in ns}) > 1 or 1 in ns  # say which n gets what only when mixed
+    parts = (
+        [f"{LEVEL_TEXT} t-interval" + (f" (n ≥ {MIN_N_INTERVAL})" if qualify else "")]
+        if max(ns, default=0) >= MIN_N_INTERVAL
+        else []
+    )
+    parts += ["range" + (" (n = 2)" if qualify else "")] if 2 in ns else []
+    parts += ["none (n = 1)"] if 1 in ns else []
+    n_text = f"n = {min(ns)}" if len(ns) == 1 else f"n = {min(ns)}–{max(ns)}" if ns else "n = 0"
+    return f"bars over seeds ({n_text}): " + ", ".join(parts) if ns else "no bars"
+
+
+def _bars_handle(ns: Any) -> Line2D:
+    return Line2D([], [], color="0.4", marker="|", markersize=12, linestyle="none", label=bars_label(ns))
+
+
+def _ci_bars(ax: Any, x: np.ndarray, rows: pd.DataFrame, color: Any, n: str = "n_seeds", prefix: str = "top1") -> None:
+    """The seeds' interval as vertical bars at ``x``: t-interval (n ≥ MIN_N_INTERVAL) or range (n = 2)."""
+    low, high = interval_bounds(rows, n, prefix)
     draw_error_bars(ax, x, low, high, [color] * len(rows))
-
-
-def _ordered(methods: Any, styles: dict[str, dict[str, Any]]) -> list[str]:
-    return reference_first(styles, methods)
 
 
 def _plot(
@@ -122,24 +207,29 @@ def _plot(
     out_dir: Path,
     stem: str,
     styles: dict[str, dict[str, Any]] | None = None,
+    *,
+    y: str = "top1_mean",
+    ylabel: str = TOP1_LABEL,
+    panel: tuple[str, ...] = ("backbone",),
 ) -> dict[str, Path]:
-    """One panel per backbone, legend right of the panels (never on data), or a "no data" panel; saved
-    as PNG + PDF by ``plots.save_figure`` (atomic, build metadata stripped, so byte-stable)."""
-    data = df[np.isfinite(df["top1_mean"].to_numpy(dtype=float))] if len(df) else df
-    backbones = sorted(data["backbone"].unique()) if len(data) else []
-    n_panels = max(len(backbones), 1)
+    """One panel per value of the ``panel`` columns (a backbone, or a backbone and a control), legend right of
+    the panels (never on data), or a "no data" panel; saved as PNG + PDF by ``plots.save_figure`` (atomic,
+    build metadata stripped, so byte-stable)."""
+    data = df[np.isfinite(df[y].to_numpy(dtype=float))] if len(df) else df
+    keys = sorted(set(data[list(panel)].itertuples(index=False, name=None))) if len(data) else []
+    n_panels = max(len(keys), 1)
     with whitegrid(**{"font.size": 10, "axes.titlesize": 11}):
         fig = Figure(figsize=(5.2 * n_panels + 1.6, 4.4))
         FigureCanvasAgg(fig)
         axes = fig.subplots(1, n_panels, squeeze=False)[0]
-        if not backbones:
+        if not keys:
             axes[0].text(0.5, 0.5, "no data", ha="center", va="center", transform=axes[0].transAxes, fontsize=12)
             axes[0].set(xticks=[], yticks=[])
         else:
             styles = styles or method_styles(data)  # callers pass the report's: this is for a frame on its own
-            for ax, backbone in zip(axes, backbones):
-                draw(ax, data[data["backbone"] == backbone], styles)
-                ax.set_title(backbone)
+            for ax, key in zip(axes, keys):
+                draw(ax, data[np.logical_and.reduce([data[c].to_numpy() == k for c, k in zip(panel, key)])], styles)
+                ax.set_title("\n".join(key[:1] + tuple(f"vs {k}" for k in key[1:])))
             fig.legend(
                 handles=handles(data, styles),
                 title="method",
@@ -148,7 +238,7 @@ def _plot(
                 frameon=False,
             )
         for ax in axes:
-            ax.set(xlabel=xlabel, ylabel=TOP1_LABEL)
+            ax.set(xlabel=xlabel, ylabel=ylabel)
         fig.suptitle(title)
         fixed_layout(fig)
     paths = save_figure(fig, Path(out_dir) / f"{stem}.png", Path(out_dir) / f"{stem}.pdf")
@@ -160,7 +250,7 @@ def _draw_matched(ax: Any, data: pd.DataFrame, styles: dict[str, dict[str, Any]]
     """Methods dodged around each budget so their CI bars do not overlap; best points ringed."""
     xs = np.unique(data["budget_gmacs"].to_numpy(dtype=float))
     gap = np.diff(xs).min() if len(xs) > 1 else max(abs(xs[0]), 1e-9)
-    methods = _ordered(data["method"], styles)
+    methods = reference_first(styles, data["method"])
     for i, method in enumerate(methods):
         rows = data[data["method"] == method].sort_values("budget_gmacs")
         x = rows["budget_gmacs"].to_numpy() + (i - (len(methods) - 1) / 2) * 0.3 * gap / max(len(methods), 1)
@@ -203,7 +293,7 @@ def _matched_handles(data: pd.DataFrame, styles: dict[str, dict[str, Any]]) -> l
             linestyle=styles[m]["linestyle"],
             label=m,
         )
-        for m in _ordered(data["method"], styles)
+        for m in reference_first(styles, data["method"])
     ] + [
         Line2D(
             [],
@@ -214,7 +304,8 @@ def _matched_handles(data: pd.DataFrame, styles: dict[str, dict[str, Any]]) -> l
             markeredgecolor="black",
             linestyle="none",
             label="best at budget",
-        )
+        ),
+        _bars_handle(data["n_seeds"]),
     ]
 
 
@@ -223,7 +314,7 @@ def plot_matched(
     out_dir: Path,
     stem: str = "matched_budget",
     *,
-    title: str = "Top-1 at matched compute (mean over seeds, 95% bootstrap CI)",
+    title: str = "Top-1 at matched GMACs (mean over seeds)",
     styles: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Path]:
     """Save the matched-budget figure (PNG + PDF, byte-stable); returns {file name: path}. Pass the report's
@@ -231,53 +322,41 @@ def plot_matched(
     return _plot(df, title, _draw_matched, _matched_handles, GMACS_LABEL, out_dir, stem, styles)
 
 
-def _ablation_methods(data: pd.DataFrame) -> list[str]:  # controls first: the baseline the eye compares to
-    roles = data.drop_duplicates("method").set_index("method")["role"]
-    return sorted(roles.index, key=lambda m: (roles[m] != "control", m))
-
-
 def _draw_ablation(ax: Any, data: pd.DataFrame, styles: dict[str, dict[str, Any]]) -> None:
-    """Dodged points with CI bars per keep ratio (controls hollow): cheaper to draw than bars, and an
-    accuracy axis need not start at 0."""
-    data = data.drop_duplicates(["keep_ratio", "method"])
-    ratios = np.unique(data["keep_ratio"].to_numpy(dtype=float))
-    methods = _ablation_methods(data)
-    width = 0.8 / len(methods)
-    for i, method in enumerate(methods):
-        rows = data[data["method"] == method]
-        x = np.searchsorted(ratios, rows["keep_ratio"].to_numpy(dtype=float)) + (i - (len(methods) - 1) / 2) * width
-        control = rows["role"].iloc[0] == "control"
+    """One control's panel: per learned method, the paired Δ top-1 at each matched GMACs with its interval
+    bars; the zero line is "no better than the control"."""
+    ax.axhline(0.0, color="0.3", linewidth=1.0, zorder=1)
+    for method in reference_first(styles, data["learned"].unique()):
+        rows = data[data["learned"] == method].sort_values("learned_gmacs", kind="mergesort")
         style = styles[method]
-        _ci_bars(ax, x, rows, style["color"])
+        x = rows["learned_gmacs"].to_numpy(dtype=float)
+        _ci_bars(ax, x, rows, style["color"], "n_pairs", "diff")
         ax.plot(
             x,
-            rows["top1_mean"].to_numpy(dtype=float),
+            rows["diff_mean"].to_numpy(dtype=float),
             color=style["color"],
             marker=style["marker"],
-            markersize=7,
-            linestyle="none",
-            markerfacecolor="white" if control else style["color"],
+            markersize=style["markersize"],
+            linestyle=style.get("linestyle", "-") if len(rows) > 1 else "none",
+            linewidth=1.4,
             zorder=3,
         )
-    ax.set_xticks(np.arange(len(ratios)), [f"keep {r:g}" for r in ratios])
-    ax.margins(y=0.12)
+    ax.margins(x=0.08, y=0.15)
 
 
 def _ablation_handles(data: pd.DataFrame, styles: dict[str, dict[str, Any]]) -> list[Any]:
-    roles = data.drop_duplicates("method").set_index("method")["role"]
     return [
         Line2D(
             [],
             [],
             color=styles[m]["color"],
             marker=styles[m]["marker"],
-            linestyle="none",
-            markersize=7,
-            markerfacecolor="white" if roles[m] == "control" else styles[m]["color"],
-            label=f"{m} (control, hollow)" if roles[m] == "control" else m,
+            markersize=styles[m]["markersize"],
+            linestyle=styles[m].get("linestyle", "-"),
+            label=m,
         )
-        for m in _ablation_methods(data)
-    ]
+        for m in reference_first(styles, data["learned"].unique())
+    ] + [_bars_handle(data["n_pairs"])]
 
 
 def plot_ablation(
@@ -285,8 +364,25 @@ def plot_ablation(
     out_dir: Path,
     stem: str = "ablation",
     *,
-    title: str = "Learned vs control token selection (mean over seeds, 95% bootstrap CI)",
+    title: str = "Learned vs control token selection at matched GMACs",
     styles: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Path]:
-    """Save the per-keep-ratio comparison (PNG + PDF, byte-stable); returns {file name: path}."""
-    return _plot(df, title, _draw_ablation, _ablation_handles, "Keep ratio", out_dir, stem, styles)
+    """Save the ablation figure (PNG + PDF, byte-stable): a panel per backbone and control, Δ top-1 (learned −
+    control, paired by seed) against the GMACs both were read at; returns {file name: path}. Pass the report's
+    ``styles`` so a learned method keeps its look across figures."""
+    paired = df[df["n_pairs"] > 0] if len(df) else df
+    if styles is None and len(paired):
+        styles = method_styles(pd.DataFrame({"method": sorted(paired["learned"].unique())}))
+    return _plot(
+        paired,
+        title,
+        _draw_ablation,
+        _ablation_handles,
+        GMACS_LABEL,
+        out_dir,
+        stem,
+        styles,
+        y="diff_mean",
+        ylabel=DIFF_LABEL,
+        panel=("backbone", "control"),
+    )
