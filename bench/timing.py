@@ -7,6 +7,11 @@ interleaved with the dense reference (:mod:`bench.measure.paired`), so a speed-u
 two jobs, two times or two devices. The whole backbone group is timed again when any of its runs changes: a
 speed-up is only paired with the reference timed in the same job. Each entry names the run record it timed
 (its ``created_at``); ``collect`` drops an entry whose run has been evaluated again since.
+
+A failed run never blocks the others: what is evaluated is timed, and every run left out is listed under
+``not_timed`` with the reason (its failure record's step and error, or not evaluated yet). Each timed model's
+batch-1 latency and the memory of one forward at its headline batch are measured too
+(:mod:`bench.measure.latency`).
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from typing import Any
 import torch
 
 from bench.config import Suite
-from bench.errors import UsageError
+from bench.errors import UsageError, clip
 from bench.io import atomic_write_json
+from bench.measure.latency import latency_and_memory
 from bench.measure.paired import (
     TimingProtocol,
     device_fingerprint,
@@ -67,6 +73,19 @@ def _record(path: Path) -> dict[str, Any] | None:
     return rec if isinstance(rec, dict) and rec.get("status", "ok") == "ok" else None
 
 
+def _why_not_timed(folder: Path) -> str:
+    """Why a run without an ok run record is left out: its failure record's step and error, or no record yet."""
+    from bench.runner import FAILURE_FILE
+
+    try:
+        failure = json.loads((folder / FAILURE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        failure = None
+    if isinstance(failure, dict):
+        return f"failed ({failure.get('failed_step') or 'unknown step'}): {clip(failure.get('error') or 'no message')}"
+    return "not evaluated yet (no run record when its backbone was timed)"
+
+
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -90,10 +109,14 @@ def time_backbone(
         raise UsageError(f"suite {suite.name!r} has no runs on backbone {backbone!r} (backbones: {', '.join(known)})")
     protocol = protocol_for(suite, dev, runtime)
     protocol.check(dev)
-    evaluated, skipped = [], []
+    evaluated, skipped = [], {}
     for run in runs:
-        rec = _record(runner.run_dir(suite, run, root) / runner.RECORD_FILE)
-        (evaluated if rec else skipped).append((run, rec))
+        folder = runner.run_dir(suite, run, root)
+        rec = _record(folder / runner.RECORD_FILE)
+        if rec:
+            evaluated.append((run, rec))
+        else:
+            skipped[run.run_id] = _why_not_timed(folder)
     if not evaluated:
         raise UsageError(f"no evaluated run of {backbone} to time (run the evaluate steps first)")
     dense = sorted(
@@ -101,11 +124,8 @@ def time_backbone(
         key=lambda r: (r.seed, r.run_id),
     )
     reference = dense[0].run_id if dense else None
-    if skipped:
-        _log(
-            f"bench: timing {backbone}: {len(skipped)} run(s) not evaluated yet, not timed: "
-            f"{', '.join(r.run_id for r, _ in skipped)}"
-        )
+    for run_id, why in skipped.items():
+        _log(f"bench: timing {backbone}: {run_id} not timed: {why}")
     if reference is None:
         _log(f"bench: timing {backbone}: no evaluated dense run at keep ratio 1.0; img/s only, no speed-ups")
     bundle = runner._data(suite, root)
@@ -134,6 +154,17 @@ def time_backbone(
     )
     for row in rows:
         entries[row.pop("label")].setdefault("sweep", []).append(row)
+    # batch-1 latency and the memory of one forward at the headline batch (the largest the sweep timed)
+    extra = latency_and_memory(
+        models,
+        image_size=int(first.patch_embed.img_size[0]),
+        in_chans=int(first.patch_embed.proj.in_channels),
+        device=dev,
+        protocol=protocol,
+        memory_batch={k: max(r["batch_size"] for r in e.get("sweep", [{"batch_size": 1}])) for k, e in entries.items()},
+    )
+    for run_id, figures in extra.items():
+        entries[run_id].update(figures)
     fingerprint = device_fingerprint(dev)
     result = {
         "suite": suite.name,
@@ -149,7 +180,7 @@ def time_backbone(
             "precision": protocol.precision,
         },
         "what": "model forward only, random inputs already on the device, torch.inference_mode, eval mode",
-        "not_timed": [r.run_id for r, _ in skipped],
+        "not_timed": skipped,
         "timing_wall_s": time.time() - t0,
         "status": "ok",
         "runs": entries,

@@ -276,10 +276,14 @@ def test_summary_numbers(suite_dir: Path) -> None:
     assert static["n_ok"] == 2
     assert static["top1_mean"] == pytest.approx(77.17)
     assert static["top1_std"] == pytest.approx(0.0707107, rel=1e-4)
-    assert static["speedup"] == pytest.approx((2880 / 1510 + 2881 / 1511) / 2)  # median over seeds of paired ratios
-    assert static["speedup_ci_low"] == pytest.approx(min(2880 / 1510, 2881 / 1511) * 0.99)  # the seeds' envelope
-    assert static["speedup_ci_high"] == pytest.approx(max(2880 / 1510, 2881 / 1511) * 1.01)
-    assert static["speedup_unreliable"] is False
+    assert static["speedup"] == pytest.approx((2880 / 1510 + 2881 / 1511) / 2)  # mean over seeds of paired ratios
+    # two seeds: their range, no interval claimed
+    assert static["speedup_interval"] == "range" and static["speedup_ci_n"] == 2 and pd.isna(static["speedup_ci_level"])
+    assert static["speedup_ci_low"] == pytest.approx(min(2880 / 1510, 2881 / 1511))
+    assert static["speedup_ci_high"] == pytest.approx(max(2880 / 1510, 2881 / 1511))
+    assert static["speedup_unreliable"] is False and static["n_timed"] == 2 and static["top1_n"] == 2
+    dense = summary.iloc[0]
+    assert dense["speedup"] == 1.0 and pd.isna(dense["speedup_ci_low"]) and dense["speedup_unreliable"] is None
     noisy = summary[(summary["method"] == "random") & (summary["keep_ratio"] == 0.7)].iloc[0]
     assert noisy["speedup_unreliable"] is True  # one seed's timing stayed noisy
     assert static["flops_reduction_pct"] == pytest.approx(50.0)
@@ -308,7 +312,8 @@ def test_report(suite_dir: Path, tmp_path: Path) -> None:
     assert "Provenance" in index and FAIL_MSG in index
     tex = paths["results.tex"].read_text()
     assert "\\toprule" in tex and "\\bottomrule" in tex and "77.17 $\\pm$ 0.07" in tex
-    assert tex.count(" \\\\\n") == 1 + 5 + 1  # header, five configurations, the failed one
+    assert tex.count(" \\\\\n") == 2 + 1 + 5 + 1  # header and units, the backbone, five configurations, the failed one
+    assert "Ops fvcore skipped" not in tex and "Student t 95" in tex
     csv = pd.read_csv(paths["results.csv"])
     assert "gmacs_fvcore_1mac_eq_1flop" in csv and len(csv) == 6
 
@@ -317,11 +322,13 @@ def test_report(suite_dir: Path, tmp_path: Path) -> None:
     assert FAIL_MSG in md and "JSONDecodeError" in md
     assert "Failed or missing runs" in md
     static_row = next(ln for ln in md.splitlines() if "| static | 0.5 |" in ln)
-    assert "1.907× [1.888, 1.926]" in static_row and "50.0 %" in static_row and "77.17 ± 0.07" in static_row
+    assert "1.91 (n = 2, range [1.91, 1.91])" in static_row and "50.0 %" in static_row
+    assert "77.17 ± 0.07 (n = 2)" in static_row and "| 2/2 | 2/2 |" in static_row  # seeds ok, seeds timed
     assert "†" in next(ln for ln in md.splitlines() if "| random | 0.7 |" in ln)
     assert "†" not in static_row
     assert "What was timed" in md and DEVICE_KEY in md and "Speed-up by batch size" in md
-    assert "| deit_small_patch16_224 | static | 0.5 | 256 | 1.907× [1.888, 1.926] |" in md
+    assert "| deit_small_patch16_224 | static | 0.5 | 256 | 1.91× (1.91–1.91, n=2 seeds) |" in md
+    assert "| deit_small_patch16_224 | dense | 1 | 256 | 1.00× (reference) |" in md
     assert "`0123456789abcdef` (clean)" in md and "`2.4.0`" in md
     # Missing seed 1 of static 0.3 is inferred from the grid of seeds present.
     assert "1 run(s) with no record" in md

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 import pytest
 
 from bench.report.summary import summarize
@@ -89,8 +91,9 @@ def test_every_column_is_documented_with_a_unit_where_it_has_one():
     assert {"top1", "speedup_vs_dense", "throughput_img_s"} <= {c for c, r in docs.items() if r["unit"]}
 
 
-def test_speedups_aggregate_as_medians_and_their_intervals_as_envelopes():
-    """Seeds' paired speed-ups: the median (one noisy seed must not drag it), CI from the lowest to the highest."""
+def test_speedups_over_three_seeds_aggregate_as_the_mean_with_a_t_interval():
+    """Seeds' paired speed-ups: the mean and a Student-t 95 % interval over the seeds (n stated); a noisy seed's
+    dagger carries to the row."""
     rows = []
     for seed, (speedup, low, high) in enumerate(((1.0, 0.9, 1.1), (1.1, 1.0, 1.2), (2.0, 1.8, 2.2))):
         rows.append(
@@ -113,5 +116,9 @@ def test_speedups_aggregate_as_medians_and_their_intervals_as_envelopes():
             )
         )
     s = summarize(build_table(rows)).iloc[0]
-    assert s["speedup"] == 1.1 and (s["speedup_ci_low"], s["speedup_ci_high"]) == (0.9, 2.2)
+    from scipy.stats import t
+
+    half = t.ppf(0.975, 2) * statistics.stdev([1.0, 1.1, 2.0]) / 3**0.5
+    assert s["speedup"] == pytest.approx(4.1 / 3) and s["speedup_interval"] == "t95" and s["speedup_ci_n"] == 3
+    assert (s["speedup_ci_low"], s["speedup_ci_high"]) == pytest.approx((4.1 / 3 - half, 4.1 / 3 + half))
     assert s["speedup_unreliable"] is True

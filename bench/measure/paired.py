@@ -227,7 +227,10 @@ def _row(
     return row
 
 
-def _prepare(models: Mapping[str, nn.Module], protocol: TimingProtocol, device: torch.device) -> dict[str, nn.Module]:
+def prepare_models(
+    models: Mapping[str, nn.Module], protocol: TimingProtocol, device: torch.device
+) -> dict[str, nn.Module]:
+    """Each model as the protocol times it: eval mode, on ``device``, channels_last and compiled if asked."""
     ready = {}
     for label, model in models.items():
         model = model.eval().to(device)
@@ -286,7 +289,7 @@ def time_paired(
     say = log or (lambda msg: None)
     clock = clock or Clock(dev)
     rng = random.Random(protocol.seed)
-    ready = _prepare(models, protocol, dev)
+    ready = prepare_models(models, protocol, dev)
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -388,6 +391,7 @@ __all__ = [
     "device_fingerprint",
     "device_key",
     "fused_attention",
+    "prepare_models",
     "resolve_batch_sizes",
     "time_paired",
 ]

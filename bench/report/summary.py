@@ -1,7 +1,15 @@
 """Aggregate the runs table over seeds: one row per backbone x method x keep ratio, as the run record declares.
 
 Vectorised (one groupby, no Python loop over runs or groups) so a 10,000-run table summarises in
-milliseconds. Failed runs count in ``n_runs`` but not in the statistics.
+milliseconds. Failed runs count in ``n_runs`` but not in the statistics; ``n_timed`` counts the ok seeds whose
+timing is their own (a seed evaluated again since its backbone's timing is untimed, never shown with another
+seed's figure).
+
+The speed-up's interval follows the number of timed seeds n (``speedup_interval`` names it, ``speedup_ci_n`` its
+n): n = 1, the distribution-free CI of the median paired ratio over that seed's repeats (order statistics, the
+level it reaches in ``speedup_ci_level``); n = 2, the range of the two seeds (no interval reaches 95 % with two
+values); n >= 3, a Student-t 95 % interval of the mean over seeds. The reference's speed-up is 1 by definition:
+exactly 1, no interval.
 """
 
 from __future__ import annotations
@@ -22,11 +30,17 @@ _AGGREGATED = [c for c in COLUMNS if c.agg is not None]
 DERIVED = [c.name for c in DERIVED_COLUMNS]
 
 
+#: how the speed-up's interval was made (``speedup_interval``), by the number of timed seeds
+INTERVALS = {"repeats": "paired repeats, order-statistic CI", "range": "range of 2 seeds", "t95": "Student t 95 %"}
+T_LEVEL = 0.95
+
+
 def _summary_names() -> list[str]:
-    names = [*GROUP_KEYS, "n_ok", "n_runs"]
+    names = [*GROUP_KEYS, "n_ok", "n_runs", "n_timed"]
     for c in _AGGREGATED:
-        names += [f"{c.summary_name}_mean", f"{c.summary_name}_std"] if c.agg == "mean_std" else [c.summary_name]
-    return names + DERIVED
+        stats = ["mean", "std", "n"] if c.agg == "mean_std" else []
+        names += [f"{c.summary_name}_{s}" for s in stats] or [c.summary_name]
+    return names + ["speedup_interval", "speedup_ci_n", "speedup_ci_level"] + DERIVED
 
 
 SUMMARY_COLUMNS = _summary_names()
@@ -114,6 +128,7 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
         name = c.summary_name
         if c.agg == "mean_std":
             stats[f"{name}_mean"], stats[f"{name}_std"] = g[c.name].mean(), g[c.name].std(ddof=1)
+            stats[f"{name}_n"] = g[c.name].count()
         elif c.agg == "any":
             stats[name] = g[c.name].max()
         elif c.agg in ("mean", "median", "min", "max"):
@@ -145,6 +160,7 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     is_reference = summary[REFERENCE] if REFERENCE in summary else pd.Series(False, index=summary.index)
     reference = summary[is_reference & (summary["keep_ratio"] == 1.0) & (summary["n_ok"] > 0)]
     reference = reference.drop_duplicates("backbone").set_index("backbone")
+    _speedup_intervals(summary, ok, is_reference & (summary["keep_ratio"] == 1.0))
     ref_gmacs = summary["backbone"].map(reference["gmacs"])
     summary["flops_reduction_pct"] = 100.0 * (1.0 - summary["gmacs"] / ref_gmacs)
     summary["theoretical_flops_reduction_pct"] = 100.0 * (1.0 - summary["theoretical_gmacs"] / ref_gmacs)
@@ -158,6 +174,57 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
         if col not in summary:
             summary[col] = np.nan
     return summary.reset_index(drop=True)[SUMMARY_COLUMNS]
+
+
+def _speedup_intervals(summary: pd.DataFrame, ok: pd.DataFrame, is_reference: pd.Series) -> None:
+    """``n_timed`` and the speed-up's interval by the number of timed seeds (see the module doc), in place."""
+    # a figure present is the run's own (collect never fills one from another record): that is a timed seed
+    timed = ok[_col(ok, "throughput_img_s").notna() | _col(ok, "speedup_vs_dense").notna()]
+    frame = pd.DataFrame(
+        {k: timed[k] for k in GROUP_KEYS}
+        | {
+            name: pd.to_numeric(_col(timed, name), errors="coerce")
+            for name in ("speedup_vs_dense", "speedup_ci_low", "speedup_ci_high", "speedup_ci_level", "timing_repeats")
+        }
+    )
+    g = frame.groupby(GROUP_KEYS, sort=True)
+    s = g["speedup_vs_dense"]
+    per = pd.DataFrame(
+        {
+            "n_timed": g.size(),
+            "n": s.count(),
+            "mean": s.mean(),
+            "sd": s.std(ddof=1),
+            "lo": s.min(),
+            "hi": s.max(),
+            "ci_lo": g["speedup_ci_low"].first(),
+            "ci_hi": g["speedup_ci_high"].first(),
+            "level": g["speedup_ci_level"].first(),
+            "repeats": g["timing_repeats"].first(),
+        }
+    )
+    per = summary[GROUP_KEYS].join(per, on=GROUP_KEYS).set_index(summary.index)
+    n = per["n"].fillna(0)
+    from scipy.special import stdtrit  # Student t quantile (scipy.stats would cost 0.4 s of imports)
+
+    half = stdtrit((n - 1).clip(lower=1), 0.5 + T_LEVEL / 2) * per["sd"] / np.sqrt(n.clip(lower=1))
+    one, two, many = n == 1, n == 2, n >= 3
+    summary["n_timed"] = per["n_timed"].fillna(0).astype(int)
+    summary["speedup"] = per["mean"]
+    summary["speedup_ci_low"] = np.select([one, two, many], [per["ci_lo"], per["lo"], per["mean"] - half], np.nan)
+    summary["speedup_ci_high"] = np.select([one, two, many], [per["ci_hi"], per["hi"], per["mean"] + half], np.nan)
+    summary["speedup_ci_level"] = np.select([one, two, many], [per["level"], np.nan, T_LEVEL], np.nan)
+    summary["speedup_ci_n"] = np.select([one, two, many], [per["repeats"], n, n], np.nan)
+    summary["speedup_interval"] = pd.Series(
+        np.select([one, two, many], ["repeats", "range", "t95"], ""), index=summary.index, dtype=object
+    ).where(n > 0, None)
+    # the reference: 1 by definition (its other seeds' ratios to the first are timing noise, not a speed-up)
+    ref = is_reference & (n > 0)
+    summary.loc[ref, "speedup"] = 1.0
+    for name in ("speedup_ci_low", "speedup_ci_high", "speedup_ci_level", "speedup_ci_n"):
+        summary.loc[ref, name] = np.nan
+    summary.loc[ref, "speedup_interval"] = None
+    summary.loc[ref, "speedup_unreliable"] = None
 
 
 def reference_methods(summary: pd.DataFrame) -> list[str]:

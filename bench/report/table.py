@@ -6,42 +6,24 @@ missing runs are listed, never fatal. Output is deterministic: same table, same 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from bench.report.summary import missing_runs, value_text
+from bench.report.cells import DASH, UNRELIABLE_MARK, cell_text, finite, latency, mean_std, sig3, speedup
+from bench.report.summary import INTERVALS, missing_runs, value_text
 from bench.results.collect import TABLE_PARQUET, parse_created_at
-from bench.results.record import BY_NAME, COLUMNS, displayed, img_per_s_text
+from bench.results.record import BY_NAME, COLUMNS, displayed
 
 GMACS_HEADER = BY_NAME["gmacs_fvcore_1mac_eq_1flop"].label
-DASH = "—"
 _MAX_ERROR_CHARS = 300
-
-
-def _finite(value: Any) -> bool:
-    try:
-        return math.isfinite(float(value))
-    except (TypeError, ValueError):
-        return False
 
 
 def uniq(values: pd.Series) -> list[str]:
     """Sorted distinct non-missing values as strings (for 'batch 256 @ cuda' style cells)."""
     # distinct first: a 10,000-run column has a handful of values
     return sorted({value_text(v) for v in values.dropna().unique()})
-
-
-def _num(value: Any, decimals: int) -> str:
-    return f"{float(value):.{decimals}f}" if _finite(value) else DASH
-
-
-def _mean_std(mean: Any, std: Any, decimals: int = 2) -> str:
-    if not _finite(mean):
-        return DASH
-    return f"{mean:.{decimals}f} ± {std:.{decimals}f}" if _finite(std) else f"{mean:.{decimals}f}"
 
 
 def _cell(value: Any) -> str:
@@ -55,36 +37,9 @@ def md_table(header: list[str], rows: list[list[Any]], align: str) -> str:
     return "\n".join(lines)
 
 
-def _pct(value: Any) -> str:
-    return f"{value:.1f} %" if _finite(value) else DASH
-
-
 def _has(summary: pd.DataFrame, column: str) -> bool:
     """Some row has a value ("" is none: a text column joined over no values)."""
     return column in summary and bool((summary[column].notna() & (summary[column].astype(str) != "")).any())
-
-
-def _cell_text(kind: str, r: Any, name: str) -> str:
-    """One cell of the results table by its renderer (``Column.cell`` in bench.results.record)."""
-    if kind == "mean_std":
-        return _mean_std(getattr(r, f"{name}_mean"), getattr(r, f"{name}_std"))
-    if kind in ("num1", "num2", "num3"):
-        return _num(getattr(r, name), int(kind[-1]))
-    if kind == "pct":
-        return _pct(getattr(r, name))
-    if kind == "times":
-        value = getattr(r, name)
-        return f"{value:.2f}×" if _finite(value) else DASH
-    if kind == "throughput":
-        return _throughput_cell(r)
-    if kind == "speedup":
-        return _speedup_cell(r)
-    if kind == "batch_device":
-        return f"{r.throughput_batch or '?'} @ {r.throughput_device or '?'}" if r.n_ok else DASH
-    if kind == "text":
-        value = getattr(r, name)
-        return DASH if value is None or value == "" or (isinstance(value, float) and math.isnan(value)) else str(value)
-    raise ValueError(f"unknown cell renderer {kind!r} of column {name!r}")
 
 
 def table_rows(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], str]:
@@ -97,37 +52,22 @@ def table_rows(summary: pd.DataFrame) -> tuple[list[str], list[list[str]], str]:
         if c.optional and not _has(summary, probe):
             continue
         columns.append((c, name))
-    header = ["Backbone", "Method", "Keep ratio", "Seeds ok"] + [c.label for c, _ in columns]
-    align = "llrr" + "".join("l" if c.cell in ("batch_device", "text") else "r" for c, _ in columns)
+    header = ["Backbone", "Method", "Keep ratio", "Seeds ok", "Seeds timed"] + [
+        _memory_header(summary) if c.cell == "mem" else c.label for c, _ in columns
+    ]
+    align = "llrrr" + "".join("l" if c.cell in ("batch_device", "text") else "r" for c, _ in columns)
     rows = [
         [
             r.backbone,
             r.method,
             str(round(r.keep_ratio, 6)),
             f"{r.n_ok}/{r.n_runs}",
-            *(_cell_text(c.cell, r, name) for c, name in columns),
+            f"{r.n_timed}/{r.n_ok}",
+            *(cell_text(c.cell, r, name) for c, name in columns),
         ]
         for r in summary.itertuples(index=False)
     ]
     return header, rows, align
-
-
-UNRELIABLE_MARK = "†"
-
-
-def _throughput_cell(r: Any) -> str:
-    """img/s to five significant digits (resolves 0.5 %), its IQR and CV; † when its spread passed the threshold."""
-    if not _finite(r.throughput):
-        return DASH
-    spread = f" ({img_per_s_text(r.throughput_iqr)}; {100 * r.throughput_cv:.1f} %)" if _finite(r.throughput_cv) else ""
-    return img_per_s_text(r.throughput) + spread + (f" {UNRELIABLE_MARK}" if r.throughput_unreliable is True else "")
-
-
-def _speedup_cell(r: Any) -> str:
-    if not _finite(r.speedup):
-        return DASH
-    ci = f" [{r.speedup_ci_low:.3f}, {r.speedup_ci_high:.3f}]" if _finite(r.speedup_ci_low) else ""
-    return f"{r.speedup:.3f}×{ci}" + (f" {UNRELIABLE_MARK}" if r.speedup_unreliable is True else "")
 
 
 def _results_section(summary: pd.DataFrame) -> str:
@@ -153,32 +93,100 @@ _LATEX_ESCAPES = {
 
 def _latex(text: str) -> str:
     out = "".join(_LATEX_ESCAPES.get(ch, ch) for ch in str(text))
-    return out.replace("±", r"$\pm$").replace("×", r"$\times$").replace("—", "--")
+    return (
+        out.replace("±", r"$\pm$")
+        .replace("×", r"$\times$")
+        .replace("—", "--")
+        .replace("–", "--")
+        .replace("≥", r"$\geq$")
+        .replace("†", r"$^\dagger$")
+    )
+
+
+def _memory_kind(summary: pd.DataFrame) -> str:
+    kinds = set(uniq(summary["peak_mem_kind"])) - {""} if "peak_mem_kind" in summary else set()
+    return kinds.pop() if len(kinds) == 1 else "mixed" if kinds else ""
+
+
+def _memory_header(summary: pd.DataFrame) -> str:
+    kind = _memory_kind(summary)
+    if kind == "cpu_rss_growth":
+        return "RSS growth in one forward (MiB, CPU)"
+    if kind == "cuda_max_memory_allocated":
+        return "Peak inference memory (MiB, CUDA allocator)"
+    return BY_NAME["peak_inference_mem_mib"].label
+
+
+def statistics_note(summary: pd.DataFrame) -> str:
+    """The caption line naming how every figure of the table was made (the tests and intervals used)."""
+    batches = ", ".join(uniq(summary["peak_mem_batch"])) if "peak_mem_batch" in summary else ""
+    reps = uniq(summary.loc[summary["speedup_interval"] == "repeats", "speedup_ci_n"])
+    repeats = f"{'/'.join(reps)} " if reps else ""
+    at = f" at batch {batches}" if batches else " at the largest batch timed"
+    memory = {
+        "cpu_rss_growth": f"growth of the process's RSS during one forward{at} (CPU; weights not included, "
+        "memory the allocator reuses not counted: a lower bound)",
+        "cuda_max_memory_allocated": f"the CUDA allocator's peak during one forward{at} (after a reset), "
+        "weights and input included",
+    }.get(_memory_kind(summary), "CUDA allocator peak or, on a CPU, RSS growth of one forward (see results.csv)")
+    return (
+        "n: ok seeds. Top-1: mean ± sample std over the n seeds (n = 1: no std). Speed-up: each seed's median paired ratio to the "
+        "reference (exactly 1 by definition, no interval), averaged over the timed seeds (all n unless marked "
+        f"k/n seeds); [a, b]: {INTERVALS['t95']} interval over n ≥ 3 seeds or, with one seed, the distribution-free "
+        f"(order-statistic) CI of the median over its {repeats}paired repeats (level in results.csv); "
+        "(a–b): with two seeds, their range, no interval; "
+        f"{UNRELIABLE_MARK}: spread above the noise threshold after the retries. Latency: batch 1, median over "
+        f"repeats. Memory: {memory}."
+    )
+
+
+#: the paper table: (header, unit line, cell of a summary row, alignment); everything else is in results.csv
+PAPER_COLUMNS: list[tuple[str, str, Any, str]] = [
+    ("Method", "", lambda r: r.method, "l"),
+    ("Keep", "ratio", lambda r: f"{r.keep_ratio:g}", "r"),
+    ("Top-1", "(%, n)", lambda r: mean_std(r.top1_mean, r.top1_std) + (f" ({r.n_ok})" if r.n_ok else ""), "r"),
+    ("GMACs", "", lambda r: sig3(r.gmacs), "r"),
+    ("Params", "(M)", lambda r: cell_text("num2", r, "params_m"), "r"),
+    ("Speed-up", "(×)", lambda r: speedup(r, r.role_reference is True and r.keep_ratio == 1.0, compact=True), "r"),
+    ("Latency", "bs 1 (ms)", lambda r: latency(r, with_spread=False), "r"),
+    ("Memory", "(MiB)", lambda r: cell_text("mem", r, "peak_mem"), "r"),
+]
 
 
 def render_latex(summary: pd.DataFrame, caption: str) -> str:
-    """A booktabs ``table`` environment (needs ``\\usepackage{booktabs}``), ready to ``\\input``."""
-    header, rows, align = table_rows(summary)
-    drop = header.index(BY_NAME["throughput_batch_size"].label)  # provenance, stated in the caption's source instead
-    header = header[:drop] + header[drop + 1 :]
-    rows = [r[:drop] + r[drop + 1 :] for r in rows]
-    align = align[:drop] + align[drop + 1 :]
+    """A booktabs ``table`` (needs ``\\usepackage{booktabs}``) that a paper can ``\\input`` at one column width:
+    the columns of :data:`PAPER_COLUMNS`, one block per backbone, and the caption line naming the statistics."""
+    header = [h for h, _, _, _ in PAPER_COLUMNS]
+    units = [u for _, u, _, _ in PAPER_COLUMNS]
+    cells = [cell for _, _, cell, _ in PAPER_COLUMNS]
+    if _memory_kind(summary) == "cpu_rss_growth":
+        header[-1], units[-1] = "RSS growth", "(MiB, CPU)"
+    seeds = set(summary.loc[summary["n_ok"] > 0, "n_ok"].astype(int))
+    if len(seeds) == 1:  # every row has the same n: stated once, in the header, beside the unit
+        top1 = header.index("Top-1")
+        units[top1] = f"(%, n = {seeds.pop()})"
+        cells[top1] = lambda r: mean_std(r.top1_mean, r.top1_std)
+    align = "".join(a for _, _, _, a in PAPER_COLUMNS)
     lines = [
         r"\begin{table}[t]",
         r"\centering",
-        r"\small",
-        rf"\caption{{{_latex(caption)}}}",
-        rf"\begin{{tabular}}{{{align}}}",
+        r"\footnotesize",
+        r"\setlength{\tabcolsep}{3pt}",
+        rf"\caption{{{_latex(caption.rstrip() + ' ' + statistics_note(summary))}}}",
+        rf"\begin{{tabular}}{{@{{}}{align}@{{}}}}",
         r"\toprule",
         " & ".join(_latex(h) for h in header) + r" \\",
+        " & ".join(_latex(u) for u in units) + r" \\",
         r"\midrule",
     ]
     previous = None
-    for row in rows:
-        if previous is not None and row[0] != previous:
-            lines.append(r"\midrule")  # one block per backbone
-        previous = row[0]
-        lines.append(" & ".join(_latex(c) for c in row) + r" \\")
+    for r in summary.itertuples(index=False):
+        if r.backbone != previous:  # one block per backbone, named in a row of its own
+            if previous is not None:
+                lines.append(r"\midrule")
+            lines.append(rf"\multicolumn{{{len(PAPER_COLUMNS)}}}{{@{{}}l}}{{\textit{{{_latex(r.backbone)}}}}} \\")
+        previous = r.backbone
+        lines.append(" & ".join(_latex(cell(r)) for cell in cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 
@@ -209,7 +217,7 @@ def holes_section(table: pd.DataFrame) -> str:
                 r.status,
                 r.method,
                 r.backbone,
-                str(round(r.keep_ratio, 6)) if _finite(r.keep_ratio) else DASH,
+                str(round(r.keep_ratio, 6)) if finite(r.keep_ratio) else DASH,
                 r.seed if pd.notna(r.seed) else DASH,
                 _short_error(r.error),
             ]
@@ -226,7 +234,32 @@ def holes_section(table: pd.DataFrame) -> str:
             f"{len(rows)} run(s) with no record (grid inferred from the methods, keep ratios, "
             "backbones and seeds present):\n\n" + md_table(["Backbone", "Method", "Keep ratio", "Seed"], rows, "llrr")
         )
-    return "\n\n".join(parts)
+    parts.append(untimed_section(table))
+    return "\n\n".join(p for p in parts if p)
+
+
+def untimed_section(table: pd.DataFrame) -> str:
+    """Evaluated runs without a timing of their own (``timing_status``), and why: no speed-up, latency or
+    memory is shown for them, and their rows say how many seeds were timed."""
+    if "timing_status" not in table:
+        return ""
+    ok = table[(table["status"] == "ok") & table["timing_status"].notna() & (table["timing_status"] != "timed")]
+    if ok.empty:
+        return "Every evaluated run was timed."
+    rows = [
+        [
+            r.run_id,
+            r.method,
+            r.backbone,
+            f"{r.keep_ratio:g}",
+            value_text(r.seed),
+            r.timing_status.removeprefix("untimed: "),
+        ]
+        for r in ok.itertuples(index=False)
+    ]
+    return f"{len(rows)} evaluated run(s) without a timing of their own (no speed-up shown for them):\n\n" + md_table(
+        ["Run id", "Method", "Backbone", "Keep ratio", "Seed", "Why untimed"], rows, "lllrrl"
+    )
 
 
 def _values(table: pd.DataFrame, column: str) -> str:
@@ -285,15 +318,16 @@ def render_markdown(
         f"Dataset: **{dataset}**. Runs: {n_ok} ok, {len(table) - n_ok} failed or missing (source: `{TABLE_PARQUET}`).",
         "## Results",
         _results_section(summary),
-        "Top-1/top-5: mean ± sample std over ok seeds (no ± with a single seed). "
+        "Top-5 and EMA top-1 as top-1. "
         "GMACs: per image, counted by fvcore, where one multiply-add counts as one flop. "
         "Theoretical GMACs count only nonzero weights (what sparse kernels could at best run). "
         "Throughput: model-only img/s at the largest batch size timed, median over seeds of each run's median "
         "over repeats, with its IQR and coefficient of variation. "
-        "Speed-up: median of paired ratios to the reference method (dense) on the same backbone, timed "
-        "interleaved with it in one job on one device (see *What was timed*), with a distribution-free 95 % "
-        f"confidence interval of the median; {UNRELIABLE_MARK}: its spread (IQR / median) stayed above the noise "
-        "threshold after the retries, so treat it as unreliable. "
+        "Speed-up: paired ratios to the reference method (dense) on the same backbone, timed interleaved with it "
+        "in one job on one device (see *What was timed*). Seeds timed: ok seeds with a timing of their own "
+        "(a seed evaluated again since is untimed and listed under *Failed or missing runs*). "
+        + statistics_note(summary)
+        + " Latency (IQR): spread over repeats. "
         "FLOPs-implied speed-up: reference GMACs / GMACs; FLOPs reduction: 1 − GMACs / reference GMACs. "
         "Ops fvcore skipped (if shown): operators fvcore has no count for and that multiply no tensors. "
         "Mean tokens: tokens entering a block, averaged over blocks.",

@@ -10,10 +10,9 @@ from typing import Any
 
 import pandas as pd
 
-from bench.report.summary import GMACS, GROUP_KEYS
-from bench.report.table import UNRELIABLE_MARK, md_table, uniq
-
-DASH = "—"
+from bench.report.cells import DASH, UNRELIABLE_MARK
+from bench.report.summary import GMACS, GROUP_KEYS, REFERENCE
+from bench.report.table import md_table, uniq
 
 
 def _sweeps(table: pd.DataFrame) -> pd.DataFrame:
@@ -88,7 +87,7 @@ def what_was_timed_markdown(table: pd.DataFrame) -> str:
         ]
         if len(untimed):
             items.append(
-                f"not timed (evaluated after the timing, or not evaluated then): "
+                f"{len(untimed)} evaluated run(s) not timed (why: under *Failed or missing runs*): "
                 f"{', '.join(f'`{r}`' for r in sorted(untimed['run_id']))}"
             )
         lines.append(f"- **{backbone}**: " + "; ".join(items) + ".")
@@ -106,28 +105,32 @@ def speedup_by_batch_markdown(table: pd.DataFrame, summary: pd.DataFrame) -> str
     sweeps = _sweeps(table)
     if sweeps.empty or sweeps["speedup"].isna().all():
         return "_No paired speed-ups yet._"
-    implied = summary.set_index(GROUP_KEYS)["flops_implied_speedup"]
+    indexed = summary.set_index(GROUP_KEYS)
+    implied = indexed["flops_implied_speedup"]
+    is_reference = (
+        indexed[REFERENCE].fillna(False).astype(bool) if REFERENCE in indexed else pd.Series(False, index=indexed.index)
+    )
     rows = []
     for key, group in sweeps.groupby(GROUP_KEYS + ["batch_size"], sort=True):
         backbone, method, keep, batch = key
         s = group["speedup"].dropna()
         if s.empty:
             continue
-        med = statistics.median(s)
-        low, high = group["speedup_ci_low"].min(), group["speedup_ci_high"].max()
         flops = implied.get((backbone, method, keep), float("nan"))
-        mark = f" {UNRELIABLE_MARK}" if group["speedup_unreliable"].fillna(False).astype(bool).any() else ""
-        ratio = f"{med / flops:.3f}" if pd.notna(flops) and flops else DASH
+        if keep == 1.0 and bool(is_reference.get((backbone, method, keep), False)):
+            cell, med = "1.00× (reference)", 1.0  # 1 by definition: no interval, no mark
+        else:
+            # one seed: the order-statistic CI over its paired repeats; more: the seeds' range (n stated)
+            med = statistics.median(s)
+            low, high = group["speedup_ci_low"].min(), group["speedup_ci_high"].max()
+            mark = f" {UNRELIABLE_MARK}" if group["speedup_unreliable"].fillna(False).astype(bool).any() else ""
+            if len(s) == 1:
+                cell = f"{med:.2f}× [{low:.2f}, {high:.2f}] ({int(group['repeats'].iloc[0])} rep.){mark}"
+            else:
+                cell = f"{med:.2f}× ({s.min():.2f}–{s.max():.2f}, n={len(s)} seeds){mark}"
+        ratio = f"{med / flops:.2f}" if pd.notna(flops) and flops else DASH
         rows.append(
-            [
-                backbone,
-                method,
-                f"{keep:g}",
-                str(int(batch)),
-                f"{med:.3f}× [{low:.3f}, {high:.3f}]{mark}",
-                f"{flops:.3f}×" if pd.notna(flops) else DASH,
-                ratio,
-            ]
+            [backbone, method, f"{keep:g}", str(int(batch)), cell, f"{flops:.2f}×" if pd.notna(flops) else DASH, ratio]
         )
     return (
         md_table(
@@ -136,7 +139,7 @@ def speedup_by_batch_markdown(table: pd.DataFrame, summary: pd.DataFrame) -> str
                 "Method",
                 "Keep ratio",
                 "Batch",
-                "Speed-up (paired, 95% CI)",
+                "Speed-up (paired; CI or range, n)",
                 "FLOPs-implied",
                 "Measured / FLOPs-implied",
             ],
