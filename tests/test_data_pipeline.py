@@ -247,24 +247,34 @@ def test_skip_unreadable_leaves_images_out_and_records_them(tmp_path, capsys):
         refresh_index({**cfg, "skip_unreadable": True}, index)
 
 
-@pytest.mark.parametrize("plant", ["symlink", "garbage", "other folder"])
-def test_a_planted_decode_cache_is_never_trusted(tmp_path, plant):
-    root = write_folder(tmp_path / "pets", classes=("cat", "dog"))
-    other = write_folder(tmp_path / "other", classes=("cat", "dog"))
+@pytest.mark.parametrize("plant", ["symlink", "garbage", "other folder", "a regular file (trusted)"])
+def test_a_planted_decode_cache_is_never_followed(tmp_path, plant):
+    """The results folder is shared: a cache that is a link, not parquet, or of another folder is ignored. A
+    regular cache file of this folder is trusted (the control: the planted verdict would otherwise be used)."""
+    root = write_folder(tmp_path / "pets", classes=("cat", "dog")).resolve()
+    bad = root / "train" / "cat" / "1.png"
+    _truncate(bad)
+    st = bad.stat()
+    crafted = tmp_path / "crafted.parquet"  # "train/cat/1.png decodes", for its size and mtime
+    FC.write_cache(
+        crafted,
+        str(tmp_path / "other" if plant == "other folder" else root),
+        [("train/cat/1.png", st.st_size, st.st_mtime_ns, None, True)],
+    )
     res = tmp_path / "res"
-    refresh_index({"source": "imagefolder", "path": str(other)}, tmp_path / "elsewhere" / "index.parquet")
-    cached = tmp_path / "elsewhere" / FC.CACHE_NAME  # verdicts "readable" for every path, as in pets
-    _truncate(root / "train" / "cat" / "1.png")
-    os.utime(root / "train" / "cat" / "1.png", ns=(0, (other / "train" / "cat" / "1.png").stat().st_mtime_ns))
     res.mkdir()
     if plant == "symlink":
-        (res / FC.CACHE_NAME).symlink_to(cached)
+        (res / FC.CACHE_NAME).symlink_to(crafted)
     elif plant == "garbage":
-        (res / FC.CACHE_NAME).write_bytes(b"PAR1 not a parquet file")
+        (res / FC.CACHE_NAME).write_bytes(b"PAR1 not a parquet file PAR1")
     else:
-        (res / FC.CACHE_NAME).write_bytes(cached.read_bytes())
-    with pytest.raises(UsageError, match=r"1 unreadable image\(s\): train/cat/1.png"):
-        refresh_index({"source": "imagefolder", "path": str(root)}, res / "index.parquet")
+        (res / FC.CACHE_NAME).write_bytes(crafted.read_bytes())
+    run = lambda: refresh_index({"source": "imagefolder", "path": str(root)}, res / "index.parquet")  # noqa: E731
+    if plant.endswith("(trusted)"):
+        assert "decoded 17 images of train/, val/ (1 unchanged" in run()
+    else:
+        with pytest.raises(UsageError, match=r"1 unreadable image\(s\): train/cat/1.png"):
+            run()
 
 
 @pytest.mark.parametrize("workers", [0, 1])
