@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "benchmarks"))
-from bad_inputs import CASES, prepare, run_case  # noqa: E402
+from bad_inputs import CASES, case_env, prepare, run_case  # noqa: E402
 
 from bench.cli import main  # noqa: E402
 
@@ -18,6 +18,8 @@ from bench.cli import main  # noqa: E402
 @pytest.mark.parametrize("case", [c for c in CASES if not c.snakemake], ids=lambda c: c.name)
 def test_bench_bad_input_is_one_line_exit_2(case, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    for key, value in case_env(case, tmp_path).items():
+        monkeypatch.setenv(key, value)
     argv = prepare(case, tmp_path)
     code = main(argv)
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]

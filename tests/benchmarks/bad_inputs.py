@@ -55,6 +55,19 @@ class Case:
     argv: list[str] = field(default_factory=lambda: ["validate", "--build", "{suite}"])
     snakemake: bool = False  # argv are snakemake --config values instead of bench arguments
     setup: Callable[[Path], None] | None = None
+    env: dict[str, str] = field(default_factory=dict)  # environment of the case ({tmp} is its folder)
+
+
+def backbones(spec: str, methods: str = "[dense, static]") -> str:
+    """BASE with these backbones and methods."""
+    return sub("backbones: [tb_vit_pico_patch4_32]", f"backbones: {spec}").replace(
+        "methods: [dense, static, dynamicvit, token_pooling, svite]", f"methods: {methods}"
+    )
+
+
+#: a backbone with hub weights, and an empty hub cache: only the hub could give the weights
+HUB = backbones("[vit_tiny_patch16_224]").replace("init: scratch", "init: hub")
+EMPTY_CACHE = {"HF_HUB_CACHE": "{tmp}/hf-cache", "TORCH_HOME": "{tmp}/torch-home"}
 
 
 def _plant_pickle(tmp: Path) -> None:
@@ -370,6 +383,51 @@ CASES: list[Case] = [
         ["train", "{suite}", "--pretrain", "tb_vit_pico_patch4_32", "--results", "{tmp}/results"],
         setup=_image_folder(_cut("train/cat/1.jpg"), indexed=True),
     ),
+    # -- what the backbone lacks, its label, its weights (bench/preflight.py, bench/config.py)
+    Case("evit, no class token", "no class token", backbones("[vit_medium_patch16_gap_256]", "[dense, evit]")),
+    Case(
+        "evit without fusion, no class token",
+        "no class token",
+        backbones("[vit_medium_patch16_gap_256]", "[dense, {name: evit, label: evit_nofuse, params: {fuse: false}}]"),
+    ),
+    Case(
+        "evit, registers and no class token",
+        "register",
+        backbones("[vit_little_patch16_reg4_gap_256]", "[dense, evit]"),
+    ),
+    Case(
+        "evit, class token turned off",
+        "no class token",
+        backbones("[{name: tb_vit_pico_patch4_32, kwargs: {class_token: false, global_pool: avg}}]", "[dense, evit]"),
+    ),
+    Case(
+        "dynamicvit, average pooling",
+        "class-token pooling",
+        backbones("[vit_medium_patch16_gap_256]", "[dense, dynamicvit]"),
+    ),
+    Case(
+        "backbone at its own size listed twice",
+        "backbones[1]",
+        backbones("[tb_vit_pico_patch4_32, {name: tb_vit_pico_patch4_32, image_size: 32}]"),
+    ),
+    Case(
+        "two backbones, one label",
+        "label 'pico'",
+        backbones("[{name: tb_vit_pico_patch4_32, label: pico}, {name: tb_vit_nano_patch4_32, label: pico}]"),
+    ),
+    Case(
+        "backbone label with a slash",
+        "not a valid name",
+        backbones("[{name: tb_vit_pico_patch4_32, label: a/b}]"),
+    ),
+    Case("tome r with keep ratios", "keep_ratios", method("{name: tome, params: {r: 2}, keep_ratios: [0.7, 0.5]}")),
+    Case("init hub, HF_HUB_OFFLINE", "HF_HUB_OFFLINE", HUB, env={**EMPTY_CACHE, "HF_HUB_OFFLINE": "1"}),
+    Case(
+        "init hub, hub unreachable",
+        "unreachable",
+        HUB,
+        env={**EMPTY_CACHE, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"},
+    ),
     # -- the pipeline's own config (snakemake --config)
     Case("snakemake --config foo=1", "foo", BASE, ["foo=1"], snakemake=True),
     Case("snakemake launcher=slurmm", "launcher", BASE, ["launcher=slurmm"], snakemake=True),
@@ -395,9 +453,13 @@ def prepare(case: Case, tmp: Path) -> list[str]:
     return argv
 
 
+def case_env(case: Case, tmp: Path) -> dict[str, str]:
+    return {k: v.replace("{tmp}", str(tmp)) for k, v in case.env.items()}
+
+
 def run_case(case: Case, tmp: Path) -> tuple[int, list[str]]:
     argv = prepare(case, tmp)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **case_env(case, tmp)}
     if case.snakemake:
         cmd = [
             sys.executable,
