@@ -12,15 +12,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from bench.report.intervals import interval_cell, intervals_caption
 from bench.report.matched import ABLATION_COLUMNS, MATCHED_COLUMNS, ablation, matched_budget
-from bench.report.matched_render import (
-    ablation_markdown,
-    interval_cell,
-    intervals_caption,
-    matched_markdown,
-    plot_ablation,
-    plot_matched,
-)
+from bench.report.matched_render import ablation_markdown, matched_markdown, plot_ablation, plot_matched
 from bench.results.collect import build_table
 
 BB = "deit_tiny"
@@ -200,11 +194,13 @@ def test_ablation_compares_at_matched_gmacs_not_at_equal_keep_ratio() -> None:
     for k in (0.5, 0.9):
         assert theirs.loc[k, "n_pairs"] == 0 and np.isnan(theirs.loc[k, "diff_mean"])
         assert (theirs.loc[k, "other_gmacs_min"], theirs.loc[k, "other_gmacs_max"]) == pytest.approx((2.24, 3.36))
+    assert theirs.loc[0.9, "anchor_top1_mean"] == pytest.approx(78.5)  # its own top-1 still shown
     paired = df[df["n_pairs"] > 0]
     assert np.allclose(paired["learned_gmacs"], paired["control_gmacs"], rtol=0.02)
     text = ablation_markdown(df)
     assert "evit keep 0.7" in text and "+0.88" in text and "+1.60" not in text
     assert "not compared: evit measured at 2.24–3.36 GMACs only" in text
+    assert "| static keep 0.9 | 4.00 | — | 78.50 | — |" in text
 
 
 def test_ablation_pairs_by_seed() -> None:

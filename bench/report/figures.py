@@ -27,7 +27,15 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from bench.registry import Registry
-from bench.report.plots import GMACS_LABEL, draw_error_bars, fixed_layout, is_reference, reference_first, save_figure
+from bench.report.plots import (
+    GMACS_LABEL,
+    draw_error_bars,
+    fixed_layout,
+    is_reference,
+    legend_columns,
+    reference_first,
+    save_figure,
+)
 from bench.report.style import whitegrid
 from bench.report.summary import methods_with_role
 
@@ -147,7 +155,9 @@ def _published(
     pub = ctx.published
     pub = pub[(pub["backbone"] == backbone) & pub["method"].isin(methods) & pub["top1"].notna() & pub[x].notna()]
     for r in pub.itertuples(index=False):
-        st = ctx.styles.get(r.method, {"color": "black", "marker": "o"})
+        # the look of the suite's label for this registry method (svite_d50 for svite), else a black circle
+        labels = sorted(label for label, name in _registry_names(ctx).items() if name == r.method)
+        st = ctx.styles.get(r.method) or (ctx.styles[labels[0]] if labels else {"color": "black", "marker": "o"})
         color = (colors or {}).get(r.method, st["color"])
         ax.plot(
             [getattr(r, x)],
@@ -198,7 +208,15 @@ def _finish(
     if bars:
         handles.append(Line2D([], [], color="0.4", marker="|", markersize=12, linestyle="none", label=bars))
         labels.append(bars)
-    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False, title="method")
+    fig.legend(
+        handles,
+        labels,
+        loc="center left",
+        bbox_to_anchor=(1.0, 0.5),
+        frameon=False,
+        title="method",
+        ncols=legend_columns(len(handles)),
+    )
     fig.suptitle(title)
     fixed_layout(fig, rows=fig.axes[0].get_gridspec().nrows if fig.axes else 1)
     paths = save_figure(fig, ctx.out_dir / f"{stem}.png", ctx.out_dir / f"{stem}.pdf")

@@ -53,6 +53,7 @@ ABLATION_COLUMNS = [
     "anchor_n_seeds",
     "anchor_gmacs",  # the anchor's GMACs, mean over its seeds
     "anchor_mean_tokens",
+    "anchor_top1_mean",  # the anchor's own top-1, mean over all its seeds (paired or not)
     "other_gmacs_min",  # the GMACs range all seeds of the other side reach: where it can be read
     "other_gmacs_max",
     "n_pairs",
@@ -286,7 +287,10 @@ def ablation(
     sides = pairs.groupby(keys, sort=True)[["learned_gmacs", "control_gmacs", "learned_top1", "control_top1"]].mean()
     sides = sides.rename(columns={"learned_top1": "learned_top1_mean", "control_top1": "control_top1_mean"})
     anchors = seeds.groupby([*setting, "role"], sort=True).agg(
-        anchor_n_seeds=("seed", "size"), anchor_gmacs=("gmacs", "mean"), anchor_mean_tokens=("tokens", "mean")
+        anchor_n_seeds=("seed", "size"),
+        anchor_gmacs=("gmacs", "mean"),
+        anchor_mean_tokens=("tokens", "mean"),
+        anchor_top1_mean=("top1", "mean"),
     )
     # the other side's reach: the GMACs every one of its seeds covers
     reach = curves.groupby(["backbone", "other", "other_role"], sort=True).agg(

@@ -1,8 +1,8 @@
 """Markdown tables and figures of the matched-compute comparison and the learned-vs-control ablation.
 
 The frames come from ``matched.matched_budget`` and ``matched.ablation``; figures follow ``plots.py``. Every
-interval is shown with its n and named in a caption line (tables) or the legend (figures): a t-interval from
-``matched.MIN_N_INTERVAL`` seeds on, the range at n = 2, nothing at n = 1.
+interval is shown with its n and named in a caption line (tables) or the legend (figures), as
+``intervals.py`` writes it.
 """
 
 from __future__ import annotations
@@ -16,42 +16,24 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from bench.report.matched import LEVEL, MIN_N_INTERVAL
-from bench.report.plots import GMACS_LABEL, draw_error_bars, fixed_layout, reference_first, save_figure
+from bench.report.intervals import bars_label, interval_bounds, interval_cell, intervals_caption
+from bench.report.plots import (
+    GMACS_LABEL,
+    draw_error_bars,
+    fixed_layout,
+    legend_columns,
+    reference_first,
+    save_figure,
+)
 from bench.report.style import method_styles, whitegrid
 from bench.report.table import DASH, md_table
 
 TOP1_LABEL = "Top-1 accuracy (%)"
 DIFF_LABEL = "Δ top-1, learned − control (pp)"
-LEVEL_TEXT = f"{100 * LEVEL:g} %"  # "95 %"
 
 
 def _f(value: Any, signed: bool = False) -> str:
     return DASH if not np.isfinite(value) else f"{value:+.2f}" if signed else f"{value:.2f}"
-
-
-def interval_cell(n: Any, low: Any, high: Any, lo: Any, hi: Any, signed: bool = False) -> str:
-    """A mean's interval over ``n`` seeds (or seed pairs), n stated: ``[low, high] (n = 5)`` (the t-interval)
-    from MIN_N_INTERVAL on, ``n = 2, range [lo, hi]`` (min and max) at 2, ``n = 1`` alone, a dash at 0."""
-    n = int(n) if np.isfinite(n) else 0
-    if n >= MIN_N_INTERVAL and np.isfinite(low) and np.isfinite(high):
-        return f"[{_f(low, signed)}, {_f(high, signed)}] (n = {n})"
-    if n == 2:
-        return f"n = 2, range [{_f(lo, signed)}, {_f(hi, signed)}]"
-    return f"n = {n}" if n else DASH
-
-
-def intervals_caption(ns: Any) -> str:
-    """The caption line naming the intervals a table or figure shows, for the n values it has."""
-    ns = {int(n) for n in ns if np.isfinite(n) and n > 0}
-    parts = []
-    if any(n >= MIN_N_INTERVAL for n in ns):
-        parts.append(f"two-sided {LEVEL_TEXT} t-interval of the mean over seeds (n ≥ {MIN_N_INTERVAL})")
-    if 2 in ns:
-        parts.append("n = 2: the range of the two seeds, no confidence interval")
-    if 1 in ns:
-        parts.append("n = 1: none")
-    return f"Intervals: {'; '.join(parts)}." if parts else "Intervals: none (no seeds)."
 
 
 def _budget(x: float) -> str:
@@ -91,6 +73,10 @@ def matched_markdown(df: pd.DataFrame) -> str:
     )
 
 
+def _span(lo: float, hi: float) -> str:
+    return _budget(lo) if _budget(lo) == _budget(hi) else f"{_budget(lo)}–{_budget(hi)}"
+
+
 def _gmacs_cell(r: Any) -> str:
     """Where both sides were read; both GMACs when they differ by more than 0.1 % (seeds of unequal cost)."""
     if not r.n_pairs:
@@ -109,8 +95,10 @@ def _anchor_cell(r: Any) -> str:
 
 
 def _side(r: Any, side: str) -> str:
-    value = _f(getattr(r, f"{side}_top1_mean"))
-    return value if r.anchor == side or value == DASH else f"{value} (interp.)"
+    """A side's top-1 over the paired seeds; the anchor's over all its seeds where nothing was paired."""
+    if r.anchor == side:
+        return _f(getattr(r, f"{side}_top1_mean") if r.n_pairs else r.anchor_top1_mean)
+    return f"{_f(getattr(r, f'{side}_top1_mean'))} (interp.)" if r.n_pairs else DASH
 
 
 def ablation_markdown(df: pd.DataFrame) -> str:
@@ -131,7 +119,7 @@ def ablation_markdown(df: pd.DataFrame) -> str:
             interval_cell(r.n_pairs, r.diff_ci_low, r.diff_ci_high, r.diff_min, r.diff_max, True)
             if r.n_pairs
             else f"not compared: {r.control if r.anchor == 'learned' else r.learned} measured at "
-            f"{_budget(r.other_gmacs_min)}–{_budget(r.other_gmacs_max)} GMACs only",
+            f"{_span(r.other_gmacs_min, r.other_gmacs_max)} GMACs only",
         ]
         for r in df.itertuples(index=False)
     ]
@@ -162,32 +150,6 @@ def ablation_markdown(df: pd.DataFrame) -> str:
     )
 
 
-def interval_bounds(rows: pd.DataFrame, n: str, prefix: str) -> tuple[np.ndarray, np.ndarray]:
-    """Bar ends per row: the t-interval (``{prefix}_ci_low/high``) where ``n`` reaches MIN_N_INTERVAL, the range
-    (``{prefix}_min/max``) at n = 2, none (NaN) below."""
-    count = rows[n].to_numpy(dtype=float)
-    ci = count >= MIN_N_INTERVAL
-    two = count == 2
-    low = np.where(ci, rows[f"{prefix}_ci_low"], np.where(two, rows[f"{prefix}_min"], np.nan)).astype(float)
-    high = np.where(ci, rows[f"{prefix}_ci_high"], np.where(two, rows[f"{prefix}_max"], np.nan)).astype(float)
-    return low, high
-
-
-def bars_label(ns: Any) -> str:
-    """Legend text for the bars of a figure whose points have these n."""
-    ns = {int(n) for n in ns if np.isfinite(n) and n > 0}
-    qualify = len({n >= MIN_N_INTERVAL for n in ns}) > 1 or 1 in ns  # say which n gets what only when mixed
-    parts = (
-        [f"{LEVEL_TEXT} t-interval" + (f" (n ≥ {MIN_N_INTERVAL})" if qualify else "")]
-        if max(ns, default=0) >= MIN_N_INTERVAL
-        else []
-    )
-    parts += ["range" + (" (n = 2)" if qualify else "")] if 2 in ns else []
-    parts += ["none (n = 1)"] if 1 in ns else []
-    n_text = f"n = {min(ns)}" if len(ns) == 1 else f"n = {min(ns)}–{max(ns)}" if ns else "n = 0"
-    return f"bars over seeds ({n_text}): " + ", ".join(parts) if ns else "no bars"
-
-
 def _bars_handle(ns: Any) -> Line2D:
     return Line2D([], [], color="0.4", marker="|", markersize=12, linestyle="none", label=bars_label(ns))
 
@@ -212,16 +174,23 @@ def _plot(
     ylabel: str = TOP1_LABEL,
     panel: tuple[str, ...] = ("backbone",),
 ) -> dict[str, Path]:
-    """One panel per value of the ``panel`` columns (a backbone, or a backbone and a control), legend right of
-    the panels (never on data), or a "no data" panel; saved as PNG + PDF by ``plots.save_figure`` (atomic,
-    build metadata stripped, so byte-stable)."""
+    """One panel per value of the ``panel`` columns (a row per backbone, a column per control where there are
+    two), legend right of the panels (never on data), or a "no data" panel; saved as PNG + PDF by
+    ``plots.save_figure`` (atomic, build metadata stripped, so byte-stable)."""
     data = df[np.isfinite(df[y].to_numpy(dtype=float))] if len(df) else df
     keys = sorted(set(data[list(panel)].itertuples(index=False, name=None))) if len(data) else []
-    n_panels = max(len(keys), 1)
+    rows = sorted({k[0] for k in keys}) if len(panel) > 1 and keys else [None]
+    cols = sorted({k[1:] for k in keys}) if len(panel) > 1 else keys
     with whitegrid(**{"font.size": 10, "axes.titlesize": 11}):
-        fig = Figure(figsize=(5.2 * n_panels + 1.6, 4.4))
+        fig = Figure(figsize=(5.2 * max(len(cols), 1) + 1.6, 4.4 * len(rows)))
         FigureCanvasAgg(fig)
-        axes = fig.subplots(1, n_panels, squeeze=False)[0]
+        grid = fig.subplots(len(rows), max(len(cols), 1), squeeze=False)
+        at = {
+            k: grid[rows.index(k[0]), cols.index(k[1:])] if len(panel) > 1 else grid[0, i] for i, k in enumerate(keys)
+        }
+        for ax in grid.flat[1:] if not keys else set(grid.flat) - set(at.values()):
+            ax.remove()  # a backbone without this control: no empty panel
+        axes = [at[k] for k in keys] or [grid[0, 0]]
         if not keys:
             axes[0].text(0.5, 0.5, "no data", ha="center", va="center", transform=axes[0].transAxes, fontsize=12)
             axes[0].set(xticks=[], yticks=[])
@@ -230,17 +199,19 @@ def _plot(
             for ax, key in zip(axes, keys):
                 draw(ax, data[np.logical_and.reduce([data[c].to_numpy() == k for c, k in zip(panel, key)])], styles)
                 ax.set_title("\n".join(key[:1] + tuple(f"vs {k}" for k in key[1:])))
+            legend = handles(data, styles)
             fig.legend(
-                handles=handles(data, styles),
+                handles=legend,
                 title="method",
                 loc="center left",
                 bbox_to_anchor=(1.0, 0.5),
                 frameon=False,
+                ncols=legend_columns(len(legend)),
             )
         for ax in axes:
             ax.set(xlabel=xlabel, ylabel=ylabel)
         fig.suptitle(title)
-        fixed_layout(fig)
+        fixed_layout(fig, rows=len(rows))
     paths = save_figure(fig, Path(out_dir) / f"{stem}.png", Path(out_dir) / f"{stem}.pdf")
     fig.clear()
     return paths
