@@ -247,6 +247,19 @@ def test_skip_unreadable_leaves_images_out_and_records_them(tmp_path, capsys):
         refresh_index({**cfg, "skip_unreadable": True}, index)
 
 
+def test_many_unreadable_images_are_listed_in_a_file_beside_the_index(tmp_path):
+    root = write_folder(tmp_path / "pets")
+    bad = sorted(f"train/cat/{i}.png" for i in range(6)) + ["val/dog/0.png"]
+    for rel in bad:
+        (root / rel).write_bytes(b"")
+    with pytest.raises(UsageError) as e:
+        refresh_index({"source": "imagefolder", "path": str(root)}, tmp_path / "res" / "index.parquet")
+    listed = tmp_path / "res" / FC.UNREADABLE_LIST
+    assert "7 unreadable image(s): train/cat/0.png (not an image PIL can read); train/cat/1.png" in str(e.value)
+    assert f"(+2 more, all listed in {listed})" in str(e.value) and "\n" not in str(e.value)
+    assert [ln.split("\t")[0] for ln in listed.read_text().splitlines()] == bad
+
+
 @pytest.mark.parametrize("plant", ["symlink", "garbage", "other folder", "a regular file (trusted)"])
 def test_a_planted_decode_cache_is_never_followed(tmp_path, plant):
     """The results folder is shared: a cache that is a link, not parquet, or of another folder is ignored. A
