@@ -239,8 +239,35 @@ rule evaluate:
                  f"{OUT}/runs/{wildcards.run}/slurm/evaluate", output, f"{OUT}/runs/{wildcards.run}/failure.json")
 
 
-def backbone_records(wc):
-    return [f"{OUT}/runs/{rid}/run.json" for rid in sorted(RUNS) if RUNS[rid].backbone == wc.backbone]
+def run_outcome(rid):
+    """A run's outcome: its run record, or its failure record when its last attempt failed (failure.json newer
+    than any run.json), so that a run that keeps failing never blocks the timing of the others."""
+    record, failure = Path(f"{OUT}/runs/{rid}/run.json"), Path(f"{OUT}/runs/{rid}/failure.json")
+    failed = failure.is_file() and (not record.is_file() or failure.stat().st_mtime > record.stat().st_mtime)
+    return str(failure if failed else record)
+
+
+def backbone_outcomes(wc):
+    return [run_outcome(rid) for rid in sorted(RUNS) if RUNS[rid].backbone == wc.backbone]
+
+
+def time_blocked_backbones():
+    """After a failure (onerror): time each backbone whose timing is missing or older than one of its run records,
+    so a run that failed in this invocation does not leave the others untimed (bench time times what is evaluated
+    and lists the rest, with the reason). Locally only; under a launcher the next snakemake run times them, without
+    waiting for the failed run."""
+    for backbone in BACKBONES:
+        out = Path(f"{OUT}/timing/{backbone}.json")
+        records = [Path(f"{OUT}/runs/{rid}/run.json") for rid in sorted(RUNS) if RUNS[rid].backbone == backbone]
+        newest = max((r.stat().st_mtime for r in records if r.is_file()), default=None)
+        if newest is None or (out.is_file() and out.stat().st_mtime >= newest):
+            continue
+        if LAUNCHER != "none":
+            print(f"tokenbench: {out} is not up to date (a run failed); the next snakemake run times {backbone}",
+                  file=sys.stderr)
+            continue
+        run_logged([*BENCH, "time", SUITE_FILE, backbone, "--results", ROOT, *RUNTIME_ARGS],
+                   f"{OUT}/logs/timing/{backbone}.log", check=False)
 
 
 def timing_spec():
@@ -251,9 +278,10 @@ def timing_spec():
 
 rule timing:
     # the whole backbone group is timed again when any of its runs changes: a speed-up is only ever paired with
-    # the dense reference timed in the same job, on the same device
+    # the dense reference timed in the same job, on the same device. Its input is each run's outcome (run.json, or
+    # failure.json for a run whose last attempt failed): what is evaluated is timed, the rest listed as not timed
     input:
-        backbone_records,
+        backbone_outcomes,
     output:
         f"{OUT}/timing/{{backbone}}.json",
     params:
@@ -306,6 +334,7 @@ onerror:
     MONITOR.stop()
     # failed runs never hide: the table and report still show every finished run and list the holes;
     # removing the collect marker makes the next run rebuild them once the holes are filled
+    time_blocked_backbones()
     for step in ("collect", "figures", "report"):
         if run_logged([*BENCH, step, SUITE_FILE, "--results", ROOT], check=False) != 0:
             break

@@ -119,7 +119,7 @@ def _memory_header(summary: pd.DataFrame) -> str:
 
 def statistics_note(summary: pd.DataFrame) -> str:
     """The caption line naming how every figure of the table was made (the tests and intervals used)."""
-    batches = ", ".join(uniq(summary["peak_mem_batch"])) if "peak_mem_batch" in summary else ""
+    batches = ", ".join(b for b in uniq(summary["peak_mem_batch"]) if b) if "peak_mem_batch" in summary else ""
     reps = uniq(summary.loc[summary["speedup_interval"] == "repeats", "speedup_ci_n"])
     repeats = f"{'/'.join(reps)} " if reps else ""
     at = f" at batch {batches}" if batches else " at the largest batch timed"
