@@ -28,9 +28,10 @@ def clip(text: object, limit: int = 200) -> str:
     line = lines[0].strip() if lines else ""
     if len(line) <= limit:
         return line
-    head = line[: limit - 1]
-    cut = max(head.rfind(" "), head.rfind("/"), head.rfind(","), head.rfind(";"))
-    if cut > 0:  # after a separator, or before a space: the last word stays whole
-        return head[: cut + 1].rstrip() + ("…" if head[cut] != " " else " …")
+    space = line.rfind(" ", 0, limit + 1)  # the words before it fit: line[:space]
+    sep = max(line.rfind(c, 0, limit) for c in "/,;")  # after a separator: line[: sep + 1]
+    keep = max(space, sep + 1 if sep >= 0 else -1)
+    if keep > 0:
+        return line[:keep].rstrip() + (" …" if keep == space else "…")
     end = line.find(" ", limit)  # one token longer than the limit (a path): kept whole
     return line if end < 0 else line[:end] + " …"

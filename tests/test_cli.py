@@ -124,3 +124,40 @@ def test_throughput_command(capsys):
         "0.01",
     )
     assert code == 0 and "img/s" in out and "batch    4" in out
+
+
+def test_clipped_messages_end_on_a_word_boundary():
+    """A library message quoted in a one-line error is shortened at a word boundary, never mid-word."""
+    import random
+
+    from bench.errors import clip
+
+    rng = random.Random(0)
+    words = ["connection", "refused", "https://huggingface.co/timm/vit_tiny", "Errno", "111", "a", "(x)", "weights;"]
+    for _ in range(500):
+        text = " ".join(rng.choice(words) for _ in range(rng.randint(1, 60)))
+        limit = rng.randint(10, 200)
+        out = clip(text + "\nsecond line", limit)
+        assert "\n" not in out
+        if len(text) <= limit:
+            assert out == text
+            continue
+        kept = out.removesuffix("…").rstrip()
+        assert text.startswith(kept) and len(kept) <= limit
+        rest = text[len(kept) :]
+        assert kept[-1] in "/,;" or rest[0] == " ", (kept, rest)  # the cut falls between words
+    assert clip("x" * 300 + " tail", 50) == "x" * 300 + " …"  # one long token is kept whole
+
+
+def test_no_message_is_sliced_mid_word_in_the_package():
+    """Every quoted error goes through bench.errors.clip: no `str(e)...[:N]` slicing is left in bench/."""
+    import re
+
+    sliced = re.compile(r"\[:\d{2,}\]")  # text[:200]; digests ([:24] of a hexdigest) are no message
+    hits = [
+        f"{p}:{i}"
+        for p in sorted((Path(__file__).resolve().parents[1] / "bench").rglob("*.py"))
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if sliced.search(line) and "hexdigest" not in line
+    ]
+    assert not hits, hits

@@ -348,3 +348,59 @@ def test_recorded_kept_patches_are_the_original_positions(tiny_vit, fuse, rate):
             assert len(set(groups[b].tolist())) == len(positions)
             sizes = torch.bincount(groups[b])
             assert {p for p in range(64) if sizes[groups[b][p]] == 1} >= {p for p in positions if p >= 0}
+
+
+# -- a model without a class token ----------------------------------------------------------------------------------
+NO_CLASS_TOKEN = {
+    "avg_pool": {"class_token": False, "global_pool": "avg"},
+    "avg_pool_and_4_registers": {"class_token": False, "global_pool": "avg", "reg_tokens": 4},
+}
+
+
+@pytest.mark.parametrize("fuse", [True, False])
+@pytest.mark.parametrize("layout", list(NO_CLASS_TOKEN), ids=str)
+def test_a_model_without_a_class_token_is_refused_in_one_line(tiny_vit, layout, fuse):
+    """Token 0 would be a patch or a register: EViT never ranks by its attention, at any keep ratio."""
+    for rate in (0.5, 1.0):
+        model = tiny_vit(**NO_CLASS_TOKEN[layout])
+        with pytest.raises(UsageError) as e:
+            create_method("evit", rate, fuse=fuse).apply(model)
+        msg = str(e.value)
+        assert "'evit'" in msg and "no class token" in msg and "\n" not in msg
+        assert ("register" in msg) == ("registers" in layout)
+        assert not hasattr(model.blocks[3], "forward") or "forward" not in vars(model.blocks[3])  # nothing patched
+
+
+def test_registers_beside_a_class_token_are_kept_and_the_class_token_ranks(tiny_vit):
+    """With registers after the class token, token 0 is still the class token: EViT applies, and the prefix tokens
+    (class token and 4 registers) leave the first reducing block exactly as the dense model's do."""
+    images = torch.randn(2, 1, 32, 32)
+    entering: dict[str, torch.Tensor] = {}
+    for tag, keep in (("dense", 1.0), ("evit", 0.5)):
+        model = tiny_vit(reg_tokens=4)
+        method = create_method("evit", keep)
+        method.apply(model)
+        first = method.stage_blocks(model)[0]
+        model.blocks[first + 1].register_forward_pre_hook(lambda m, a, tag=tag: entering.__setitem__(tag, a[0]))
+        with torch.no_grad():
+            model(images)
+    assert entering["evit"].shape[1] == 5 + math.ceil(0.5 * 64) + 1 < entering["dense"].shape[1] == 5 + 64
+    torch.testing.assert_close(entering["evit"][:, :5], entering["dense"][:, :5], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["static", "random", "importance", "token_pooling", "grid_pool", "tome", "svite_plus"])
+def test_methods_that_read_no_class_token_run_without_one(tiny_vit, name):
+    """The documented rule (Method.needs_class_token): the other token methods score patches by what they read
+    themselves (attention received over all queries, keys, a learned scorer, position) and keep every prefix token
+    (registers) unchanged; they need no class token."""
+    from bench.methods.base import has_class_token
+
+    model = tiny_vit(**NO_CLASS_TOKEN["avg_pool_and_4_registers"])
+    assert not has_class_token(model)
+    method = create_method(name, 0.5)
+    assert not method.reads_class_token
+    method.apply(model)
+    with torch.no_grad():
+        out = model(torch.randn(2, 1, 32, 32))
+    assert torch.isfinite(out).all()
+    assert method.token_schedule(model)[-1] < 4 + 64  # it did reduce
