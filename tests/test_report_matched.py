@@ -142,6 +142,14 @@ def test_t_interval_over_seeds_from_three_seeds_range_at_two() -> None:
     if d.std() > 0:
         want = stats.t.interval(0.95, 4, loc=d.mean(), scale=stats.sem(d))
         assert (static["diff_ci_low"], static["diff_ci_high"]) == pytest.approx(want)
+    # n = 3, by hand: mean ± t(0.975, 2) s / sqrt(3), t(0.975, 2) = 4.302653
+    three = _noisy(3)
+    row = _at(matched_budget(three, budgets=[3.0]), "static", 3.0)
+    y = three[(three["method"] == "static") & (three["keep_ratio"] == 0.7)].sort_values("seed")["top1"].to_numpy()
+    half = 4.302653 * y.std(ddof=1) / np.sqrt(3)
+    assert row["n_seeds"] == 3 and (row["top1_ci_low"], row["top1_ci_high"]) == pytest.approx(
+        (y.mean() - half, y.mean() + half), rel=1e-6
+    )
     two = matched_budget(_noisy(2), budgets=[2.5]).dropna(subset=["top1_mean"])
     assert (two["n_seeds"] == 2).all() and two[["top1_ci_low", "top1_ci_high"]].isna().all().all()
     assert (two["top1_min"] < two["top1_max"]).all()
