@@ -71,6 +71,7 @@ def plot_gallery(
         axes[i, 0].set_xticks([])
         axes[i, 0].set_yticks([])
         axes[i, 0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+        axes[i, 0].set_title("input", fontsize=7)
         for j, masks in enumerate(d["masks"]):
             mask = masks[min(image_index, len(masks) - 1)]
             pixel = np.repeat(np.repeat(mask, ph, 0), pw, 1)[..., None]

@@ -89,8 +89,9 @@ def is_reference(styles: dict[str, dict[str, Any]], method: str) -> bool:
 
 
 def reference_first(styles: dict[str, dict[str, Any]], methods: Iterable[str]) -> list[str]:
-    """Methods in drawing and legend order: the reference first, then by name."""
-    return sorted(set(methods), key=lambda m: (not is_reference(styles, m), m))
+    """Methods in drawing and legend order: the reference first, then colour group by colour group (the order
+    ``style.method_styles`` gives them), by name within a group."""
+    return sorted(set(methods), key=lambda m: (not is_reference(styles, m), styles.get(m, {}).get("order", (99,)), m))
 
 
 def draw_error_bars(
@@ -271,18 +272,43 @@ def tradeoff_figure(
             handles = _legend_handles(methods, styles)
             if any(unreliable_mask(data[data["backbone"] == b], x).any() for b in backbones):
                 handles.append(Line2D([], [], label="unreliable timing\n(spread above threshold)", **UNRELIABLE_STYLE))
-            fig.legend(handles=handles, title="method", loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+            fig.legend(
+                handles=handles,
+                title="method",
+                loc="center left",
+                bbox_to_anchor=(1.0, 0.5),
+                frameon=False,
+                ncols=legend_columns(len(handles)),
+            )
         fig.suptitle(title)
         fixed_layout(fig)
     return fig
 
 
+def _lines_of(text: str) -> int:
+    return text.count("\n") + 1 if text else 0
+
+
 def fixed_layout(fig: Figure, rows: int = 1) -> None:
     """Spacing without ``tight_layout``: that costs a full draw per call, which dominates large reports.
-    Saving with ``bbox_inches="tight"`` then crops to the titles, labels and the outside legend."""
+    Saving with ``bbox_inches="tight"`` then crops to the titles, labels and the outside legend. The space above
+    the panels is counted in lines of the title and of the panels' titles (a speed figure's second title line
+    names its device), so they never run into each other."""
+    panel_title_lines = max((_lines_of(ax.get_title()) for ax in fig.axes), default=0)
+    above = 0.25 + 0.24 * _lines_of(fig.get_suptitle()) + 0.2 * panel_title_lines  # inches
     fig.subplots_adjust(
-        left=0.08, right=0.98, bottom=0.14 / rows, top=1 - 0.16 / rows, wspace=0.28, hspace=0.45 if rows > 1 else 0.2
+        left=0.08,
+        right=0.98,
+        bottom=0.14 / rows,
+        top=1 - above / fig.get_figheight(),
+        wspace=0.28,
+        hspace=0.45 if rows > 1 else 0.2,
     )
+
+
+def legend_columns(n_entries: int) -> int:
+    """One legend column up to 16 entries, then two: a legend of 25 methods stays within the figure's height."""
+    return 1 if n_entries <= 16 else 2
 
 
 def save_figure(fig: Figure, png_path: Path, pdf_path: Path) -> dict[str, Path]:

@@ -79,12 +79,11 @@ GROUP_COLORS = tuple(COLORBLIND[i] for i in (1, 3, 4, 9, 5, 6, 8))
 ROLE_ORDER = ("control", "merging", "learned", "weight_budget")  # a method with several roles: the first listed
 
 
-def _darker(color: str, level: int) -> tuple[float, float, float]:
-    """``color`` mixed with black, a little more for each ``level``: a group's second round of markers, or a hue's
-    second round of groups, stays a colour of its own."""
-    r, g, b = mpl.colors.to_rgb(color)
-    f = 1.0 - 0.3 * min(level, 3)
-    return (round(r * f, 4), round(g * f, 4), round(b * f, 4))
+def _darker(color: Any, level: int) -> tuple[float, float, float]:
+    """``color`` a little darker for each ``level`` (never black): the fifth and later methods of a large group, or
+    a hue's second round of groups, keep a colour of their own."""
+    f = 0.75**level
+    return tuple(round(v * f, 4) for v in mpl.colors.to_rgb(color))  # type: ignore[return-value]
 
 
 def method_group(family: Any, roles: set[str]) -> str:
@@ -117,28 +116,31 @@ def method_styles(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
     ``role_*`` columns. Call it once per report with the whole table and hand the result to every figure.
 
     Hue by group (``method_group``: the reference black, each family, each role group), from the colour-blind
-    palette; marker and line style by method within its group, in name order. A method's look depends only on its
-    own group and its rank there: adding a method of another group changes no one's look. The reference is the black
+    palette; marker and line style by method within its group, in name order (past four methods, each four a shade
+    darker). A method's look depends on its group and its rank there only: adding a method changes no look outside
+    its group, except that a new family takes its hue in name order among the families. The reference is the black
     star (a second reference label a grey one)."""
     groups: dict[str, list[str]] = {}
     for method, (family, roles) in _declarations(frame).items():
         groups.setdefault(method_group(family, roles), []).append(method)
     others = sorted(g for g in groups if g not in ROLE_COLORS and g != "reference")
     others.sort(key=lambda g: (not g.startswith("family:"), g == "other", g))  # families, weight_budget, other
-    hue = dict(ROLE_COLORS)
+    hue: dict[str, Any] = dict(ROLE_COLORS)
     for i, g in enumerate(others):
         hue[g] = _darker(GROUP_COLORS[i % len(GROUP_COLORS)], i // len(GROUP_COLORS))
     styles: dict[str, dict[str, Any]] = {}
-    for i, method in enumerate(groups.pop("reference", [])):
-        styles[method] = {**REFERENCE_STYLE, "color": "black" if i == 0 else _darker("#949494", i - 1)}
-    for g, methods in groups.items():
-        for i, method in enumerate(sorted(methods)):
+    for i, method in enumerate(groups.get("reference", [])):
+        styles[method] = {**REFERENCE_STYLE, "color": "black" if i == 0 else _darker("#949494", i), "order": (0, i)}
+    for rank, g in enumerate([g for g in ROLE_COLORS if g in groups] + others, start=1):
+        for i, method in enumerate(sorted(groups[g])):
             styles[method] = {
-                "color": mpl.colors.to_rgb(hue[g]) if i < len(MARKERS) else _darker(hue[g], i // len(MARKERS)),
+                # up to 4 methods share the group's colour exactly; then each 4 a shade darker
+                "color": _darker(hue[g], i // len(LINESTYLES)),
                 "marker": MARKERS[i % len(MARKERS)],
                 "linestyle": LINESTYLES[i % len(LINESTYLES)],
                 "markersize": 7,
                 "reference": False,
                 "group": g.removeprefix("family:"),
+                "order": (rank, i),  # legend order: the reference, the controls, then group by group
             }
     return dict(sorted(styles.items()))
