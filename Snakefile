@@ -50,9 +50,10 @@ print(f"tokenbench: suite {SUITE.name} ({SUITE_FILE}), {len(RUNS)} runs, launche
 from bench import progress
 
 # status lines of the running steps on this terminal (a thread of this snakemake process, started by onstart;
-# spawned job processes build it too but never start it); `--config progress_s=0` turns them off
+# spawned job processes build it too but never start it): every 5 s on a terminal, every 60 s into a file;
+# `--config progress_s=N` sets it, 0 turns it off
 MONITOR = progress.Monitor(f"{OUT}/logs", launcher=LAUNCHER,
-                           every_s=float(config.get("progress_s", progress.SHOW_EVERY_S)))
+                           every_s=float(config.get("progress_s", progress.default_every_s())))
 
 # Compute rules declare these; profiles override them per rule (set-resources). Under a launcher they
 # become submitit/SLURM parameters; without one only threads matter. tasks=0: one task per GPU.

@@ -41,6 +41,16 @@ MAX_LINES = 8  # running steps shown one per line; the rest are counted
 QUEUED_STATES = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "SUSPENDED", "UNKNOWN", ""}
 
 
+def default_every_s(stream: IO[str] | None = None) -> float:
+    """Seconds between status blocks: ``SHOW_EVERY_S`` on a terminal, ``HEARTBEAT_S`` when stderr goes to a file
+    (``snakemake > run.log 2>&1``), which a block every few seconds would flood."""
+    stream = sys.stderr if stream is None else stream
+    try:
+        return SHOW_EVERY_S if stream.isatty() else HEARTBEAT_S
+    except (AttributeError, ValueError):
+        return HEARTBEAT_S
+
+
 class Throttle:
     """True at most once per ``every_s`` seconds of ``clock``; the first call is ready at once, or only after
     ``every_s`` with ``first_now=False``."""

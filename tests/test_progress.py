@@ -146,6 +146,16 @@ def test_monitor_prints_when_something_changed_at_most_every_few_seconds(tmp_pat
     assert out.getvalue() == ""  # poll returns the lines; only the thread prints
 
 
+def test_status_every_few_seconds_on_a_terminal_and_every_minute_into_a_file():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    closed = io.StringIO()
+    closed.close()
+    assert [P.default_every_s(s) for s in (Terminal(), io.StringIO(), closed)] == [5.0, 60.0, 60.0]
+
+
 def data(n=48):
     g = torch.Generator().manual_seed(0)
     return TensorDataset(torch.randn(n, 1, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g))
