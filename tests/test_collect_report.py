@@ -327,7 +327,7 @@ def test_report(suite_dir: Path, tmp_path: Path) -> None:
     assert "†" in next(ln for ln in md.splitlines() if "| random | 0.7 |" in ln)
     assert "†" not in static_row
     assert "What was timed" in md and DEVICE_KEY in md and "Speed-up by batch size" in md
-    assert "| deit_small_patch16_224 | static | 0.5 | 256 | 1.91× (1.91–1.91, n=2 seeds) |" in md
+    assert "| deit_small_patch16_224 | static | 0.5 | 256 | 1.91× (n = 2 seeds, range [1.91, 1.91]) |" in md
     assert "| deit_small_patch16_224 | dense | 1 | 256 | 1.00× (reference) |" in md
     assert "`0123456789abcdef` (clean)" in md and "`2.4.0`" in md
     # Missing seed 1 of static 0.3 is inferred from the grid of seeds present.

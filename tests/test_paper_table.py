@@ -110,7 +110,8 @@ def test_a_run_evaluated_again_is_untimed_and_its_row_says_1_of_2(tmp_path):
     fresh = summarize(collect(_two_seeds(tmp_path / "b", reevaluated=False)))
     header, rows, _ = table_rows(fresh)
     static = next(r for r in rows if r[1] == "static")
-    assert static[header.index("Seeds timed")] == "2/2" and "seeds)" not in static[header.index(header[-5])]
+    speed = static[header.index("Speed-up vs reference (paired; interval, n)")]
+    assert static[header.index("Seeds timed")] == "2/2" and speed == "1.91 (n = 2, range [1.91, 1.91])"
 
 
 def test_the_reference_speedup_is_exactly_one_without_interval_or_dagger(tmp_path):
@@ -186,7 +187,7 @@ def test_results_tex_has_the_paper_columns_and_nothing_else(tmp_path):
     # one precision rule per column: top-1 2 decimals, GMACs 3 significant digits, params 2 decimals,
     # speed-up 2 decimals (two seeds: their range), latency 2 decimals, memory in whole MiB
     assert cells == ["static", "0.5", r"77.17 $\pm$ 0.07", "2.30", "22.05", "1.91 (1.91--1.91)", "123.46", "20480"]
-    assert "Student t 95" in tex and "range" in tex and "CUDA allocator's peak" in tex  # the caption names them
+    assert "Student t 95" in tex and "range" in tex and "CUDA allocator's peak during one forward at batch 256" in tex
     assert len(PAPER_COLUMNS) == 8
     uneven = render_latex(summary.assign(n_ok=[2, 1, 2, 2]), "Results.")
     assert r"static & 0.7 & 78.96 $\pm$ 0.07 (1) &" in uneven and r"(\%, n)" in uneven  # n beside each figure

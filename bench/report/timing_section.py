@@ -100,7 +100,7 @@ def what_was_timed_markdown(table: pd.DataFrame) -> str:
 
 
 def speedup_by_batch_markdown(table: pd.DataFrame, summary: pd.DataFrame) -> str:
-    """Per backbone, method, keep ratio and batch size: the paired speed-up (median over seeds, CI envelope),
+    """Per backbone, method, keep ratio and batch size: the paired speed-up (mean over seeds; CI or range, n),
     the FLOPs-implied one and their ratio (1.0: every FLOP saved became time saved)."""
     sweeps = _sweeps(table)
     if sweeps.empty or sweeps["speedup"].isna().all():
@@ -120,14 +120,15 @@ def speedup_by_batch_markdown(table: pd.DataFrame, summary: pd.DataFrame) -> str
         if keep == 1.0 and bool(is_reference.get((backbone, method, keep), False)):
             cell, med = "1.00× (reference)", 1.0  # 1 by definition: no interval, no mark
         else:
-            # one seed: the order-statistic CI over its paired repeats; more: the seeds' range (n stated)
-            med = statistics.median(s)
+            # the mean over seeds, as the results table; one seed: the order-statistic CI over its paired repeats;
+            # more: the seeds' range (n stated)
+            med = statistics.fmean(s)
             low, high = group["speedup_ci_low"].min(), group["speedup_ci_high"].max()
             mark = f" {UNRELIABLE_MARK}" if group["speedup_unreliable"].fillna(False).astype(bool).any() else ""
             if len(s) == 1:
                 cell = f"{med:.2f}× [{low:.2f}, {high:.2f}] ({int(group['repeats'].iloc[0])} rep.){mark}"
             else:
-                cell = f"{med:.2f}× ({s.min():.2f}–{s.max():.2f}, n={len(s)} seeds){mark}"
+                cell = f"{med:.2f}× (n = {len(s)} seeds, range [{s.min():.2f}, {s.max():.2f}]){mark}"
         ratio = f"{med / flops:.2f}" if pd.notna(flops) and flops else DASH
         rows.append(
             [backbone, method, f"{keep:g}", str(int(batch)), cell, f"{flops:.2f}×" if pd.notna(flops) else DASH, ratio]
