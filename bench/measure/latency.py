@@ -1,9 +1,10 @@
 """Batch-1 latency and peak inference memory of each timed model: what timm's ``benchmark.py`` reports beside
 img/s, and what reviewers ask for.
 
-Latency: ``rounds`` repeats at batch 1, each ``iters`` forward passes calibrated to last ``min_time_s`` (a single
-pass of a small model is shorter than the scheduler's noise); milliseconds per image of each repeat, median and
-IQR. A latency is one model's figure, not a ratio: it is not paired with the reference.
+Latency: ``rounds`` repeats (at most :data:`LATENCY_REPEATS`: a median of five calibrated repeats is stable, and
+the timing step does this for every run) at batch 1, each ``iters`` forward passes calibrated to last
+``min_time_s`` (a single pass of a small model is shorter than the scheduler's noise); milliseconds per image of
+each repeat, median and IQR. A latency is one model's figure, not a ratio: it is not paired with the reference.
 
 Peak memory of one forward at the headline batch size (the largest the sweep timed), input included:
 
@@ -34,6 +35,7 @@ from bench.measure.repeats import Clock, spread
 from bench.measure.throughput import autocast
 
 MEM_KIND = {"cuda": "cuda_max_memory_allocated", "cpu": "cpu_rss_growth"}
+LATENCY_REPEATS = 5
 
 
 def _input(batch: int, in_chans: int, image_size: int, protocol: TimingProtocol, device: torch.device) -> torch.Tensor:
@@ -52,12 +54,13 @@ def _forward(model: nn.Module, x: torch.Tensor, protocol: TimingProtocol, device
 
 
 def latency_ms(forward: Callable[[], Any], clock: Clock, protocol: TimingProtocol) -> dict[str, Any]:
-    """Milliseconds per forward pass: median and IQR over ``protocol.rounds`` calibrated repeats."""
+    """Milliseconds per forward pass: median and IQR over calibrated repeats (``protocol.rounds``, at most
+    :data:`LATENCY_REPEATS`)."""
     for _ in range(max(1, protocol.warmup)):
         forward()
     clock.sync()
     iters = clock.calibrate(forward, protocol.min_time_s)
-    per_pass = [clock.interval(forward, iters) / iters * 1e3 for _ in range(protocol.rounds)]
+    per_pass = [clock.interval(forward, iters) / iters * 1e3 for _ in range(min(protocol.rounds, LATENCY_REPEATS))]
     s = spread(per_pass)
     return {"median": s["median"], "iqr": s["iqr"], "repeats": len(per_pass), "iters_per_repeat": iters}
 

@@ -36,6 +36,21 @@ def _sweeps(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _latency_memory(timed: pd.DataFrame) -> str:
+    """How the batch-1 latency and the inference memory were measured (older timings had neither)."""
+    if "latency_bs1_ms" not in timed or timed["latency_bs1_ms"].isna().all():
+        return "no batch-1 latency or inference memory (timed before they were measured)"
+    kinds = {
+        "cuda_max_memory_allocated": "the CUDA allocator's peak (weights, input and activations)",
+        "cpu_rss_growth": "the process's RSS growth (CPU: input and activations the allocator took from the OS)",
+    }
+    memory = ", ".join(kinds.get(k, k) for k in uniq(timed["peak_inference_mem_kind"]))
+    return (
+        f"batch-1 latency: median of {', '.join(uniq(timed['latency_bs1_repeats']))} calibrated repeats; "
+        f"inference memory: {memory} during one forward at batch {', '.join(uniq(timed['peak_inference_mem_batch']))}"
+    )
+
+
 def what_was_timed_markdown(table: pd.DataFrame) -> str:
     ok = table[table["status"] == "ok"]
     if "throughput_device_key" not in ok or ok["throughput_device_key"].isna().all():
@@ -84,6 +99,7 @@ def what_was_timed_markdown(table: pd.DataFrame) -> str:
             f"ratios), at most {', '.join(uniq(timed['timing_max_attempts']))} attempts; "
             f"{len(retried)} run(s) re-timed",
             "fused attention (SDPA) on in every block" + (f" except: {', '.join(fused)}" if fused else ""),
+            _latency_memory(timed),
         ]
         if len(untimed):
             items.append(
