@@ -404,3 +404,23 @@ def test_parameters_are_checked():
         create_method("tome", 0.5, r=[1, 2], inflect=-1.0)
     with pytest.raises(UsageError, match="inflect"):
         create_method("tome", 0.5, r=4, inflect=1.5)
+
+
+def test_an_explicit_r_makes_the_keep_ratio_irrelevant(tiny_vit):
+    """Why a suite runs ToMe with ``r`` once (``Param.replaces_keep_ratio``): given r, every keep ratio computes the
+    same model; without it the keep ratio chooses r."""
+    from bench.methods.catalog import method_info
+
+    assert method_info("tome").params["r"].replaces_keep_ratio
+    assert [n for n, p in method_info("tome").params.items() if p.replaces_keep_ratio] == ["r"]
+    images = torch.randn(2, 1, 32, 32)
+    logits = {}
+    for keep in (1.0, 0.7, 0.5):
+        model = tiny_vit()
+        create_method("tome", keep, r=3).apply(model)
+        with torch.no_grad():
+            logits[keep] = model(images)
+    torch.testing.assert_close(logits[0.7], logits[1.0], rtol=0, atol=0)
+    torch.testing.assert_close(logits[0.5], logits[1.0], rtol=0, atol=0)
+    chosen = {keep: create_method("tome", keep).schedule(tiny_vit()) for keep in (0.7, 0.5)}
+    assert chosen[0.7] != chosen[0.5]
