@@ -223,3 +223,25 @@ def test_results_tex_compiles_in_one_column_and_fits_the_text_width(tmp_path):
     assert done.returncode == 0, log[-2000:]
     assert "Overfull \\hbox" not in log, log[log.find("Overfull") :][:400]
     assert (tmp_path / "paper.pdf").stat().st_size > 0
+
+
+def test_inference_memory_is_measured_for_the_forward_and_grows_with_the_batch(tiny_vit):
+    """The memory of one forward (CPU: RSS growth, by the kernel's high-water mark or, failing that, sampled):
+    a batch of 256 takes more than a batch of 1; batch-1 latency over at most 5 calibrated repeats."""
+    import torch
+
+    from bench.measure import latency
+    from bench.measure.paired import TimingProtocol
+
+    model, cpu = tiny_vit(), torch.device("cpu")
+    protocol = TimingProtocol(batch_sizes=(1,), rounds=9, min_time_s=0.0, warmup=1)
+    one, many = torch.randn(1, 1, 32, 32), torch.randn(256, 1, 32, 32)
+    small, large = (
+        latency.peak_memory_mib(model, one, protocol, cpu),
+        latency.peak_memory_mib(model, many, protocol, cpu),
+    )
+    assert large > small + 4, (small, large)
+    forward = latency._forward(model, many, protocol, cpu)
+    assert latency._sampled_rss_growth_mib(forward, lambda: (latency._status_kib("VmRSS") or 0) * 1024) >= 0
+    lat = latency.latency_ms(latency._forward(model, one, protocol, cpu), latency.Clock(cpu), protocol)
+    assert lat["repeats"] == latency.LATENCY_REPEATS and lat["median"] > 0 and lat["iqr"] >= 0

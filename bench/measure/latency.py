@@ -26,7 +26,6 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import psutil
 import torch
 from torch import nn
 
@@ -82,34 +81,52 @@ def _trim_heap() -> None:
 def _rss_growth_mib(forward: Callable[[], Any]) -> float:
     """RSS growth of the process during one ``forward()`` (see the module doc)."""
     _trim_heap()
-    proc = psutil.Process()
-    before = proc.memory_info().rss
+    rss_kib = _status_kib("VmRSS")
+    if rss_kib is None:  # not Linux: sample the RSS with psutil (snakemake's dependency) while the forward runs
+        import psutil
+
+        return _sampled_rss_growth_mib(forward, psutil.Process().memory_info)
+    before = rss_kib * 1024
     try:
         with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
             f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
         hwm_reset = True
     except OSError:
         hwm_reset = False
-    if hwm_reset and (kib := _status_kib("VmHWM")) is not None and kib * 1024 <= before + 2**20:
+    if not (hwm_reset and (kib := _status_kib("VmHWM")) is not None and kib * 1024 <= before + 2**20):
+        # no resettable high-water mark (an old kernel, a sandbox): sample the RSS while the forward runs
+        return _sampled_rss_growth_mib(forward, lambda: (_status_kib("VmRSS") or 0) * 1024)
+    out = forward()
+    peak = (_status_kib("VmHWM") or 0) * 1024
+    del out
+    return max(0.0, (peak - before) / 2**20)
+
+
+def _sampled_rss_growth_mib(forward: Callable[[], Any], rss: Callable[[], Any]) -> float:
+    """RSS growth during ``forward()`` as the largest RSS a thread sampling every 0.5 ms saw (``rss()``: bytes,
+    or an object with ``.rss``)."""
+
+    def now() -> int:
+        value = rss()
+        return int(getattr(value, "rss", value))
+
+    before = now()
+    peak, done = before, threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, now())
+            done.wait(0.0005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
         out = forward()
-        peak = (_status_kib("VmHWM") or 0) * 1024
-    else:  # no resettable high-water mark: sample the RSS while the forward runs
-        peak, done = before, threading.Event()
-
-        def sample() -> None:
-            nonlocal peak
-            while not done.is_set():
-                peak = max(peak, proc.memory_info().rss)
-                done.wait(0.0005)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        try:
-            out = forward()
-        finally:
-            done.set()
-            sampler.join()
-        peak = max(peak, proc.memory_info().rss)
+    finally:
+        done.set()
+        sampler.join()
+    peak = max(peak, now())
     del out
     return max(0.0, (peak - before) / 2**20)
 
