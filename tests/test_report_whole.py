@@ -289,3 +289,15 @@ def test_looks_do_not_depend_on_row_order_or_on_other_groups():
     more = _looks(method_styles(pd.concat([table, extra])))
     assert {m: s for m, s in more.items() if m != "zz_new"} == _looks(styles)
     assert more["zz_new"][:2] not in {s[:2] for s in _looks(styles).values()}
+
+
+def test_timing_setup_names_what_every_timed_run_shares_or_says_untimed():
+    from bench.report.plots import timing_setup
+
+    table = suite_table()
+    assert timing_setup(table) == f"{DEVICE}, {PRECISION}, batch {BATCH}"
+    untimed = table.assign(throughput_img_s=np.nan)
+    assert timing_setup(untimed) == "not timed"
+    mixed = table.copy()
+    mixed.loc[mixed["backbone"] == "deit_tiny_patch16_224", "throughput_batch_size"] = 64
+    assert timing_setup(mixed) == f"{DEVICE}, {PRECISION}, batch 64/256"
