@@ -102,7 +102,8 @@ def _untimed(
     if found is not None:
         return (
             f"untimed: evaluated again ({row.get('created_at')}) after its backbone was timed "
-            f"({found[0].get('created_at')}); re-run its timing step"
+            f"({found[0].get('created_at')}); re-run its timing step "
+            f"(snakemake, or bench time SUITE {row.get('backbone')})"
         )
     if row.get("run_id") in left_out:
         timing, why = left_out[row["run_id"]]
