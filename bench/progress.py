@@ -255,19 +255,25 @@ def job_state(job_folder: str | os.PathLike | None, since: float) -> dict[str, A
     return record
 
 
+def _job_log(job_folder: str | os.PathLike | None) -> str | None:
+    """Under a launcher the step's log holds the launcher's lines; the step's own output is the job's stderr."""
+    if not job_folder:
+        return None
+    return (read(Path(job_folder) / "launch.json") or {}).get("stderr")  # bench.launch.LAUNCH_RECORD
+
+
 def write_job_state(folder: str | os.PathLike, job_id: str, state: str, wall: Callable[[], float] = time.time) -> None:
     write(Path(folder) / JOB_STATE_FILE, {"job_id": str(job_id), "state": str(state).upper(), "at": wall()})
 
 
-def status_line(record: dict[str, Any], now: float, job: dict[str, Any] | None = None) -> str:
-    """One running step: ``finetune <id>: epoch 2/5 step 40/120 loss 1.234 ETA 1m20s``."""
+def status_line(record: dict[str, Any], now: float) -> str:
+    """One running step: ``finetune <id>: epoch 2/5 step 40/120 loss 1.234 ETA 1m20s``, or for a step without
+    epochs ``evaluate <id>: running 45s | <the last line of its log>``."""
     name = f"{record.get('step', '?')} {record.get('id', '')}".rstrip()
     elapsed = duration(now - float(record.get("started", now)))
-    if job is not None and job.get("state", "") in QUEUED_STATES:
-        return f"{name}: queued (job {job.get('job_id')}, {job.get('state') or 'submitted'}) {elapsed}"
     if record.get("phase") in ("train", "trained"):
         return f"{name}: {describe(record)}"
-    tail = _last_log_line(record.get("log"))
+    tail = _last_log_line(_job_log(record.get("job_folder")) or record.get("log"))
     return f"{name}: running {elapsed}" + (f" | {tail}" if tail else "")
 
 
@@ -328,10 +334,12 @@ class Monitor:
             if record.get("job_folder") and (job is None or job.get("state", "") in QUEUED_STATES):
                 queued += 1
                 continue
-            running.append(status_line(record, now, job))
+            running.append(status_line(record, now))
         lines = [f"[progress] {line}" for line in running[: self.max_lines]]
         if len(running) > self.max_lines:
             lines.append(f"[progress] ... and {len(running) - self.max_lines} more running")
+        if not running and not queued:
+            return []  # nothing to report (Snakemake prints what finished)
         if self.launcher != "none":
             done = sum(r.get("state") == "done" for r in records)
             failed = sum(r.get("state") == "failed" for r in records)

@@ -113,11 +113,19 @@ def test_a_launcher_shows_queued_running_done_counts(tmp_path):
     P.step_finished(logs / "finetune" / "e.progress.json", 0)
     # a state written for an earlier job of the same step is not this one's
     P.write_job_state(tmp_path / "runs" / "b" / "slurm", "9", "RUNNING", wall=Clock(wall.t - 10))
+    # the step's log holds the launcher's lines; how far it is shows in the job's own stderr
+    (tmp_path / "c.err").write_text("bench: timing b: run 3 of 5\n")
+    (tmp_path / "runs" / "c" / "slurm" / "launch.json").write_text(json.dumps({"stderr": str(tmp_path / "c.err")}))
     assert mon.lines(wall.t + 61) == [
-        "[progress] finetune c: running 1m00s",
+        "[progress] finetune c: running 1m00s | bench: timing b: run 3 of 5",
         "[progress] ... and 1 more running",
         "[progress] slurm jobs: 2 queued, 2 running, 1 done",
     ]
+    P.step_finished(logs / "finetune" / "d.progress.json", 1)
+    assert mon.lines(wall.t + 62)[-1] == "[progress] slurm jobs: 2 queued, 1 running, 1 done, 1 failed"
+    for key in "abc":
+        P.step_finished(logs / "finetune" / f"{key}.progress.json", 0)
+    assert mon.lines(wall.t + 62) == []  # nothing queued or running: nothing to say
 
 
 def test_monitor_prints_when_something_changed_at_most_every_few_seconds(tmp_path):
