@@ -327,8 +327,7 @@ def test_report(suite_dir: Path, tmp_path: Path) -> None:
     assert "| deit_small_patch16_224 | static | 0.5 | 256 | 1.91× (n = 2 seeds, range [1.91, 1.91]) |" in md
     assert "| deit_small_patch16_224 | dense | 1 | 256 | 1.00× (reference) |" in md
     assert "`0123456789abcdef` (clean)" in md and "`2.4.0`" in md
-    # Missing seed 1 of static 0.3 is inferred from the grid of seeds present.
-    assert "1 run(s) with no record" in md
+    assert "1 run(s) with no record" in md  # seed 1 of static 0.3, inferred from the grid of seeds present
 
     again = build_report(suite_dir, out_dir=tmp_path / "again")
     for name, path in paths.items():
