@@ -313,7 +313,8 @@ class Monitor:
         found = []
         for path in sorted([*self.logs.glob(f"*{SUFFIX}"), *self.logs.glob(f"*/*{SUFFIX}")]):
             try:
-                if path.stat().st_mtime < self.since - 1:
+                # a cheap first cut; generous, as a shared file system's clock may differ from this one's
+                if path.stat().st_mtime < self.since - 600:
                     continue
             except OSError:
                 continue
