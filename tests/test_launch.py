@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import submitit
+from PIL import Image
 
 from bench.launch import (
     LAUNCH_RECORD,
@@ -39,7 +40,7 @@ def imagefolder_suite(tmp_path):
     root = tmp_path / "pets"
     for split, cls in [("train", "a"), ("train", "b"), ("validation", "a"), ("validation", "b")]:
         (root / split / cls).mkdir(parents=True)
-        (root / split / cls / "0.png").write_bytes(b"")
+        Image.new("RGB", (8, 8)).save(root / split / cls / "0.png")  # the index step decodes every image
     suite = tmp_path / "s.yaml"
     suite.write_text(
         textwrap.dedent(f"""
