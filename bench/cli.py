@@ -106,11 +106,12 @@ def validate(suite: str, show_runs: bool, show_recipe: bool, profile: str | None
     """Validate SUITE (a name under suites/ or a YAML path) and show its grid.
 
     Without torch by default (schema, data keys, method names and parameters, files); --build also checks backbone
-    names and builds every run's method on its backbone, as the pipeline does before it runs anything."""
+    names and builds every run's method on its backbone, as the pipeline does before it runs anything, and that
+    init: hub weights are in the local cache or the hub answers (HF_HUB_OFFLINE, no network: one line)."""
     from bench.config import load_suite
     from bench.workflow import batch_plan_line, read_profile
 
-    s = load_suite(suite, build=build)
+    s = load_suite(suite, build=build, check_hub=build)
     resources, config, where = read_profile(profile) if profile else ({}, {}, None)
     methods = sorted({r.method for r in s.runs})
     click.echo(

@@ -233,7 +233,12 @@ def validate_raw(raw: Any, where: str) -> None:
 
 
 def load_suite(
-    name_or_path: str | Path, *, check_names: bool = True, reuse_checks: bool = False, build: bool = True
+    name_or_path: str | Path,
+    *,
+    check_names: bool = True,
+    reuse_checks: bool = False,
+    build: bool = True,
+    check_hub: bool = False,
 ) -> Suite:
     """Read, validate and expand a suite. Every error is a one-line UsageError naming the field.
 
@@ -244,6 +249,10 @@ def load_suite(
     ``reuse_checks``: skip the name checks (which import torch and timm, ~4 s) when this exact suite
     already passed them with this exact code and these library versions (Snakemake parses the
     Snakefile on every call, `-n` included).
+
+    ``check_hub`` (with ``build``; `bench validate --build`): ``init: hub`` weights must be in the local cache or the
+    hub must answer now. Not for the pipeline's own steps: only pretraining downloads them (and
+    :func:`bench.models.build_backbone` checks the same first), so an offline fine-tune is never refused.
     """
     from bench.suite_file import read_yaml
 
@@ -251,7 +260,7 @@ def load_suite(
     raw = read_yaml(path)
     validate_raw(raw, str(path))
     if not (check_names and build and reuse_checks):
-        return expand(raw, path, check_names=check_names, build=build)
+        return expand(raw, path, check_names=check_names, build=build, check_hub=check_hub)
     marker = _checks_marker(raw)
     if marker.exists():
         suite = expand(raw, path, check_names=False)
@@ -281,7 +290,9 @@ def _checks_marker(raw: dict[str, Any]) -> Path:
     return cache_root() / "validated-suites" / h.hexdigest()[:24]
 
 
-def expand(raw: dict[str, Any], path: Path, *, check_names: bool = True, build: bool = True) -> Suite:
+def expand(
+    raw: dict[str, Any], path: Path, *, check_names: bool = True, build: bool = True, check_hub: bool = False
+) -> Suite:
     where = str(path)
     evaluate = copy.deepcopy(DEFAULT_EVALUATE)
     for k, v in (raw.get("evaluate") or {}).items():
@@ -370,5 +381,5 @@ def expand(raw: dict[str, Any], path: Path, *, check_names: bool = True, build: 
     if check_names:
         check_static(suite, raw, where)
         if build:
-            check_build(suite, where)
+            check_build(suite, where, check_hub=check_hub)
     return suite

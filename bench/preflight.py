@@ -175,7 +175,7 @@ def check_recipe_at(
         _at(where, f"{field_name}.{key}" if key else field_name, check)
 
 
-def preflight(suite: Any, where: str) -> None:
+def preflight(suite: Any, where: str, *, check_hub: bool = False) -> None:
     """Raise a one-line UsageError for the first run whose method, backbone or recipe cannot be built."""
     import torch
 
@@ -213,7 +213,8 @@ def preflight(suite: Any, where: str) -> None:
     for i, b in enumerate(suite.backbones):
         if b.init == "hub":
             _at(where, f"backbones[{i}].init", check_hub_weights, b.name)
-            _at(where, f"backbones[{i}].init", check_hub_reachable, b.name)
+            if check_hub:
+                _at(where, f"backbones[{i}].init", check_hub_reachable, b.name)
         check_recipe_at(where, "pretrain.recipe", suite.pretrain_recipe, backbone(b.label, "meta"), {})
 
     labels = _method_fields(suite.raw)
@@ -238,7 +239,7 @@ def preflight(suite: Any, where: str) -> None:
         try:
             method.apply(model)
         except UsageError as e:
-            raise UsageError(f"{where}: field {field_name}.params: {e}") from None
+            raise UsageError(f"{where}: field {field_name}.params: on backbone {run.backbone}: {e}") from None
         except Exception as e:  # noqa: BLE001
             raise UsageError(
                 f"{where}: field {field_name}.params: do not fit {run.backbone}: {type(e).__name__}: {clip(e)}"

@@ -80,8 +80,9 @@ def check_static(suite: Suite, raw: dict[str, Any], where: str) -> None:
             )
 
 
-def check_build(suite: Suite, where: str) -> None:
-    """Backbone names, and every run's method and recipe built on its backbone (torch, timm)."""
+def check_build(suite: Suite, where: str, *, check_hub: bool = False) -> None:
+    """Backbone names, and every run's method and recipe built on its backbone (torch, timm); with ``check_hub``
+    also that ``init: hub`` weights can be had now (in the local cache, or the hub answers)."""
     from bench.models.backbones import check_backbone_name
     from bench.preflight import preflight
 
@@ -90,4 +91,5 @@ def check_build(suite: Suite, where: str) -> None:
             check_backbone_name(b.name)
         except UsageError as e:
             raise UsageError(f"{where}: field backbones[{i}]: {e}") from None
-    preflight(suite, where)  # every run's method on its backbone, and every recipe's optimiser, built cheaply
+    # every run's method on its backbone, and every recipe's optimiser, built cheaply
+    preflight(suite, where, check_hub=check_hub)

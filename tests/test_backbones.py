@@ -51,12 +51,41 @@ def test_unknown_name_did_you_mean():
         check_backbone_name("deit_bse_patch16_224")
 
 
-def test_hub_weights_offline_fail_fast(monkeypatch):
+def test_hub_weights_offline_fail_fast(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # an empty cache: only the hub could give the weights
     t0 = time.time()
-    with pytest.raises(UsageError, match="pretrained weights"):
+    with pytest.raises(UsageError, match="HF_HUB_OFFLINE is set and deit_tiny_patch16_224's hub weights") as e:
         build_backbone("deit_tiny_patch16_224", num_classes=10, pretrained=True)
+    assert "\n" not in str(e.value)
     assert time.time() - t0 < 20
+
+
+def test_hub_weights_unreachable_hub_fail_fast(monkeypatch, tmp_path):
+    """No network (here: a hub endpoint nothing listens on): one line naming the hub, before timm's retries."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    with pytest.raises(UsageError, match=r"the hub \(http://127.0.0.1:9\) is unreachable .*no network") as e:
+        build_backbone("deit_tiny_patch16_224", num_classes=10, pretrained=True)
+    assert "\n" not in str(e.value)
+
+
+def test_hub_weights_in_the_cache_need_no_hub(monkeypatch, tmp_path):
+    """Offline with the weights cached is fine: the check looks in the cache first (as timm will)."""
+    from bench.preflight import check_hub_reachable
+
+    snapshot = tmp_path / "models--timm--deit_tiny_patch16_224.fb_in1k" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "model.safetensors").write_bytes(b"x")
+    (tmp_path / "models--timm--deit_tiny_patch16_224.fb_in1k" / "refs").mkdir()
+    (tmp_path / "models--timm--deit_tiny_patch16_224.fb_in1k" / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    check_hub_reachable("deit_tiny_patch16_224")  # no error
+    (snapshot / "model.safetensors").unlink()
+    with pytest.raises(UsageError, match="HF_HUB_OFFLINE"):
+        check_hub_reachable("deit_tiny_patch16_224")
 
 
 def test_timm_deit_builds_with_other_input():

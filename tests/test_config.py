@@ -65,11 +65,7 @@ def test_unknown_suite_name_suggests():
         load_suite("smok")
 
 
-def test_shipped_suites_validate(monkeypatch):
-    import bench.preflight
-
-    # the suites' content is checked, not whether this machine reaches the hub (tests run with HF_HUB_OFFLINE)
-    monkeypatch.setattr(bench.preflight, "check_hub_reachable", lambda name: None)
+def test_shipped_suites_validate():
     names = list_suites()
     assert "smoke" in names
     for name in names:
@@ -204,3 +200,14 @@ def test_a_parameter_that_fixes_the_budget_runs_once(tmp_path):
         0.7,
         0.5,
     }
+
+
+def test_the_hub_is_checked_by_validate_build_not_by_every_step(tmp_path, monkeypatch):
+    """`bench validate --build` refuses init: hub weights it cannot get now; a fine-tune job (which reads the
+    pretrained model.pth, never the hub) on an offline node is not refused."""
+    text = GOOD.replace("tb_vit_pico_patch4_32", "vit_tiny_patch16_224") + "pretrain: {init: hub}\n"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    assert load_suite(write(tmp_path, text)).runs
+    with pytest.raises(UsageError, match=r"backbones\[0\]\.init: HF_HUB_OFFLINE is set"):
+        load_suite(write(tmp_path, text), check_hub=True)

@@ -53,6 +53,10 @@ def build_backbone(
     if img_size is not None:
         args["img_size"] = img_size
     from_hub = pretrained is True
+    if from_hub:  # weights not in the cache and no hub: one line now, not timm's retries and a clipped error later
+        from bench.preflight import check_hub_reachable
+
+        check_hub_reachable(name)
     try:
         model = timm.create_model(name, pretrained=from_hub, **args)
     except (OSError, RuntimeError, ValueError) as e:
