@@ -301,3 +301,5 @@ def test_timing_setup_names_what_every_timed_run_shares_or_says_untimed():
     mixed = table.copy()
     mixed.loc[mixed["backbone"] == "deit_tiny_patch16_224", "throughput_batch_size"] = 64
     assert timing_setup(mixed) == f"{DEVICE}, {PRECISION}, batch 64/256"
+    cpu = table.assign(device="cpu", throughput_device="Intel(R) Xeon(R) Processor", precision="fp32", timing_threads=1)
+    assert timing_setup(cpu) == "Intel(R) Xeon(R) Processor, fp32, batch 256, 1 thread"

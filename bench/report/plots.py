@@ -55,7 +55,7 @@ UNRELIABLE_STYLE = {
 
 def timing_setup(table: pd.DataFrame) -> str:
     """What a speed figure's numbers hold for, for its title: device, precision and batch size of the timed runs
-    (e.g. "NVIDIA H100 80GB HBM3, bf16, batch 256"); several values are joined with "/"."""
+    (e.g. "NVIDIA H100 80GB HBM3, bf16, batch 256"; on a CPU the threads too); several values are joined with "/"."""
     timed = table
     if "throughput_img_s" in table:
         timed = table[table["throughput_img_s"].notna() & (table.get("status", "ok") == "ok")]
@@ -66,11 +66,15 @@ def timing_setup(table: pd.DataFrame) -> str:
         if column not in timed:
             return ["?"]
         v = timed[column].dropna()
-        v = v.astype(int).astype(str) if column == "throughput_batch_size" else v.astype(str)
+        v = v.astype(int).astype(str) if column in ("throughput_batch_size", "timing_threads") else v.astype(str)
         return sorted(set(v), key=lambda x: (len(x), x)) or ["?"]
 
     device, precision, batch = (values(c) for c in ("throughput_device", "precision", "throughput_batch_size"))
-    return f"{'/'.join(device)}, {'/'.join(precision)}, batch {'/'.join(batch)}"
+    setup = f"{'/'.join(device)}, {'/'.join(precision)}, batch {'/'.join(batch)}"
+    if "device" in timed and (timed["device"] == "cpu").all() and "timing_threads" in timed:  # CPU: threads too
+        threads = values("timing_threads")
+        setup += f", {'/'.join(threads)} thread{'' if threads == ['1'] else 's'}"
+    return setup
 
 
 def pareto_front(x: pd.Series, y: pd.Series, larger_x_better: bool) -> pd.Index:
