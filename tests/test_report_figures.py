@@ -247,7 +247,7 @@ def _legend_styles(fig):
     return {
         t.get_text().removesuffix(" (reference)"): (_rgba(h.get_color()), h.get_marker())
         for t, h in zip(legend.get_texts(), legend.legend_handles)
-        if t.get_text() != "Pareto front" and "unreliable" not in t.get_text()
+        if t.get_text() != "Pareto front" and "unreliable" not in t.get_text() and " bars: " not in t.get_text()
     }
 
 
@@ -301,6 +301,13 @@ def test_tradeoff_figure_plots_every_method_at_its_x_and_mean_top1_with_seed_std
     drawn = summary[(summary["n_ok"] > 0) & summary[column].notna() & summary["top1_mean"].notna()]
     assert set(styles) == set(drawn["method"]) == set(SPECS) - {"delta"}  # all-failed methods are not drawn
     assert len({s for s in styles.values()}) == len(styles)  # one look per method
+    # the legend says what the bars are, with n: top-1 std over seeds, and on the speed-up axis its interval
+    texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    ns = sorted({int(n) for n in drawn["n_ok"] if n > 1})
+    n_text = f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]}–{ns[-1]}"
+    assert f"top-1 bars: ± 1 std over seeds ({n_text})" in texts
+    assert any(t.startswith("speed-up bars: ") for t in texts) == (x == "speedup")
+    assert not any("95" in t for t in texts) or (drawn.get("speedup_interval") == "t95").any()
     for backbone in BACKBONES:
         ax, data = _panel(fig, backbone), drawn[drawn["backbone"] == backbone]
         for method, rows in data.groupby("method"):
@@ -398,3 +405,21 @@ def test_paper_figure_lines_put_each_method_at_its_x_and_mean_top1(x):
         if r.n_ok > 1 and r.top1_std > 0
     )
     assert np.allclose(bars, expected, atol=1e-5)
+
+
+def test_merging_methods_get_no_keep_ratio_label():
+    """A merging method's keep ratio is a setting mapped to its r, not a share of tokens kept: the GMACs figure
+    labels the clusters of token-keeping methods with "keep r" and never a merging method's points."""
+    from bench.report.plots import tradeoff_figure
+    from bench.roles import role_column
+
+    table = runs_table()
+    labelled = {}
+    for merging in (False, True):
+        t = table.copy()
+        t.loc[t["method"] == "alpha", role_column("merging")] = merging
+        t.loc[t["method"] == "alpha", role_column("learned")] = not merging
+        t = t[t["method"].isin(["dense", "alpha"])]
+        fig = tradeoff_figure(summarize(t), "t", x="gmacs")
+        labelled[merging] = [a.get_text() for ax in fig.axes for a in ax.texts if a.get_text().startswith("keep")]
+    assert labelled[False] and not labelled[True]

@@ -122,8 +122,10 @@ def _write_tables(
     links exist) and the holes and provenance sections (shared with the index)."""
     from bench.report.matched_render import ablation_markdown, matched_markdown
 
+    # a paper's caption names the dataset, not its build options (those are in results.csv and the provenance)
+    names = ", ".join(sorted({d.split("(", 1)[0].strip() for d in dataset.split(", ")})) or dataset
     caption = (
-        f"Results of suite {suite} on {dataset}: top-1 mean ± std over seeds; GMACs counted by fvcore "
+        f"Results of suite {suite} on {names}: top-1 mean ± std over seeds; GMACs counted by fvcore "
         f"(1 multiply-add = 1 flop); speed-up measured against dense."
     )
     paths = {
@@ -149,7 +151,7 @@ def _write_tables(
         "## Matched-budget comparison",
         matched_markdown(matched),
         "![matched budgets](matched_budget.png)",
-        "## Ablation: learned vs control token selection at equal keep ratios",
+        "## Ablation: learned vs control token selection at matched GMACs",
         ablation_markdown(abl),
         "![ablation](ablation.png)",
     ]

@@ -26,6 +26,7 @@ from matplotlib.lines import Line2D
 
 from bench.io import atomic_write
 from bench.report.style import method_styles, whitegrid
+from bench.report.summary import INTERVALS
 
 PNG_DPI = 150
 LABEL_FONTSIZE = 8  # keep-ratio labels next to points
@@ -35,7 +36,7 @@ PDF_METADATA: dict[str, Any] = {"CreationDate": None, "ModDate": None, "Producer
 GMACS_LABEL = "GMACs per image (fvcore, 1 MAC = 1 flop)"
 THROUGHPUT_LABEL = "Throughput (images/s, median; model only)"
 #: x axes a trade-off figure can use: summary column, axis label, whether larger is better
-SPEEDUP_LABEL = "Speed-up over dense (paired timing, median; bars: 95 % CI)"
+SPEEDUP_LABEL = "Speed-up over dense (paired timing, mean over timed seeds)"
 AXES = {
     "gmacs": ("gmacs", GMACS_LABEL, False),
     "throughput": ("throughput", THROUGHPUT_LABEL, True),
@@ -176,8 +177,51 @@ def _draw_panel(ax: Any, data: pd.DataFrame, styles: dict[str, dict[str, Any]], 
     if flagged.any():
         ax.plot(xs[flagged], ys[flagged], zorder=5, **UNRELIABLE_STYLE)
     if x == "gmacs":
-        not_ref = np.array([not is_reference(styles, m) for m in methods], dtype=bool)
+        # a merging method's "keep ratio" is a setting mapped to its r, not a share of tokens kept: no label
+        merging = _flags(data, "role_merging")
+        not_ref = np.array([not is_reference(styles, m) for m in methods], dtype=bool) & ~merging
         _label_keep_ratios(ax, xs, ys - errs, data["keep_ratio"].to_numpy(dtype=float), not_ref)
+
+
+def _flags(data: pd.DataFrame, column: str) -> np.ndarray:
+    if column not in data:
+        return np.zeros(len(data), dtype=bool)
+    return data[column].map(lambda v: v is True or v == 1).to_numpy(dtype=bool)
+
+
+def bar_handles(data: pd.DataFrame, x: str) -> list[Line2D]:
+    """Legend lines saying what a trade-off figure's error bars are, with their n: top-1 ± 1 std over seeds
+    (vertical), and on the speed-up axis the paired timing's interval of each point (horizontal)."""
+    ns = sorted({int(n) for n in data["n_ok"].to_numpy(dtype=float) if np.isfinite(n) and n > 1})
+    handles = []
+    if ns:
+        n_text = f"n = {ns[0]}" if len(ns) == 1 else f"n = {ns[0]}–{ns[-1]}"
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color="0.3",
+                marker="|",
+                markersize=11,
+                linestyle="none",
+                label=f"top-1 bars: ± 1 std over seeds ({n_text})",
+            )
+        )
+    if x == "speedup" and "speedup_interval" in data:
+        kinds = [INTERVALS[k] for k in INTERVALS if (data["speedup_interval"] == k).any()]
+        if kinds:
+            handles.append(
+                Line2D(
+                    [],
+                    [],
+                    color="0.3",
+                    marker="_",
+                    markersize=11,
+                    linestyle="none",
+                    label="speed-up bars: " + "; ".join(kinds),
+                )
+            )
+    return handles
 
 
 def unreliable_mask(data: pd.DataFrame, x: str) -> np.ndarray:
@@ -273,7 +317,7 @@ def tradeoff_figure(
                 _draw_panel(ax, data[data["backbone"] == backbone], styles, x)
                 ax.set_title(backbone)
             # Legend right of the panels, so it can never sit on a data point.
-            handles = _legend_handles(methods, styles)
+            handles = _legend_handles(methods, styles) + bar_handles(data, x)
             if any(unreliable_mask(data[data["backbone"] == b], x).any() for b in backbones):
                 handles.append(Line2D([], [], label="unreliable timing\n(spread above threshold)", **UNRELIABLE_STYLE))
             fig.legend(
