@@ -73,6 +73,8 @@ MARKERS = ("o", "s", "D", "^", "v", "P", "X", "<", ">", "h", "p", "d")
 LINESTYLES = ("-", "--", "-.", ":")
 #: role groups with a colour of their own (content-blind controls grey, as the papers draw baselines)
 ROLE_COLORS = {"control": COLORBLIND[7], "learned": COLORBLIND[0], "merging": COLORBLIND[2]}
+#: the role groups' first markers (index in MARKERS): controls circle and square, learned triangle, merging diamond
+MARKER_OFFSETS = {"control": 0, "learned": 3, "merging": 2}
 #: the other groups (families in name order, then weight-budget methods, then methods with no role) take these
 #: in order; yellow last (faint on white); past the end they come round again darker
 GROUP_COLORS = tuple(COLORBLIND[i] for i in (1, 3, 4, 9, 5, 6, 8))
@@ -131,12 +133,15 @@ def method_styles(frame: pd.DataFrame) -> dict[str, dict[str, Any]]:
     styles: dict[str, dict[str, Any]] = {}
     for i, method in enumerate(groups.get("reference", [])):
         styles[method] = {**REFERENCE_STYLE, "color": "black" if i == 0 else _darker("#949494", i), "order": (0, i)}
+    # each group starts at a marker of its own, so two groups of near hues (orange DynamicViT, vermillion SViTE)
+    # differ in shape too
+    first_marker = {**MARKER_OFFSETS, **{g: 5 + 2 * i for i, g in enumerate(others)}}
     for rank, g in enumerate([g for g in ROLE_COLORS if g in groups] + others, start=1):
         for i, method in enumerate(sorted(groups[g])):
             styles[method] = {
                 # up to 4 methods share the group's colour exactly; then each 4 a shade darker
                 "color": _darker(hue[g], i // len(LINESTYLES)),
-                "marker": MARKERS[i % len(MARKERS)],
+                "marker": MARKERS[(first_marker[g] + i) % len(MARKERS)],
                 "linestyle": LINESTYLES[i % len(LINESTYLES)],
                 "markersize": 7,
                 "reference": False,
