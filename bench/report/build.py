@@ -22,7 +22,7 @@ from bench.report.figures import FIGURES, FigureContext, build_figures, load_pub
 from bench.report.gallery import plot_gallery
 from bench.report.plots import plot_tradeoff, timing_setup
 from bench.report.style import method_styles
-from bench.report.summary import summarize
+from bench.report.summary import methods_with_role, summarize
 from bench.report.table import (
     holes_section,
     provenance_section,
@@ -48,8 +48,13 @@ def _gallery(table: pd.DataFrame, suite_dir: Path, out_dir: Path) -> list[Path]:
     """One row per token-reducing method at its lowest keep ratio (first seed), from the runs' npz records."""
     ok = table[(table["status"] == "ok") & table["run_id"].notna() & (table["keep_ratio"] < 1.0)]
     first = ok.sort_values(["backbone", "method", "keep_ratio", "seed"]).drop_duplicates(["backbone", "method"])
+    # a merging method's keep ratio is a setting (mapped to its r), not a share of tokens kept
+    merging = set(methods_with_role(first, "merging"))
     entries = [
-        (f"{r.method}\nkeep {r.keep_ratio:g}", suite_dir / "runs" / r.run_id / KEPT_NPZ)
+        (
+            f"{r.method}\n{'setting' if r.method in merging else 'keep'} {r.keep_ratio:g}",
+            suite_dir / "runs" / r.run_id / KEPT_NPZ,
+        )
         for r in first.itertuples(index=False)
     ]
     entries = [(label, path) for label, path in entries if path.is_file()]
