@@ -32,7 +32,7 @@ from bench.report.plots import (
     draw_error_bars,
     fixed_layout,
     is_reference,
-    legend_columns,
+    method_legend,
     reference_first,
     save_figure,
 )
@@ -208,15 +208,7 @@ def _finish(
     if bars:
         handles.append(Line2D([], [], color="0.4", marker="|", markersize=12, linestyle="none", label=bars))
         labels.append(bars)
-    fig.legend(
-        handles,
-        labels,
-        loc="center left",
-        bbox_to_anchor=(1.0, 0.5),
-        frameon=False,
-        title="method",
-        ncols=legend_columns(len(handles)),
-    )
+    method_legend(fig, handles, labels)
     fig.suptitle(title)
     fixed_layout(fig, rows=fig.axes[0].get_gridspec().nrows if fig.axes else 1)
     paths = save_figure(fig, ctx.out_dir / f"{stem}.png", ctx.out_dir / f"{stem}.pdf")

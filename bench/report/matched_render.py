@@ -21,7 +21,7 @@ from bench.report.plots import (
     GMACS_LABEL,
     draw_error_bars,
     fixed_layout,
-    legend_columns,
+    method_legend,
     reference_first,
     save_figure,
 )
@@ -199,15 +199,7 @@ def _plot(
             for ax, key in zip(axes, keys):
                 draw(ax, data[np.logical_and.reduce([data[c].to_numpy() == k for c, k in zip(panel, key)])], styles)
                 ax.set_title("\n".join(key[:1] + tuple(f"vs {k}" for k in key[1:])))
-            legend = handles(data, styles)
-            fig.legend(
-                handles=legend,
-                title="method",
-                loc="center left",
-                bbox_to_anchor=(1.0, 0.5),
-                frameon=False,
-                ncols=legend_columns(len(legend)),
-            )
+            method_legend(fig, handles(data, styles))
         for ax in axes:
             ax.set(xlabel=xlabel, ylabel=ylabel)
         fig.suptitle(title)

@@ -316,18 +316,10 @@ def tradeoff_figure(
             for ax, backbone in zip(axes, backbones):
                 _draw_panel(ax, data[data["backbone"] == backbone], styles, x)
                 ax.set_title(backbone)
-            # Legend right of the panels, so it can never sit on a data point.
             handles = _legend_handles(methods, styles) + bar_handles(data, x)
             if any(unreliable_mask(data[data["backbone"] == b], x).any() for b in backbones):
                 handles.append(Line2D([], [], label="unreliable timing\n(spread above threshold)", **UNRELIABLE_STYLE))
-            fig.legend(
-                handles=handles,
-                title="method",
-                loc="center left",
-                bbox_to_anchor=(1.0, 0.5),
-                frameon=False,
-                ncols=legend_columns(len(handles)),
-            )
+            method_legend(fig, handles)
         fig.suptitle(title)
         fixed_layout(fig)
     return fig
@@ -354,9 +346,18 @@ def fixed_layout(fig: Figure, rows: int = 1) -> None:
     )
 
 
-def legend_columns(n_entries: int) -> int:
-    """One legend column up to 16 entries, then two: a legend of 25 methods stays within the figure's height."""
-    return 1 if n_entries <= 16 else 2
+def method_legend(fig: Figure, handles: list[Any], labels: list[str] | None = None) -> None:
+    """Every figure's legend: right of the panels, so it never sits on a data point; one column up to 16 entries,
+    then two, so a legend of 25 methods stays within the figure's height."""
+    fig.legend(
+        handles,
+        labels if labels is not None else [h.get_label() for h in handles],
+        title="method",
+        loc="center left",
+        bbox_to_anchor=(1.0, 0.5),
+        frameon=False,
+        ncols=1 if len(handles) <= 16 else 2,
+    )
 
 
 def save_figure(fig: Figure, png_path: Path, pdf_path: Path) -> dict[str, Path]:
