@@ -222,6 +222,9 @@ def test_an_unchanged_folder_is_not_decoded_again(tmp_path, monkeypatch):
 
 
 def test_skip_unreadable_leaves_images_out_and_records_them(tmp_path, capsys):
+    import pandas as pd
+
+    from bench.report.table import provenance_section
     from bench.results.row import flatten
 
     root = write_folder(tmp_path / "pets")
@@ -238,6 +241,10 @@ def test_skip_unreadable_leaves_images_out_and_records_them(tmp_path, capsys):
     row = flatten({"data_index": bundle.index}, "r")
     assert row["data_index_unreadable_skipped"] == 2
     assert row["data_index_unreadable_files"] == "train/dog/3.png; val/cat/notes.jpg"
+    provenance = provenance_section(
+        pd.DataFrame([{**row, "git_sha": "0" * 40, "git_dirty": False, "created_at": None}])
+    )
+    assert "- **Images left out as unreadable (skip_unreadable):** `2`" in provenance  # the report says so
     with pytest.raises(UsageError, match="was checked with other data keys"):  # a job never reads it unchecked
         load_data(cfg, index)
     for f in (root / "val" / "eel").iterdir():

@@ -290,6 +290,12 @@ def provenance_section(table: pd.DataFrame) -> str:
         ("Host(s)", _values(table, "hostname")),
         ("Run dates (UTC)", dates),
     ]
+    if "data_index_unreadable_skipped" in table:  # skip_unreadable: what the data left out is part of the result
+        skipped = pd.to_numeric(table["data_index_unreadable_skipped"], errors="coerce").dropna()
+        if len(skipped) and skipped.max() > 0:
+            items.append(
+                ("Images left out as unreadable (skip_unreadable)", _values(table, "data_index_unreadable_skipped"))
+            )
     return "\n".join(f"- **{k}:** {v}" for k, v in items)
 
 
