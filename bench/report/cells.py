@@ -37,8 +37,8 @@ def finite(value: Any) -> bool:
         return False
 
 
-def num(value: Any, decimals: int) -> str:
-    return f"{float(value):.{decimals}f}" if finite(value) else DASH
+def num(value: Any, decimals: int, signed: bool = False) -> str:
+    return f"{float(value):{'+' if signed else ''}.{decimals}f}" if finite(value) else DASH
 
 
 def sig3(value: Any) -> str:

@@ -1,6 +1,6 @@
 """How an interval over seeds is stated, in tables and figures: with its n, and only what holds at that n.
 
-``matched.py`` computes a two-sided ``LEVEL`` t-interval of a mean from ``MIN_N_INTERVAL`` seeds on and the
+``summary.t_half_width`` gives a two-sided ``LEVEL`` t-interval of a mean from ``MIN_N_INTERVAL`` seeds on and the
 seeds' min and max; here a cell reads ``[a, b] (n = 5)``, ``n = 2, range [a, b]`` or ``n = 1``, a caption
 line names the interval of the n values a table has, and a legend line the bars of a figure.
 """
@@ -12,14 +12,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.report.matched import LEVEL, MIN_N_INTERVAL
-from bench.report.table import DASH
+from bench.report.cells import DASH, num
+from bench.report.summary import LEVEL, MIN_N_INTERVAL
 
 LEVEL_TEXT = f"{100 * LEVEL:g} %"  # "95 %"
-
-
-def _f(value: Any, signed: bool = False) -> str:
-    return DASH if not np.isfinite(value) else f"{value:+.2f}" if signed else f"{value:.2f}"
 
 
 def interval_cell(n: Any, low: Any, high: Any, lo: Any, hi: Any, signed: bool = False) -> str:
@@ -27,9 +23,9 @@ def interval_cell(n: Any, low: Any, high: Any, lo: Any, hi: Any, signed: bool = 
     from MIN_N_INTERVAL on, ``n = 2, range [lo, hi]`` (min and max) at 2, ``n = 1`` alone, a dash at 0."""
     n = int(n) if np.isfinite(n) else 0
     if n >= MIN_N_INTERVAL and np.isfinite(low) and np.isfinite(high):
-        return f"[{_f(low, signed)}, {_f(high, signed)}] (n = {n})"
+        return f"[{num(low, 2, signed)}, {num(high, 2, signed)}] (n = {n})"
     if n == 2:
-        return f"n = 2, range [{_f(lo, signed)}, {_f(hi, signed)}]"
+        return f"n = 2, range [{num(lo, 2, signed)}, {num(hi, 2, signed)}]"
     return f"n = {n}" if n else DASH
 
 

@@ -3,8 +3,8 @@
 A trade-off curve compares methods at their own keep ratios, which hides who wins at a given compute
 budget: EViT at keep 0.7 runs about 12 % more GMACs than static at keep 0.7. Here each seed's (GMACs,
 top-1) curve is interpolated at common GMACs (never extrapolated), and differences are paired by seed
-so seed noise shared by two methods cancels. Intervals are two-sided LEVEL t-intervals over seeds,
-only from MIN_N_INTERVAL seeds on; every frame carries n and the seeds' min and max (the range a table
+so seed noise shared by two methods cancels. Intervals are ``summary.t_half_width``'s t-intervals over
+seeds; every frame carries n and the seeds' min and max (the range a table
 shows at n = 2). Everything is vectorised over runs; ``matched_render.py`` draws the tables and figures.
 """
 
@@ -15,14 +15,12 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from bench.report.summary import methods_with_role
+from bench.report.summary import methods_with_role, t_half_width
 
 GMACS = "gmacs_fvcore_1mac_eq_1flop"
 TOKENS = "mean_tokens"
 N_BUDGETS = 5
 MATCH_RTOL = 1e-9
-LEVEL = 0.95  # two-sided level of every interval over seeds
-MIN_N_INTERVAL = 3  # below this, no interval: n = 2 shows its range, n = 1 its value
 MATCHED_COLUMNS = [
     "backbone",
     "budget_gmacs",
@@ -110,22 +108,12 @@ def _ok_points(table: pd.DataFrame | None) -> pd.DataFrame:
 
 
 def _seed_stats(df: pd.DataFrame, keys: list[str], value: str, names: Sequence[str] = _TOP1) -> pd.DataFrame:
-    """Per group of ``keys``: n, mean, the two-sided LEVEL t-interval of the mean (NaN for n < MIN_N_INTERVAL),
-    min and max (the range: what a table shows at n = 2), in columns named ``names``.
-
-    A t-interval over seeds holds at small n for roughly normal seed noise; a percentile bootstrap of 2-5
-    seeds covers far less than its nominal level, and no interval means anything at n = 2.
-    """
+    """Per group of ``keys``: n, mean, the t-interval of the mean (``t_half_width``: NaN below its minimum n),
+    min and max (the range: what a table shows at n = 2), in columns named ``names``."""
     if df.empty:
         return pd.DataFrame(columns=[*keys, *names])
     out = df.groupby(keys, sort=True)[value].agg(n="size", mean="mean", sd="std", lo="min", hi="max").reset_index()
-    n = out["n"].to_numpy(dtype=float)
-    half = np.full(len(out), np.nan)
-    ok = n >= MIN_N_INTERVAL
-    if ok.any():
-        from scipy.special import stdtrit  # Student t quantile; scipy.stats would cost 0.4 s of imports
-
-        half[ok] = stdtrit(n[ok] - 1, 0.5 + LEVEL / 2) * out["sd"].to_numpy(dtype=float)[ok] / np.sqrt(n[ok])
+    half = t_half_width(out["n"], out["sd"])
     mean = out["mean"].to_numpy(dtype=float)
     out = out.assign(ci_low=mean - half, ci_high=mean + half).drop(columns="sd")
     return out[[*keys, "n", "mean", "ci_low", "ci_high", "lo", "hi"]].set_axis([*keys, *names], axis=1)

@@ -16,6 +16,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from bench.report.cells import DASH, num
 from bench.report.intervals import bars_label, interval_bounds, interval_cell, intervals_caption
 from bench.report.plots import (
     GMACS_LABEL,
@@ -26,14 +27,10 @@ from bench.report.plots import (
     save_figure,
 )
 from bench.report.style import method_styles, whitegrid
-from bench.report.table import DASH, md_table
+from bench.report.table import md_table
 
 TOP1_LABEL = "Top-1 accuracy (%)"
 DIFF_LABEL = "Δ top-1, learned − control (pp)"
-
-
-def _f(value: Any, signed: bool = False) -> str:
-    return DASH if not np.isfinite(value) else f"{value:+.2f}" if signed else f"{value:.2f}"
 
 
 def _budget(x: float) -> str:
@@ -51,9 +48,9 @@ def matched_markdown(df: pd.DataFrame) -> str:
             r.backbone,
             _budget(r.budget_gmacs),
             f"{r.method} (best)" if r.method == r.best_method else r.method,
-            _f(r.top1_mean),
+            num(r.top1_mean, 2),
             interval_cell(r.n_seeds, r.top1_ci_low, r.top1_ci_high, r.top1_min, r.top1_max),
-            _f(r.diff_to_best, True),
+            num(r.diff_to_best, 2, True),
             interval_cell(r.n_pairs, r.diff_ci_low, r.diff_ci_high, r.diff_min, r.diff_max, True),
         ]
         for r in df.itertuples(index=False)
@@ -97,8 +94,8 @@ def _anchor_cell(r: Any) -> str:
 def _side(r: Any, side: str) -> str:
     """A side's top-1 over the paired seeds; the anchor's over all its seeds where nothing was paired."""
     if r.anchor == side:
-        return _f(getattr(r, f"{side}_top1_mean") if r.n_pairs else r.anchor_top1_mean)
-    return f"{_f(getattr(r, f'{side}_top1_mean'))} (interp.)" if r.n_pairs else DASH
+        return num(getattr(r, f"{side}_top1_mean") if r.n_pairs else r.anchor_top1_mean, 2)
+    return f"{num(getattr(r, f'{side}_top1_mean'), 2)} (interp.)" if r.n_pairs else DASH
 
 
 def ablation_markdown(df: pd.DataFrame) -> str:
@@ -115,7 +112,7 @@ def ablation_markdown(df: pd.DataFrame) -> str:
             _gmacs_cell(r),
             _side(r, "learned"),
             _side(r, "control"),
-            _f(r.diff_mean, True),
+            num(r.diff_mean, 2, True),
             interval_cell(r.n_pairs, r.diff_ci_low, r.diff_ci_high, r.diff_min, r.diff_max, True)
             if r.n_pairs
             else f"not compared: {r.control if r.anchor == 'learned' else r.learned} measured at "
