@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "benchmarks"))
-from bad_inputs import CASES, case_env, prepare, run_case  # noqa: E402
+from bad_input_kit import case_env, prepare, run_case  # noqa: E402
+from bad_inputs import CASES  # noqa: E402
 
 from bench.cli import main  # noqa: E402
 
@@ -23,6 +24,7 @@ def test_bench_bad_input_is_one_line_exit_2(case, tmp_path, capsys, monkeypatch)
     argv = prepare(case, tmp_path)
     code = main(argv)
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert not any("internal error" in ln or "Traceback" in ln for ln in err), err
     assert code == 2, err
     assert len(err) == 1 and err[0].startswith("bench: error: "), err
     assert case.expect in err[0], err[0]
@@ -32,5 +34,6 @@ def test_bench_bad_input_is_one_line_exit_2(case, tmp_path, capsys, monkeypatch)
 @pytest.mark.parametrize("case", [c for c in CASES if c.snakemake], ids=lambda c: c.name)
 def test_snakefile_bad_config_is_one_line_exit_2(case, tmp_path):
     code, lines = run_case(case, tmp_path)
+    assert not any("internal error" in ln or "Traceback" in ln for ln in lines), lines
     assert code == 2 and len(lines) == 1 and case.expect in lines[0], lines
     assert not (tmp_path / "results").exists()

@@ -1,0 +1,11 @@
+"""Bad inputs of one class: suite values: impossible numbers, recipes, names, YAML, kwargs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bad_input_kit import Case  # noqa: E402
+
+CASES: list[Case] = []
