@@ -5,6 +5,11 @@ a profile sets ``launcher``. This process submits the step, records the job id i
 waits for it and exits with its outcome, so Snakemake sees an ordinary local job. Restarted after a
 crash, it re-attaches to a job that is still pending or running instead of submitting it twice.
 
+submitit's job folder (the pickled step the job unpickles, the sbatch script, the logs) is private: mode 0700
+under ``$TOKENBENCH_JOBS_DIR`` or ~/.cache/tokenbench/jobs (bench.launch_jobs.private_folder), never in the
+results, which a group may write. The step's folder in the results gets JSON records, the kept outputs and,
+when the job ends, copies of its logs.
+
 This module stays light (no torch import): hundreds of these wait on a login node.
 """
 
@@ -22,13 +27,15 @@ from typing import Any
 
 import submitit
 
-from bench.errors import clip
+from bench.errors import UsageError, clip
 from bench.launch_jobs import (
     ACTIVE_STATES,
     _last_error_line,
     _now,
+    job_folder_for,
     job_state,
     plain_results,
+    private_folder,
     queued_job_named,
     record_job_failure,
     sacct_state,
@@ -150,7 +157,13 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     split = argv.index("--")
     p = argparse.ArgumentParser(prog="python -m bench.launch", description=__doc__.splitlines()[0])
     p.add_argument("--launcher", choices=["slurm", "local"], required=True)
-    p.add_argument("--folder", required=True, type=Path, help="submitit folder (job logs, pickles, launch.json)")
+    p.add_argument(
+        "--folder",
+        required=True,
+        type=Path,
+        help="the step's folder in the results (launch.json, kept outputs, copies of the job's logs); submitit's "
+        "own folder (pickles, logs) is private: $TOKENBENCH_JOBS_DIR or ~/.cache/tokenbench/jobs",
+    )
     p.add_argument("--name", default="tokenbench")
     p.add_argument("--gpus", type=int, default=0, help="GPUs; N > 1 starts N tasks (DDP)")
     p.add_argument("--tasks", type=int, default=0, help="tasks (DDP processes); default one per GPU, at least 1")
@@ -211,7 +224,7 @@ def make_executor(args: argparse.Namespace) -> submitit.Executor:
     slurm = args.launcher == "slurm"
     # submitit's own count is a backstop far above any budget: BenchStep.checkpoint decides
     ex = submitit.AutoExecutor(
-        folder=args.folder,
+        folder=args.job_folder,
         cluster="slurm" if slurm else "local",
         **({"slurm_max_num_timeout": SUBMITIT_MAX_TIMEOUTS} if slurm else {}),
     )
@@ -259,6 +272,7 @@ def _record_submission(args: argparse.Namespace, cmd: list[str], job: submitit.J
             "name": args.name,
             "tasks": n_tasks(args),
             "submitted_at": _now(),
+            "job_folder": str(args.job_folder),  # private; the logs are copied beside this record at the end
             "stdout": str(job.paths.stdout),
             "stderr": str(job.paths.stderr),
         },
@@ -268,9 +282,12 @@ def _record_submission(args: argparse.Namespace, cmd: list[str], job: submitit.J
 def attach_or_submit(args: argparse.Namespace, cmd: list[str], log=print) -> submitit.Job:
     """Re-attach to this step's SLURM job if it is still queued/running or finished well; else submit."""
     args.folder.mkdir(parents=True, exist_ok=True)
+    args.job_folder = private_folder(job_folder_for(args.folder, args.name))  # UsageError: not private
     old = _read_record(args.folder)
     if old and args.launcher == "slurm" and old.get("cmd") == cmd and old.get("launcher") == "slurm":
-        job = submitit.SlurmJob(folder=args.folder, job_id=str(old["job_id"]), tasks=tuple(range(old.get("tasks", 1))))
+        job = submitit.SlurmJob(
+            folder=args.job_folder, job_id=str(old["job_id"]), tasks=tuple(range(old.get("tasks", 1)))
+        )
         state = squeue_state(job.job_id) or sacct_state(job.job_id)
         finished = state == "COMPLETED" and job.paths.result_pickle.exists()
         if state in ACTIVE_STATES or (finished and restore_outputs(args.folder, args.output)):
@@ -281,7 +298,7 @@ def attach_or_submit(args: argparse.Namespace, cmd: list[str], log=print) -> sub
         # killed between sbatch and writing the record: the job is in the queue under this step's unique name
         job_id = queued_job_named(args.name)
         if job_id is not None:
-            job = submitit.SlurmJob(folder=args.folder, job_id=job_id, tasks=tuple(range(n_tasks(args))))
+            job = submitit.SlurmJob(folder=args.job_folder, job_id=job_id, tasks=tuple(range(n_tasks(args))))
             _record_submission(args, cmd, job)
             log(f"bench.launch: re-attaching to SLURM job {job_id} (queued as {args.name}, no record of it)")
             return job
@@ -299,8 +316,25 @@ def attach_or_submit(args: argparse.Namespace, cmd: list[str], log=print) -> sub
         )
     )
     _record_submission(args, cmd, job)
-    log(f"bench.launch: submitted {args.launcher} job {job.job_id} ({args.name}); logs in {job.paths.folder}")
+    log(
+        f"bench.launch: submitted {args.launcher} job {job.job_id} ({args.name}); logs in {job.paths.folder} "
+        f"(private), copied to {args.folder} when it ends"
+    )
     return job
+
+
+def copy_logs(job: submitit.Job, folder: Path) -> None:
+    """Copies of the job's logs (every task's) beside its record in the results, for whoever reads them there.
+    Written atomically (a rename replaces a planted link, never writes through it); best-effort."""
+    import shutil
+
+    from bench.io import atomic_write
+
+    for log in sorted(Path(job.paths.folder).glob(f"{job.job_id}_*_log.*")):
+        try:
+            atomic_write(folder / log.name, lambda tmp, src=log: shutil.copyfile(src, tmp))
+        except Exception as e:  # a log copy never changes the step's outcome
+            print(f"bench.launch: could not copy {log} to {folder}: {clip(e, 200)}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -308,6 +342,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     t0 = time.time()
     try:
         job = attach_or_submit(args, cmd, log=lambda s: print(s, file=sys.stderr, flush=True))
+    except UsageError as e:  # a job folder others could write: nothing submitted
+        print(f"bench.launch: error: {e}", file=sys.stderr)
+        return 2
     except submitit.core.utils.FailedJobError as e:  # sbatch refused the job (bad partition, account, ...)
         print(f"bench.launch: error: submission failed: {clip(str(e).strip().splitlines()[-1], 300)}", file=sys.stderr)
         return 2
@@ -316,7 +353,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the job's state as polled anyway, for the pipeline's queued/running counts (bench.progress)
         wait(job, args.poll_s, on_state=lambda state: write_job_state(args.folder, job.job_id, state))
         with plain_results():
-            job.results()
+            try:
+                job.results()
+            finally:
+                copy_logs(job, args.folder)
         if not restore_outputs(args.folder, args.output):
             raise RuntimeError(f"the job finished but did not leave {', '.join(args.output)}")
     except KeyboardInterrupt:

@@ -1,13 +1,17 @@
-"""A submitted step seen from the launcher (bench.launch): its state in the scheduler, waiting for its end,
-reading its result back safely, and the failure record written when it dies.
+"""A submitted step seen from the launcher (bench.launch): the private folder submitit keeps it in, its state in
+the scheduler, waiting for its end, reading its result back safely, and the failure record written when it dies.
 
 Torch-free, like bench.launch, which re-exports these names.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import pickle
+import re
+import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,7 +21,10 @@ from typing import Any
 
 import submitit
 
-from bench.errors import clip
+from bench.errors import UsageError, clip
+
+#: where submitit's job folders live (pickles, sbatch script, logs); unset: ~/.cache/tokenbench/jobs
+JOBS_DIR_ENV = "TOKENBENCH_JOBS_DIR"
 
 ACTIVE_STATES = {
     "PENDING",
@@ -62,6 +69,86 @@ def plain_results() -> Iterator[None]:
         yield
     finally:
         submitit.core.utils.pickle_load = original
+
+
+def jobs_root() -> Path:
+    """``$TOKENBENCH_JOBS_DIR``, else ``$XDG_CACHE_HOME`` (or ~/.cache) / tokenbench / jobs: on the home
+    filesystem, which the compute nodes mount, and writable by this user only."""
+    env = os.environ.get(JOBS_DIR_ENV, "").strip()
+    if env:
+        return Path(env).expanduser().absolute()
+    cache = os.environ.get("XDG_CACHE_HOME", "").strip() or str(Path.home() / ".cache")
+    return Path(cache).expanduser().absolute() / "tokenbench" / "jobs"
+
+
+def job_folder_for(step_folder: str | os.PathLike, name: str = "tokenbench") -> Path:
+    """The private job folder of the step whose results-side folder is ``step_folder``: its name and a hash of
+    that folder's absolute path, so a restarted launcher finds its job again and two steps never share one."""
+    digest = hashlib.sha256(os.path.abspath(step_folder).encode()).hexdigest()[:16]
+    label = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:80].strip(".") or "job"
+    return jobs_root() / f"{label}-{digest}"
+
+
+def private_folder(path: Path) -> Path:
+    """Create ``path`` (and the jobs root, its parent) with mode 0700, or check the existing ones: a real folder
+    (not a symlink), owned by this user, writable by nobody else. Every folder above them must be writable by
+    nobody else either (or sticky, like /tmp): whoever can rename a folder on the way can swap what a queued
+    job unpickles. Raises UsageError naming the folder."""
+    parent = path.parent  # the jobs root, made 0700 too
+    try:
+        parent.parent.mkdir(parents=True, exist_ok=True)  # e.g. ~/.cache: the default mode
+    except OSError as e:
+        raise UsageError(
+            f"job folder {path}: cannot create {parent.parent} ({e.strerror}); set {JOBS_DIR_ENV}"
+        ) from None
+    _check_above(parent.parent)
+    for p in (parent, path):
+        try:
+            os.mkdir(p, 0o700)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise UsageError(f"job folder {p}: cannot create it ({e.strerror}); set {JOBS_DIR_ENV}") from None
+        check_private(p)
+    return Path(os.path.realpath(path))  # the folders above were checked resolved: the job uses that path
+
+
+def check_private(p: Path) -> None:
+    """One line naming ``p`` unless it is a folder of this user's that nobody else can write (a job's pickles)."""
+    try:
+        st = os.lstat(p)
+    except OSError as e:
+        raise UsageError(f"job folder {p}: {e.strerror}") from None
+    why = (
+        "is a symlink"
+        if stat.S_ISLNK(st.st_mode)
+        else "is not a folder"
+        if not stat.S_ISDIR(st.st_mode)
+        else f"is owned by uid {st.st_uid}, not by you (uid {os.geteuid()})"
+        if st.st_uid != os.geteuid()
+        else f"is writable by other users (mode {stat.S_IMODE(st.st_mode):o})"
+        if st.st_mode & 0o022
+        else ""
+    )
+    if why:
+        raise UsageError(
+            f"job folder {p} {why}: a job's pickles must be where only you can write "
+            f"(remove it, or set {JOBS_DIR_ENV} to a private folder the compute nodes see)"
+        )
+
+
+def _check_above(folder: Path) -> None:
+    """The folders a job folder is reached through (symlinks resolved): none writable by another user, unless
+    sticky (then nobody else can rename or replace what is ours in it)."""
+    real = Path(os.path.realpath(folder))
+    for p in [real, *real.parents]:
+        st = os.stat(p)
+        if st.st_uid not in (0, os.geteuid()) or (st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX):
+            raise UsageError(
+                f"job folder {folder}: {p} can be changed by other users (owner uid {st.st_uid}, mode "
+                f"{stat.S_IMODE(st.st_mode):o}), so they could swap a queued job's pickles; set {JOBS_DIR_ENV} "
+                "to a private folder the compute nodes see"
+            )
 
 
 def _now() -> str:

@@ -25,7 +25,14 @@ from bench.launch import (
     plain_results,
     restore_outputs,
 )
+from bench.launch_jobs import job_folder_for
 from bench.requeue import RequeueRefused
+
+
+@pytest.fixture(autouse=True)
+def private_jobs_dir(tmp_path, monkeypatch):
+    """submitit's job folders (pickles, logs) in this test's own private folder, not in ~/.cache."""
+    monkeypatch.setenv("TOKENBENCH_JOBS_DIR", str(tmp_path / "private-jobs"))
 
 
 def launch(tmp_path, *cmd, failure=True, extra=()):
@@ -65,7 +72,8 @@ def test_local_job_runs_records_its_id_and_keeps_its_outputs_for_a_restart(tmp_p
     assert p.returncode == 0, p.stderr
     rec = json.loads((folder / LAUNCH_RECORD).read_text())
     assert rec["cmd"] == ["index", str(suite), "--results", str(results)] and rec["launcher"] == "local"
-    assert str(output) in (folder / f"{rec['job_id']}_0_log.out").read_text()  # the step ran in the job
+    assert str(output) in (folder / f"{rec['job_id']}_0_log.out").read_text()  # the step ran in the job (log copied)
+    assert rec["job_folder"] == str(job_folder_for(folder, "t")) and not list(folder.glob("*.pkl"))
     assert f"job {rec['job_id']} done" in p.stderr
     assert not (tmp_path / "failure.json").exists()
     kept = folder / "outputs" / "0_index.parquet"
@@ -309,7 +317,8 @@ def test_slurm_job_asks_for_the_profile_resources_and_runs_the_step(tmp_path, fa
         "#SBATCH --open-mode=append",  # a requeued attempt appends to the same logs
     } <= lines, sorted(lines)
     script = (fake_slurm / "sbatch_0.sh").read_text()
-    assert "srun" in script and f"-m submitit.core._submit {tmp_path / 'job'}" in script
+    private = job_folder_for(tmp_path / "job", "ft-dense-s0")
+    assert "srun" in script and f"-m submitit.core._submit {private}" in script
     # the record a restarted launcher re-attaches by
     rec = json.loads((tmp_path / "job" / LAUNCH_RECORD).read_text())
     assert (rec["job_id"], rec["launcher"], rec["cmd"], rec["tasks"], rec["name"]) == (
@@ -319,9 +328,10 @@ def test_slurm_job_asks_for_the_profile_resources_and_runs_the_step(tmp_path, fa
         2,
         "ft-dense-s0",
     )
-    assert rec["stderr"] == str(tmp_path / "job" / "4242_0_log.err")
-    # the pickled payload the job runs: this step with the budget and the warning the requeue logic needs
-    step = submitit.core.utils.pickle_load(tmp_path / "job" / "4242_submitted.pkl").function
+    assert rec["stderr"] == str(private / "4242_0_log.err")
+    # the pickled payload the job runs, in the private job folder: this step with the budget and the warning
+    assert not list((tmp_path / "job").glob("*.pkl"))
+    step = submitit.core.utils.pickle_load(private / "4242_submitted.pkl").function
     assert isinstance(step, BenchStep)
     assert (
         step.argv,
@@ -348,7 +358,7 @@ def test_tasks_and_defaults_of_a_cpu_job(tmp_path, fake_slurm):
         "#SBATCH --job-name=tokenbench",
     } <= lines
     assert not any(ln.startswith(("#SBATCH --gpus", "#SBATCH --mem", "#SBATCH --partition")) for ln in lines)
-    step = submitit.core.utils.pickle_load(tmp_path / "job" / "4242_submitted.pkl").function
+    step = submitit.core.utils.pickle_load(job_folder_for(tmp_path / "job") / "4242_submitted.pkl").function
     assert step.max_requeues is None  # 'auto': the budget follows the run's measured epochs
 
 
