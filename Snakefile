@@ -16,11 +16,14 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 from bench.errors import UsageError
-from bench.workflow import check_config, runtime_args
+from bench.workflow import check_config, check_resources, runtime_args
 
 try:
     # what to run (suite, results) and how (launcher, runtime settings), checked against a schema up front
     config.update(check_config(config))
+    # the rule and resource names of set-resources (a profile's or --set-resources); values are Snakemake's
+    check_resources({rule: dict(res.items()) for rule, res in workflow.resource_settings.overwrite_resources.items()},
+                    "set-resources (profile or --set-resources)", values=False)
 except UsageError as e:
     print(f"bench: error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -41,6 +44,9 @@ except UsageError as e:
 
 ROOT = str(config.get("results", "results"))
 OUT = f"{ROOT}/{SUITE.name}"
+from bench.io import results_root
+
+results_root(ROOT)  # below it no symlink is followed (bench.io): a planted one is refused
 SUITE_FILE = str(SUITE.path)
 RUNS = {r.run_id: r for r in SUITE.runs}
 BACKBONES = sorted({r.backbone for r in SUITE.runs})
@@ -94,11 +100,17 @@ def run_logged(argv, log=None, check=True, step=None, job_folder=None):
     if log is None:
         code = subprocess.run(argv).returncode
     else:
-        os.makedirs(os.path.dirname(str(log)) or ".", exist_ok=True)
+        from bench.io import open_nofollow, safe_mkdir
+
+        try:  # a symlink planted at the log or a folder above it (inside the results) is refused, never written
+            safe_mkdir(os.path.dirname(str(log)) or ".")
+            fd = open_nofollow(str(log), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        except UsageError as e:
+            raise WorkflowError(f"bench: error: {e}") from None
         record = os.path.abspath(progress.progress_path(log))
         name, key = step or (Path(str(log)).stem, "")
         progress.step_started(record, step=name, key=key, log=os.path.abspath(str(log)), job_folder=job_folder)
-        with open(str(log), "w") as f:
+        with os.fdopen(fd, "w") as f:
             code = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT,
                                   env={**os.environ, progress.ENV: record}).returncode
         progress.step_finished(record, code)
@@ -131,11 +143,15 @@ if INDEX:
 # depends on it: a zip directory, JSON parse or parquet footer per file, nothing loaded
 from bench.artifacts import quarantine_damaged
 
-quarantine_damaged([(Path(f"{OUT}/pretrain/{b.label}/model.pth"), None) for b in SUITE.backbones]
-                   + [(Path(f"{OUT}/runs/{rid}/model.pth"), None) for rid in RUNS]
-                   + [(Path(f"{OUT}/runs/{rid}/run.json"), rid) for rid in RUNS]
-                   + [(Path(p), None) for p in [f"{OUT}/table.parquet", *DATA_INPUT]]
-                   + [(Path(f"{OUT}/timing/{b.label}.json"), None) for b in SUITE.backbones])
+try:
+    quarantine_damaged([(Path(f"{OUT}/pretrain/{b.label}/model.pth"), None) for b in SUITE.backbones]
+                       + [(Path(f"{OUT}/runs/{rid}/model.pth"), None) for rid in RUNS]
+                       + [(Path(f"{OUT}/runs/{rid}/run.json"), rid) for rid in RUNS]
+                       + [(Path(p), None) for p in [f"{OUT}/table.parquet", *DATA_INPUT]]
+                       + [(Path(f"{OUT}/timing/{b.label}.json"), None) for b in SUITE.backbones])
+except UsageError as e:  # a planted symlink among them: refused in one line, like the CLI
+    print(f"bench: error: {e}", file=sys.stderr)
+    sys.exit(2)
 
 
 def data_spec():

@@ -10,12 +10,21 @@ import click
 from bench.errors import RunFailed, UsageError
 from bench.runtime import from_cli as runtime_from_cli
 
+
+def _results_path(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """Empty, a symlink loop, read-only, or a character a shell would change: one line naming it."""
+    from bench.workflow import check_results_path
+
+    return check_results_path(value, "--results")
+
+
 RESULTS = click.option(
     "--results",
     "root",
     default="results",
     show_default=True,
     type=click.Path(file_okay=False),
+    callback=_results_path,
     help="Results root folder.",
 )
 DEVICE = click.option("--device", default=None, help="torch device (default: cuda when present, else cpu).")

@@ -32,6 +32,8 @@ from bench.errors import UsageError
 
 MAX_AUTO_WORKERS = 16
 AUTO = "auto"
+#: torch.compile backends a step may ask for (the workflow schema's list): a name from here, or on/off
+COMPILE_BACKENDS = ("inductor", "cudagraphs", "aot_eager", "eager", "onnxrt", "openxla", "tvm", "ipex")
 #: the profile config keys and the bench CLI option each becomes
 PROFILE_KEYS = {
     "loader_workers": "--workers",
@@ -72,6 +74,8 @@ class Runtime:
             raise UsageError(f"prefetch_factor must be an integer >= 1, got {self.prefetch_factor!r}")
         if self.device_batch is not None and (not isinstance(self.device_batch, int) or self.device_batch < 1):
             raise UsageError(f"device_batch must be a positive integer (or unset), got {self.device_batch!r}")
+        if not isinstance(self.compile, bool) and self.compile not in COMPILE_BACKENDS:
+            raise UsageError(f"compile must be on, off or one of {', '.join(COMPILE_BACKENDS)}, got {self.compile!r}")
 
     def loader_workers(self, in_memory: bool = False) -> int:
         if self.workers is not None:
@@ -139,6 +143,7 @@ def click_options(f: Any) -> Any:
         click.option(
             "--compile",
             "compile_",
+            type=click.Choice(["off", "on", "false", "true", *COMPILE_BACKENDS], case_sensitive=False),
             default="off",
             show_default=True,
             help="torch.compile the training model: off, on, or a backend name (e.g. inductor).",
