@@ -134,7 +134,12 @@ if INDEX:
 
     # files added or removed (a stat per directory the index recorded, nothing listed): the index goes, so its
     # step rebuilds it and every result that read the folder follows
-    if drop_if_stale(INDEX, SUITE.data["path"]):
+    try:
+        dropped = drop_if_stale(INDEX, SUITE.data["path"])
+    except UsageError as e:  # a planted symlink at the index: refused in one line, like the CLI
+        print(f"bench: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    if dropped:
         print(f"tokenbench: {SUITE.data['path']} changed since {INDEX} was built; rebuilding it and what read it",
               file=sys.stderr)
 

@@ -26,23 +26,26 @@ import zipfile
 from pathlib import Path
 from typing import IO, Any
 
-from bench.errors import clip
+from bench.errors import UnsafeArtifact, clip
+from bench.io import check_no_link, open_artifact, open_nofollow, safe_mkdir
 
 CORRUPT_SUFFIX = ".corrupt"
 LOCK_FILE = ".writer.lock"
 
 
 def problem(path: str | os.PathLike, run_id: str | None = None) -> str | None:
-    """Why ``path`` (an existing harness artifact) is unreadable, or None when it is whole."""
+    """Why ``path`` (an existing harness artifact) is unreadable, or None when it is whole. A planted link (inside
+    results) is not a damaged file to move aside but :class:`UnsafeArtifact`, raised."""
     path = Path(path)
     try:
         if path.suffix == ".pth":
-            with zipfile.ZipFile(path) as z:
+            with open_artifact(path) as f, zipfile.ZipFile(f) as z:
                 names = z.namelist()
             if not any(n.endswith("/data.pkl") or n == "data.pkl" for n in names):
                 return "not a torch checkpoint (no data.pkl in the archive)"
         elif path.suffix == ".json":
-            record = json.loads(path.read_text(encoding="utf-8"))
+            with open_artifact(path, "r", encoding="utf-8") as f:
+                record = json.loads(f.read())
             if not isinstance(record, dict) or "status" not in record:
                 return "not a run record (no status)"
             if run_id is not None and record.get("run_id") != run_id:
@@ -50,7 +53,10 @@ def problem(path: str | os.PathLike, run_id: str | None = None) -> str | None:
         elif path.suffix == ".parquet":
             import pyarrow.parquet as pq
 
-            pq.read_metadata(path)
+            with open_artifact(path) as f:
+                pq.read_metadata(f)
+    except UnsafeArtifact:
+        raise
     except (zipfile.BadZipFile, UnicodeDecodeError, json.JSONDecodeError) as e:
         return f"truncated or corrupt ({type(e).__name__}: {clip(e, 120)})"
     except OSError as e:
@@ -64,6 +70,7 @@ def quarantine(path: str | os.PathLike, reason: str) -> Path:
     """Move a damaged artifact aside (kept for a post-mortem, one copy), so that it is rebuilt."""
     path = Path(path)
     aside = path.with_name(path.name + CORRUPT_SUFFIX)
+    check_no_link(path)  # the file itself may not be a link either: a planted one is refused, never moved
     os.replace(path, aside)
     print(
         f"tokenbench: {path} is {reason}; moved to {aside.name}, rebuilding it and what depends on it",
@@ -77,7 +84,7 @@ def quarantine_damaged(paths: list[tuple[Path, str | None]]) -> list[Path]:
     """Check each existing (path, expected run id) and move the damaged ones aside; returns those moved."""
     moved = []
     for path, run_id in paths:
-        if path.is_file():
+        if os.path.lexists(path):  # a planted link is refused by problem(), not skipped
             reason = problem(path, run_id)
             if reason:
                 moved.append(quarantine(path, reason))
@@ -104,14 +111,14 @@ class StepLock:
         self._f: IO[str] | None = None
 
     def __enter__(self) -> StepLock:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        # no link followed (folder or lock file: UnsafeArtifact); created with the group's mode so that co-users
+        # can take it too, never chmodded (a chmod of a planted file would widen someone else's)
+        safe_mkdir(self.folder)
         path = self.folder / LOCK_FILE
         try:
-            f = open(path, "a+")
-            if path.stat().st_uid == os.getuid():  # results are shared: others may need to take it too
-                os.chmod(path, 0o666 & ~_umask())
+            f = os.fdopen(open_nofollow(path, os.O_RDWR | os.O_CREAT), "r+")
         except PermissionError:  # another user's lock file in a shared folder: flock works on a read-only fd
-            f = open(path)
+            f = os.fdopen(open_nofollow(path), "r")
         told = False
         while True:
             try:
@@ -148,12 +155,6 @@ class StepLock:
             fcntl.flock(self._f, fcntl.LOCK_UN)
             self._f.close()
             self._f = None
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _holder(f: IO[str]) -> str:

@@ -72,7 +72,10 @@ def figures(suite: str | None, root: str, out: str | None, only: tuple[str, ...]
     suite_dir, _ = _suite_results(suite, root)
     if not (suite_dir / TABLE_PARQUET).is_file():
         collect(suite_dir)
-    table = pd.read_parquet(suite_dir / TABLE_PARQUET)
+    from bench.io import open_artifact
+
+    with open_artifact(suite_dir / TABLE_PARQUET) as f:
+        table = pd.read_parquet(f)
     out_dir = Path(out) if out else suite_dir / "report"
     # the looks `bench report` gives the same methods: one function, from the whole table
     ctx = FigureContext(table, summarize(table), out_dir, method_styles(table), load_published())
@@ -89,7 +92,9 @@ def _suite_results(suite: str, root: str) -> tuple[Path, list[dict] | None]:
         s = load_suite(suite, check_names=False)
         d, expected = s.results_dir(root), [run_identity(s, r, "") | {"dataset": None} for r in s.runs]
     except UsageError:
-        d, expected = Path(root) / Path(suite).stem, None
+        from bench.io import results_root
+
+        d, expected = results_root(root) / Path(suite).stem, None
     if not (d / "runs").is_dir() and not (d / "table.parquet").exists():
         raise UsageError(
             f"no results for suite {suite!r} in {d} (run the suite first: snakemake --config suite={suite})"

@@ -130,7 +130,9 @@ class Suite:
         )
 
     def results_dir(self, root: str | Path = "results") -> Path:
-        return Path(root) / self.name
+        from bench.io import results_root  # below the --results folder no symlink is followed (bench.io)
+
+        return results_root(root) / self.name
 
 
 def budget_params(info: Any, m: dict[str, Any]) -> list[str]:

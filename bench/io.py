@@ -1,20 +1,171 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half of one."""
+"""Atomic file writes (a reader sees the old file or the new one, never half of one), and file access inside a
+results folder that never follows a symbolic link.
+
+Results folders are shared (group-writable), so a co-user can plant a link where the harness will write, read or
+delete (``runs/<id>/.writer.lock -> ~victim/private``): the harness would then act on the link's target with its
+user's rights. The harness never makes a link, so below a results root every component of a path is checked
+with ``lstat`` and the last one is opened with ``O_NOFOLLOW``: a link is refused in one :class:`UnsafeArtifact`
+line naming it. The root is the ``--results`` folder (declared by :func:`results_root`, which
+``Suite.results_dir`` calls): it and the folders above it are the user's choice and may be links (a scratch
+space linked into the home). Paths outside every root (a suite's init checkpoint, an image folder) are read as
+given. Files are created with mode ``0o666 & ~umask`` (the group's mode, README *Safety and recovery*) and never
+chmodded.
+"""
 
 from __future__ import annotations
 
 import errno
 import json
 import os
+import secrets
 import shutil
-import tempfile
+import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from bench.errors import ArtifactError, DiskFull, UnsafeArtifact, clip
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+#: the mode of every file and folder the harness creates in results (before the umask): the group may share it
+FILE_MODE, DIR_MODE = 0o666, 0o777
+
+#: declared results roots, as lexical absolute paths (not resolved: the root itself may be a link)
+RESULTS_ROOTS: set[str] = set()
+
+
+def results_root(root: str | os.PathLike) -> Path:
+    """Declare ``root`` (a ``--results`` folder) a results root and return it: below it no link is followed."""
+    RESULTS_ROOTS.add(os.path.abspath(root))
+    return Path(root)
+
+
+def root_of(path: str | os.PathLike) -> str | None:
+    """The declared results root that holds ``path`` (the innermost), or None when it is outside every root."""
+    a = os.path.abspath(path)
+    inside = [r for r in RESULTS_ROOTS if a != r and a.startswith(r.rstrip(os.sep) + os.sep)]
+    return max(inside, key=len) if inside else None
+
+
+def link_refused(path: str | os.PathLike, root: str | os.PathLike | None = None) -> UnsafeArtifact:
+    where = f" inside the results folder {root}" if root else ""
+    return UnsafeArtifact(
+        f"{path}: refused: a symbolic link{where} (the harness makes none and never follows one: a co-user may "
+        f"have planted it); remove it and run again"
+    )
+
+
+def check_no_link(path: str | os.PathLike) -> Path:
+    """``path`` if no component of it below its results root is a symbolic link (components that do not exist
+    yet are fine); else :class:`UnsafeArtifact` naming the link. A no-op outside every results root."""
+    root = root_of(path)
+    if root is None:
+        return Path(path)
+    current = root
+    for part in os.path.relpath(os.path.abspath(path), root).split(os.sep):
+        current = os.path.join(current, part)
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            break
+        if stat.S_ISLNK(st.st_mode):
+            raise link_refused(current, root)
+    return Path(path)
+
+
+def open_nofollow(path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = FILE_MODE) -> int:
+    """``os.open`` that follows no link: the components below the results root are checked (:func:`check_no_link`)
+    and the file itself is opened with ``O_NOFOLLOW``. Only a regular file is opened (a planted FIFO would block,
+    a device would be read), and one opened for writing must have no other hard link (a planted hard link to
+    another user's file would be written through). ``O_TRUNC`` is applied only once these checks pass."""
+    check_no_link(path)
+    truncate = bool(flags & os.O_TRUNC)
+    try:
+        fd = os.open(path, (flags & ~os.O_TRUNC) | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0), mode)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.EMLINK) and os.path.islink(path):
+            raise link_refused(path, root_of(path)) from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafeArtifact(f"{path}: refused: not a regular file; remove it and run again")
+        if flags & (os.O_WRONLY | os.O_RDWR) and st.st_nlink > 1:
+            raise UnsafeArtifact(
+                f"{path}: refused: it has {st.st_nlink} hard links (writing it would change the other names' "
+                f"file: a co-user may have planted it); remove it and run again"
+            )
+        os.set_blocking(fd, True)
+        if truncate:
+            os.ftruncate(fd, 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_artifact(
+    path: str | os.PathLike, mode: str = "rb", encoding: str | None = None, errors: str | None = None
+) -> IO[Any]:
+    """A file object to read ``path``: through :func:`open_nofollow` inside a results root, as given outside."""
+    if "r" not in mode or "+" in mode:
+        raise ValueError(f"open_artifact reads only, not mode {mode!r}")
+    if root_of(path) is None:
+        return open(path, mode, encoding=encoding, errors=errors)
+    return os.fdopen(open_nofollow(path), mode, encoding=encoding, errors=errors)
+
+
+def read_text(path: str | os.PathLike, encoding: str = "utf-8", errors: str | None = None) -> str:
+    """The text of ``path``, read without following a link inside a results root."""
+    with open_artifact(path, "r", encoding=encoding, errors=errors) as f:
+        return f.read()
+
+
+def safe_mkdir(path: str | os.PathLike) -> Path:
+    """``mkdir -p`` that creates (mode 0o777 & ~umask) and accepts only real folders below the results root: a
+    planted link to a folder is refused (:func:`check_no_link`). As ``Path.mkdir`` outside every root."""
+    path = Path(path)
+    root = root_of(path)
+    if root is None:
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    Path(root).mkdir(parents=True, exist_ok=True)
+    current = root
+    for part in os.path.relpath(os.path.abspath(path), root).split(os.sep):
+        current = os.path.join(current, part)
+        try:
+            os.mkdir(current, DIR_MODE)
+        except FileExistsError:
+            pass
+        st = os.lstat(current)
+        if stat.S_ISLNK(st.st_mode):
+            raise link_refused(current, root)
+        if not stat.S_ISDIR(st.st_mode):
+            raise ArtifactError(f"{current}: not a folder (the harness needs one there); remove it and run again")
+    return path
+
+
+def safe_unlink(path: str | os.PathLike, missing_ok: bool = True) -> None:
+    """Delete ``path`` (a link there is deleted, never its target) after checking that no folder above it below
+    the results root is a link: a planted ``.kept -> elsewhere`` must not make the harness delete elsewhere."""
+    check_no_link(Path(path).parent)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        if not missing_ok:
+            raise
+
+
+def _create_temp(folder: Path, name: str) -> str:
+    """A new file ``.<name>.<random>.tmp`` in ``folder``, created exclusively (never an existing file or link)
+    with the group's mode: no chmod afterwards."""
+    while True:
+        tmp = str(folder / f".{name}.{secrets.token_hex(4)}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
 
 
 #: outputs this process's step is making: absolute path -> hook(tmp path) called once the file is whole and before
@@ -26,16 +177,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], needed: 
     """Call ``write(tmp_path)`` then rename the temporary file over ``path``. A full disk is one
     :class:`DiskFull` line naming the path and the space needed (``needed`` bytes, when the caller knows)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; results are meant to be shared
+    check_no_link(path)  # a link in place of the file is refused too: replacing it would hide the planting
+    safe_mkdir(path.parent)
+    tmp = _create_temp(path.parent, path.name)
     full, written = False, 0
     try:
         write(tmp)
         hook = ON_COMPLETE.get(os.path.abspath(path))
         if hook is not None:
             hook(tmp)
+        check_no_link(path)  # again: a link planted while the file was written is not replaced silently either
         os.replace(tmp, path)
     except BaseException as e:
         written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
@@ -116,7 +267,8 @@ def load_torch(path: str | os.PathLike) -> Any:
 
     path = Path(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with open_artifact(path) as f:  # inside results: no link followed (UnsafeArtifact names it)
+            return torch.load(f, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise
     except pickle.UnpicklingError as e:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.artifacts import StepLock, problem
+from bench.io import check_no_link, read_text, safe_mkdir, safe_unlink
 
 KEPT_DIR = ".kept"
 
@@ -59,13 +60,13 @@ class StepOutput:
         self.kept_key = self.kept.with_name(self.kept.name + ".key")
 
     def valid(self, path: Path | None = None) -> bool:
-        path = path or self.output
+        path = check_no_link(path or self.output)  # a link there is refused, never read as a result
         return path.is_file() and problem(path, self.run_id if path.suffix == ".json" else None) is None
 
     def _key_of_kept(self) -> str | None:
         try:
-            return self.kept_key.read_text().strip()
-        except OSError:
+            return read_text(self.kept_key).strip()  # a planted link: UnsafeArtifact, not "no key"
+        except (OSError, UnicodeDecodeError):
             return None
 
     def matches(self) -> bool:
@@ -82,8 +83,9 @@ class StepOutput:
         if self.output.exists() or self._key_of_kept() != self.key or not self.valid(self.kept):
             return False
         tmp = self.output.with_name(f".{self.output.name}.restore")
-        tmp.unlink(missing_ok=True)
-        os.link(self.kept, tmp)
+        safe_unlink(tmp)
+        os.link(check_no_link(self.kept), tmp, follow_symlinks=False)  # valid() refused a link already
+        check_no_link(self.output)
         os.replace(tmp, self.output)
         return True
 
@@ -92,13 +94,14 @@ class StepOutput:
         .kept/: a hard link, no second copy on disk."""
         from bench.io import atomic_write_text
 
+        check_no_link(self.kept)  # .kept/ or the kept file planted as a link: refused
         if source is None and os.path.exists(self.kept) and os.path.samefile(self.kept, self.output):
             return
-        self.kept.parent.mkdir(exist_ok=True)
+        safe_mkdir(self.kept.parent)
         tmp = self.kept.with_name(f".{self.kept.name}.tmp")
-        tmp.unlink(missing_ok=True)
+        safe_unlink(tmp)
         try:
-            os.link(source or self.output, tmp)
+            os.link(check_no_link(source or self.output), tmp, follow_symlinks=False)
         except OSError:  # no hard links here: nothing kept, a deleted output is then recomputed
             return
         os.replace(tmp, self.kept)
@@ -106,8 +109,8 @@ class StepOutput:
 
     def forget(self) -> None:
         """Before the step is made anew: a kept result of another spec must never be restored for this one."""
-        self.kept_key.unlink(missing_ok=True)
-        self.kept.unlink(missing_ok=True)
+        safe_unlink(self.kept_key)
+        safe_unlink(self.kept)
 
 
 @contextmanager
@@ -143,11 +146,11 @@ def note_attempt(out: StepOutput, outcome: str) -> None:
         }
     )
     try:
-        path.parent.mkdir(exist_ok=True)
-        old = path.read_text() if path.exists() else ""
+        safe_mkdir(path.parent)  # a planted link (.kept/ or the log): UnsafeArtifact, raised, never followed
+        old = read_text(path) if os.path.lexists(path) else ""
         atomic_write_text(path, old + line + "\n")
-    except (OSError, DiskFull):  # a note, never the reason a step fails (a full disk is reported by the step)
-        pass
+    except (OSError, UnicodeDecodeError, DiskFull):  # a note, never the reason a step fails (a full disk is
+        pass  # reported by the step)
 
 
 def run_step(

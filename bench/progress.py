@@ -29,6 +29,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from bench.errors import UsageError
+
 ENV = "TOKENBENCH_PROGRESS"  # the step's progress record, set by run_logged
 SUFFIX = ".progress.json"
 JOB_STATE_FILE = "job_state.json"  # in a launcher's job folder
@@ -75,8 +77,10 @@ def progress_path(log: str | os.PathLike) -> Path:
 
 def read(path: str | os.PathLike) -> dict[str, Any] | None:
     try:
-        record = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        from bench.io import read_text
+
+        record = json.loads(read_text(path))
+    except (OSError, ValueError, UsageError):  # a planted link is not followed: no record, as a torn one
         return None
     return record if isinstance(record, dict) else None
 
@@ -232,11 +236,13 @@ def _last_log_line(path: str | os.PathLike | None, limit: int = 70) -> str | Non
     if not path:
         return None
     try:
-        with open(path, "rb") as f:
+        from bench.io import open_artifact
+
+        with open_artifact(path) as f:  # no link followed inside results
             f.seek(0, os.SEEK_END)
             f.seek(max(0, f.tell() - 4096))
             lines = [ln.strip() for ln in f.read().decode("utf-8", "replace").splitlines() if ln.strip()]
-    except OSError:
+    except (OSError, UsageError):
         return None
     if not lines:
         return None

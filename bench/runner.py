@@ -33,7 +33,9 @@ from bench.run_setup import (  # the names marked noqa are re-exported (bench.cl
     _torch_data,
     build_run_model,
     evaluated_inputs,  # noqa: F401
+    finetune_basis,
     index_path,  # noqa: F401
+    pretrain_basis,
     pretrain_dir,
     pretrain_output,  # noqa: F401
     run_dir,
@@ -42,6 +44,7 @@ from bench.run_setup import (  # the names marked noqa are re-exported (bench.cl
 from bench.runtime import Runtime
 from bench.train import TrainResult, train_model
 from bench.train import distributed as D
+from bench.train.checkpoint import made_for
 
 #: how a model was trained across processes: batch size and learning-rate scaling made explicit
 TRAIN_META_KEYS = (
@@ -104,6 +107,7 @@ def pretrain(
     init = {"scratch": False, "hub": True}.get(backbone.init, backbone.init)
     torch.manual_seed(suite.pretrain_seed)  # a from-scratch init is reproducible, and one process matches N
     recipe = suite.pretrain_recipe
+    purpose = made_for(*pretrain_basis(suite, backbone_name, root))  # before anything is written
     model = _model(suite, backbone, bundle, init, recipe)
     from bench.evaluate import evaluate
 
@@ -120,6 +124,7 @@ def pretrain(
             out_dir=out,
             device=dev,
             runtime=runtime,
+            made_for=purpose,
         )
     if not env.is_main:
         D.barrier()  # returns once rank 0 has saved model.pth
@@ -169,6 +174,7 @@ def finetune(
     if not ckpt.exists():
         raise UsageError(f"no pretrained backbone at {ckpt}; run the pretrain step first")
     bundle = _data(suite, root)
+    purpose = made_for(*finetune_basis(suite, run, root))
     torch.manual_seed(run.seed)  # modules a method adds start from the same init in every process and rerun
     model, method = build_run_model(suite, run, bundle, ckpt, run.finetune)
     teacher = None
@@ -176,7 +182,16 @@ def finetune(
         teacher = _model(suite, suite.backbone(run.backbone), bundle, str(ckpt))
     train_ds, _ = _torch_data(suite, model, bundle, run.finetune)
     result = train_model(
-        model, method, train_ds, run.finetune, seed=run.seed, out_dir=out, device=dev, teacher=teacher, runtime=runtime
+        model,
+        method,
+        train_ds,
+        run.finetune,
+        seed=run.seed,
+        out_dir=out,
+        device=dev,
+        teacher=teacher,
+        runtime=runtime,
+        made_for=purpose,
     )
     meta = {
         "run_id": run.run_id,

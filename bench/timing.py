@@ -26,7 +26,7 @@ import torch
 
 from bench.config import Suite
 from bench.errors import UsageError, clip
-from bench.io import atomic_write_json
+from bench.io import atomic_write_json, read_text
 from bench.measure.latency import latency_and_memory
 from bench.measure.paired import (
     TimingProtocol,
@@ -67,7 +67,7 @@ def protocol_for(suite: Suite, device: torch.device, runtime: Runtime | None = N
 
 def _record(path: Path) -> dict[str, Any] | None:
     try:
-        rec = json.loads(path.read_text(encoding="utf-8"))
+        rec = json.loads(read_text(path))  # a planted link: UnsafeArtifact (bench.io)
     except (OSError, ValueError):
         return None
     return rec if isinstance(rec, dict) and rec.get("status", "ok") == "ok" else None
@@ -78,7 +78,7 @@ def _why_not_timed(folder: Path) -> str:
     from bench.runner import FAILURE_FILE
 
     try:
-        failure = json.loads((folder / FAILURE_FILE).read_text(encoding="utf-8"))
+        failure = json.loads(read_text(folder / FAILURE_FILE))
     except (OSError, ValueError):
         failure = None
     if isinstance(failure, dict):

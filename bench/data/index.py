@@ -241,8 +241,11 @@ def read_meta(path: str | Path) -> dict[str, Any] | None:
     """The index's metadata without reading its rows; None when the file is absent or not an index."""
     import pyarrow.parquet as pq
 
+    from bench.io import open_artifact
+
     try:
-        raw = (pq.read_schema(path).metadata or {}).get(_META_KEY)
+        with open_artifact(path) as f:  # inside results: a planted link is refused (bench.io), never read
+            raw = (pq.read_schema(f).metadata or {}).get(_META_KEY)
         meta = json.loads(raw) if raw else None
     except (OSError, ValueError):
         return None
@@ -255,7 +258,10 @@ def read_index(path: str | Path) -> FolderIndex:
     meta = read_meta(path)
     if meta is None:
         raise UsageError(f"{path}: not a tokenbench folder index (rebuild it: bench index SUITE)")
-    table = pq.read_table(path).replace_schema_metadata(None)
+    from bench.io import open_artifact
+
+    with open_artifact(path) as f:
+        table = pq.read_table(f).replace_schema_metadata(None)
     return FolderIndex(
         meta["root"],
         meta["classes"],
@@ -297,7 +303,9 @@ def drop_if_stale(index_path: str | Path, root: str | Path) -> bool:
     meta = read_meta(index_path)
     if meta is None or is_fresh(meta, root):
         return False
-    Path(index_path).unlink(missing_ok=True)
+    from bench.io import safe_unlink
+
+    safe_unlink(index_path)
     return True
 
 

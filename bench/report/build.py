@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from bench.io import atomic_write_text
+from bench.io import atomic_write_text, open_artifact
 from bench.report.figures import FIGURES, FigureContext, build_figures, load_published
 from bench.report.gallery import plot_gallery
 from bench.report.plots import plot_tradeoff, timing_setup
@@ -41,7 +41,8 @@ GALLERY_PNG = "kept_tokens_gallery.png"
 def _load(suite_dir: Path) -> pd.DataFrame:
     if not (suite_dir / TABLE_PARQUET).is_file():
         collect(suite_dir)  # raises UsageError when the suite dir does not exist
-    return pd.read_parquet(suite_dir / TABLE_PARQUET)
+    with open_artifact(suite_dir / TABLE_PARQUET) as f:  # a planted link: refused (bench.io)
+        return pd.read_parquet(f)
 
 
 def _gallery(table: pd.DataFrame, suite_dir: Path, out_dir: Path) -> list[Path]:

@@ -15,7 +15,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from bench.io import atomic_write
+from bench.errors import UnsafeArtifact
+from bench.io import atomic_write, open_artifact
 
 BLANK = 1.0  # dropped patches are painted white, as in the papers' figures
 
@@ -43,7 +44,7 @@ def plot_gallery(
     data = []
     for label, p in entries:
         try:  # allow_pickle stays False: a planted object array is refused; a damaged file costs only its row
-            with np.load(p) as npz:
+            with open_artifact(p) as f, np.load(f) as npz:  # a planted link: refused (bench.io)
                 data.append(
                     (
                         label,
@@ -51,6 +52,8 @@ def plot_gallery(
                         | ({"groups": npz["groups"]} if "groups" in npz.files else {}),
                     )
                 )
+        except UnsafeArtifact:
+            raise
         except Exception as e:  # noqa: BLE001
             print(f"bench: report: {p} is unreadable ({type(e).__name__}); left out of the gallery", file=sys.stderr)
     data = [(label, d) for label, d in data if {"images", "masks", "grid"} <= set(d)]

@@ -16,7 +16,7 @@ from typing import Mapping, Sequence, Any
 import pandas as pd
 
 from bench.errors import UsageError
-from bench.io import atomic_write
+from bench.io import atomic_write, open_artifact, read_text
 from bench.results import record as record_mod
 from bench.results.row import RecordError, flatten
 
@@ -48,7 +48,7 @@ def parse_created_at(value: Any) -> datetime:
 def _read_record(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     """Return (record, None) or (None, error message) for one JSON file."""
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(read_text(path))  # a planted link: UnsafeArtifact (bench.io), never read through
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         return None, f"unreadable {path.name}: {type(exc).__name__}: {exc}"
     if not isinstance(record, dict):
@@ -177,7 +177,8 @@ def table_metadata(path: Path) -> dict[str, Any]:
     """The tokenbench metadata of a table.parquet ({} for a file written before it had any)."""
     import pyarrow.parquet as pq
 
-    raw = (pq.read_schema(path).metadata or {}).get(METADATA_KEY)
+    with open_artifact(path) as f:
+        raw = (pq.read_schema(f).metadata or {}).get(METADATA_KEY)
     return json.loads(raw) if raw else {}
 
 
@@ -254,4 +255,5 @@ def load_results(path_or_suite: str | Path, results_root: str | Path = "results"
     if version != record_mod.SCHEMA_VERSION:
         raise UsageError(f"{table_path} was collected with run-record schema {version}, this harness reads schema "
                          f"{record_mod.SCHEMA_VERSION}: run `bench collect` for that suite again")
-    return pd.read_parquet(table_path)
+    with open_artifact(table_path) as f:
+        return pd.read_parquet(f)

@@ -31,7 +31,9 @@ LEGACY_KEYS = (
 
 def _read(path: Path) -> dict[str, Any] | None:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        from bench.io import read_text
+
+        data = json.loads(read_text(path))  # a planted link: UnsafeArtifact (bench.io)
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) and isinstance(data.get("runs"), dict) else None

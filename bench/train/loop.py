@@ -43,7 +43,7 @@ from bench.methods.base import Method
 from bench.progress import TrainProgress
 from bench.runtime import Runtime, micro_batches
 from bench.train import distributed as D
-from bench.train.checkpoint import _append_log, _load_rng_state, _read_state, _rng_state
+from bench.train.checkpoint import _append_log, _load_rng_state, _rng_state, fresh_log, read_state
 from bench.train.loaders import EpochBatches, in_memory, random_transform, train_loader
 from bench.train.optim import LR_RULE, GroupSchedule, build_optimizer, describe_groups, param_groups
 from bench.train.step import forward_backward
@@ -140,7 +140,11 @@ def train_model(
     teacher: nn.Module | None = None,
     runtime: Runtime | None = None,
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
+    made_for: dict[str, Any] | None = None,
 ) -> TrainResult:
+    """Train ``model`` with ``method`` under ``recipe``, resuming from ``out_dir``'s epoch checkpoint. ``made_for``
+    (``bench.train.checkpoint.made_for``: the key of the step's spec and inputs) is stored in each checkpoint, and
+    one made for anything else is set aside instead of resumed."""
     from bench.config import DEFAULT_RECIPE
 
     runtime = runtime or Runtime()
@@ -198,7 +202,9 @@ def train_model(
 
     start_epoch, resumed = 0, None
     state_path = out_dir / STATE_FILE
-    state = _read_state(state_path, log if main else lambda s: None)
+    state = read_state(state_path, made_for, log if main else lambda s: None, main=main)
+    if state is None and main:
+        fresh_log(out_dir / LOG_FILE)
     if state is not None:  # every rank loads it: optimizer state and RNG streams live in each process
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -340,7 +346,7 @@ def train_model(
                 **method.train_metrics(),
             }
             log(json.dumps(record))
-            _append_log(out_dir / LOG_FILE, record)
+            _append_log(out_dir / LOG_FILE, record, log)
             atomic_torch_save(
                 state_path,
                 {
@@ -352,6 +358,7 @@ def train_model(
                     "ranks": ranks,
                     **_rng_state(method, device),
                     "ema": ema.state_dict() if ema is not None else None,
+                    "made_for": made_for,
                 },
             )
         D.barrier()  # the checkpoint is complete before any rank moves on
