@@ -35,11 +35,20 @@ def _data_inputs(suite: Suite, root: str | Path) -> list[Path]:
     return [index] if index else []
 
 
+def pretrain_basis(suite: Suite, backbone: str, root: str | Path = "results") -> tuple[dict[str, Any], list[Path]]:
+    """What the pretrain step's result depends on: its spec and the files it reads (the folder index)."""
+    return pretrain_spec(suite, backbone), _data_inputs(suite, root)
+
+
+def finetune_basis(suite: Suite, run: Run, root: str | Path = "results") -> tuple[dict[str, Any], list[Path]]:
+    """What a run's fine-tune depends on: the run's spec, its pretrained backbone and the folder index."""
+    return run_spec(suite, run), [pretrain_dir(suite, run.backbone, root) / MODEL_FILE, *_data_inputs(suite, root)]
+
+
 def pretrain_output(suite: Suite, backbone: str, root: str | Path = "results") -> StepOutput:
     """The pretrain step's model.pth, keyed by its spec and the folder index it read."""
     return StepOutput(
-        pretrain_dir(suite, backbone, root) / MODEL_FILE,
-        step_key(pretrain_spec(suite, backbone), _data_inputs(suite, root)),
+        pretrain_dir(suite, backbone, root) / MODEL_FILE, step_key(*pretrain_basis(suite, backbone, root))
     )
 
 
@@ -54,8 +63,7 @@ def step_output(suite: Suite, run: Run, step: str, root: str | Path = "results")
     """A run's finetune (model.pth) or evaluate (run.json) output, keyed by the run's spec and its inputs."""
     spec = run_spec(suite, run)
     if step == "finetune":
-        inputs = [pretrain_dir(suite, run.backbone, root) / MODEL_FILE]
-        return StepOutput(run_dir(suite, run, root) / MODEL_FILE, step_key(spec, inputs + _data_inputs(suite, root)))
+        return StepOutput(run_dir(suite, run, root) / MODEL_FILE, step_key(*finetune_basis(suite, run, root)))
     inputs = evaluated_inputs(suite, run, root) + _data_inputs(suite, root)
     return StepOutput(
         run_dir(suite, run, root) / RECORD_FILE,

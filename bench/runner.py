@@ -18,7 +18,7 @@ from torch import nn
 
 from bench.config import Run, Suite, run_identity
 from bench.errors import UsageError, clip
-from bench.io import atomic_torch_save, atomic_write_json, load_torch
+from bench.io import atomic_torch_save, atomic_write_json, load_torch, safe_unlink
 from bench.methods import Method, create_method
 from bench.provenance import pick_device, provenance
 from bench.requeue import slurm_restarts
@@ -155,7 +155,7 @@ def pretrain(
         **provenance(dev),
     }
     _save_trained(out / MODEL_FILE, model.cpu(), result, meta)
-    (out / "train_state.pth").unlink(missing_ok=True)
+    safe_unlink(out / "train_state.pth")
     D.barrier()
     return out / MODEL_FILE
 
@@ -212,7 +212,7 @@ def finetune(
     }
     if env.is_main:
         _save_trained(out / MODEL_FILE, model.cpu(), result, meta)
-        (out / "train_state.pth").unlink(missing_ok=True)
+        safe_unlink(out / "train_state.pth")
     D.barrier()
     return out / MODEL_FILE
 
@@ -293,7 +293,7 @@ def evaluate_run(
         **provenance(dev),
     }
     atomic_write_json(out / RECORD_FILE, check_record(record))  # off the schema: fails here, not at collect
-    (out / FAILURE_FILE).unlink(missing_ok=True)
+    safe_unlink(out / FAILURE_FILE)
     return record
 
 

@@ -181,16 +181,17 @@ def test_damaged_results_are_named_and_moved_aside(tmp_path, capsys):
 
 def test_a_damaged_epoch_checkpoint_restarts_training_and_a_pickle_is_refused(tmp_path, tiny_vit):
     from bench.errors import UnsafeArtifact
-    from bench.train.loop import STATE_FILE, _read_state
+    from bench.train.checkpoint import read_state
+    from bench.train.loop import STATE_FILE
 
     state = tmp_path / STATE_FILE
     state.write_bytes(b"PK\x03\x04 not a whole checkpoint")
     logs = []
-    assert _read_state(state, logs.append) is None
+    assert read_state(state, None, logs.append) is None
     assert not state.exists() and (tmp_path / (STATE_FILE + ".corrupt")).exists() and "starts again" in logs[0]
     _plant(state, tmp_path / "PWNED")
     with pytest.raises(UnsafeArtifact):
-        _read_state(state, logs.append)
+        read_state(state, None, logs.append)
     assert not (tmp_path / "PWNED").exists()
 
 

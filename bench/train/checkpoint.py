@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from bench.errors import ArtifactError, UnsafeArtifact, clip
-from bench.io import atomic_write_text, load_torch
+from bench.io import atomic_write_text, check_no_link, load_torch, read_text
 from bench.methods.base import Method
 
 
@@ -142,14 +142,14 @@ def fresh_log(path: Path) -> None:
     """A fresh start writes a log of its own: the epochs of a checkpoint that is gone (stale, damaged, never
     written) are moved aside, not appended to."""
     if os.path.lexists(path):
-        set_aside(path)
+        set_aside(check_no_link(path))  # a planted symlink is refused (bench.io), not moved as if it were a log
 
 
 def read_log(path: Path, warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     """The per-epoch records of a training log. A torn line (half-written by another tool, a full disk) is
     dropped with one warning line, never fatal: the next epoch's rewrite leaves it out."""
     records = []
-    lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+    lines = read_text(path, errors="replace").splitlines() if os.path.lexists(path) else []  # no link followed
     for n, ln in enumerate(lines, 1):
         if not ln.strip():
             continue

@@ -38,7 +38,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from bench.errors import RunFailed, UsageError
-from bench.io import atomic_torch_save
+from bench.io import atomic_torch_save, safe_mkdir
 from bench.methods.base import Method
 from bench.progress import TrainProgress
 from bench.runtime import Runtime, micro_batches
@@ -155,7 +155,7 @@ def train_model(
     global_batch, local_batch, lr = batch_plan(recipe, world, len(train_ds))
     micro = micro_batches(local_batch, runtime.device_batch)
     if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        safe_mkdir(out_dir)  # a planted link in its place is refused (bench.io)
     epochs = int(recipe["epochs"])
     # independent drop-path, augmentation and mixup noise per shard; unchanged for one process
     torch.manual_seed(seed + rank)
