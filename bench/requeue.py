@@ -94,11 +94,25 @@ def requeue_refusal(step: Any, restarts: int) -> str | None:
 
 
 def read_progress(log: Path | None) -> dict[str, Any] | None:
-    """The last record of a training log, with every epoch's time as ``epoch_s_all``; None without one."""
+    """The last record of a training log, with every epoch's time as ``epoch_s_all``; None without one. A torn
+    line is left out (the training step drops it from the log with a warning when it next writes it)."""
+    from bench.errors import ArtifactError
+    from bench.io import read_text
+
     if log is None:
         return None
     try:
-        lines = log.read_text().splitlines()
-        return json.loads(lines[-1]) | {"epoch_s_all": [json.loads(ln).get("epoch_s") for ln in lines]}
-    except (OSError, ValueError, IndexError):
+        lines = read_text(log, errors="replace").splitlines()  # a planted link is not followed
+    except (OSError, ArtifactError):
         return None
+    records = []
+    for ln in lines:
+        try:
+            rec = json.loads(ln)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            records.append(rec)
+    if not records:
+        return None
+    return records[-1] | {"epoch_s_all": [r.get("epoch_s") for r in records]}

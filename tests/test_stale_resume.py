@@ -169,3 +169,17 @@ def test_a_torn_line_in_the_training_log_is_dropped_with_a_warning(capsys, monke
     assert len(warned) == 1 and warned[0].startswith(f"warning: {log}: line 2 is torn"), err
     assert [json.loads(ln)["epoch"] for ln in log.read_text().splitlines()] == [1, 2]
     _same(_weights(root)["model"], _clean(capsys, tmp_path, SUITE)["model"])
+
+
+def test_the_requeue_budget_reads_a_log_with_a_torn_line(tmp_path):
+    """The launcher's reader of the same log (the requeue budget) skips a torn line instead of losing the log."""
+    from bench.requeue import read_progress
+
+    log = tmp_path / loop.LOG_FILE
+    log.write_text(
+        '{"epoch": 1, "epoch_s": 2.0, "epochs_total": 3}\n{"epoch": 2, "epoch_s": 3.0, "epochs_total": 3}\n{"ep'
+    )
+    progress = read_progress(log)
+    assert progress is not None and progress["epoch"] == 2 and progress["epoch_s_all"] == [2.0, 3.0]
+    log.write_text('{"ep')
+    assert read_progress(log) is None
