@@ -38,6 +38,16 @@ def _coerce(key: str, value: Any) -> Any:
     return value
 
 
+def _shown(value: Any, limit: int = 80) -> str:
+    """A value quoted in a message: a bounded repr (a few items of a list, a few levels; an alias-expanded
+    structure is never walked whole) cut to one short line."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxdict, r.maxstring, r.maxother = 3, 4, 4, limit, limit
+    return clip(r.repr(value), limit)
+
+
 def unsafe_char(value: str) -> str | None:
     """What in ``value`` Snakemake's quoting could change or the shell expand, named; None when nothing is.
 
@@ -65,7 +75,7 @@ def check_results_path(path: Any, what: str = "results path") -> str:
     path = str(path)
     bad = unsafe_char(path)
     if bad:
-        raise UsageError(f"{what} {clip(repr(path), 120)} holds {bad}; rename the folder")
+        raise UsageError(f"{what} {_shown(path, 120)} holds {bad}; rename the folder")
     probe = path
     while True:
         try:
@@ -107,12 +117,12 @@ def check_config(config: Mapping[str, Any]) -> dict[str, Any]:
     for key in config:
         if key not in schema["properties"]:
             raise UsageError(
-                f"unknown config key {clip(repr(key), 60)}{did_you_mean(str(key), known)} "
+                f"unknown config key {_shown(key, 60)}{did_you_mean(str(key), known)} "
                 f"(this workflow takes: {', '.join(known)})"
             )
     for key, value in config.items():
         allowed = schema["properties"][key]
-        shown = clip(repr(value), 80)
+        shown = _shown(value, 80)
         if isinstance(value, str) and unsafe_char(value):
             # refused here, in the first snakemake process, before any job process is spawned through sh
             raise UsageError(
@@ -121,14 +131,16 @@ def check_config(config: Mapping[str, Any]) -> dict[str, Any]:
             )
         if key in ("suite", "results") and (value is None or not str(value).strip()):
             raise UsageError(f"config {key} is empty: give a {'suite name or file' if key == 'suite' else 'folder'}")
-        if isinstance(value, float) and (not math.isfinite(value) or _integer_only(allowed)):
+        if isinstance(value, (list, dict)) or (
+            isinstance(value, float) and (not math.isfinite(value) or _integer_only(allowed))
+        ):  # every key is a scalar: a list is never walked (jsonschema would repr an alias bomb whole)
             raise UsageError(f"config {key}={shown}: not allowed ({_describe(allowed)})")
     errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(dict(config)), key=lambda e: list(e.path))
     if errors:
         e = errors[0]
         key = ".".join(str(p) for p in e.path) or "(config)"
         allowed = schema["properties"].get(key, {})
-        raise UsageError(f"config {key}={clip(repr(e.instance), 80)}: not allowed ({_describe(allowed) or e.message})")
+        raise UsageError(f"config {key}={_shown(e.instance, 80)}: not allowed ({_describe(allowed) or e.message})")
     if "results" in config:
         check_results_path(config["results"], "config results")
     return config
@@ -203,27 +215,27 @@ def check_resources(resources: Any, where: str, values: bool = True) -> dict[str
     """set-resources of a profile (or the command line): known rules, known resources, and (``values``) integers
     that are integers and strings without control characters (they reach the sbatch script line by line)."""
     if not isinstance(resources, Mapping):
-        raise UsageError(f"{where}: must map rule names to resources, got {clip(repr(resources), 60)}")
+        raise UsageError(f"{where}: must map rule names to resources, got {_shown(resources, 60)}")
     for rule, res in resources.items():
         if rule not in RULES:
             raise UsageError(
-                f"{where}: no rule {clip(repr(rule), 60)}{did_you_mean(str(rule), list(RULES))}"
+                f"{where}: no rule {_shown(rule, 60)}{did_you_mean(str(rule), list(RULES))}"
                 f" (rules: {', '.join(COMPUTE_RULES)})"
             )
         if not isinstance(res, Mapping):
-            raise UsageError(f"{where} {rule}: must be a mapping of resources, got {clip(repr(res), 60)}")
+            raise UsageError(f"{where} {rule}: must be a mapping of resources, got {_shown(res, 60)}")
         for name, value in res.items():
             if name in SNAKEMAKE_RESOURCES:
                 continue
             if name not in RESOURCES:
                 raise UsageError(
-                    f"{where} {rule}: unknown resource {clip(repr(name), 60)}"
+                    f"{where} {rule}: unknown resource {_shown(name, 60)}"
                     f"{did_you_mean(str(name), list(RESOURCES))} (takes: {', '.join(RESOURCES)})"
                 )
             kind, least = RESOURCES[name]
             if not values:
                 continue
-            shown = clip(repr(value), 60)
+            shown = _shown(value, 60)
             if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value < least):
                 raise UsageError(f"{where} {rule}.{name}={shown}: not allowed (an integer >= {least})")
             if kind is str and (not isinstance(value, str) or (value and unsafe_char(value))):
@@ -233,23 +245,16 @@ def check_resources(resources: Any, where: str, values: bool = True) -> dict[str
 
 
 def _yaml_mapping(path: Any, what: str) -> dict[str, Any]:
-    """A profile's YAML file as a mapping, or one line naming the file."""
+    """A profile's YAML file as a mapping, read as a suite is (bench.suite_file: UTF-8, unique string keys, bounded
+    aliases and nesting, finite numbers), or one line naming the file."""
     from pathlib import Path
 
-    import yaml
+    from bench.suite_file import read_yaml
 
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as e:
-        raise UsageError(f"{what} {path}: cannot read it ({e.strerror})") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"{what} {path}: not UTF-8 text") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" (line {mark.line + 1})" if mark is not None else ""
-        raise UsageError(f"{what} {path}: not valid YAML{at}: {clip(getattr(e, 'problem', None) or e, 80)}") from None
-    except RecursionError:
-        raise UsageError(f"{what} {path}: nested too deeply") from None
+        data = read_yaml(Path(path))
+    except UsageError as e:
+        raise UsageError(f"{what} {e}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -168,7 +168,7 @@ def write_profile(tmp: Path, config_yaml: str, launcher_yaml: str | None = None)
 @pytest.mark.parametrize(
     "config_yaml, launcher_yaml, named",
     [
-        ("jobs: [1\n", None, "not valid YAML (line 2)"),
+        ("jobs: [1\n", None, "not valid YAML at line 2"),
         ("- jobs\n", None, "must be a mapping"),
         ("set-resources: [finetune]\n", None, "set-resources must be a mapping"),
         ("set-resources:\n  finetun: {gpus: 1}\n", None, "no rule 'finetun'; did you mean 'finetune'"),
@@ -179,7 +179,7 @@ def write_profile(tmp: Path, config_yaml: str, launcher_yaml: str | None = None)
         ("configfile: {dir}/launcher.yaml\n", "prefetch_factor: 4.0\n", "config prefetch_factor=4.0"),
         ("configfile: {dir}/launcher.yaml\n", "launcher: slurmm\n", "launcher.yaml: config launcher"),
         ("configfile: {dir}/launcher.yaml\n", "compile: \"x'$(id)'\"\n", "single quote"),
-        ("configfile: {dir}/missing.yaml\n", None, "missing.yaml: cannot read it"),
+        ("configfile: {dir}/missing.yaml\n", None, "missing.yaml: cannot be read"),
     ],
 )
 def test_a_broken_profile_is_one_line_naming_its_file(tmp_path, monkeypatch, capsys, config_yaml, launcher_yaml, named):
