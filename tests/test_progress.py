@@ -8,6 +8,7 @@ import os
 import pickle
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -236,11 +237,13 @@ def test_launcher_records_the_job_state_and_carries_the_progress_file(tmp_path):
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, P.ENV: record},
+        env={**os.environ, P.ENV: record, "TOKENBENCH_JOBS_DIR": str(tmp_path / "private-jobs")},
     )
     assert p.returncode == 1  # `bench ls nothing` fails, after running in the job
-    job_id = json.loads((folder / "launch.json").read_text())["job_id"]
+    launched = json.loads((folder / "launch.json").read_text())
+    job_id = launched["job_id"]
     state = json.loads((folder / P.JOB_STATE_FILE).read_text())
     assert state["job_id"] == job_id and state["state"] == "FINISHED"
-    with open(folder / f"{job_id}_submitted.pkl", "rb") as f:  # written by this test's own launcher
+    # the pickle is in the private job folder (bench.launch_jobs), written by this test's own launcher
+    with open(Path(launched["job_folder"]) / f"{job_id}_submitted.pkl", "rb") as f:
         assert pickle.load(f).function.progress_file == record
