@@ -73,8 +73,9 @@ def main() -> None:
             if proc.wait() != 0:
                 raise SystemExit(f"job {i} failed")
             t_end = time.time()
-            job_id = json.loads((folder / "launch.json").read_text())["job_id"]
-            result = next(folder.glob(f"{job_id}_*_result.pkl"))
+            launched = json.loads((folder / "launch.json").read_text())
+            job_id = launched["job_id"]
+            result = next(Path(launched["job_folder"]).glob(f"{job_id}_*_result.pkl"))  # the private job folder
             submit_s, notice_s = t_submitted - t0, t_end - result.stat().st_mtime
             submit, start, end = sacct_times(job_id)
             rows.append((submit_s, notice_s))
