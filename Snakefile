@@ -16,11 +16,12 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 from bench.errors import UsageError
-from bench.workflow import check_config, check_resources, runtime_args
+from bench.workflow import check_config, check_resources, check_results_path, runtime_args
 
 try:
     # what to run (suite, results) and how (launcher, runtime settings), checked against a schema up front
     config.update(check_config(config))
+    check_results_path(config.get("results", "results"), "config results")  # the default one too
     # the rule and resource names of set-resources (a profile's or --set-resources); values are Snakemake's
     check_resources({rule: dict(res.items()) for rule, res in workflow.resource_settings.overwrite_resources.items()},
                     "set-resources (profile or --set-resources)", values=False)
