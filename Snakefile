@@ -148,8 +148,10 @@ if INDEX:
 # a damaged result (truncated, another format) is moved aside now, so that this run rebuilds exactly it and what
 # depends on it: a zip directory, JSON parse or parquet footer per file, nothing loaded
 from bench.artifacts import quarantine_damaged
+from bench.io import refuse_links_below
 
 try:
+    refuse_links_below(OUT)  # Snakemake writes logs and makes folders through links: none may be planted
     quarantine_damaged([(Path(f"{OUT}/pretrain/{b.label}/model.pth"), None) for b in SUITE.backbones]
                        + [(Path(f"{OUT}/runs/{rid}/model.pth"), None) for rid in RUNS]
                        + [(Path(f"{OUT}/runs/{rid}/run.json"), rid) for rid in RUNS]

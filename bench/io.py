@@ -72,6 +72,17 @@ def check_no_link(path: str | os.PathLike) -> Path:
     return Path(path)
 
 
+def refuse_links_below(folder: str | os.PathLike) -> None:
+    """:class:`UnsafeArtifact` naming the first symbolic link anywhere below ``folder`` (none followed on the way).
+    For the pipeline at parse time: Snakemake itself creates log files and output folders through whatever is
+    there, so a planted link must stop it before any job starts."""
+    check_no_link(folder)
+    for parent, dirs, files in os.walk(folder, followlinks=False):
+        for name in sorted(dirs + files):
+            if os.path.islink(os.path.join(parent, name)):
+                raise link_refused(os.path.join(parent, name), root_of(os.path.join(parent, name)))
+
+
 def open_nofollow(path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = FILE_MODE) -> int:
     """``os.open`` that follows no link: the components below the results root are checked (:func:`check_no_link`)
     and the file itself is opened with ``O_NOFOLLOW``. Only a regular file is opened (a planted FIFO would block,
@@ -155,17 +166,30 @@ def safe_unlink(path: str | os.PathLike, missing_ok: bool = True) -> None:
             raise
 
 
-def _create_temp(folder: Path, name: str) -> str:
+def _create_temp(folder: Path, name: str) -> tuple[int, str]:
     """A new file ``.<name>.<random>.tmp`` in ``folder``, created exclusively (never an existing file or link)
-    with the group's mode: no chmod afterwards."""
+    with the group's mode (no chmod afterwards), kept open: (fd, path)."""
     while True:
         tmp = str(folder / f".{name}.{secrets.token_hex(4)}.tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
+            return os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE), tmp
         except FileExistsError:
             continue
-        os.close(fd)
-        return tmp
+
+
+def _pinned(fd: int, tmp: str) -> str:
+    """The name a writer opens: ``/proc/self/fd/N`` reopens the very file :func:`_create_temp` made, so a co-user
+    who swaps the temporary name for a link while it is written is not followed; the path where /proc is absent."""
+    proc = f"/proc/self/fd/{fd}"
+    return proc if os.path.exists(proc) else tmp
+
+
+def _still_ours(fd: int, tmp: str) -> bool:
+    try:
+        a, b = os.fstat(fd), os.lstat(tmp)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 #: outputs this process's step is making: absolute path -> hook(tmp path) called once the file is whole and before
@@ -179,22 +203,26 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None], needed: 
     path = Path(path)
     check_no_link(path)  # a link in place of the file is refused too: replacing it would hide the planting
     safe_mkdir(path.parent)
-    tmp = _create_temp(path.parent, path.name)
+    fd, tmp = _create_temp(path.parent, path.name)
     full, written = False, 0
     try:
-        write(tmp)
+        write(_pinned(fd, tmp))
+        if not _still_ours(fd, tmp):
+            raise UnsafeArtifact(f"{tmp}: refused: replaced by another file or a link while it was written")
         hook = ON_COMPLETE.get(os.path.abspath(path))
         if hook is not None:
             hook(tmp)
         check_no_link(path)  # again: a link planted while the file was written is not replaced silently either
         os.replace(tmp, path)
     except BaseException as e:
-        written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
-        if os.path.exists(tmp):
+        written = os.fstat(fd).st_size
+        if _still_ours(fd, tmp):
             os.unlink(tmp)  # the previous file, if any, is untouched
         if not is_disk_full(e):
             raise
         full = True
+    finally:
+        os.close(fd)
     if full:
         import gc
 

@@ -226,3 +226,87 @@ def test_open_nofollow_refuses_a_link_by_itself(tmp_path):
     with pytest.raises(UnsafeArtifact, match="symbolic link"):
         open_nofollow(link, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
     assert victim.read_bytes().startswith(SECRET)
+
+
+@pytest.mark.parametrize("step", ["index", "train"])
+def test_a_planted_link_at_the_folder_index_is_refused(step, tmp_path, capsys):
+    """results/<suite>/data/index.parquet planted as a link to another user's file: the index step refuses to
+    replace it, a training step refuses to read it (it would train on the files it lists)."""
+    from PIL import Image
+
+    data = tmp_path / "pets"
+    for split, cls in [("train", "a"), ("train", "b"), ("validation", "a"), ("validation", "b")]:
+        (data / split / cls).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(data / split / cls / "0.png")
+    suite = tmp_path / "s.yaml"
+    suite.write_text(
+        f"name: s\ndata: {{source: imagefolder, path: {data}}}\nbackbones: [{BACKBONE}]\nmethods: [dense]\n"
+        "keep_ratios: [1.0]\nseeds: [0]\npretrain: {init: scratch, recipe: {epochs: 0}}\n"
+    )
+    results = tmp_path / "results"
+    assert main(["index", str(suite), "--results", str(results)]) == 0
+    home = tmp_path / "victim"
+    home.mkdir()
+    victim = _victim_file(home, "file")
+    index = results / "s" / "data" / "index.parquet"
+    index.unlink()
+    index.symlink_to(victim)
+    capsys.readouterr()
+    argv = ["index", str(suite)] if step == "index" else ["train", str(suite), "--pretrain", BACKBONE]
+    code, err = _run(capsys, [*argv, "--results", str(results)])
+    assert victim.read_bytes().startswith(SECRET) and stat.S_IMODE(victim.stat().st_mode) == 0o600
+    assert _copies_of_secret(results) == [] and index.is_symlink()
+    assert code == 2 and err[-1].startswith(f"bench: error: {index}: refused: a symbolic link"), err
+
+
+def _snakemake(workdir: Path, suite: Path) -> subprocess.CompletedProcess:
+    import sys
+
+    repo = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "--directory", str(workdir)]
+    cmd += ["--cores", "1", "--workflow-profile", "none", "--config", f"suite={suite}", f"results={workdir / 'results'}"]
+    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+
+
+@pytest.mark.parametrize(
+    "rel", [f"logs/pretrain/{BACKBONE}.log", "logs/pretrain", f"runs/{RUN}/run.json"], ids=["log", "log folder", "parse"]
+)
+def test_snakemake_refuses_a_planted_link_to_a_log_or_a_checked_file(rel, tmp_path):
+    """The pipeline's own writes and reads: a step's log (written by the Snakefile's run_logged) and the files
+    checked at parse time. The pipeline stops before any compute, the link named, the victim unchanged."""
+    suite = tmp_path / "nolinks.yaml"
+    suite.write_text(SUITE)
+    home = tmp_path / "victim"
+    home.mkdir()
+    target = _victim_folder(home) if rel == "logs/pretrain" else _victim_file(home, "json")
+    before = _snapshot(target)
+    link = tmp_path / "results" / "nolinks" / rel
+    link.parent.mkdir(parents=True)
+    link.symlink_to(target)
+    p = _snakemake(tmp_path, suite)
+    assert _snapshot(target) == before and link.is_symlink()
+    assert p.returncode != 0 and f"{link}: refused: a symbolic link inside the results folder" in p.stderr, p.stderr
+    assert not (tmp_path / "results" / "nolinks" / "pretrain").exists()  # no compute started
+
+
+def test_a_temporary_file_swapped_for_a_link_while_it_is_written_is_not_followed(tmp_path):
+    """A co-user's watcher sees the atomic write's temporary name in the shared folder and swaps it for a link to
+    the victim's file before the writer opens it: the writer still writes the file the harness created (opened
+    through /proc/self/fd), the victim is untouched, and the swapped name is refused, not renamed into place."""
+    from bench.errors import UnsafeArtifact
+    from bench.io import atomic_write, results_root
+
+    root = results_root(tmp_path / "results")
+    victim = _victim_file(tmp_path, "file")
+    out = root / "s" / "table.csv"
+
+    def write(name: str) -> None:
+        (tmp,) = (root / "s").glob(".table.csv.*.tmp")  # what the watcher sees
+        tmp.unlink()
+        tmp.symlink_to(victim)
+        Path(name).write_text("the new table\n")
+
+    with pytest.raises(UnsafeArtifact, match="replaced by another file or a link while it was written"):
+        atomic_write(out, write)
+    assert victim.read_bytes().startswith(SECRET) and stat.S_IMODE(victim.stat().st_mode) == 0o600
+    assert not os.path.lexists(out)
