@@ -375,7 +375,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         state = job_state(job)
         reason = f"{args.launcher} job {job.job_id} ended {state}: {_last_error_line(e)}"
         if args.failure_record is not None:
-            record_job_failure(args.failure_record, job, reason, submitted_at)
+            try:
+                record_job_failure(args.failure_record, job, reason, submitted_at)
+            except UsageError as refused:  # a planted link at the record: named, never written through
+                print(f"bench.launch: error: {refused}", file=sys.stderr)
         print(f"bench.launch: {reason}; stderr log: {job.paths.stderr}", file=sys.stderr)
         return 1
     print(f"bench.launch: job {job.job_id} done in {time.time() - t0:.1f}s", file=sys.stderr)

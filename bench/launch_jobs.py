@@ -252,12 +252,12 @@ def job_state(job: submitit.Job) -> str:
 
 def record_job_failure(path: Path, job: submitit.Job, reason: str, submitted_at: str) -> None:
     """Write or complete failure.json with what the scheduler knows; the step's own record is kept."""
-    from bench.io import atomic_write_json
+    from bench.io import atomic_write_json, read_text
 
     record: dict[str, Any] = {}
     if path.exists():
         try:
-            record = json.loads(path.read_text())
+            record = json.loads(read_text(path))  # a planted link: UnsafeArtifact (bench.io), never read
         except ValueError:
             record = {}
         if str(record.get("created_at", "")) < submitted_at:

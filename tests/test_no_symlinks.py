@@ -310,3 +310,24 @@ def test_a_temporary_file_swapped_for_a_link_while_it_is_written_is_not_followed
         atomic_write(out, write)
     assert victim.read_bytes().startswith(SECRET) and stat.S_IMODE(victim.stat().st_mode) == 0o600
     assert not os.path.lexists(out)
+
+
+def test_the_launcher_refuses_a_planted_link_at_a_failure_record(tmp_path, monkeypatch):
+    """bench.launch writes a failed job's failure.json into the results: a link planted there is named, and the
+    victim's file is neither read into the record nor overwritten."""
+    import sys
+
+    monkeypatch.setenv("TOKENBENCH_JOBS_DIR", str(tmp_path / "private-jobs"))
+    results = tmp_path / "results"
+    run = results / "s" / "runs" / "r"
+    run.mkdir(parents=True)
+    victim = _victim_file(tmp_path, "json")
+    before = _snapshot(victim)
+    (run / "failure.json").symlink_to(victim)
+    launcher = [sys.executable, "-m", "bench.launch", "--launcher", "local", "--folder", str(run / "slurm"), "--name"]
+    launcher += ["t", "--failure-record", str(run / "failure.json"), "--"]
+    # a step that fails in its job (an option bench ls does not take): the launcher then records the failure
+    p = subprocess.run([*launcher, "ls", "nothing", "--results", str(results)], capture_output=True, text=True)
+    assert p.returncode != 0 and f"{run / 'failure.json'}: refused: a symbolic link" in p.stderr, p.stderr
+    assert _snapshot(victim) == before and (run / "failure.json").is_symlink()
+    assert _copies_of_secret(results) == []
