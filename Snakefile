@@ -186,6 +186,10 @@ wildcard_constraints:
 localrules: all, collect, report, index
 
 
+REPORT_FILES = [f"{OUT}/report/{name}" for name in
+                ("report.md", "index.md", "tradeoff_top1_vs_gmacs.png", "tradeoff_top1_vs_gmacs.pdf")]
+
+
 rule all:
     # every run record is a target itself: Snakemake does not rebuild a missing intermediate file
     # whose consumers are up to date, and a deleted run must re-run
@@ -195,7 +199,11 @@ rule all:
         expand(f"{OUT}/pretrain/{{backbone}}/model.pth", backbone=BACKBONES),
         expand(f"{OUT}/timing/{{backbone}}.json", backbone=BACKBONES),
         [f"{OUT}/runs/{rid}/model.pth" for rid in sorted(RUNS) if RUNS[rid].finetune is not None],
-        f"{OUT}/report/report.md",
+        # the table and the report's files too: collect's marker alone would call a table moved aside as damaged
+        # (or a deleted figure) up to date ("Nothing to be done")
+        f"{OUT}/table.parquet",
+        f"{OUT}/table.csv",
+        REPORT_FILES,
         f"{OUT}/.collected",
         # the folder index too: a stale one is removed at parse time, and must then be rebuilt (with what read it)
         DATA_INPUT,
@@ -338,10 +346,7 @@ rule report:
         f"{OUT}/table.parquet",
         f"{OUT}/.collected",
     output:
-        f"{OUT}/report/report.md",
-        f"{OUT}/report/index.md",
-        f"{OUT}/report/tradeoff_top1_vs_gmacs.png",
-        f"{OUT}/report/tradeoff_top1_vs_gmacs.pdf",
+        REPORT_FILES,
     run:
         run_logged([*BENCH, "figures", SUITE_FILE, "--results", ROOT])
         run_logged([*BENCH, "report", SUITE_FILE, "--results", ROOT])

@@ -142,6 +142,20 @@ def test_pipeline_end_to_end(tmp_path):
     assert table.loc["static", "timing_repeats"] == 3  # paired repeats; dense, the reference, is timed around each
     assert table.loc["dense", "timing_repeats"] == 6
 
+    # 7. a truncated table (collect's marker still there) and a deleted figure are rebuilt by the next run, with
+    #    no compute step: the table and the report's files are targets of rule all, not only the marker
+    parquet, figure = out / "table.parquet", out / "report" / "tradeoff_top1_vs_gmacs.png"
+    parquet.write_bytes(parquet.read_bytes()[:100])
+    figure.unlink()
+    p = snakemake(tmp_path, suite)
+    assert p.returncode == 0, p.stderr[-3000:]
+    log = p.stdout + p.stderr
+    assert f"{parquet} is truncated or corrupt" in log and "Nothing to be done" not in log
+    assert log.count("rule collect:") == 1 and log.count("rule report:") == 1
+    assert not any(f"rule {r}:" in log for r in ("pretrain", "finetune", "evaluate", "timing"))
+    assert list(pd.read_parquet(parquet)["status"]) == ["ok", "ok"] and figure.stat().st_size > 0
+    assert (out / "table.parquet.corrupt").exists()
+
 
 def test_bad_suite_fails_before_anything_runs(tmp_path):
     suite = tmp_path / "bad.yaml"
