@@ -248,6 +248,10 @@ def preflight(suite: Any, where: str, *, check_hub: bool = False) -> None:
         if run.finetune is not None:
             recipe_field = f"{field_name}.finetune" if _own_recipe(suite.raw, run.method) else "finetune"
             check_recipe_at(where, recipe_field, run.finetune, model, method.lr_scales())
+    # checkpoint files (init, weights) opened and matched to the model they load into, once the runs are known good
+    from bench.models.checkpoint_checks import check_checkpoints
+
+    check_checkpoints(suite, where)
 
 
 def _method_fields(raw: dict[str, Any]) -> dict[str, str]:

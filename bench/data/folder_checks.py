@@ -19,6 +19,7 @@ import json
 import os
 import stat
 import time
+import warnings
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -60,6 +61,21 @@ class FolderChecks:
 
     def splits(self, index: FolderIndex) -> list[str]:
         return list(dict.fromkeys([self.train_split, self.val(index)]))
+
+
+def class_count(root: str | Path) -> int | None:
+    """The classes (labels) the index of ``root`` will have: its class folder names over every split (a listing
+    of the split folders, no image opened); None when it cannot be listed (the index step says why)."""
+    top = Path(root).expanduser()
+    names: set[str] = set()
+    try:
+        with os.scandir(top) as splits:
+            for split in [e.path for e in splits if e.is_dir() and not e.name.startswith(".")]:
+                with os.scandir(split) as it:
+                    names |= {e.name for e in it if e.is_dir() and not e.name.startswith(".")}
+    except OSError:
+        return None
+    return len(names) or None
 
 
 def _named(items: list[str]) -> str:
@@ -141,6 +157,11 @@ def decode_error(path: str) -> str | None:
         with Image.open(path) as im:
             if im.format == "JPEG":  # at 1/8 scale libjpeg still reads every byte (truncation shows), skips IDCT work
                 im.draft(im.mode, (max(1, im.width // 8), max(1, im.height // 8)))
+            if im.width * im.height > (Image.MAX_IMAGE_PIXELS or float("inf")):  # decoded, it would fill memory
+                return (
+                    f"{im.width} x {im.height} pixels, over PIL's decompression-bomb limit of "
+                    f"{Image.MAX_IMAGE_PIXELS} (a decompression bomb?)"
+                )
             im.load()
     except UnidentifiedImageError:
         return "not an image PIL can read"
@@ -158,9 +179,18 @@ def _verdicts(
     for rel in paths:
         full = os.path.join(root, rel)
         try:
-            st = os.stat(full)
+            st = os.lstat(full)
+            if stat.S_ISLNK(st.st_mode):  # a link is read only when it stays inside the data root
+                real = os.path.realpath(full)
+                if not real.startswith(root.rstrip(os.sep) + os.sep):
+                    out.append((rel, -1, -1, f"a symbolic link to {real}, outside the data root: never opened", True))
+                    continue
+                st = os.stat(full)
         except OSError as e:
             out.append((rel, -1, -1, clip(f"{type(e).__name__}: {e.strerror}", 120), True))
+            continue
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would block the reader forever, a device never end
+            out.append((rel, -1, -1, "not a regular file (a FIFO, socket or device): never opened", True))
             continue
         hit = cache.get(rel)
         if hit is not None and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
@@ -247,12 +277,15 @@ def check_folder(
     decoded; raises a one-line UsageError for what it refuses."""
     import pyarrow as pa
     import pyarrow.compute as pc
+    from PIL import Image
 
     splits = checks.splits(index)
     check_layout(index, splits, where)
     t0 = time.perf_counter()
     read = index.table.filter(pc.is_in(index.table["split"].cast(pa.string()), pa.array(splits, pa.string())))
-    bad, decoded, cached = decode_all(index.root, read["path"].to_pylist(), cache_path)
+    with warnings.catch_warnings():  # an image over PIL's bomb limit is named below, not warned about on stderr
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        bad, decoded, cached = decode_all(index.root, read["path"].to_pylist(), cache_path)
     line = (
         f"decoded {decoded} images of {', '.join(s + '/' for s in splits)} ({cached} unchanged since their "
         f"last check) in {time.perf_counter() - t0:.1f} s"

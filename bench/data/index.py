@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.data.root_checks import check_inside, check_links
 from bench.errors import UsageError
 
 if TYPE_CHECKING:
@@ -166,6 +167,7 @@ def build_index(root: str | Path) -> FolderIndex:
             counts[split] = counts.get(split, 0) + len(chunk)
         else:
             empty.append(f"{split}/{cls}")
+    check_links(top, dirs)
     if not counts and not loose:
         raise UsageError(
             f"data: imagefolder {str(top)!r} holds no images in SPLIT/CLASS/ folders (e.g. {top}/train/<class>/*.JPEG)"
@@ -197,6 +199,12 @@ def _walk_class(rel: str, path: str, dirs: dict[str, int], out: list[str], liste
         for entry in it:
             name = entry.name
             if entry.is_dir():
+                if entry.is_symlink():  # a link to an ancestor would recurse forever: refused before the descent
+                    real, here = os.path.realpath(entry.path), os.path.realpath(path)
+                    if here == real or here.startswith(real + os.sep):
+                        raise UsageError(
+                            f"data: imagefolder: {rel}/{name} is a symbolic link loop (to {real}); remove it"
+                        )
                 if not name.startswith("."):
                     subdirs.append(name)
             elif _is_image(name):
@@ -252,27 +260,43 @@ def read_meta(path: str | Path) -> dict[str, Any] | None:
     return meta if isinstance(meta, dict) and meta.get("format") == INDEX_FORMAT else None
 
 
-def read_index(path: str | Path) -> FolderIndex:
+def read_index(path: str | Path, root: str | Path | None = None) -> FolderIndex:
+    """The index at ``path``, read once (its rows and metadata from one open file). With ``root`` (the suite's
+    folder) it must be that folder's index, and every path in it must stay inside it: the results folder is
+    shared, and a planted index naming ``../`` or absolute paths would make a job read files outside the data."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    meta = read_meta(path)
-    if meta is None:
-        raise UsageError(f"{path}: not a tokenbench folder index (rebuild it: bench index SUITE)")
     from bench.io import open_artifact
 
-    with open_artifact(path) as f:
-        table = pq.read_table(f).replace_schema_metadata(None)
-    return FolderIndex(
-        meta["root"],
-        meta["classes"],
-        meta["counts"],
-        meta["loose"],
-        {k: int(v) for k, v in meta["dirs"].items()},
-        table,
-        list(meta.get("empty") or []),
-        meta.get("checks"),
-        list(meta.get("skipped") or []),
-    )
+    not_index = UsageError(f"{path}: not a tokenbench folder index (rebuild it: bench index SUITE)")
+    try:
+        with open_artifact(path) as f:
+            table = pq.read_table(f)
+        meta = json.loads((table.schema.metadata or {}).get(_META_KEY, b"null"))
+    except (OSError, ValueError, pa.ArrowException):
+        raise not_index from None
+    want = {"split": pa.dictionary(pa.int32(), pa.string()), "path": pa.string(), "label": pa.int64()}
+    columns = dict(zip(table.column_names, table.schema.types))
+    if not isinstance(meta, dict) or meta.get("format") != INDEX_FORMAT or columns != want:
+        raise not_index
+    try:
+        index = FolderIndex(
+            str(meta["root"]),
+            [str(c) for c in meta["classes"]],
+            {str(k): int(v) for k, v in meta["counts"].items()},
+            {str(k): int(v) for k, v in meta["loose"].items()},
+            {str(k): int(v) for k, v in meta["dirs"].items()},
+            table.replace_schema_metadata(None),
+            [str(e) for e in meta.get("empty") or []],
+            meta.get("checks"),
+            [str(e) for e in meta.get("skipped") or []],
+        )
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise not_index from None
+    if root is not None:
+        check_inside(index, path, root)
+    return index
 
 
 def current_fingerprint(meta: dict[str, Any]) -> str | None:
@@ -337,7 +361,7 @@ def ensure_index(
     checked and written when ``build``, else a UsageError naming the step that rebuilds it."""
     meta = read_meta(path)
     if is_fresh(meta, root) and _checked_alike(meta, checks, unchecked_ok=True):
-        return read_index(path)
+        return read_index(path, root)
     if not build:
         why = (
             "is missing"
