@@ -290,6 +290,7 @@ def load_torch(path: str | os.PathLike) -> Any:
     tensors and plain containers (RNG states are stored as tensors).
     """
     import pickle
+    import struct
 
     import torch
 
@@ -308,7 +309,7 @@ def load_torch(path: str | os.PathLike) -> Any:
         raise ArtifactError(
             f"{path}: unreadable (not a torch checkpoint: {_first_line(e)}); delete it and rebuild it"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as e:
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, struct.error) as e:
         raise ArtifactError(
             f"{path}: unreadable (truncated or corrupt: {_first_line(e)}); delete it and rebuild it"
         ) from None

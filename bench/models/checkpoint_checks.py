@@ -59,8 +59,8 @@ def _not_a_checkpoint(path: Path) -> str | None:
         if not any(n.endswith("/data.pkl") for n in names):
             return f"is a zip archive but not a torch checkpoint (it holds {_named(names) or 'nothing'})"
         return None
-    if head.startswith(_TORCH_LEGACY):
-        return None
+    if head[:1] == _TORCH_LEGACY and len(head) > 1 and 2 <= head[1] <= 5:
+        return None  # torch's legacy format: a pickle, protocol 2 (its default) to 5
     text = head.decode("utf-8", "ignore")  # a character cut at byte 64 is dropped
     if text and all(c.isprintable() or c in "\t\r\n" for c in text):
         first = next((ln for ln in text.splitlines() if ln.strip()), text)
@@ -83,9 +83,13 @@ def read_tensors(path: str | Path, *, unwrap: tuple[str, ...]) -> dict[str, torc
 
             obj: Any = load_file(str(path))
         else:
+            import warnings
+
             from bench.io import load_torch
 
-            obj = load_torch(path)
+            with warnings.catch_warnings():  # torch warns (two lines) on a pickle protocol it did not write
+                warnings.simplefilter("ignore", UserWarning)
+                obj = load_torch(path)
     except UsageError:  # the safe loader's line: a pickle with objects, a truncated file
         raise
     except Exception as e:  # noqa: BLE001 - any library failure on a bad file is that file's problem
