@@ -264,12 +264,22 @@ def _snakemake(workdir: Path, suite: Path) -> subprocess.CompletedProcess:
 
     repo = Path(__file__).resolve().parent.parent
     cmd = [sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "--directory", str(workdir)]
-    cmd += ["--cores", "1", "--workflow-profile", "none", "--config", f"suite={suite}", f"results={workdir / 'results'}"]
+    cmd += [
+        "--cores",
+        "1",
+        "--workflow-profile",
+        "none",
+        "--config",
+        f"suite={suite}",
+        f"results={workdir / 'results'}",
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
 
 
 @pytest.mark.parametrize(
-    "rel", [f"logs/pretrain/{BACKBONE}.log", "logs/pretrain", f"runs/{RUN}/run.json"], ids=["log", "log folder", "parse"]
+    "rel",
+    [f"logs/pretrain/{BACKBONE}.log", "logs/pretrain", f"runs/{RUN}/run.json"],
+    ids=["log", "log folder", "parse"],
 )
 def test_snakemake_refuses_a_planted_link_to_a_log_or_a_checked_file(rel, tmp_path):
     """The pipeline's own writes and reads: a step's log (written by the Snakefile's run_logged) and the files
