@@ -45,8 +45,13 @@ def _plant(path: Path, marker: Path) -> None:
 
 def _suite(tmp: Path, init: str = "scratch", weights: Path | None = None) -> Path:
     weights = weights or tmp / "weights.pth"
-    if not weights.exists():
-        torch.save({"model": {}}, weights)
+    if not weights.exists():  # the shelf method's trained weights (validate --build matches them to its model)
+        from bench.methods import create_method
+        from bench.models import build_backbone
+
+        model = build_backbone(BACKBONE, num_classes=10, in_chans=1)
+        create_method("dynamicvit", 0.5, 0).apply(model)
+        torch.save({"model": model.state_dict()}, weights)
     p = tmp / "safe.yaml"
     p.write_text(SUITE.replace("INIT", init).replace("WEIGHTS", str(weights)))
     return p
