@@ -334,8 +334,13 @@ def test_finetune_none_refuses_an_untrained_learned_method(tmp_path):
         load_suite(_suite(tmp_path, BASE + "methods: [dense, dynamicvit]\nfinetune: none\n"))
     with pytest.raises(UsageError, match="finetune epochs 0"):
         load_suite(_suite(tmp_path, BASE + "methods: [dense, dynamicvit]\nfinetune: {epochs: 0}\n"))
+    from bench.methods import create_method
+    from bench.models import build_backbone
+
+    model = build_backbone("tb_vit_pico_patch4_32", num_classes=10)  # trained weights: matched at --build
+    create_method("dynamicvit", 0.5).apply(model)
     ckpt = tmp_path / "dvit.pth"
-    torch.save({"model": {}}, ckpt)
+    torch.save({"model": model.state_dict()}, ckpt)
     suite = load_suite(
         _suite(tmp_path, BASE + f"methods: [dense, static, {{name: dynamicvit, weights: {ckpt}}}]\nfinetune: none\n")
     )
