@@ -15,7 +15,7 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
-from bench.errors import UsageError
+from bench.errors import UsageError, one_line
 from bench.workflow import check_config, check_resources, check_results_path, runtime_args
 
 try:
@@ -40,7 +40,7 @@ try:
     SUITE = load_suite(config.get("suite", "smoke"), reuse_checks=True)
 except UsageError as e:
     # one line naming the field, like the CLI, instead of Snakemake's traceback-style report
-    print(f"bench: error: {e}", file=sys.stderr)
+    print(f"bench: error: {one_line(e)}", file=sys.stderr)
     sys.exit(2)
 
 ROOT = str(config.get("results", "results"))

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from bench.errors import RunFailed, UsageError
+from bench.errors import RunFailed, UsageError, one_line
 from bench.runtime import from_cli as runtime_from_cli
 
 
@@ -307,10 +307,10 @@ def main(argv: list[str] | None = None) -> int:
         click.echo("bench: aborted", err=True)
         return 130
     except click.UsageError as e:
-        click.echo(f"bench: error: {e.format_message()}", err=True)
+        click.echo(f"bench: error: {one_line(e.format_message())}", err=True)
         return 2
     except UsageError as e:
-        click.echo(f"bench: error: {e}", err=True)
+        click.echo(f"bench: error: {one_line(e)}", err=True)
         return 2
     except RunFailed as e:
         click.echo(f"bench: run failed: {e}", err=True)
@@ -325,7 +325,10 @@ def main(argv: list[str] | None = None) -> int:
         if is_disk_full(e):
             click.echo(f"bench: error: {disk_full_message(getattr(e, 'filename', None) or '.', 0)}", err=True)
             return 1
-        click.echo(f"bench: internal error: {type(e).__name__}: {e} (TOKENBENCH_DEBUG=1 shows the traceback)", err=True)
+        click.echo(
+            f"bench: internal error: {type(e).__name__}: {one_line(e)} (TOKENBENCH_DEBUG=1 shows the traceback)",
+            err=True,
+        )
         return 1
     return 0
 

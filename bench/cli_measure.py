@@ -59,7 +59,7 @@ def _model_options(f):
             click.option("--method", default="dense", show_default=True),
             click.option("--keep-ratio", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True),
             click.option("--param", multiple=True, help="Method parameter KEY=VALUE (repeatable)."),
-            click.option("--image-size", type=click.IntRange(min=8), default=None),
+            click.option("--image-size", type=click.IntRange(min=8, max=4096), default=None),
             click.option("--in-chans", type=click.IntRange(min=1), default=None),
             click.option("--num-classes", type=click.IntRange(min=1), default=1000, show_default=True),
         ]
@@ -104,7 +104,7 @@ def flops(backbone, method, keep_ratio, param, image_size, in_chans, num_classes
 @_model_options
 @click.option("--batch-sizes", default="1,32", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True)
-@click.option("--repeats", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--repeats", type=click.IntRange(min=1, max=1000), default=10, show_default=True)
 @click.option(
     "--min-time",
     type=click.FloatRange(min=0),
@@ -143,6 +143,12 @@ def throughput(
     from bench.measure.standalone import standalone_model
 
     model, _ = standalone_model(backbone, method, keep_ratio, image_size, num_classes, in_chans, param)
+    from bench.suite_values import oversized_batch
+
+    size, chans = int(model.patch_embed.img_size[0]), int(model.patch_embed.proj.in_channels)
+    for b in sizes:  # an allocation bounded before it is tried (bench.suite_values)
+        if b > 0 and oversized_batch(b, size, chans):
+            raise UsageError(f"--batch-sizes {b}: {oversized_batch(b, size, chans)}")
     dev = pick_device(device)
     rep = measure_throughput(
         model.to(dev),

@@ -14,10 +14,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from bench.errors import UsageError
+from bench.errors import UsageError, clip, one_line
 from bench.recipe_config import DEFAULT_RECIPE, resolve_recipe  # noqa: F401  (re-exported)
 from bench.run_identity import evaluate_spec, pretrain_spec, run_identity, run_spec  # noqa: F401  (re-exported)
 from bench.suite_checks import check_build, check_paths, check_static, method_info_at, refuse_id_collisions
+from bench.suite_values import check_values
 
 #: a suite's or method's ``finetune: none``: evaluate the pretrained backbone with the method applied
 NO_FINETUNE = "none"
@@ -152,11 +153,12 @@ def _schema() -> dict[str, Any]:
 
 def resolve_suite_path(name_or_path: str | Path) -> Path:
     p = Path(name_or_path)
-    if p.is_file():
-        return p
-    for cand in (SUITES_DIR / f"{name_or_path}.yaml", SUITES_DIR / f"{name_or_path}.yml"):
-        if cand.is_file():
-            return cand
+    for cand in (p, SUITES_DIR / f"{name_or_path}.yaml", SUITES_DIR / f"{name_or_path}.yml"):
+        try:
+            if cand.is_file():
+                return cand
+        except (OSError, ValueError):  # a name no file can have (too long, a NUL): not found, below
+            pass
     known = list_suites()
     from bench.registry import did_you_mean
 
@@ -205,16 +207,16 @@ def _refuse_runtime_keys(raw: dict[str, Any], where: str) -> None:
 
 
 def validate_raw(raw: Any, where: str) -> None:
-    import jsonschema
-
     if not isinstance(raw, dict):
         raise UsageError(f"{where}: a suite must be a YAML mapping, got {type(raw).__name__}")
     _refuse_runtime_keys(raw, where)
-    validator = jsonschema.Draft202012Validator(_schema())
+    from bench.suite_values import strict_validator
+
+    validator = strict_validator(_schema())  # integers are ints, name patterns match whole strings
     errors = sorted(validator.iter_errors(raw), key=lambda e: (len(list(e.absolute_path)), str(e.absolute_path)))
     if errors:
         e = errors[0]
-        while e.validator in ("oneOf", "anyOf") and isinstance(e.instance, dict) and e.context:
+        while e.validator in ("oneOf", "anyOf") and isinstance(e.instance, (dict, list)) and e.context:
             # the branch that got furthest into the mapping names the field (e.g. finetune.lr, not finetune)
             deeper = max(e.context, key=lambda c: len(list(c.absolute_path)))
             if len(list(deeper.absolute_path)) <= len(list(e.absolute_path)):
@@ -229,9 +231,12 @@ def validate_raw(raw: Any, where: str) -> None:
             msg = e.message.replace("Additional properties are not allowed", "unknown field(s)")
         elif e.validator == "pattern":
             msg = f"{e.instance!r} is not a valid name (letters, digits and _ . - only; not . or ..): it names a folder"
+        elif e.validator == "type" and isinstance(e.instance, float) and e.instance.is_integer():
+            msg = f"{e.instance!r} is not an integer (write {int(e.instance)})"
         else:
             msg = e.message
-        raise UsageError(f"{where}: field {_field_path(e)}: {msg}")
+        # a value quoted whole (a 100 kB scalar, a list of thousands) is described by its length, on one line
+        raise UsageError(f"{where}: field {clip(one_line(_field_path(e)), 80)}: {clip(one_line(msg), 240)}")
 
 
 def load_suite(
@@ -382,6 +387,7 @@ def expand(
                         )
                     )
     refuse_id_collisions(suite, where)
+    check_values(suite, raw, where)  # names, recipes, allocations, kwargs: no torch (bench.suite_values)
     if check_names:
         check_static(suite, raw, where)
         if build:

@@ -1,5 +1,7 @@
 """Errors the user can fix. The CLI prints them as one line and exits with code 2."""
 
+import re
+
 
 class UsageError(Exception):
     """Bad input from the user (suite file, CLI argument, unknown name)."""
@@ -35,3 +37,15 @@ def clip(text: object, limit: int = 200) -> str:
         return line[:keep].rstrip() + (" …" if keep == space else "…")
     end = line.find(" ", limit)  # one token longer than the limit (a path): kept whole
     return line if end < 0 else line[:end] + " …"
+
+
+#: a quoted value longer than this is described by its length in a one-line message, never printed whole
+LONG_VALUE = 160
+_QUOTED = re.compile(rf"'[^'\n]{{{LONG_VALUE},}}'|\"[^\"\n]{{{LONG_VALUE},}}\"")
+
+
+def one_line(message: object) -> str:
+    """``message`` as one short line: its lines joined, and each quoted value longer than LONG_VALUE characters (a
+    3000-character name, a 100 kB scalar) replaced by its length; the rest of the message is kept word for word."""
+    text = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+    return _QUOTED.sub(lambda m: f"<a value of {len(m.group(0)) - 2:,} characters>", text)

@@ -41,6 +41,15 @@ def refuse_id_collisions(suite: Suite, where: str) -> None:
             )
 
 
+def _is_file(path: str) -> bool:
+    """``Path.is_file`` that is False for a path no file can have (a name beyond the file system's length, a NUL)
+    instead of raising."""
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def check_paths(suite: Suite, where: str) -> None:
     """Local files the suite names must exist now (cheap, so never cached)."""
     from bench.data import validate_data_config
@@ -49,13 +58,17 @@ def check_paths(suite: Suite, where: str) -> None:
         validate_data_config(suite.data)
     except UsageError as e:
         raise UsageError(f"{where}: field data: {e}") from None
+    except (OSError, ValueError) as e:  # a path no folder can have: too long for the file system, a NUL byte
+        raise UsageError(
+            f"{where}: field data.path: cannot be looked up ({getattr(e, 'strerror', None) or e})"
+        ) from None
     for i, b in enumerate(suite.backbones):
-        if b.init not in ("scratch", "hub") and not Path(b.init).is_file():
+        if b.init not in ("scratch", "hub") and not _is_file(b.init):
             raise UsageError(
                 f"{where}: field backbones[{i}].init: {b.init!r} is not 'scratch', 'hub' or an existing checkpoint file"
             )
     for i, m in enumerate(suite.raw["methods"]):
-        if isinstance(m, dict) and m.get("weights") and not Path(m["weights"]).is_file():
+        if isinstance(m, dict) and m.get("weights") and not _is_file(m["weights"]):
             raise UsageError(
                 f"{where}: field methods[{i}].weights: {m['weights']!r} is not an existing checkpoint file"
             )

@@ -1,4 +1,9 @@
-"""Reading a suite file: UTF-8 text, YAML without repeated keys, finite numbers; every failure one line."""
+"""Reading a suite file: UTF-8 text, YAML without repeated keys, finite numbers; every failure one line.
+
+YAML is loaded as data a suite can be: string keys only, no anchor that contains itself, aliases that expand to
+at most ``MAX_NODES`` nodes (an alias bomb is refused before anything walks it), nesting at most ``MAX_DEPTH``
+deep, from a file of at most ``MAX_BYTES``; a value quoted in a message is cut to one short line.
+"""
 
 from __future__ import annotations
 
@@ -8,34 +13,121 @@ from typing import Any
 
 import yaml
 
-from bench.errors import UsageError
+from bench.errors import UsageError, clip
+
+#: bytes of a suite file: the largest shipped suite is 2.5 kB, and PyYAML parses about 50 kB a second
+MAX_BYTES = 256 * 1024
+#: nodes a suite may expand to once its aliases are followed (the shipped suites hold at most 160)
+MAX_NODES = 20_000
+#: how deep a suite's mappings and lists may nest (a suite needs 6 levels)
+MAX_DEPTH = 64
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """safe_load that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+    """safe_load that refuses a key given twice in one mapping (PyYAML keeps the last one silently) and a key that is
+    not a string (an int, null, true, a list or a mapping: no suite field is named by one)."""
 
 
 def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
     loader.flatten_mapping(node)
     seen: dict[Any, Any] = {}
     for key_node, _ in node.value:
+        mark = key_node.start_mark
+        at = f"line {mark.line + 1}, column {mark.column + 1}"
+        if not isinstance(key_node, yaml.ScalarNode):
+            kind = "list" if isinstance(key_node, yaml.SequenceNode) else "mapping"
+            raise UsageError(f"the key at {at} is a {kind}; keys are field names (strings)")
         key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            mark = key_node.start_mark
+        if not isinstance(key, str):
             raise UsageError(
-                f"key {key!r} appears twice in one mapping (line {seen[key]} and line {mark.line + 1}); keep one"
+                f"the key {clip(repr(key), 60)} at {at} is {type(key).__name__}, not a string; keys are field "
+                f"names (quote it: '{key_node.value}')"
             )
-        seen[key] = key_node.start_mark.line + 1
+        if key in seen:
+            raise UsageError(
+                f"key {clip(repr(key), 60)} appears twice in one mapping (line {seen[key]} and line "
+                f"{mark.line + 1}); keep one"
+            )
+        seen[key] = mark.line + 1
     return loader.construct_mapping(node, deep=deep)
 
 
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 
+#: digits of the longest integer a suite may write (every integer field is below 2**64: 20 digits)
+MAX_INT_DIGITS = 40
+
+
+def _bounded_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    """An integer of at most MAX_INT_DIGITS characters (Python refuses to read one of 4300 digits, with a hint
+    about sys.set_int_max_str_digits that is no help here)."""
+    if len(node.value) > MAX_INT_DIGITS:
+        raise UsageError(
+            f"the integer at line {node.start_mark.line + 1} is {len(node.value):,} characters long; no suite "
+            f"field holds one beyond {MAX_INT_DIGITS} digits"
+        )
+    return loader.construct_yaml_int(node)
+
+
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _bounded_int)
+
+
+def _refuse_expansion(root: yaml.Node) -> None:
+    """One walk of the composed document, each node once: an anchor that contains itself, nesting deeper than
+    MAX_DEPTH and more than MAX_NODES nodes once every alias is expanded (a billion laughs) are refused."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node, depth: int) -> int:
+        if id(node) in sizes:
+            return sizes[id(node)]
+        at = f"line {node.start_mark.line + 1}"
+        if id(node) in open_nodes:
+            raise UsageError(f"an anchor at {at} contains itself (a recursive alias); a suite is a tree")
+        if depth > MAX_DEPTH:
+            raise UsageError(f"nested deeper than {MAX_DEPTH} levels at {at}; a suite needs a few")
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        open_nodes.add(id(node))
+        total = 1
+        for child in children:
+            total += size(child, depth + 1)
+            if total > MAX_NODES:
+                raise UsageError(
+                    f"more than {MAX_NODES:,} values once its aliases are expanded (at {at}; an alias bomb?); "
+                    f"a suite holds a few hundred"
+                )
+        open_nodes.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    size(root, 0)
+
+
+def _load(text: str) -> Any:
+    """``yaml.load`` in two halves: the node graph is composed and measured before anything is constructed."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _refuse_expansion(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
 
 def read_yaml(path: Path) -> Any:
     """A YAML file as plain data; every way it can be unreadable is one UsageError naming the file."""
     try:
-        text = path.read_bytes().decode("utf-8")
+        with open(path, "rb") as f:
+            data = f.read(MAX_BYTES + 1)
+        if len(data) > MAX_BYTES:
+            raise UsageError(f"{path}: larger than {MAX_BYTES // 1024} KiB; a suite is a few kB of YAML")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise UsageError(
             f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset {e.start}); save it as UTF-8 YAML"
@@ -45,13 +137,15 @@ def read_yaml(path: Path) -> Any:
     if "\x00" in text:
         raise UsageError(f"{path}: a binary file, not YAML text")
     try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+        raw = _load(text)  # a SafeLoader subclass: no Python objects
+    except RecursionError:  # the parser's own recursion, on brackets nested thousands deep
+        raise UsageError(f"{path}: nested deeper than {MAX_DEPTH} levels; a suite needs a few") from None
     except UsageError as e:
         raise UsageError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise UsageError(f"{path}: not valid YAML{at}: {getattr(e, 'problem', e)}") from None
+        raise UsageError(f"{path}: not valid YAML{at}: {clip(getattr(e, 'problem', None) or e, 160)}") from None
     _refuse_non_finite(raw, str(path), "")
     return raw
 
