@@ -28,27 +28,35 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     not a string (an int, null, true, a list or a mapping: no suite field is named by one)."""
 
 
+def _string_key(loader: yaml.SafeLoader, key_node: yaml.Node) -> str:
+    at = f"line {key_node.start_mark.line + 1}, column {key_node.start_mark.column + 1}"
+    if not isinstance(key_node, yaml.ScalarNode):
+        kind = "list" if isinstance(key_node, yaml.SequenceNode) else "mapping"
+        raise UsageError(f"the key at {at} is a {kind}; keys are field names (strings)")
+    key = loader.construct_object(key_node)
+    if not isinstance(key, str):
+        raise UsageError(
+            f"the key {clip(repr(key), 60)} at {at} is {type(key).__name__}, not a string; keys are field "
+            f"names (quote it: '{key_node.value}')"
+        )
+    return key
+
+
 def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    seen: dict[Any, Any] = {}
-    for key_node, _ in node.value:
-        mark = key_node.start_mark
-        at = f"line {mark.line + 1}, column {mark.column + 1}"
-        if not isinstance(key_node, yaml.ScalarNode):
-            kind = "list" if isinstance(key_node, yaml.SequenceNode) else "mapping"
-            raise UsageError(f"the key at {at} is a {kind}; keys are field names (strings)")
-        key = loader.construct_object(key_node, deep=deep)
-        if not isinstance(key, str):
-            raise UsageError(
-                f"the key {clip(repr(key), 60)} at {at} is {type(key).__name__}, not a string; keys are field "
-                f"names (quote it: '{key_node.value}')"
-            )
+    seen: dict[str, int] = {}
+    for key_node, _ in node.value:  # the mapping's own keys: a merge (<<: *base) may be overridden, not repeated
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = _string_key(loader, key_node)
         if key in seen:
             raise UsageError(
                 f"key {clip(repr(key), 60)} appears twice in one mapping (line {seen[key]} and line "
-                f"{mark.line + 1}); keep one"
+                f"{key_node.start_mark.line + 1}); keep one"
             )
-        seen[key] = mark.line + 1
+        seen[key] = key_node.start_mark.line + 1
+    loader.flatten_mapping(node)  # merged keys first, the mapping's own after them (they win)
+    for key_node, _ in node.value:  # merged keys are string keys too
+        _string_key(loader, key_node)
     return loader.construct_mapping(node, deep=deep)
 
 
