@@ -209,6 +209,8 @@ def check_checkpoints(suite: Suite, where: str) -> None:
 
     from bench.methods import create_method
 
+    if all(b.init in ("scratch", "hub") for b in suite.backbones) and not any(r.weights for r in suite.runs):
+        return
     in_chans, num_classes = model_io(suite.data)
     backbones: dict[str, nn.Module] = {}
 
