@@ -72,3 +72,28 @@ def check_inside(index: FolderIndex, path: str | Path, root: str | Path) -> None
             f"{path}: refused: image path {outside[0]} leaves the data root {top} (the index step writes none: "
             "a planted index?); delete it and run `bench index SUITE`"
         )
+    check_labels(index, path)
+
+
+def check_labels(index: FolderIndex, path: str | Path) -> None:
+    """Each row's split and class are its path's first two folders, as the index step wrote them: an index with
+    labels swapped between classes (its fingerprint still valid) would train and score against wrong labels."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = index.table
+    if not table.num_rows:
+        return
+    parts = pc.extract_regex(table["path"].combine_chunks(), r"^(?P<split>[^/]+)/(?P<cls>[^/]+)/")
+    classes = pa.array(index.classes, pa.string()).take(table["label"].combine_chunks())
+    same = pc.and_(
+        pc.equal(parts.field("split"), table["split"].cast(pa.string())), pc.equal(parts.field("cls"), classes)
+    )
+    wrong = pc.invert(pc.fill_null(same, False))
+    if pc.any(wrong).as_py():
+        i = pc.index(wrong, True).as_py()
+        row = table.slice(i, 1).to_pylist()[0]
+        raise UsageError(
+            f"{path}: refused: image {row['path']!r} is listed in split {row['split']!r} with label "
+            f"{index.classes[row['label']]!r}, not its folders' (a planted index?); delete it and run `bench index SUITE`"
+        )

@@ -494,6 +494,20 @@ def _through_link(paths: list[str], tmp: Path) -> list[str]:
     return [".out/secret.jpg", *paths[1:]]
 
 
+def _swap_labels(tmp: Path) -> None:
+    """The index's class names reversed in its metadata: every image keeps its path, cats are labelled dogs."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    image_folder(indexed=True)(tmp)
+    path = tmp / "results/tiny/data/index.parquet"
+    table = pq.read_table(path)
+    meta = json.loads(table.schema.metadata[b"tokenbench_index"])
+    meta["classes"] = meta["classes"][::-1]
+    pq.write_table(table.replace_schema_metadata({b"tokenbench_index": json.dumps(meta).encode()}), path)
+
+
 PI = "planted index"
 INDEXES: list[Case] = [
     Case(
@@ -545,5 +559,9 @@ INDEXES: list[Case] = [
         kind=PI,
     ),
 ]
+
+INDEXES.append(
+    Case("index with labels swapped between classes", "with label 'dog'", BASE, PRETRAIN, setup=_swap_labels, kind=PI)
+)
 
 CASES: list[Case] = [*CHECKPOINTS, *FOLDERS, *INDEXES]
