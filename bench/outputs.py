@@ -108,9 +108,19 @@ class StepOutput:
         atomic_write_text(self.kept_key, self.key + "\n")
 
     def forget(self) -> None:
-        """Before the step is made anew: a kept result of another spec must never be restored for this one."""
+        """Before the step is made anew: a kept result of another spec must never be restored for this one, and
+        the output it kept goes with it (left in place, a kill before the new one is whole would leave another
+        spec's result that the next attempt takes as "exists")."""
+        stale = (
+            self._key_of_kept() not in (None, self.key)
+            and os.path.isfile(self.output)
+            and os.path.isfile(self.kept)
+            and os.path.samefile(self.output, self.kept)
+        )
         safe_unlink(self.kept_key)
         safe_unlink(self.kept)
+        if stale:
+            safe_unlink(self.output)
 
 
 @contextmanager

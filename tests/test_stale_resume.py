@@ -142,6 +142,22 @@ def test_a_killed_pretrain_rerun_after_a_recipe_edit_equals_a_clean_pretrain(cap
     _same(_weights(root, "pretrain")["model"], _weights(clean, "pretrain")["model"])
 
 
+def test_a_finished_run_edited_and_killed_never_leaves_the_old_result_taken_as_the_new(capsys, monkeypatch, tmp_path):
+    """The old spec's model.pth goes when the edited step starts: killed before the new one is whole, the next
+    attempt resumes the edited spec's checkpoint instead of taking the old file as "exists"."""
+    old, new = EDITS["finetune lr"]
+    suite, root = tmp_path / "stale.yaml", tmp_path / "results"
+    suite.write_text(SUITE)
+    _train(capsys, suite, root, "pretrain")
+    _train(capsys, suite, root, "finetune")
+    suite.write_text(SUITE.replace(old, new))
+    _killed_after_first_checkpoint(capsys, monkeypatch, suite, root, "finetune")
+    assert not (_folder(root, "finetune") / "model.pth").exists()
+    err = _train(capsys, suite, root, "finetune")
+    assert "exists" not in err and "resuming from the checkpoint of epoch" in err
+    _same(_weights(root)["model"], _clean(capsys, tmp_path, SUITE.replace(old, new))["model"])
+
+
 def test_a_resume_under_an_unchanged_spec_is_still_bit_identical(capsys, monkeypatch, tmp_path):
     suite, root = tmp_path / "stale.yaml", tmp_path / "results"
     suite.write_text(SUITE)

@@ -5,7 +5,8 @@ and a hard stop on non-finite loss.
 
 Resume is exact on CPU: the data order of epoch e depends only on (seed, e), and the RNG states of torch,
 numpy and Python (Mixup and timm's transforms draw from them) and of the method are checkpointed with
-the weights, the optimiser and the EMA.
+the weights, the optimiser and the EMA. A checkpoint made for another spec or other inputs (its ``made_for``
+key differs) is set aside and training starts from epoch 0: a resume never mixes two specs.
 
 Under a process group of N ranks (see ``bench.train.distributed``) the recipe's ``batch_size`` stays the
 global batch: every rank draws the same permutation and takes its slice of each global batch, the model

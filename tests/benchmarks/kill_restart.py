@@ -117,6 +117,7 @@ def scenario(work: Path, moment: str, mode: str, timeout: float = 900) -> dict:
         if p.is_file()
         and p.suffix in (".pth", ".json", ".parquet")
         and ".kept" not in p.parts
+        and "logs" not in p.parts  # progress records beside the step logs: not results (bench.progress)
         and not p.name.endswith(CORRUPT_SUFFIX)
     ]
     corrupt = [str(p) for p in artifacts if problem(p) is not None]
