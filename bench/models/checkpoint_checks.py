@@ -172,9 +172,9 @@ def files_stamp(raw: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def model_io(data: dict[str, Any] | None) -> tuple[int, int | None]:
+def model_io(data: dict[str, Any] | None, classes_needed: bool = True) -> tuple[int, int | None]:
     """(input channels, classes) of the model the suite's data makes; classes None where only loading tells
-    (a hub dataset)."""
+    (a hub dataset) or not ``classes_needed`` (an image folder's splits are then not listed: jobs list none)."""
     from bench.data.sources import validate
 
     cfg = validate(data)
@@ -183,7 +183,7 @@ def model_io(data: dict[str, Any] | None) -> tuple[int, int | None]:
 
         return 1, NUM_CLASSES
     classes = None
-    if cfg["source"] == "imagefolder":
+    if cfg["source"] == "imagefolder" and classes_needed:
         from bench.data.folder_checks import class_count
 
         classes = class_count(cfg["path"])
@@ -211,7 +211,8 @@ def check_checkpoints(suite: Suite, where: str) -> None:
 
     if all(b.init in ("scratch", "hub") for b in suite.backbones) and not any(r.weights for r in suite.runs):
         return
-    in_chans, num_classes = model_io(suite.data)
+    # the head's size matters only for given weights (an init checkpoint's head is replaced when it differs)
+    in_chans, num_classes = model_io(suite.data, classes_needed=any(r.weights for r in suite.runs))
     backbones: dict[str, nn.Module] = {}
 
     def backbone(b: Backbone) -> nn.Module:

@@ -104,6 +104,20 @@ def _special(make: Callable[[Path], None], name: str) -> Callable[[Path], None]:
     return setup
 
 
+def _folder_weights(tmp: Path) -> None:
+    """The kit's two-class image folder (RGB) and a dynamicvit evaluated from weights with a 10-class head."""
+    import torch
+
+    image_folder()(tmp)
+    suite = tmp / "suite.yaml"
+    weights = tmp / "ckpt/m.pth"
+    weights.parent.mkdir()
+    torch.save({"model": _state_dict(method_name="dynamicvit", in_chans=3)}, weights)
+    line = "methods: [dense, static, dynamicvit, token_pooling, svite]"
+    spec = f"methods: [dense, {{name: dynamicvit, finetune: none, weights: '{weights}'}}]"
+    suite.write_text(suite.read_text().replace(line, spec))
+
+
 CK = "checkpoint"
 CHECKPOINTS: list[Case] = [
     Case(
@@ -234,6 +248,13 @@ CHECKPOINTS: list[Case] = [
         "head.weight",
         _weights("m.pth"),
         setup=_ckpt("m.pth", lambda: {"model": _state_dict(method_name="dynamicvit", num_classes=1000)}),
+        kind=CK,
+    ),
+    Case(
+        "weights: a 10-class head for a 2-class image folder",
+        "head.weight is (10, 64) where the model has (2, 64)",
+        BASE,
+        setup=_folder_weights,
         kind=CK,
     ),
     Case(
