@@ -165,3 +165,43 @@ def test_a_replaced_checkpoint_is_checked_again(tmp_path):
     time.sleep(0.01)
     ckpt.write_bytes(b"y" * 11)
     assert files_stamp(raw) != before
+
+
+def test_the_index_step_rebuilds_a_planted_index(tmp_path, capsys, monkeypatch):
+    """`bench index` does not call a planted index (fingerprint intact, paths outside) up to date: it rebuilds it."""
+    from bench.data.index import read_index
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "suite.yaml").write_text(BASE)
+    _plant(lambda paths, t: ["../secret.jpg"] * len(paths))(tmp_path)
+    assert main(["index", "suite.yaml", "--results", "results"]) == 0, capsys.readouterr().err
+    assert "up to date" not in capsys.readouterr().out
+    index = read_index(tmp_path / "results/tiny/data/index.parquet", tmp_path / "pets")
+    assert sorted(index.table["path"].to_pylist())[0] == "train/cat/0.jpg"
+
+
+@pytest.mark.skipif(not hasattr(os, "chown") or os.geteuid() != 0, reason="needs root to give a file away")
+def test_another_users_decode_cache_is_not_trusted(tmp_path, capsys, monkeypatch):
+    """A co-user's decode_cache.parquet saying a truncated image is readable does not let it into the index."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bench.data.folder_checks import CACHE_NAME
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "suite.yaml").write_text(BASE)
+    image_folder(indexed=True)(tmp_path)
+    data = tmp_path / "results/tiny/data"
+    bad = tmp_path / "pets/train/cat/1.jpg"
+    bad.write_bytes(bad.read_bytes()[:100])
+    (data / "index.parquet").unlink()  # rebuilt, with the cache's verdicts
+    cache = pq.read_table(data / CACHE_NAME)
+    rows = cache.to_pylist()
+    st = bad.stat()
+    for r in rows:
+        if r["path"] == "train/cat/1.jpg":
+            r.update(size=st.st_size, mtime_ns=st.st_mtime_ns, error=None)  # "readable"
+    pq.write_table(pa.Table.from_pylist(rows, schema=cache.schema), data / CACHE_NAME)
+    os.chown(data / CACHE_NAME, 12345, 12345)
+    assert main(["index", "suite.yaml", "--results", "results"]) == 2
+    assert "train/cat/1.jpg" in capsys.readouterr().err

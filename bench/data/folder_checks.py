@@ -201,8 +201,8 @@ def _verdicts(
 
 
 def read_cache(path: Path, root: str) -> dict[str, tuple[int, int, str | None]]:
-    """The cached verdicts of ``root``; empty when the file is absent, a link, not a regular file, another
-    format or another folder's (the results folder is shared: a planted file is ignored, never followed)."""
+    """The cached verdicts of ``root``; empty when the file is absent, a link, not a regular file, another user's,
+    another format or another folder's (the results folder is shared: a planted file is ignored, never followed)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -212,7 +212,9 @@ def read_cache(path: Path, root: str) -> dict[str, tuple[int, int, str | None]]:
         return {}
     with os.fdopen(fd, "rb") as f:
         try:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            st = os.fstat(f.fileno())
+            # another user's verdicts are not trusted (a co-user could plant "readable" for a bomb): decoded again
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
                 return {}
             table = pq.read_table(f)
             meta = json.loads((table.schema.metadata or {}).get(_CACHE_KEY, b"null"))

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.data.root_checks import check_inside, check_links
+from bench.data.root_checks import check_inside, check_links, honest
 from bench.errors import UsageError
 
 if TYPE_CHECKING:
@@ -261,9 +261,8 @@ def read_meta(path: str | Path) -> dict[str, Any] | None:
 
 
 def read_index(path: str | Path, root: str | Path | None = None) -> FolderIndex:
-    """The index at ``path``, read once (its rows and metadata from one open file). With ``root`` (the suite's
-    folder) it must be that folder's index, and every path in it must stay inside it: the results folder is
-    shared, and a planted index naming ``../`` or absolute paths would make a job read files outside the data."""
+    """The index at ``path``, rows and metadata read from one open file; with ``root`` (the suite's folder) it
+    must be that folder's, every path in it inside it (``bench.data.root_checks``: the results are shared)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -387,7 +386,8 @@ def refresh(root: str | Path, path: str | Path, checks: FolderChecks | None = No
     import time
 
     meta = read_meta(path)
-    if meta is not None and is_fresh(meta, root) and _checked_alike(meta, checks, unchecked_ok=False):
+    fresh = meta is not None and is_fresh(meta, root) and _checked_alike(meta, checks, unchecked_ok=False)
+    if fresh and honest(path, root):  # a planted index (paths out of the root, swapped labels) is rebuilt
         return f"{path}: up to date"
     t0 = time.perf_counter()
     built, check_line = checked(root, path, checks)

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench.errors import UsageError
+from bench.errors import ArtifactError, UsageError
 
 if TYPE_CHECKING:
     from bench.data.index import FolderIndex
@@ -97,3 +97,17 @@ def check_labels(index: FolderIndex, path: str | Path) -> None:
             f"{path}: refused: image {row['path']!r} is listed in split {row['split']!r} with label "
             f"{index.classes[row['label']]!r}, not its folders' (a planted index?); delete it and run `bench index SUITE`"
         )
+
+
+def honest(path: str | Path, root: str | Path) -> bool:
+    """Whether the index at ``path`` passes :func:`check_inside` for ``root``; the index step rebuilds one that
+    does not (a planted link is still refused: it is never replaced silently)."""
+    from bench.data.index import read_index
+
+    try:
+        read_index(path, root)
+    except ArtifactError:
+        raise
+    except UsageError:
+        return False
+    return True
