@@ -29,6 +29,8 @@ MAX_NAME_BYTES = 200
 #: one batch of fp32 input images (batch x 3 x size x size x 4 bytes): 256 GiB is beyond any node, before the
 #: activations (about a hundred times the input when training a ViT)
 MAX_BATCH_BYTES = 2**38
+#: images in sklearn's digits, which the embedded set places on its canvases (bench.data.embedded)
+N_DIGITS = 1797
 #: an integer backbone kwarg (depth, width, heads, patch size) beyond this builds no model a machine holds
 MAX_KWARG_INT = 65_536
 #: what the harness passes to timm.create_model itself, and the suite field that sets it
@@ -193,6 +195,28 @@ def check_recipe(recipe: dict[str, Any], sources: dict[str, str], recipe_field: 
         pair = recipe.get(key)
         if pair is not None and float(pair[0]) > float(pair[1]):
             refuse(key, f"{f(key)}={list(pair)} is not (min, max): {pair[0]:g} > {pair[1]:g}")
+    mixing = recipe["mixup"] > 0 or recipe["cutmix"] > 0 or recipe["cutmix_minmax"] is not None
+    if mixing and int(recipe["batch_size"]) % 2:
+        refuse(
+            "batch_size",
+            f"{f('batch_size')}={recipe['batch_size']} is odd and mixup/cutmix pair the images of a batch "
+            f"(timm's Mixup needs an even batch)",
+        )
+
+
+def check_cutmix_boxes(recipe: dict[str, Any], recipe_field: str, sizes: dict[str, int | None], where: str) -> None:
+    """timm's min-max CutMix draws a box side from ``randint(int(size * min), int(size * max))``: at a size where the
+    two are equal the draw fails at the first mixed batch, after everything before it ran."""
+    pair = recipe.get("cutmix_minmax")
+    if pair is None or not int(recipe["epochs"]):
+        return
+    for label, size in sizes.items():
+        if size and int(size * float(pair[0])) >= int(size * float(pair[1])):
+            raise UsageError(
+                f"{where}: field {recipe_field}.cutmix_minmax: {list(pair)} gives no box size to draw at "
+                f"{size} px (backbone {label}: int({size} x {pair[0]:g}) >= int({size} x {pair[1]:g})); "
+                f"widen the range"
+            )
 
 
 def _recipe_field(raw: dict[str, Any], label: str) -> str:
@@ -203,13 +227,24 @@ def _recipe_field(raw: dict[str, Any], label: str) -> str:
 
 
 def check_recipes(suite: Suite, where: str) -> None:
+    sizes = _input_sizes(suite)
     check_recipe(suite.pretrain_recipe, suite.pretrain_sources, "pretrain.recipe", where)
+    check_cutmix_boxes(suite.pretrain_recipe, "pretrain.recipe", sizes, where)
     seen: set[str] = set()
     for r in suite.runs:
         if r.finetune is None or r.method in seen:
             continue
         seen.add(r.method)
         check_recipe(r.finetune, r.finetune_sources, _recipe_field(suite.raw, r.method), where)
+        own = {r.backbone: sizes[r.backbone]}
+        check_cutmix_boxes(r.finetune, _recipe_field(suite.raw, r.method), own, where)
+
+
+def _input_sizes(suite: Suite) -> dict[str, int | None]:
+    """Each backbone's input size where the suite or the name states it (no timm: None otherwise)."""
+    from bench.config import size_in_name
+
+    return {b.label: b.image_size or size_in_name(b.name) for b in suite.backbones}
 
 
 # ---------------------------------------------------------------- allocations, bounded before they are tried
@@ -235,9 +270,7 @@ def _refuse_batch(field_name: str, batch: int, size: int, on: str, where: str) -
 def check_allocations(suite: Suite, where: str) -> None:
     """Each batch the suite asks for, at each backbone's input size (the size its name or the suite states;
     a backbone whose size only timm knows is checked by the schema's batch bound alone)."""
-    from bench.config import size_in_name
-
-    sizes = {b.label: b.image_size or size_in_name(b.name) for b in suite.backbones}
+    sizes = _input_sizes(suite)
     batches = [("evaluate.batch_size", suite.evaluate["batch_size"])]
     tput = suite.evaluate["throughput"]["batch_sizes"]
     if isinstance(tput, list):
@@ -253,6 +286,27 @@ def check_allocations(suite: Suite, where: str) -> None:
         if size:
             for field_name, batch in batches:
                 _refuse_batch(field_name, batch, int(size), label, where)
+    _refuse_embedded_size(suite.data, where)
+
+
+def _refuse_embedded_size(data: dict[str, Any], where: str) -> None:
+    """The embedded set is drawn into memory whole: its uint8 canvases bounded like a batch."""
+    if data.get("source", "embedded") != "embedded":
+        return
+    from bench.data.embedded import CanvasDigitsConfig
+
+    try:
+        cfg = CanvasDigitsConfig.from_options(data.get("options"))
+    except UsageError:  # named by the data check (bench.suite_checks.check_paths)
+        return
+    val = round(N_DIGITS * cfg.val_fraction)
+    n = (N_DIGITS - val) * cfg.train_placements + val * cfg.val_placements
+    size = n * cfg.canvas**2
+    if size > MAX_BATCH_BYTES:
+        raise UsageError(
+            f"{where}: field data.options: {n:,} canvases of {cfg.canvas}x{cfg.canvas} px are {size / 2**30:,.0f} GiB "
+            f"in memory; at most {MAX_BATCH_BYTES // 2**30} GiB (fewer placements or a smaller canvas)"
+        )
 
 
 # ---------------------------------------------------------------- backbone kwargs

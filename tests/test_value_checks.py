@@ -177,6 +177,40 @@ def test_every_recipe_accepted_builds_a_schedule_that_warms_up_and_stays_finite(
     assert accepted > 50 and refused > 50
 
 
+def test_cutmix_minmax_is_refused_exactly_where_timms_box_draw_fails():
+    """timm's rand_bbox_minmax (what the training loop's Mixup calls) fails exactly for the (size, range) pairs the
+    check refuses."""
+    from timm.data.mixup import rand_bbox_minmax
+
+    from bench.suite_values import check_cutmix_boxes
+
+    rng = random.Random(0)
+    for _ in range(300):
+        size = rng.choice([8, 30, 32, 64, 224])
+        lo = round(rng.uniform(0.0, 1.0), 3)
+        pair = [lo, round(rng.uniform(lo, 1.0), 3)]
+        recipe = {**DEFAULT_RECIPE, "epochs": 1, "cutmix": 1.0, "cutmix_minmax": pair}
+        try:
+            check_cutmix_boxes(recipe, "finetune", {"b": size}, "s.yaml")
+            accepted = True
+        except UsageError:
+            accepted = False
+        try:
+            rand_bbox_minmax((2, 3, size, size), pair)
+            drawn = True
+        except ValueError:
+            drawn = False
+        assert accepted == drawn, (size, pair)
+
+
+def test_the_embedded_sets_digit_count_is_sklearns():
+    from sklearn.datasets import load_digits
+
+    from bench.suite_values import N_DIGITS
+
+    assert len(load_digits().target) == N_DIGITS
+
+
 def test_every_kwarg_the_harness_passes_to_timm_is_refused_in_a_suite(monkeypatch):
     """The keywords the harness gives timm.create_model for a fine-tune (drop path on, a checkpoint init) are all
     in HARNESS_KWARGS: a suite's kwargs cannot collide with one silently."""

@@ -141,7 +141,35 @@ CASES: list[Case] = [
         ["flops", "tb_vit_pico_patch4_32", "--image-size", "1000000"],
     ),
     value("seed of 5000 digits", "5,000 characters long", sub("seeds: [0]", "seeds: [" + "9" * 5000 + "]"), NUM, TRAIN),
+    value(
+        "embedded set placed 10**9 times",
+        "data.options",
+        sub("name: canvas-digits}", "name: canvas-digits, options: {train_placements: 1000000000}}"),
+        NUM,
+        PRETRAIN,
+    ),
+    value(
+        "embedded canvas of 10**6 px",
+        "data.options",
+        sub("name: canvas-digits}", "name: canvas-digits, options: {canvas: 1000000}}"),
+        NUM,
+    ),
+    value(
+        "evaluation crop_pct 1e-300 (resize to inf)",
+        "evaluate.crop_pct",
+        sub("evaluate: {", "evaluate: {crop_pct: 1.0e-300, "),
+        NUM,
+    ),
+    value("label smoothing 1 (uniform targets)", "finetune.label_smoothing", recipe("label_smoothing: 1"), NUM),
+    value("drop path 1 (every branch dropped)", "finetune.drop_path", recipe("drop_path: 1.0"), NUM),
     # -- recipes whose fields disagree
+    value("mixup with an odd batch", "finetune.batch_size", ft("mixup: 0.8, epochs: 1, batch_size: 63"), RCP, TRAIN),
+    value(
+        "cutmix_minmax with no box size at 32 px",
+        "finetune.cutmix_minmax",
+        recipe("cutmix: 1.0, cutmix_minmax: [0.5, 0.51]"),
+        RCP,
+    ),
     value("floor above the peak", "finetune.min_lr", recipe("lr: 1.0e-4, min_lr: 1.0e-2"), RCP, TRAIN),
     value(
         "floor above the batch-scaled peak",
