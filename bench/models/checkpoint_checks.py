@@ -41,8 +41,10 @@ def _not_a_checkpoint(path: Path) -> str | None:
         return "is a directory, not a checkpoint file"
     if not path.is_file():
         return "is not a regular file"
+    from bench.io import open_artifact
+
     try:
-        with open(path, "rb") as f:
+        with open_artifact(path) as f:  # inside a results folder: no link followed (bench.io)
             head = f.read(64)
     except OSError as e:
         return f"unreadable ({e.strerror})"
@@ -68,9 +70,10 @@ def _not_a_checkpoint(path: Path) -> str | None:
     return f"is not a torch checkpoint (no zip or pickle header; it starts {head[:8]!r})"
 
 
-def read_tensors(path: str | Path, *, unwrap: tuple[str, ...]) -> dict[str, torch.Tensor]:
+def read_tensors(path: str | Path, *, unwrap: tuple[str, ...], strict: bool = False) -> dict[str, torch.Tensor]:
     """The tensors of a checkpoint file under the first of the ``unwrap`` keys it holds (else the file's top
-    mapping), without a ``module.`` prefix; a one-line UsageError naming the file when it is none."""
+    mapping), without a ``module.`` prefix; a one-line UsageError naming the file when it is none. ``strict``: as
+    the evaluate step reads a method's weights (torch files only, every value a tensor, keys as they are)."""
     import torch
 
     path = Path(path)
@@ -78,7 +81,7 @@ def read_tensors(path: str | Path, *, unwrap: tuple[str, ...]) -> dict[str, torc
     if why:
         raise UsageError(f"checkpoint {str(path)!r} {why}")
     try:
-        if path.suffix == ".safetensors":
+        if path.suffix == ".safetensors" and not strict:
             from safetensors.torch import load_file
 
             obj: Any = load_file(str(path))
@@ -103,6 +106,10 @@ def read_tensors(path: str | Path, *, unwrap: tuple[str, ...]) -> dict[str, torc
     others = [str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if others and len(others) == len(obj):
         raise UsageError(f"checkpoint {str(path)!r} holds no tensors (keys {_named(others)})")
+    if others and strict:
+        raise UsageError(f"checkpoint {str(path)!r} holds values that are not tensors ({_named(others)})")
+    if strict:
+        return dict(obj)
     return {str(k).removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
 
@@ -246,7 +253,7 @@ def check_checkpoints(suite: Suite, where: str) -> None:
         field = fields.get(run.method, f"{where}: field methods.weights")
         try:
             if run.weights not in read:
-                read[run.weights] = read_tensors(run.weights, unwrap=("model",))
+                read[run.weights] = read_tensors(run.weights, unwrap=("model",), strict=True)
             method = create_method(run.method_name, run.keep_ratio, run.seed, **run.method_params)
             model = copy.deepcopy(backbone(suite.backbone(run.backbone)))
             if method.reads_weights:  # its apply reads weight values: a real model (rare: a method with weights)
