@@ -29,6 +29,8 @@ MAX_NAME_BYTES = 200
 #: one batch of fp32 input images (batch x 3 x size x size x 4 bytes): 256 GiB is beyond any node, before the
 #: activations (about a hundred times the input when training a ViT)
 MAX_BATCH_BYTES = 2**38
+#: RandAugment's ops per image (n), AugMix's chain width (w) and depth (d): beyond this no image is ever ready
+MAX_AUGMENT_OPS = 16
 #: images in sklearn's digits, which the embedded set places on its canvases (bench.data.embedded)
 N_DIGITS = 1797
 #: an integer backbone kwarg (depth, width, heads, patch size) beyond this builds no model a machine holds
@@ -195,6 +197,15 @@ def check_recipe(recipe: dict[str, Any], sources: dict[str, str], recipe_field: 
         pair = recipe.get(key)
         if pair is not None and float(pair[0]) > float(pair[1]):
             refuse(key, f"{f(key)}={list(pair)} is not (min, max): {pair[0]:g} > {pair[1]:g}")
+    policy = str(recipe.get("auto_augment") or "")
+    for section in policy.split("-")[1:] if policy.startswith(("rand", "augmix")) else ():
+        m = re.fullmatch(r"([nwd])(\d+)", section)  # RandAugment's ops per image, AugMix's chain width and depth
+        if m and int(m.group(2)) > MAX_AUGMENT_OPS:
+            refuse(
+                "auto_augment",
+                f"{f('auto_augment')}={policy!r}: {m.group(1)}={int(m.group(2)):,} augmentation ops per image; at most "
+                f"{MAX_AUGMENT_OPS} (RandAugment uses 2, AugMix 3 chains)",
+            )
     mixing = recipe["mixup"] > 0 or recipe["cutmix"] > 0 or recipe["cutmix_minmax"] is not None
     if mixing and int(recipe["batch_size"]) % 2:
         refuse(

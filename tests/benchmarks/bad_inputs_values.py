@@ -160,6 +160,10 @@ CASES: list[Case] = [
         sub("evaluate: {", "evaluate: {crop_pct: 1.0e-300, "),
         NUM,
     ),
+    value(
+        "RandAugment of 10**8 ops per image", "finetune.auto_augment", recipe("auto_augment: rand-m9-n100000000"), NUM
+    ),
+    value("AugMix chain depth 10**6", "finetune.auto_augment", recipe("auto_augment: augmix-m5-w3-d1000000"), NUM),
     value("label smoothing 1 (uniform targets)", "finetune.label_smoothing", recipe("label_smoothing: 1"), NUM),
     value("drop path 1 (every branch dropped)", "finetune.drop_path", recipe("drop_path: 1.0"), NUM),
     # -- recipes whose fields disagree
