@@ -78,6 +78,8 @@ def read_tensors(path: str | Path, *, unwrap: tuple[str, ...], strict: bool = Fa
 
     path = Path(path)
     why = _not_a_checkpoint(path)
+    if strict and path.suffix == ".safetensors" and not why:
+        why = "is a .safetensors file: a method's weights are read with torch.load (save them with torch.save)"
     if why:
         raise UsageError(f"checkpoint {str(path)!r} {why}")
     try:
@@ -130,6 +132,8 @@ def mismatch(
 
     missing = [k for k in own if k not in sd and not free(k)]
     unexpected = [k for k in sd if k not in own and not free(k)]
+    if missing and all(k.startswith("module.") for k in unexpected) and {k[7:] for k in unexpected} >= set(missing):
+        return "its keys carry a 'module.' prefix (saved from DistributedDataParallel: save model.module's state_dict)"
     if missing and unexpected and len(unexpected) >= len(own) // 2:
         return (
             f"is the state_dict of another architecture: {len(missing)} of the model's {len(own)} keys missing "

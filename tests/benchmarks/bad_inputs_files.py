@@ -251,6 +251,24 @@ CHECKPOINTS: list[Case] = [
         kind=CK,
     ),
     Case(
+        "weights: saved from DDP (module. prefix)",
+        "'module.' prefix",
+        _weights("m.pth"),
+        setup=_ckpt(
+            "m.pth", lambda: {"model": {f"module.{k}": v for k, v in _state_dict(method_name="dynamicvit").items()}}
+        ),
+        kind=CK,
+    ),
+    Case(
+        "weights: a .safetensors file (the evaluate step reads torch files)",
+        "m.safetensors' is a .safetensors file",
+        _weights("m.safetensors"),
+        setup=_ckpt(
+            "m.safetensors", lambda: __import__("safetensors.torch").torch.save(_state_dict(method_name="dynamicvit"))
+        ),
+        kind=CK,
+    ),
+    Case(
         "weights: a 10-class head for a 2-class image folder",
         "head.weight is (10, 64) where the model has (2, 64)",
         BASE,
