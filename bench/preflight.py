@@ -208,6 +208,13 @@ def preflight(suite: Any, where: str, *, check_hub: bool = False) -> None:
                         img_size=b.image_size,
                         **b.kwargs,
                     )
+            if device == "meta":  # weights no machine holds, refused before a real model is built (bench.suite_values)
+                from bench.suite_values import oversized_model
+
+                why = oversized_model(cache[label])
+                if why:
+                    at = f"backbones[{index[label]}]" + (".kwargs" if b.kwargs else "")
+                    raise UsageError(f"{where}: field {at}: {why}")
         return cache[label]
 
     for i, b in enumerate(suite.backbones):

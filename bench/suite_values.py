@@ -272,6 +272,18 @@ def oversized_batch(batch: int, size: int, chans: int = 3) -> str | None:
     )
 
 
+def oversized_model(model: Any) -> str | None:
+    """Why a (meta-device) model's fp32 weights cannot be held, or None; training adds gradients and two AdamW
+    moments, four times the weights."""
+    n = sum(p.numel() for p in model.parameters())
+    if 16 * n <= MAX_BATCH_BYTES:
+        return None
+    return (
+        f"{n:,} parameters are {16 * n / 2**30:,.0f} GiB to train in fp32 (weights, gradients, two AdamW "
+        f"moments); at most {MAX_BATCH_BYTES // 2**30} GiB"
+    )
+
+
 def _refuse_batch(field_name: str, batch: int, size: int, on: str, where: str) -> None:
     why = oversized_batch(batch, size)
     if why:

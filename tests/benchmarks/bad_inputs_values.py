@@ -329,6 +329,12 @@ CASES: list[Case] = [
     ),
     value("kwargs embed_dim 10**11", "backbones[0].kwargs.embed_dim", pico("kwargs: {embed_dim: 100000000000}"), KW),
     value("kwargs depth 10**9", "backbones[0].kwargs.depth", pico("kwargs: {depth: 1000000000}"), KW, PRETRAIN),
+    Case(
+        "kwargs embed_dim 65536: 9 TiB to train (validate --build)",
+        "backbones[0].kwargs: 618,549,673,994 parameters",
+        backbones("[{name: vit_tiny_patch16_224, kwargs: {embed_dim: 65536, num_heads: 1}}]"),
+        kind=KW,
+    ),
     # -- through the pipeline: snakemake -n refuses before any job
     Case(
         "snakemake: warm-up as long as the run",
