@@ -144,17 +144,23 @@ def read_yaml(path: Path) -> Any:
         raise UsageError(f"{path}: cannot be read ({e.strerror})") from None
     if "\x00" in text:
         raise UsageError(f"{path}: a binary file, not YAML text")
+    return parse_yaml(text, str(path))
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """YAML text (a file's, or a command-line value such as ``--param k=v``) as plain data, with the bounds above;
+    every failure is one UsageError starting with ``where``."""
     try:
         raw = _load(text)  # a SafeLoader subclass: no Python objects
     except RecursionError:  # the parser's own recursion, on brackets nested thousands deep
-        raise UsageError(f"{path}: nested deeper than {MAX_DEPTH} levels; a suite needs a few") from None
+        raise UsageError(f"{where}: nested deeper than {MAX_DEPTH} levels; a suite needs a few") from None
     except UsageError as e:
-        raise UsageError(f"{path}: {e}") from None
+        raise UsageError(f"{where}: {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise UsageError(f"{path}: not valid YAML{at}: {clip(getattr(e, 'problem', None) or e, 160)}") from None
-    _refuse_non_finite(raw, str(path), "")
+        raise UsageError(f"{where}: not valid YAML{at}: {clip(getattr(e, 'problem', None) or e, 160)}") from None
+    _refuse_non_finite(raw, where, "")
     return raw
 
 

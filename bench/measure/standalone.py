@@ -18,17 +18,16 @@ def standalone_model(
     param: tuple[str, ...],
 ) -> tuple[nn.Module, Method]:
     """BACKBONE patched by METHOD at KEEP_RATIO, ready for inference; ``param`` holds KEY=VALUE strings (YAML values)."""
-    import yaml
-
     from bench.methods import create_method
     from bench.models import build_backbone
+    from bench.suite_file import parse_yaml
 
     params = {}
     for p in param:
         if "=" not in p:
             raise UsageError(f"--param {p!r} is not KEY=VALUE")
         k, v = p.split("=", 1)
-        params[k] = yaml.safe_load(v)
+        params[k] = parse_yaml(v, f"--param {k}")  # the suite's bounded YAML loader (bench.suite_file)
     model = build_backbone(backbone, num_classes=num_classes, in_chans=in_chans, img_size=image_size)
     m = create_method(method, keep_ratio, 0, **params)
     m.apply(model)

@@ -17,6 +17,7 @@ from bad_input_kit import BASE, RUN, Case, backbones, method, recipe, sub  # noq
 NUM, RCP, NAME, YAML, KW = "impossible number", "recipe cross-field", "name", "yaml", "kwargs"
 VALIDATE = ["validate", "{suite}"]  # the checks that need no torch
 TRAIN = ["train", "{suite}", "--run", RUN, "--results", "{tmp}/results"]  # refused before anything is computed
+FLOPS = ["flops", "tb_vit_pico_patch4_32", "--method", "static", "--param"]
 PRETRAIN = ["train", "{suite}", "--pretrain", "tb_vit_pico_patch4_32", "--results", "{tmp}/results"]
 
 FT = "finetune: {epochs: 1, batch_size: 64, max_steps_per_epoch: 2}"
@@ -309,6 +310,19 @@ CASES: list[Case] = [
         sub("name: canvas-digits}", "name: canvas-digits, 2020-01-01: x}"),
         YAML,
     ),
+    value(
+        "flops --param with a recursive anchor", "--param stage_blocks", None, YAML, [*FLOPS, "stage_blocks=&a [*a]"]
+    ),
+    value("flops --param with a list as a key", "--param stage_blocks", None, YAML, [*FLOPS, "stage_blocks={[1]: 2}"]),
+    value(
+        "flops --param with a Python tag",
+        "--param stage_blocks",
+        None,
+        YAML,
+        [*FLOPS, "stage_blocks=!!python/name:os.system"],
+    ),
+    value("flops --param not valid YAML", "--param stage_blocks", None, YAML, [*FLOPS, "stage_blocks=[1"]),
+    value("flops --param of 5000 digits", "--param num_stages", None, NUM, [*FLOPS, "num_stages=" + "9" * 5000]),
     # -- backbone kwargs that the harness sets itself
     value("kwargs num_classes", "backbones[0].kwargs.num_classes", pico("kwargs: {num_classes: 5}"), KW, TRAIN),
     value("kwargs img_size", "backbones[0].kwargs.img_size", pico("kwargs: {img_size: 64}"), KW),
