@@ -81,11 +81,15 @@ def jobs_root() -> Path:
     return Path(cache).expanduser().absolute() / "tokenbench" / "jobs"
 
 
+_LABEL_CHARS = 80
+
+
 def job_folder_for(step_folder: str | os.PathLike, name: str = "tokenbench") -> Path:
     """The private job folder of the step whose results-side folder is ``step_folder``: its name and a hash of
     that folder's absolute path, so a restarted launcher finds its job again and two steps never share one."""
     digest = hashlib.sha256(os.path.abspath(step_folder).encode()).hexdigest()[:16]
-    label = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:80].strip(".") or "job"
+    # the job name, bounded so that label and digest fit a file name (255 bytes)
+    label = re.sub(r"[^A-Za-z0-9._-]", "_", name)[:_LABEL_CHARS].strip(".") or "job"
     return jobs_root() / f"{label}-{digest}"
 
 
