@@ -6,6 +6,7 @@ import io
 import math
 import random
 import sys
+from collections import Counter
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -243,9 +244,10 @@ def test_a_long_quoted_value_is_described_paths_are_kept():
     assert one_line(f"{path} is not a checkpoint\nsecond line") == f"{path} is not a checkpoint second line"
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c.argv[:1] == ["train"]], ids=lambda c: c.name)
-def test_value_cases_refused_before_any_compute(case, tmp_path, monkeypatch):
-    """Bad values given to the command that would train: one line, exit 2, and no results folder made."""
+@pytest.mark.parametrize("case", [c for c in CASES if not c.snakemake], ids=lambda c: c.name)
+def test_value_cases_are_short_lines_and_compute_nothing(case, tmp_path, monkeypatch):
+    """Beyond tests/test_bad_inputs.py (exit 2, one line naming the field): the line is short, whatever the value
+    (a 10 MB scalar, a 3000-byte name), and no results folder is made (those given to `bench train` included)."""
     from bench.cli import main
 
     monkeypatch.chdir(tmp_path)
@@ -255,7 +257,14 @@ def test_value_cases_refused_before_any_compute(case, tmp_path, monkeypatch):
         code = main(argv)
     lines = [ln for ln in err.getvalue().splitlines() if ln.strip()]
     assert code == 2 and len(lines) == 1 and case.expect in lines[0], lines
+    assert len(lines[0].replace(str(tmp_path), "<tmp>")) <= 320, lines[0]
     assert not (tmp_path / "results").exists()
+
+
+def test_the_value_table_covers_every_class():
+    kinds = Counter(c.kind for c in CASES)
+    assert set(kinds) == {"impossible number", "recipe cross-field", "name", "yaml", "kwargs"}, kinds
+    assert min(kinds.values()) >= 9 and sum(kinds.values()) >= 45, kinds
 
 
 def test_yaml_reads_back_what_a_plain_safe_load_reads(tmp_path):
