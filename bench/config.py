@@ -230,7 +230,10 @@ def validate_raw(raw: Any, where: str) -> None:
         if e.validator == "additionalProperties":
             msg = e.message.replace("Additional properties are not allowed", "unknown field(s)")
         elif e.validator == "pattern":
-            msg = f"{e.instance!r} is not a valid name (letters, digits and _ . - only; not . or ..): it names a folder"
+            msg = (
+                f"{e.instance!r} is not a valid name (letters, digits and _ . -, starting with a letter, digit or _): "
+                f"it names a folder and a command-line argument"
+            )
         elif e.validator == "type" and isinstance(e.instance, float) and e.instance.is_integer():
             msg = f"{e.instance!r} is not an integer (write {int(e.instance)})"
         else:

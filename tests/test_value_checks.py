@@ -55,16 +55,17 @@ def test_every_integer_recipe_field_refuses_an_integral_float(tmp_path, key):
     assert f"finetune.{key}" in message and "not an integer (write 2)" in message
 
 
+#: (text in BASE, the same with a name built from ``{h}`` + a valid name + ``{t}``, the field the message names)
 NAME_FIELDS = [
-    ("name: tiny", 'name: "tiny{}"', "field name"),
-    ("backbones: [tb_vit_pico_patch4_32]", 'backbones: ["tb_vit_pico_patch4_32{}"]', "backbones[0]"),
+    ("name: tiny", 'name: "{h}tiny{t}"', "field name"),
+    ("backbones: [tb_vit_pico_patch4_32]", 'backbones: ["{h}tb_vit_pico_patch4_32{t}"]', "backbones[0]"),
     (
         "backbones: [tb_vit_pico_patch4_32]",
-        'backbones: [{{name: tb_vit_pico_patch4_32, label: "p{}"}}]',
+        'backbones: [{{name: tb_vit_pico_patch4_32, label: "{h}p{t}"}}]',
         "backbones[0].label",
     ),
-    ("methods: [dense,", 'methods: ["dense{}",', "methods[0]"),
-    ("methods: [dense,", 'methods: [{{name: dense, label: "d{}"}},', "methods[0].label"),
+    ("methods: [dense,", 'methods: ["{h}dense{t}",', "methods[0]"),
+    ("methods: [dense,", 'methods: [{{name: dense, label: "{h}d{t}"}},', "methods[0].label"),
 ]
 
 
@@ -72,7 +73,16 @@ NAME_FIELDS = [
 @pytest.mark.parametrize("old, new, field", NAME_FIELDS)
 def test_every_name_field_refuses_what_cannot_name_a_folder(tmp_path, old, new, field, tail):
     escaped = tail.encode("unicode_escape").decode()
-    message = _refused(tmp_path, sub(old, new.format(escaped)))
+    message = _refused(tmp_path, sub(old, new.format(h="", t=escaped)))
+    assert field in message
+
+
+@pytest.mark.parametrize("head", ["-", "--", ".", "..", "+", "@"])
+@pytest.mark.parametrize("old, new, field", NAME_FIELDS)
+def test_no_name_field_starts_like_an_option_or_a_hidden_folder(tmp_path, old, new, field, head):
+    """A run id or label is a command-line argument of the pipeline's steps (`bench evaluate SUITE RUN_ID`)."""
+    _load(tmp_path, sub(old, new.format(h="", t="")))  # the name itself is fine
+    message = _refused(tmp_path, sub(old, new.format(h=head, t="")))
     assert field in message
 
 
