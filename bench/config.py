@@ -18,7 +18,7 @@ from bench.errors import UsageError, clip, one_line
 from bench.recipe_config import DEFAULT_RECIPE, resolve_recipe  # noqa: F401  (re-exported)
 from bench.run_identity import evaluate_spec, pretrain_spec, run_identity, run_spec  # noqa: F401  (re-exported)
 from bench.suite_checks import check_build, check_paths, check_static, method_info_at, refuse_id_collisions
-from bench.suite_values import check_values
+from bench.suite_values import NAME_RULE, check_values
 
 #: a suite's or method's ``finetune: none``: evaluate the pretrained backbone with the method applied
 NO_FINETUNE = "none"
@@ -230,10 +230,7 @@ def validate_raw(raw: Any, where: str) -> None:
         if e.validator == "additionalProperties":
             msg = e.message.replace("Additional properties are not allowed", "unknown field(s)")
         elif e.validator == "pattern":
-            msg = (
-                f"{e.instance!r} is not a valid name (letters, digits and _ . -, starting with a letter, digit or _): "
-                f"it names a folder and a command-line argument"
-            )
+            msg = f"{e.instance!r} is not a valid name ({NAME_RULE}): it names a folder and a command-line argument"
         elif e.validator == "type" and isinstance(e.instance, float) and e.instance.is_integer():
             msg = f"{e.instance!r} is not an integer (write {int(e.instance)})"
         else:

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from bench.config import Suite
 
 MAX_NAME_BYTES = 200
+#: what the schema's name patterns allow (a name is a folder and an argument of the pipeline's commands)
+NAME_RULE = "letters, digits and _ . -, starting with a letter, digit or _"
 #: one batch of fp32 input images (batch x 3 x size x size x 4 bytes): 256 GiB is beyond any node, before the
 #: activations (about a hundred times the input when training a ViT)
 MAX_BATCH_BYTES = 2**38
