@@ -237,11 +237,10 @@ def test_unknown_source_from_both(tmp_path):
     assert "did you mean 'imagefolder'" in normalize_error({"source": "imagefoldr"})
 
 
-def test_integral_float_is_an_integer_in_both(tmp_path):
+def test_integral_float_is_no_integer_in_both(tmp_path):
     data = {"source": "hub", "name": "x", "image_size": 32.0}
-    assert schema_error(tmp_path, data) is None
-    out = sources.normalize(data)["image_size"]
-    assert out == 32 and type(out) is int
+    assert "data.image_size: 32.0 is not an integer (write 32)" in schema_error(tmp_path, data)
+    assert "image_size must be an integer, got 32.0" in normalize_error(data)
 
 
 # ---------------------------------------------------------------- every key acts

@@ -5,6 +5,7 @@ is drawn from a realistic table, each figure's artists are read back as it is sa
 from __future__ import annotations
 
 import colorsys
+import os
 import random
 import re
 from pathlib import Path
@@ -166,6 +167,8 @@ def drawn(report_root) -> dict[str, dict]:
 
 def _stem(fname) -> str:
     """The figure's file stem (atomic writes save to a temporary name beside the target: ``.name.png.tmp-*``)."""
+    if str(fname).startswith("/proc/self/fd/"):  # bench.io writes a temporary file through its descriptor
+        fname = os.readlink(fname)
     name = Path(str(fname)).name.lstrip(".")
     return name.split(".png")[0]
 

@@ -37,11 +37,12 @@ JSON_TYPES = {
 
 
 def _is_json_type(json_type: str, value: Any) -> bool:
-    """``value`` as JSON Schema types it (booleans are no numbers; 3.0 is an integer)."""
+    """``value`` as the suite's checks type it: booleans are no numbers, and 3.0 is no integer (an integer stays one
+    all the way to the command line, as bench.suite_values checks every integer field)."""
     if json_type in ("integer", "number"):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return False
-        return json_type == "number" or isinstance(value, int) or float(value).is_integer()
+        return json_type == "number" or isinstance(value, int)
     return isinstance(value, {"string": str, "boolean": bool, "object": Mapping, "array": (list, tuple)}[json_type])
 
 
@@ -74,11 +75,9 @@ class Key:
             self.check(self.default)
 
     def check(self, value: Any) -> Any:
-        """The value, checked (a one-line UsageError naming the key otherwise); an integral float becomes an int."""
+        """The value, checked (a one-line UsageError naming the key otherwise)."""
         if not _is_json_type(self.type, value) or (self.type == "string" and not value):
             raise UsageError(f"data: {self.name} must be {JSON_TYPES[self.type]}, got {value!r}")
-        if self.type == "integer":
-            value = int(value)
         if self.choices is not None and value not in self.choices:
             options = [str(c) for c in self.choices]
             hint = did_you_mean(value, options) if isinstance(value, str) else ""
