@@ -8,6 +8,7 @@ import sys
 import click
 
 from bench.errors import RunFailed, UsageError, one_line
+from bench.runtime import MAX_THREADS
 from bench.runtime import from_cli as runtime_from_cli
 
 
@@ -28,7 +29,9 @@ RESULTS = click.option(
     help="Results root folder.",
 )
 DEVICE = click.option("--device", default=None, help="torch device (default: cuda when present, else cpu).")
-THREADS = click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch.")
+THREADS = click.option(
+    "--threads", type=click.IntRange(min=1, max=MAX_THREADS), default=None, help="CPU threads for torch."
+)
 FORCE = click.option(
     "--force",
     is_flag=True,

@@ -143,7 +143,7 @@ def budget_params(info: Any, m: dict[str, Any]) -> list[str]:
     return [k for k, p in info.params.items() if p.replaces_keep_ratio and given.get(k) is not None]
 
 
-def _schema() -> dict[str, Any]:
+def suite_schema() -> dict[str, Any]:
     from bench.data.sources import data_schema
 
     schema = json.loads(resources.files("bench").joinpath("schemas/suite.schema.json").read_text())
@@ -212,7 +212,7 @@ def validate_raw(raw: Any, where: str) -> None:
     _refuse_runtime_keys(raw, where)
     from bench.suite_values import strict_validator
 
-    validator = strict_validator(_schema())  # integers are ints, name patterns match whole strings
+    validator = strict_validator(suite_schema())  # integers are ints, name patterns match whole strings
     errors = sorted(validator.iter_errors(raw), key=lambda e: (len(list(e.absolute_path)), str(e.absolute_path)))
     if errors:
         e = errors[0]

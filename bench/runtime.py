@@ -31,6 +31,12 @@ import click
 from bench.errors import UsageError
 
 MAX_AUTO_WORKERS = 16
+#: upper bounds of the settings, the workflow schema's maxima (a test holds them equal): a count past them is a
+#: typo that would fork or allocate before failing
+MAX_WORKERS = 256
+MAX_PREFETCH_FACTOR = 1024
+MAX_DEVICE_BATCH = 2**20
+MAX_THREADS = 4096
 AUTO = "auto"
 #: torch.compile backends a step may ask for (the workflow schema's list): a name from here, or on/off
 COMPILE_BACKENDS = ("inductor", "cudagraphs", "aot_eager", "eager", "onnxrt", "openxla", "tvm", "ipex")
@@ -44,6 +50,10 @@ PROFILE_KEYS = {
     "timing_precision": "--timing-precision",
     "timing_threads": "--timing-threads",
 }
+
+
+def _int_in(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 def job_cpus() -> int:
@@ -68,12 +78,20 @@ class Runtime:
     timing_threads: int | None = None
 
     def __post_init__(self) -> None:
-        if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 0):
-            raise UsageError(f"loader_workers must be 'auto' or an integer >= 0, got {self.workers!r}")
-        if not isinstance(self.prefetch_factor, int) or self.prefetch_factor < 1:
-            raise UsageError(f"prefetch_factor must be an integer >= 1, got {self.prefetch_factor!r}")
-        if self.device_batch is not None and (not isinstance(self.device_batch, int) or self.device_batch < 1):
-            raise UsageError(f"device_batch must be a positive integer (or unset), got {self.device_batch!r}")
+        if self.workers is not None and not _int_in(self.workers, 0, MAX_WORKERS):
+            raise UsageError(f"loader_workers must be 'auto' or an integer 0-{MAX_WORKERS}, got {self.workers!r}")
+        if not _int_in(self.prefetch_factor, 1, MAX_PREFETCH_FACTOR):
+            raise UsageError(
+                f"prefetch_factor must be an integer 1-{MAX_PREFETCH_FACTOR}, got {self.prefetch_factor!r}"
+            )
+        if self.device_batch is not None and not _int_in(self.device_batch, 1, MAX_DEVICE_BATCH):
+            raise UsageError(
+                f"device_batch must be an integer 1-{MAX_DEVICE_BATCH} (or unset), got {self.device_batch!r}"
+            )
+        if self.timing_threads is not None and not _int_in(self.timing_threads, 1, MAX_THREADS):
+            raise UsageError(
+                f"timing_threads must be an integer 1-{MAX_THREADS} (or unset), got {self.timing_threads!r}"
+            )
         if not isinstance(self.compile, bool) and self.compile not in COMPILE_BACKENDS:
             raise UsageError(f"compile must be on, off or one of {', '.join(COMPILE_BACKENDS)}, got {self.compile!r}")
 
@@ -98,9 +116,9 @@ def parse_workers(value: str | int | None) -> int | None:
     try:
         n = int(value)
     except (TypeError, ValueError):
-        raise UsageError(f"loader_workers must be 'auto' or an integer >= 0, got {value!r}") from None
-    if n < 0:
-        raise UsageError(f"loader_workers must be 'auto' or an integer >= 0, got {value!r}")
+        raise UsageError(f"loader_workers must be 'auto' or an integer 0-{MAX_WORKERS}, got {value!r}") from None
+    if not 0 <= n <= MAX_WORKERS:
+        raise UsageError(f"loader_workers must be 'auto' or an integer 0-{MAX_WORKERS}, got {value!r}")
     return n
 
 
@@ -128,14 +146,14 @@ def click_options(f: Any) -> Any:
         ),
         click.option(
             "--prefetch-factor",
-            type=click.IntRange(min=1),
+            type=click.IntRange(min=1, max=MAX_PREFETCH_FACTOR),
             default=4,
             show_default=True,
             help="Batches each loader worker keeps ready.",
         ),
         click.option(
             "--device-batch",
-            type=click.IntRange(min=1),
+            type=click.IntRange(min=1, max=MAX_DEVICE_BATCH),
             default=None,
             help="Largest per-device training micro-batch; larger batches accumulate gradients.",
         ),
@@ -156,7 +174,7 @@ def click_options(f: Any) -> Any:
         ),
         click.option(
             "--timing-threads",
-            type=click.IntRange(min=1),
+            type=click.IntRange(min=1, max=MAX_THREADS),
             default=None,
             help="torch threads of the timing step on a CPU (default 1; --threads does not apply).",
         ),

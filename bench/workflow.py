@@ -20,7 +20,7 @@ from bench.registry import did_you_mean
 from bench.runtime import PROFILE_KEYS
 
 
-def _schema() -> dict[str, Any]:
+def workflow_schema() -> dict[str, Any]:
     return json.loads(resources.files("bench").joinpath("schemas/workflow.schema.json").read_text())
 
 
@@ -112,7 +112,7 @@ def check_config(config: Mapping[str, Any]) -> dict[str, Any]:
     import jsonschema
 
     config = {k: _coerce(k, v) for k, v in config.items()}
-    schema = _schema()
+    schema = workflow_schema()
     known = sorted(schema["properties"])
     for key in config:
         if key not in schema["properties"]:

@@ -15,7 +15,7 @@ from snakemake_interface_executor_plugins.utils import format_cli_arg
 from bench.cli import main
 from bench.errors import UsageError
 from bench.runtime import COMPILE_BACKENDS, Runtime
-from bench.workflow import _schema, check_config, check_results_path, read_profile, unsafe_char
+from bench.workflow import check_config, check_results_path, read_profile, unsafe_char, workflow_schema
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE = """name: tiny
@@ -89,6 +89,23 @@ def test_every_character_the_check_lets_through_reaches_a_job_unchanged(tmp_path
         assert shown != f"'{text}'"
 
 
+def test_the_bench_options_are_bounded_as_the_schema_bounds_the_config():
+    from bench import runtime
+
+    props = workflow_schema()["properties"]
+
+    def maximum(key):
+        return next(b["maximum"] for b in props[key].get("anyOf", [props[key]]) if b.get("type") == "integer")
+
+    assert maximum("loader_workers") == runtime.MAX_WORKERS
+    assert maximum("prefetch_factor") == runtime.MAX_PREFETCH_FACTOR
+    assert maximum("device_batch") == runtime.MAX_DEVICE_BATCH
+    assert maximum("timing_threads") == runtime.MAX_THREADS
+    with pytest.raises(UsageError, match="loader_workers"):
+        runtime.parse_workers(str(runtime.MAX_WORKERS + 1))
+    assert runtime.parse_workers(str(runtime.MAX_WORKERS)) == runtime.MAX_WORKERS
+
+
 def test_runtime_keys_are_typed_bounded_and_named():
     ok = check_config({"loader_workers": "auto", "prefetch_factor": 2, "device_batch": None, "compile": "on"})
     assert ok["compile"] is True
@@ -119,7 +136,7 @@ def test_runtime_keys_are_typed_bounded_and_named():
             check_config(config)
         assert named in str(e.value) and "\n" not in str(e.value), (config, str(e.value))
     # the schema's backends are the CLI's and the runtime's
-    compile_ = _schema()["properties"]["compile"]["anyOf"][1]["enum"]
+    compile_ = workflow_schema()["properties"]["compile"]["anyOf"][1]["enum"]
     assert tuple(compile_) == COMPILE_BACKENDS
     with pytest.raises(UsageError, match="compile must be on, off or one of"):
         Runtime(compile="nonsense")

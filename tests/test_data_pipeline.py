@@ -333,7 +333,7 @@ def test_workers_come_from_the_jobs_cpus(monkeypatch):
     assert job_cpus() == len(os.sched_getaffinity(0))
     assert [micro_batches(1024, c) for c in (None, 2048, 1024, 256, 300, 1000)] == [1, 1, 1, 4, 4, 2]
     assert micro_batches(6, 4) == 2 and micro_batches(7, 3) == 7
-    with pytest.raises(UsageError, match="device_batch must be a positive integer"):
+    with pytest.raises(UsageError, match="device_batch must be an integer 1-"):
         Runtime(device_batch=0)
 
 

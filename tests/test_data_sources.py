@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from bench.config import _schema, load_suite
+from bench.config import load_suite, suite_schema
 from bench.data import sources
 from bench.data.source_registry import NO_DEFAULT, DataSource, Key, SourceRegistry, data_schema
 from bench.errors import UsageError
@@ -102,7 +102,7 @@ ALL_KEYS = [(s, k) for s in sources.SOURCES for k in sources.REGISTRY.get(s).key
 
 def test_declarations_and_schema_import_no_torch():
     code = (
-        "import sys, bench.data.sources, bench.config; bench.config._schema(); "
+        "import sys, bench.data.sources, bench.config; bench.config.suite_schema(); "
         "heavy = [m for m in ('torch', 'torchvision', 'timm', 'datasets') if m in sys.modules]; "
         "assert not heavy, heavy"
     )
@@ -110,7 +110,7 @@ def test_declarations_and_schema_import_no_torch():
 
 
 def test_schema_data_part_is_generated_from_the_registry():
-    assert _schema()["properties"]["data"] == sources.data_schema()
+    assert suite_schema()["properties"]["data"] == sources.data_schema()
     static = json.loads(resources.files("bench").joinpath("schemas/suite.schema.json").read_text())
     assert "properties" not in static["properties"]["data"]  # no hand-written copy to drift
     schema = sources.data_schema()

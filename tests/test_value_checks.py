@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.config import DEFAULT_RECIPE, _schema, list_suites, load_suite
+from bench.config import DEFAULT_RECIPE, list_suites, load_suite, suite_schema
 from bench.errors import UsageError, one_line
 from bench.suite_file import MAX_NODES, read_yaml
 from bench.suite_values import HARNESS_KWARGS, check_recipe
@@ -43,7 +43,7 @@ def test_shipped_suites_and_presets_pass_the_value_checks():
 
 
 INTEGER_RECIPE_KEYS = sorted(
-    k for k, v in _schema()["$defs"]["recipe"]["properties"].items() if "integer" in str(v.get("type"))
+    k for k, v in suite_schema()["$defs"]["recipe"]["properties"].items() if "integer" in str(v.get("type"))
 )
 FT = "finetune: {epochs: 1, batch_size: 64, max_steps_per_epoch: 2}"
 

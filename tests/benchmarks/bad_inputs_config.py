@@ -93,6 +93,39 @@ CASES: list[Case] = [
     snake("results path with an escape sequence", "U+001B", "results={tmp}/a\x1b[2Jb"),
     snake("results path with a DEL", "U+007F", "results={tmp}/a\x7fb"),
     snake("suite empty", "config suite is empty", "suite="),
+    # -- the same settings as bench options: bounded as the schema bounds them, integers all the way
+    Case(
+        "bench --workers 10**11",
+        "loader_workers",
+        BASE,
+        ["train", "{suite}", "--run", RUN, "--workers", "100000000000"],
+        kind=RT,
+    ),
+    Case(
+        "bench --workers 2.0", "loader_workers", BASE, ["train", "{suite}", "--run", RUN, "--workers", "2.0"], kind=RT
+    ),
+    Case(
+        "bench --prefetch-factor 10**9",
+        "--prefetch-factor",
+        BASE,
+        ["evaluate", "{suite}", RUN, "--prefetch-factor", "1000000000"],
+        kind=RT,
+    ),
+    Case(
+        "bench --device-batch 2**40",
+        "--device-batch",
+        BASE,
+        ["train", "{suite}", "--run", RUN, "--device-batch", str(2**40)],
+        kind=RT,
+    ),
+    Case(
+        "bench --timing-threads 10**6",
+        "--timing-threads",
+        BASE,
+        ["time", "{suite}", "tb_vit_pico_patch4_32", "--timing-threads", "1000000"],
+        kind=RT,
+    ),
+    Case("bench --threads 10**6", "--threads", BASE, ["evaluate", "{suite}", RUN, "--threads", "1000000"], kind=RT),
     # -- the results path: empty, a file, under a file, a symlink loop, read-only (snakemake, then bench)
     Case("results= empty", "config results is empty", BASE, ["results="], snakemake=True, kind=RP),
     Case("results a file", "out is a file", BASE, ["results={tmp}/out"], True, plant("out"), kind=RP),
