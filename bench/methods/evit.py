@@ -73,9 +73,11 @@ class EViT(InBlockMethod):
             nullable=True,
         ),
         "shrink_start_epoch": Param(
-            0, "training epoch where the keep rate starts to fall from 1", types=(int,), minimum=0
+            0, "training epoch where the keep rate starts to fall from 1", types=(int,), minimum=0, maximum=10_000
         ),
-        "shrink_epochs": Param(0, "epochs of the cosine from keep rate 1 to the target", types=(int,), minimum=0),
+        "shrink_epochs": Param(
+            0, "epochs of the cosine from keep rate 1 to the target", types=(int,), minimum=0, maximum=10_000
+        ),
     }
 
     def __init__(self, keep_ratio: float = 1.0, seed: int = 0, **params: Any):

@@ -19,6 +19,8 @@ class Param:
     choices: tuple[Any, ...] | None = None
     nullable: bool = False
     minimum: float | None = None  # inclusive lower bound of a number
+    #: inclusive upper bound: a count past it is a typo that would run for days (iterations, intervals, epochs)
+    maximum: float | None = None
     #: a value given for it fixes the method's budget, so the keep ratio is unused (ToMe's ``r``): the suite then
     #: runs the method once, at keep ratio 1.0 ("no token budget"), instead of once per keep ratio
     replaces_keep_ratio: bool = False
@@ -37,8 +39,19 @@ class Param:
         if isinstance(value, float) and not math.isfinite(value):
             raise UsageError(f"method {method!r}: parameter {name!r} must be a finite number, got {value!r}")
         if self.minimum is not None and isinstance(value, (int, float)) and value < self.minimum:
-            raise UsageError(f"method {method!r}: parameter {name!r} must be at least {self.minimum:g}, got {value!r}")
+            raise UsageError(
+                f"method {method!r}: parameter {name!r} must be at least {_number(self.minimum)}, got {value!r}"
+            )
+        if self.maximum is not None and isinstance(value, (int, float)) and value > self.maximum:
+            raise UsageError(
+                f"method {method!r}: parameter {name!r} must be at most {_number(self.maximum)}, got {value!r}"
+            )
         return value
 
     def _type_names(self) -> str:
         return " or ".join(t.__name__ for t in self.types)
+
+
+def _number(x: float) -> str:
+    """1000000, not 1e+06."""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"

@@ -34,7 +34,9 @@ SPARSE_SUFFIXES = ("patch_embed.proj", "attn.qkv", "attn.proj", "mlp.fc1", "mlp.
 
 SCHEDULE_PARAMS = {
     "density": Param(0.5, "fraction of weights (SViTE) or of heads and neurons (S2ViTE) kept"),
-    "update_interval": Param(100, "optimiser steps between prune-and-grow updates (delta T)", types=(int,), minimum=1),
+    "update_interval": Param(
+        100, "optimiser steps between prune-and-grow updates (delta T)", types=(int,), minimum=1, maximum=1_000_000
+    ),
     "drop_start": Param(0.5, "fraction of active weights dropped and regrown at the first update", minimum=0),
     "drop_end": Param(
         0.005, "the fraction the cosine schedule anneals towards (reached at the end of training)", minimum=0

@@ -186,6 +186,7 @@ class SViTEPlus(_WeightSparse, StagedPruning):
             1.0,
             "the token scorer's learning rate as a multiple of the recipe's (the paper "
             "trains it with the model; short fine-tunes need it faster)",
+            minimum=0,
         ),
     }
 

@@ -140,7 +140,7 @@ class TokenPooling(_SignificanceMethod):
             choices=("kmedoids", "kmeans"),
         ),
         "weighted": Param(True, "weight tokens by their significance (attention received)", types=(bool,)),
-        "iterations": Param(5, "clustering iterations per pooling layer", types=(int,), minimum=0),
+        "iterations": Param(5, "clustering iterations per pooling layer", types=(int,), minimum=0, maximum=1000),
         "init": Param(
             "significance",
             "seeds: the K most significant tokens, or farthest-point from the most significant",

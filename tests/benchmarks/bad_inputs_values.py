@@ -50,6 +50,33 @@ LAUGHS = "lol0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
 
 CASES: list[Case] = [
     # -- impossible numbers: the right type, a value no machine runs
+    value(
+        "svite update_interval 10**12",
+        "update_interval",
+        method("{name: svite, params: {update_interval: 1000000000000}}"),
+        NUM,
+    ),
+    value(
+        "svite_plus selector lr scale negative",
+        "selector_lr_scale",
+        method("{name: svite_plus, params: {selector_lr_scale: -1.0}}"),
+        NUM,
+    ),
+    value(
+        "token_pooling iterations 10**12",
+        "iterations",
+        method("{name: token_pooling, params: {iterations: 1000000000000}}"),
+        NUM,
+    ),
+    value(
+        "evit shrink_epochs 10**9", "shrink_epochs", method("{name: evit, params: {shrink_epochs: 1000000000}}"), NUM
+    ),
+    value(
+        "evit shrink_start_epoch 10**9",
+        "shrink_start_epoch",
+        method("{name: evit, params: {shrink_start_epoch: 1000000000}}"),
+        NUM,
+    ),
     value("lr overflows with its batch scaling", "finetune.lr", recipe("lr: 1.0e+308, lr_base_batch: 1"), NUM, TRAIN),
     value("lr_base_batch denormal: lr x batch / base is inf", "lr_base_batch=", recipe("lr_base_batch: 1.0e-320"), NUM),
     value(
