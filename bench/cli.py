@@ -212,7 +212,9 @@ def train(
     runtime = runtime_from_cli(**runtime_args)
     pick_device(device)  # a device this machine lacks is bad input, before anything is read or written
     _threads(threads)
-    s = load_suite(suite)
+    # the verdict of the suite's checks, cached per suite content, code and versions (the pipeline's parse made
+    # it): a compute step never rebuilds every run of the suite again
+    s = load_suite(suite, reuse_checks=True)
     if backbone:
         s.backbone(backbone)
         out = runner.pretrain_output(s, backbone, root)
@@ -257,7 +259,9 @@ def evaluate(
     runtime = runtime_from_cli(**runtime_args)
     pick_device(device)
     _threads(threads)
-    s = load_suite(suite)
+    # the verdict of the suite's checks, cached per suite content, code and versions (the pipeline's parse made
+    # it): a compute step never rebuilds every run of the suite again
+    s = load_suite(suite, reuse_checks=True)
     run = s.run(run_id)
     rec = run_step(
         runner.step_output(s, run, "evaluate", root),

@@ -33,7 +33,9 @@ def time_(suite: str, backbone: str, root: str, device: str | None, threads: int
         # process on the machine (on 2 cores, one busy core slowed the smoke suite's dense model 10x)
         threads = runtime.timing_threads or 1
     _threads(threads)
-    s = load_suite(suite)
+    # the verdict of the suite's checks, cached per suite content, code and versions (the pipeline's parse made
+    # it): a compute step never rebuilds every run of the suite again
+    s = load_suite(suite, reuse_checks=True)
     result = time_backbone_once(s, backbone, root=root, device=device, runtime=runtime)
     click.echo(f"{timing_path(s, backbone, root)}: {len(result['runs'])} runs on {result['device_key']}")
     for entry in result["runs"].values():
