@@ -45,7 +45,7 @@ def RUNTIME(f):  # noqa: N802 (a decorator, like the options above)
     return click_options(f)
 
 
-def _threads(n: int | None) -> None:
+def set_torch_threads(n: int | None) -> None:
     if n:
         import torch
 
@@ -211,7 +211,7 @@ def train(
         raise UsageError("give exactly one of --run RUN_ID or --pretrain BACKBONE")
     runtime = runtime_from_cli(**runtime_args)
     pick_device(device)  # a device this machine lacks is bad input, before anything is read or written
-    _threads(threads)
+    set_torch_threads(threads)
     # the verdict of the suite's checks, cached per suite content, code and versions (the pipeline's parse made
     # it): a compute step never rebuilds every run of the suite again
     s = load_suite(suite, reuse_checks=True)
@@ -258,7 +258,7 @@ def evaluate(
 
     runtime = runtime_from_cli(**runtime_args)
     pick_device(device)
-    _threads(threads)
+    set_torch_threads(threads)
     # the verdict of the suite's checks, cached per suite content, code and versions (the pipeline's parse made
     # it): a compute step never rebuilds every run of the suite again
     s = load_suite(suite, reuse_checks=True)

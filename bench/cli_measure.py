@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from bench.cli import DEVICE, RESULTS, RUNTIME, THREADS, _threads, cli
+from bench.cli import DEVICE, RESULTS, RUNTIME, THREADS, cli, set_torch_threads
 from bench.errors import UsageError
 from bench.runtime import from_cli as runtime_from_cli
 
@@ -32,7 +32,7 @@ def time_(suite: str, backbone: str, root: str, device: str | None, threads: int
         # one thread unless the profile says otherwise: a timing that spans every core is at the mercy of any other
         # process on the machine (on 2 cores, one busy core slowed the smoke suite's dense model 10x)
         threads = runtime.timing_threads or 1
-    _threads(threads)
+    set_torch_threads(threads)
     # the verdict of the suite's checks, cached per suite content, code and versions (the pipeline's parse made
     # it): a compute step never rebuilds every run of the suite again
     s = load_suite(suite, reuse_checks=True)
@@ -137,7 +137,7 @@ def throughput(
     from bench.measure.repeats import img_per_s_text
     from bench.provenance import pick_device
 
-    _threads(threads)
+    set_torch_threads(threads)
     try:
         sizes = [int(b) for b in batch_sizes.split(",")]
     except ValueError:

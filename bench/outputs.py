@@ -40,7 +40,7 @@ def step_key(spec: dict[str, Any], inputs: list[Path]) -> str:
     return h.hexdigest()[:32]
 
 
-def _multi_process() -> bool:
+def multi_process() -> bool:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         return True
     if "SUBMITIT_EXECUTOR" in os.environ or "SLURM_JOB_ID" in os.environ:
@@ -125,7 +125,7 @@ class StepOutput:
 
 @contextmanager
 def single_writer(folder: Path, what: str, log: Callable[[str], None] | None = None) -> Iterator[None]:
-    if _multi_process():
+    if multi_process():
         yield
         return
     with StepLock(folder, what, **({"log": log} if log else {})):
@@ -172,7 +172,7 @@ def run_step(
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
 ) -> Any:
     """``make()`` unless this step's output is already there (or restorable); returns None when skipped."""
-    single = not _multi_process()
+    single = not multi_process()
     with single_writer(out.output.parent, what, log):
         if not force:
             skip = None

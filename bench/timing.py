@@ -193,9 +193,9 @@ def time_backbone(
 def time_backbone_once(suite: Suite, backbone: str, **kwargs: Any) -> dict[str, Any]:
     """:func:`time_backbone` by one writer at a time (a second waits for the first, then times again: a timing
     is cheap, and the waiting one may have newer runs)."""
-    from bench.outputs import _multi_process, single_writer
+    from bench.outputs import multi_process, single_writer
 
-    if _multi_process():
+    if multi_process():
         raise UsageError(
             "the timing step times every run on one device in one process: give its rule one task "
             "(set-resources timing: gpus 1, tasks 1)"

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.data.bundle import DataBundle
-from bench.data.sources import LOCAL_HINT, _one_line, bundle_from_splits
-from bench.errors import UsageError
+from bench.data.sources import LOCAL_HINT, bundle_from_splits
+from bench.errors import UsageError, one_line
 
 DEFAULT_HUB_ENDPOINT = "https://huggingface.co"
 PROBE_TIMEOUT_S = 3.0
@@ -64,7 +64,7 @@ def probe_hub(endpoint: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
         except urllib.error.HTTPError:
             result["error"] = None  # the server answered; that is all we need to know
         except Exception as e:  # any failure to get an answer means unreachable
-            result["error"] = _one_line(getattr(e, "reason", None) or e)
+            result["error"] = one_line(getattr(e, "reason", None) or e)
 
     thread = threading.Thread(target=run, name="tokenbench-hub-probe", daemon=True)
     thread.start()
@@ -131,7 +131,7 @@ def load_hub(cfg: Mapping[str, Any]) -> DataBundle:
 def hub_error_fix(e: BaseException, name: str, cfg: Mapping[str, Any]) -> str:
     """``datasets``' error (it re-raises the hub's with its cause dropped, so the text is what there is to go
     by) as one line that names the fix."""
-    text = _one_line(e)
+    text = one_line(e)
     page = f"{hub_endpoint().rstrip('/')}/datasets/{name}"
     status = getattr(getattr(e, "response", None), "status_code", None)
     if isinstance(e, RuntimeError) and "scripts are no longer supported" in text:

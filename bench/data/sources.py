@@ -20,7 +20,7 @@ from bench.data.bundle import DEFAULT_IMAGE_SIZE, DataBundle
 from bench.data.source_registry import SOURCE_KEY, DataSource, Key, SourceRegistry
 from bench.data.source_registry import data_schema as _data_schema
 from bench.data.source_registry import markdown_table as _markdown_table
-from bench.errors import UsageError
+from bench.errors import UsageError, one_line
 from bench.registry import did_you_mean
 
 if TYPE_CHECKING:
@@ -360,7 +360,7 @@ def load_disk(cfg: Mapping[str, Any]) -> DataBundle:
         dd = datasets.load_from_disk(str(path))
     except (FileNotFoundError, ValueError) as e:
         raise UsageError(
-            f"data: {str(path)!r} is not a saved dataset (DatasetDict.save_to_disk): {_one_line(e)}"
+            f"data: {str(path)!r} is not a saved dataset (DatasetDict.save_to_disk): {one_line(e)}"
         ) from None
     if not isinstance(dd, datasets.DatasetDict):
         raise UsageError(
@@ -386,10 +386,6 @@ REGISTRY.add_source(
         check=lambda cfg: _local_path(cfg),
     )
 )
-
-
-def _one_line(e: object) -> str:
-    return " ".join(str(e).split())
 
 
 #: the source names, in registry order

@@ -21,7 +21,7 @@ from bench.io import atomic_write_text, check_no_link, load_torch, read_text
 from bench.methods.base import Method
 
 
-def _rng_state(method: Method, device: torch.device) -> dict[str, Any]:
+def rng_state(method: Method, device: torch.device) -> dict[str, Any]:
     # numpy's state as a tensor and plain ints: the checkpoint then loads with weights_only (no pickled objects)
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
     return {
@@ -39,7 +39,7 @@ def _rng_state(method: Method, device: torch.device) -> dict[str, Any]:
     }
 
 
-def _load_rng_state(state: dict[str, Any], method: Method, device: torch.device) -> None:
+def load_rng_state(state: dict[str, Any], method: Method, device: torch.device) -> None:
     method.load_train_state(state["method"])
     torch.set_rng_state(state["torch_rng"])
     if "numpy_rng" in state:  # checkpoints written before Mixup and timm's transforms drew from them lack these
@@ -164,7 +164,7 @@ def read_log(path: Path, warn: Callable[[str], None] | None = None) -> list[dict
     return records
 
 
-def _append_log(path: Path, record: dict[str, Any], warn: Callable[[str], None] | None = None) -> None:
+def append_log(path: Path, record: dict[str, Any], warn: Callable[[str], None] | None = None) -> None:
     # the log is rewritten whole, so a crash mid-write cannot leave a torn line
     lines = [json.dumps(r) for r in read_log(path, warn) if r.get("epoch", 0) < record["epoch"]]
     atomic_write_text(path, "\n".join([*lines, json.dumps(record)]) + "\n")

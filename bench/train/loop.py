@@ -44,7 +44,7 @@ from bench.methods.base import Method
 from bench.progress import TrainProgress
 from bench.runtime import Runtime, micro_batches
 from bench.train import distributed as D
-from bench.train.checkpoint import _append_log, _load_rng_state, _rng_state, fresh_log, read_state
+from bench.train.checkpoint import append_log, fresh_log, load_rng_state, read_state, rng_state
 from bench.train.loaders import EpochBatches, in_memory, random_transform, train_loader
 from bench.train.optim import LR_RULE, GroupSchedule, build_optimizer, describe_groups, param_groups
 from bench.train.step import forward_backward
@@ -216,7 +216,7 @@ def train_model(
             ema.load_state_dict(state["ema"])
         saved_world = int(state.get("world_size", 1))
         if saved_world == world:
-            _load_rng_state(state["ranks"][rank] if world > 1 else state, method, device)
+            load_rng_state(state["ranks"][rank] if world > 1 else state, method, device)
         else:
             # same global batches and schedule; only the per-process random streams restart
             method.load_train_state(state["method"])
@@ -332,7 +332,7 @@ def train_model(
             if progress is not None:
                 progress.update(epoch=epoch + 1, batch=i + 1, global_step=step, loss=sum(sums.values()) / (i + 1))
         n = max(1, min(steps_per_epoch, len(loader)))
-        ranks = D.all_gather_object(_rng_state(method, device)) if world > 1 else None
+        ranks = D.all_gather_object(rng_state(method, device)) if world > 1 else None
         if main:
             record = {
                 "epoch": epoch + 1,
@@ -347,7 +347,7 @@ def train_model(
                 **method.train_metrics(),
             }
             log(json.dumps(record))
-            _append_log(out_dir / LOG_FILE, record, log)
+            append_log(out_dir / LOG_FILE, record, log)
             atomic_torch_save(
                 state_path,
                 {
@@ -357,7 +357,7 @@ def train_model(
                     "epoch": epoch,
                     "world_size": world,
                     "ranks": ranks,
-                    **_rng_state(method, device),
+                    **rng_state(method, device),
                     "ema": ema.state_dict() if ema is not None else None,
                     "made_for": made_for,
                 },
