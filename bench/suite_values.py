@@ -140,7 +140,7 @@ def _named(recipe_field: str, sources: dict[str, str]):
 
 def effective_lr(recipe: dict[str, Any]) -> float:
     """The peak lr the schedule starts from: ``lr`` scaled by ``batch_size / lr_base_batch`` when the recipe sets a
-    base batch (DeiT's linear scaling rule), as ``bench.train.loop.batch_plan``."""
+    base batch (DeiT's linear scaling rule); the training loop's batch plan uses it too."""
     base = recipe.get("lr_base_batch")
     lr = float(recipe["lr"])
     return lr * int(recipe["batch_size"]) / float(base) if base else lr

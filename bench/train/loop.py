@@ -43,6 +43,7 @@ from bench.io import atomic_torch_save, safe_mkdir
 from bench.methods.base import Method
 from bench.progress import TrainProgress
 from bench.runtime import Runtime, micro_batches
+from bench.suite_values import effective_lr
 from bench.train import distributed as D
 from bench.train.checkpoint import append_log, fresh_log, load_rng_state, read_state, rng_state
 from bench.train.loaders import EpochBatches, in_memory, random_transform, train_loader
@@ -104,9 +105,7 @@ def batch_plan(recipe: dict[str, Any], world: int, n_train: int) -> tuple[int, i
             f"{n_train} training images are fewer than one global batch ({global_batch}); "
             f"a multi-process run needs at least one full batch"
         )
-    lr = float(recipe["lr"])
-    base = recipe.get("lr_base_batch")
-    return global_batch, global_batch // world, lr * global_batch / float(base) if base else lr
+    return global_batch, global_batch // world, effective_lr(recipe)
 
 
 def mixup_active(recipe: dict[str, Any]) -> bool:
