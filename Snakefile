@@ -21,7 +21,8 @@ from bench.workflow import check_config, check_resources, check_results_path, ru
 try:
     # what to run (suite, results) and how (launcher, runtime settings), checked against a schema up front
     config.update(check_config(config))
-    check_results_path(config.get("results", "results"), "config results")  # the default one too
+    if "results" not in config:  # check_config checked a given one; the default is checked here
+        check_results_path("results", "config results")
     # the rule and resource names of set-resources (a profile's or --set-resources); values are Snakemake's
     check_resources({rule: dict(res.items()) for rule, res in workflow.resource_settings.overwrite_resources.items()},
                     "set-resources (profile or --set-resources)", values=False)
